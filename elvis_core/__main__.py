@@ -1,0 +1,5 @@
+import sys
+
+from elvis_core.cli import main
+
+sys.exit(main())

@@ -1,0 +1,5 @@
+import sys
+
+from elvis_viewer.app import main
+
+sys.exit(main())
