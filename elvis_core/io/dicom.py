@@ -1,0 +1,533 @@
+"""DICOM → :class:`~elvis_core.io.radiograph.Radiograph` (DESIGN.md, "The pixel path", step 1).
+
+pydicom decodes first (with the pylibjpeg plugins for JPEG / JPEG-LS / JPEG 2000 / RLE); SimpleITK is the fallback for
+what pydicom cannot decode. Whatever decoder ran, the result follows the Radiograph contract: float32 modality values,
+higher = brighter (MONOCHROME1 inverted exactly once), windows and VOI LUT in the same sense.
+
+Errors are :class:`DicomReadError` / :class:`UnsupportedDicomError` naming the file and the problem; messages never
+contain patient identifiers.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import warnings as _warnings
+from typing import Any, Dict, List, Optional, Tuple
+
+import numpy as np
+
+from elvis_core.errors import DicomReadError, UnsupportedDicomError
+from elvis_core.io.radiograph import Radiograph, VoiLut, Window
+
+log = logging.getLogger(__name__)
+
+#: SOP classes that carry no image: a human-readable name for the error message
+_NON_IMAGE_SOP_CLASSES = {
+    "1.2.840.10008.5.1.4.1.1.88": "Structured Report",
+    "1.2.840.10008.5.1.4.1.1.11": "Presentation State",
+    "1.2.840.10008.5.1.4.1.1.104": "Encapsulated Document",
+    "1.2.840.10008.5.1.4.1.1.481": "RT object",
+    "1.2.840.10008.5.1.4.1.1.66": "Raw Data / Registration",
+    "1.2.840.10008.5.1.4.1.1.9": "Waveform",
+    "1.2.840.10008.1.3.10": "Media Storage Directory (DICOMDIR)",
+}
+
+#: header keywords the header-only reads need (studies scan, inspect)
+HEADER_KEYWORDS = (
+    "SOPClassUID",
+    "SOPInstanceUID",
+    "StudyInstanceUID",
+    "SeriesInstanceUID",
+    "SeriesDescription",
+    "SeriesNumber",
+    "InstanceNumber",
+    "Modality",
+    "ViewPosition",
+    "Rows",
+    "Columns",
+    "NumberOfFrames",
+    "PhotometricInterpretation",
+    "BitsStored",
+    "BitsAllocated",
+    "SamplesPerPixel",
+    "Manufacturer",
+    "BodyPartExamined",
+    "StudyDate",
+    "StudyDescription",
+)
+
+_META_KEYWORDS = (
+    "SOPClassUID",
+    "SOPInstanceUID",
+    "StudyInstanceUID",
+    "SeriesInstanceUID",
+    "Modality",
+    "ViewPosition",
+    "Rows",
+    "Columns",
+    "PhotometricInterpretation",
+    "BitsStored",
+    "BitsAllocated",
+    "PixelRepresentation",
+    "SamplesPerPixel",
+    "Manufacturer",
+    "BodyPartExamined",
+    "SeriesDescription",
+)
+
+
+def _non_image_kind(ds) -> Optional[str]:
+    sop = str(ds.get("SOPClassUID", "") or "")
+    for prefix, name in _NON_IMAGE_SOP_CLASSES.items():
+        if sop.startswith(prefix):
+            return name
+    modality = str(ds.get("Modality", "") or "")
+    if modality in ("SR", "PR", "KO", "DOC", "RTPLAN", "RTSTRUCT", "RTRECORD", "REG", "SEG"):
+        return {"SR": "Structured Report", "PR": "Presentation State", "KO": "Key Object Selection"}.get(
+            modality, f"{modality} object"
+        )
+    return None
+
+
+def _check_path(path: os.PathLike | str) -> str:
+    path = os.fspath(path)
+    if not os.path.exists(path):
+        raise DicomReadError("no such file", path)
+    if os.path.isdir(path):
+        raise DicomReadError("is a folder, not a DICOM file", path)
+    if not os.access(path, os.R_OK):
+        raise DicomReadError("permission denied", path)
+    if os.path.getsize(path) == 0:
+        raise DicomReadError("empty file (0 bytes)", path)
+    return path
+
+
+def is_dicom_file(path: os.PathLike | str) -> bool:
+    """True when the file has the DICM preamble, or (no preamble) starts with a plausible group-0002/0008 element."""
+    try:
+        with open(path, "rb") as f:
+            head = f.read(132)
+    except OSError:
+        return False
+    if len(head) >= 132 and head[128:132] == b"DICM":
+        return True
+    # preamble-less DICOM (raw data set): little-endian group 0x0002 or 0x0008 at byte 0
+    return len(head) >= 8 and head[0:2] in (b"\x02\x00", b"\x08\x00") and head[2:4] in (
+        b"\x00\x00", b"\x01\x00", b"\x02\x00", b"\x05\x00", b"\x08\x00", b"\x10\x00", b"\x16\x00", b"\x18\x00"
+    )
+
+
+def _dcmread(path: str, stop_before_pixels: bool = False, specific_tags=None, defer_size=None):
+    import pydicom
+    from pydicom.errors import InvalidDicomError
+
+    try:
+        return pydicom.dcmread(path, stop_before_pixels=stop_before_pixels, specific_tags=specific_tags,
+                               defer_size=defer_size)
+    except InvalidDicomError:
+        if not is_dicom_file(path):
+            raise DicomReadError("not a DICOM file (no DICM preamble and no DICOM header)", path) from None
+        try:
+            ds = pydicom.dcmread(path, stop_before_pixels=stop_before_pixels, specific_tags=specific_tags,
+                                 defer_size=defer_size, force=True)
+        except Exception as err:  # noqa: BLE001
+            raise DicomReadError(f"not a readable DICOM file ({type(err).__name__})", path) from None
+        if len(ds) == 0:
+            raise DicomReadError("not a DICOM file (no DICOM elements)", path)
+        return ds
+    except (EOFError, OSError) as err:
+        raise DicomReadError(f"truncated or unreadable DICOM file ({type(err).__name__}: {err})", path) from None
+    except Exception as err:  # noqa: BLE001 - pydicom raises many types on corrupt input
+        raise DicomReadError(f"corrupt DICOM header ({type(err).__name__}: {_short(err)})", path) from None
+
+
+def _short(err: BaseException, n: int = 160) -> str:
+    text = str(err).replace("\n", " ")
+    return text if len(text) <= n else text[: n - 3] + "..."
+
+
+def _ts_uid(ds) -> str:
+    fm = getattr(ds, "file_meta", None)
+    return str(fm.get("TransferSyntaxUID", "")) if fm is not None else ""
+
+
+def _ts_name(uid: str) -> str:
+    if not uid:
+        return ""
+    from pydicom.uid import UID
+
+    try:
+        return UID(uid).name
+    except Exception:  # noqa: BLE001
+        return uid
+
+
+def _multi(value) -> List[Any]:
+    if value is None:
+        return []
+    try:
+        from pydicom.multival import MultiValue
+
+        if isinstance(value, (list, tuple, MultiValue)):
+            return list(value)
+    except ImportError:  # pragma: no cover
+        pass
+    return [value]
+
+
+def _floats(value) -> List[float]:
+    out = []
+    for v in _multi(value):
+        try:
+            out.append(float(v))
+        except (TypeError, ValueError):
+            out.append(float("nan"))
+    return out
+
+
+def read_header(path: os.PathLike | str) -> Dict[str, Any]:
+    """Fast header-only read (no pixel data). Returns non-identifying keys only: the UIDs, Modality, ViewPosition,
+    Rows, Columns, NumberOfFrames, PhotometricInterpretation, BitsStored, SamplesPerPixel, Manufacturer,
+    BodyPartExamined, SeriesDescription, SeriesNumber, InstanceNumber, StudyDate, StudyDescription, TransferSyntaxUID,
+    TransferSyntaxName, HasPixelData, ImageKind (None for images, else e.g. "Structured Report")."""
+    path = _check_path(path)
+    # defer_size: the pixel data element is located (so HasPixelData is true to the file) but never loaded
+    ds = _dcmread(path, defer_size=256, specific_tags=list(HEADER_KEYWORDS) + [0x7FE00010])
+    out: Dict[str, Any] = {}
+    for kw in HEADER_KEYWORDS:
+        v = ds.get(kw, None)
+        if v is None or v == "":
+            continue
+        out[kw] = _plain(v)
+    if "NumberOfFrames" in out:
+        try:
+            out["NumberOfFrames"] = int(out["NumberOfFrames"])
+        except (TypeError, ValueError):
+            out["NumberOfFrames"] = 1
+    uid = _ts_uid(ds)
+    out["TransferSyntaxUID"] = uid
+    out["TransferSyntaxName"] = _ts_name(uid)
+    out["HasPixelData"] = "PixelData" in ds or "FloatPixelData" in ds or "DoubleFloatPixelData" in ds
+    out["ImageKind"] = _non_image_kind(ds)
+    return out
+
+
+def _header_fast(path: str, specific_tags) -> Any:
+    """Header-only dataset read with the given specific tags; used by the folder scan (no pixel data touched)."""
+    return _dcmread(path, stop_before_pixels=True, specific_tags=specific_tags)
+
+
+def _plain(v: Any) -> Any:
+    """A JSON-friendly plain value (pydicom IS/DS/UID/PersonName subclasses → int/float/str)."""
+    if v is None or isinstance(v, bool):
+        return v
+    if isinstance(v, int):
+        return int(v)
+    if isinstance(v, float):
+        return float(v)
+    if isinstance(v, str):
+        return str(v)
+    if isinstance(v, (bytes, bytearray)):
+        return f"<{len(v)} bytes>"
+    try:
+        from pydicom.multival import MultiValue
+
+        if isinstance(v, (MultiValue, list, tuple)):
+            return [_plain(x) for x in v]
+    except ImportError:  # pragma: no cover
+        pass
+    return str(v)
+
+
+# ---------------------------------------------------------------------------------------------------------------- #
+# pixel reading
+# ---------------------------------------------------------------------------------------------------------------- #
+
+
+def _stored_range(ds) -> Tuple[float, float]:
+    bits = int(ds.get("BitsStored", ds.get("BitsAllocated", 16)) or 16)
+    signed = int(ds.get("PixelRepresentation", 0) or 0) == 1
+    if signed:
+        return float(-(2 ** (bits - 1))), float(2 ** (bits - 1) - 1)
+    return 0.0, float(2**bits - 1)
+
+
+def _modality_range(ds, pixels: np.ndarray) -> Tuple[float, float]:
+    """Range of modality values: the Modality LUT's output range, else the stored range through rescale."""
+    if "ModalityLUTSequence" in ds and len(ds.ModalityLUTSequence):
+        table = _lut_data(ds.ModalityLUTSequence[0])
+        if table is not None and table.size:
+            return float(table.min()), float(table.max())
+    lo, hi = _stored_range(ds)
+    slope = float(ds.get("RescaleSlope", 1) or 1)
+    intercept = float(ds.get("RescaleIntercept", 0) or 0)
+    a, b = sorted((lo * slope + intercept, hi * slope + intercept))
+    pmin, pmax = (float(pixels.min()), float(pixels.max())) if pixels.size else (a, b)
+    # a header that lies about BitsStored: fall back to the actual data range so the pivot keeps values in range
+    if pmin < a or pmax > b:
+        return min(a, pmin), max(b, pmax)
+    return a, b
+
+
+def _lut_data(item) -> Optional[np.ndarray]:
+    desc = item.get("LUTDescriptor", None)
+    data = item.get("LUTData", None)
+    if desc is None or data is None:
+        return None
+    desc = _multi(desc)
+    n = int(desc[0]) or 65536
+    bits = int(desc[2]) if len(desc) > 2 else 16
+    if isinstance(data, (bytes, bytearray)):
+        dtype = "<u1" if bits <= 8 and len(data) == n else "<u2"
+        arr = np.frombuffer(bytes(data), dtype=dtype).astype(np.float64)
+    else:
+        arr = np.asarray(_multi(data), dtype=np.float64)
+    return arr[:n] if arr.size >= n else arr
+
+
+def _lut_first_mapped(item, ds) -> float:
+    desc = _multi(item.LUTDescriptor)
+    first = int(desc[1])
+    # the first mapped value is US or SS by the pixel representation; an unsigned read of a negative value wraps
+    if int(ds.get("PixelRepresentation", 0) or 0) == 1 and first >= 2**15:
+        first -= 2**16
+    return float(first)
+
+
+def _decode_pydicom(ds, path: str, frame: int, n_frames: int) -> np.ndarray:
+    from pydicom.pixels import pixel_array
+
+    if n_frames > 1:
+        return pixel_array(ds, index=frame)
+    arr = ds.pixel_array
+    return arr
+
+
+def _decode_sitk(path: str, frame: int) -> np.ndarray:
+    import SimpleITK as sitk
+
+    reader = sitk.ImageFileReader()
+    reader.SetFileName(path)
+    img = reader.Execute()
+    arr = sitk.GetArrayFromImage(img)
+    # (frames, rows, cols[, comps]) or (rows, cols[, comps])
+    if img.GetDimension() == 3:
+        if frame >= arr.shape[0]:
+            raise DicomReadError(f"frame {frame} out of range (the file has {arr.shape[0]} frames)", path)
+        arr = arr[frame]
+    return arr
+
+
+def _to_grey(arr: np.ndarray, photometric: str, warnings: List[str]) -> np.ndarray:
+    if arr.ndim == 3 and arr.shape[-1] in (3, 4):
+        rgb = arr[..., :3].astype(np.float32)
+        grey = rgb[..., 0] * 0.299 + rgb[..., 1] * 0.587 + rgb[..., 2] * 0.114
+        warnings.append(f"colour image ({photometric or 'RGB'}) converted to grey (ITU-R 601 luma)")
+        return grey
+    return arr
+
+
+def read_radiograph(path: os.PathLike | str, frame: int = 0, decoder: str = "auto") -> Radiograph:
+    """Read one frame of a DICOM image into a :class:`Radiograph` (see the contract in ``radiograph.py``).
+
+    ``decoder``: "auto" (pydicom, SimpleITK if pydicom cannot decode), "pydicom" or "SimpleITK" (tests, benchmarks).
+    Raises :class:`DicomReadError` (not DICOM, truncated, zero-size, bad frame) or :class:`UnsupportedDicomError`
+    (no pixel data: SR, presentation state; a transfer syntax no decoder handles).
+    """
+    if decoder not in ("auto", "pydicom", "SimpleITK"):
+        raise ValueError(f"unknown decoder {decoder!r}")
+    path = _check_path(path)
+    ds = _dcmread(path)
+    notes: List[str] = []
+
+    kind = _non_image_kind(ds)
+    has_pixels = "PixelData" in ds or "FloatPixelData" in ds or "DoubleFloatPixelData" in ds
+    if not has_pixels:
+        what = f" ({kind})" if kind else ""
+        raise UnsupportedDicomError(f"DICOM without pixel data{what}: nothing to display", path)
+
+    rows = int(ds.get("Rows", 0) or 0)
+    cols = int(ds.get("Columns", 0) or 0)
+    if rows <= 0 or cols <= 0:
+        raise DicomReadError(f"zero-size image (Rows={rows}, Columns={cols})", path)
+    try:
+        n_frames = int(ds.get("NumberOfFrames", 1) or 1)
+    except (TypeError, ValueError):
+        n_frames = 1
+    n_frames = max(n_frames, 1)
+    frame = int(frame)
+    if frame < 0 or frame >= n_frames:
+        raise DicomReadError(f"frame {frame} out of range (the file has {n_frames} frame(s))", path)
+
+    photometric = str(ds.get("PhotometricInterpretation", "") or "").strip().upper()
+    ts = _ts_uid(ds)
+    used = None
+    arr = None
+    errors: List[str] = []
+    if decoder in ("auto", "pydicom"):
+        try:
+            with _warnings.catch_warnings():
+                _warnings.simplefilter("ignore")
+                arr = _decode_pydicom(ds, path, frame, n_frames)
+            used = "pydicom"
+        except DicomReadError:
+            raise
+        except Exception as err:  # noqa: BLE001 - decoders raise anything from ValueError to RuntimeError
+            errors.append(f"pydicom: {type(err).__name__}: {_short(err)}")
+            if _looks_truncated(err):
+                raise DicomReadError(f"truncated pixel data ({_short(err, 120)})", path) from None
+    if arr is None and decoder in ("auto", "SimpleITK"):
+        try:
+            arr = _decode_sitk(path, frame)
+            used = "SimpleITK"
+        except DicomReadError:
+            raise
+        except Exception as err:  # noqa: BLE001
+            errors.append(f"SimpleITK: {type(err).__name__}: {_short(err, 100)}")
+    if arr is None:
+        name = _ts_name(ts) or "unknown transfer syntax"
+        raise UnsupportedDicomError(f"cannot decode pixel data ({name}): " + "; ".join(errors), path)
+
+    arr = np.asarray(arr)
+    if arr.size == 0:
+        raise DicomReadError("zero-size pixel data", path)
+    arr = _to_grey(arr, photometric, notes)
+    if arr.ndim != 2:
+        raise UnsupportedDicomError(f"unexpected pixel array shape {arr.shape}", path)
+
+    # ---- Modality LUT / rescale (SimpleITK applies rescale itself; it ignores a Modality LUT sequence)
+    is_colour = photometric not in ("MONOCHROME1", "MONOCHROME2", "")
+    if used == "pydicom" and not is_colour:
+        from pydicom.pixels import apply_modality_lut
+
+        pixels = np.asarray(apply_modality_lut(arr, ds), dtype=np.float32)
+    elif used == "SimpleITK" and not is_colour and "ModalityLUTSequence" in ds:
+        from pydicom.pixels import apply_modality_lut
+
+        pixels = np.asarray(apply_modality_lut(arr, ds), dtype=np.float32)
+    else:
+        pixels = np.asarray(arr, dtype=np.float32)
+    if not np.all(np.isfinite(pixels)):
+        notes.append("non-finite pixel values replaced by 0")
+        pixels = np.nan_to_num(pixels, nan=0.0, posinf=0.0, neginf=0.0)
+
+    # ---- MONOCHROME1: invert exactly once
+    inverted = False
+    pivot = 0.0
+    if photometric == "MONOCHROME1":
+        lo, hi = _modality_range(ds, pixels if used == "pydicom" else np.empty(0, np.float32))
+        pivot = lo + hi
+        inverted = True
+        if used == "pydicom":
+            pixels = np.subtract(np.float32(pivot), pixels, dtype=np.float32)
+        # SimpleITK (GDCM) already returns maxval - stored (then rescale): with an unsigned stored range this is
+        # exactly pivot - value, so nothing more to do. Record it, never invert twice.
+
+    # ---- windows
+    windows: List[Window] = []
+    centers = _floats(ds.get("WindowCenter", None))
+    widths = _floats(ds.get("WindowWidth", None))
+    names = [str(x) for x in _multi(ds.get("WindowCenterWidthExplanation", None))]
+    if centers and widths:
+        if len(centers) != len(widths):
+            notes.append(f"{len(centers)} window centres but {len(widths)} widths: extra values ignored")
+        for i, (c, w) in enumerate(zip(centers, widths)):
+            if not (np.isfinite(c) and np.isfinite(w)):
+                notes.append(f"window preset {i + 1} is not numeric: ignored")
+                continue
+            if w <= 0:
+                notes.append(f"window preset {i + 1} has width {w:g} (must be > 0): ignored")
+                continue
+            if inverted:
+                c = pivot - c
+            windows.append(Window(center=float(c), width=float(w), name=names[i] if i < len(names) else f"preset {i + 1}"))
+
+    # ---- VOI LUT
+    voi: Optional[VoiLut] = None
+    if "VOILUTSequence" in ds and len(ds.VOILUTSequence):
+        try:
+            voi = _voi_lut(ds, inverted, pivot)
+        except Exception as err:  # noqa: BLE001
+            notes.append(f"VOI LUT sequence unreadable ({type(err).__name__}): ignored")
+
+    # ---- spacing
+    spacing, source = _spacing(ds, notes)
+
+    meta: Dict[str, Any] = {}
+    for kw in _META_KEYWORDS:
+        v = ds.get(kw, None)
+        if v is not None and v != "":
+            meta[kw] = _plain(v)
+    meta["Rows"], meta["Columns"] = int(pixels.shape[0]), int(pixels.shape[1])
+    meta["NumberOfFrames"] = n_frames
+    meta["Frame"] = frame
+    meta["TransferSyntaxUID"] = ts
+    meta["TransferSyntaxName"] = _ts_name(ts)
+    meta["Decoder"] = used
+    if "VOILUTFunction" in ds:
+        meta["VOILUTFunction"] = str(ds.VOILUTFunction)
+    if errors and used == "SimpleITK":
+        notes.append("pydicom could not decode this file; SimpleITK was used")
+
+    for n in notes:
+        log.debug("%s: %s", path, n)
+    return Radiograph(
+        pixels=np.ascontiguousarray(pixels, dtype=np.float32),
+        windows=windows,
+        voi_lut=voi,
+        pixel_spacing=spacing,
+        spacing_source=source,
+        meta=meta,
+        source_path=path,
+        warnings=notes,
+        inverted_from_monochrome1=inverted,
+        invert_pivot=float(pivot),
+    )
+
+
+def _looks_truncated(err: BaseException) -> bool:
+    text = str(err).lower()
+    return any(
+        k in text
+        for k in ("expected length", "truncated", "buffer is too small", "insufficient", "not enough", "end of file",
+                  "premature", "buffer size", "is less than", "shorter than")
+    )
+
+
+def _voi_lut(ds, inverted: bool, pivot: float) -> Optional[VoiLut]:
+    item = ds.VOILUTSequence[0]
+    table = _lut_data(item)
+    if table is None or table.size == 0:
+        return None
+    desc = _multi(item.LUTDescriptor)
+    bits = int(desc[2]) if len(desc) > 2 else 16
+    first = _lut_first_mapped(item, ds)
+    top = float(2**bits - 1)
+    if table.max() > top:  # descriptor lies about the bit depth
+        top = float(2 ** int(np.ceil(np.log2(table.max() + 1))) - 1)
+    norm = (table / top).astype(np.float32)
+    explanation = str(item.get("LUTExplanation", "") or "")
+    if inverted:
+        # input axis mirrored (v' = pivot - v) and output reversed (MONOCHROME1: high output = dark)
+        n = norm.size
+        return VoiLut(first_mapped=float(pivot - (first + n - 1)), table=(1.0 - norm[::-1]).astype(np.float32),
+                      explanation=explanation)
+    return VoiLut(first_mapped=first, table=norm, explanation=explanation)
+
+
+def _spacing(ds, notes: List[str]) -> Tuple[Optional[Tuple[float, float]], str]:
+    ps = _floats(ds.get("PixelSpacing", None))
+    if len(ps) >= 2:
+        if all(np.isfinite(v) and v > 0 for v in ps[:2]):
+            return (ps[0], ps[1]), "PixelSpacing"
+        notes.append(f"PixelSpacing {ps[:2]} is not positive: ignored")
+    ips = _floats(ds.get("ImagerPixelSpacing", None))
+    if len(ips) >= 2:
+        if all(np.isfinite(v) and v > 0 for v in ips[:2]):
+            mag = _floats(ds.get("EstimatedRadiographicMagnificationFactor", None))
+            if mag and np.isfinite(mag[0]) and mag[0] > 0:
+                return (ips[0] / mag[0], ips[1] / mag[0]), "ImagerPixelSpacing/EstimatedRadiographicMagnificationFactor"
+            return (ips[0], ips[1]), "ImagerPixelSpacing"
+        notes.append(f"ImagerPixelSpacing {ips[:2]} is not positive: ignored")
+    return None, "none"
