@@ -67,3 +67,17 @@ class Report:
         pattern = r"\s+".join(re.escape(w) for w in words)
         m = re.compile(pattern).search(self.text, start)
         return (m.start(), m.end()) if m else None
+
+
+def parse_report(text: str, source_path=None) -> Report:
+    """Parse report text into sections and sentences; see :mod:`elvis_core.io.report_parse` for the rules."""
+    from elvis_core.io.report_parse import parse_report as _parse
+
+    return _parse(text, source_path)
+
+
+def read_report(path) -> Report:
+    """Read a report file (UTF-8, else latin-1 with a warning) and parse it; ``ReportReadError`` when empty/binary."""
+    from elvis_core.io.report_parse import read_report as _read
+
+    return _read(path)
