@@ -1,0 +1,325 @@
+"""Import phrase–box annotations for review: MS-CXR CSV (v1.0.0 / v1.1.0) and MS-CXR / COCO JSON.
+
+A phrase (review item) is the set of rows sharing (path, label_text). Boxes are original-image pixels (x, y, w, h).
+
+Bad input never stops the import of the rest: each bad row or phrase is listed as an `ImportProblem` with its line
+number and the reason (non-numeric / negative / zero-size box, box outside the image, missing image file, ...).
+A file that cannot be used at all (missing, not CSV/JSON, required columns missing) raises `AnnotationError`.
+
+Image size: the annotation's image_width/height are compared with the image's header. When they differ the boxes are
+rescaled to the image only if ``rescale=True`` (the user agreed); otherwise they are kept and the item carries a
+warning (`ImportResult.size_mismatch_keys` lists them so a UI can ask and re-import).
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Dict, List, Optional, Tuple
+
+from elvis_core.errors import AnnotationError, ElvisError
+from elvis_core.review.imaging import image_size
+from elvis_core.review.model import ReviewBox, ReviewItem
+
+CSV_REQUIRED = ("dicom_id", "category_name", "label_text", "path", "x", "y", "w", "h", "image_width", "image_height")
+CSV_OPTIONAL = ("split",)
+ALT_SUFFIXES = (".dcm", ".jpg", ".jpeg", ".png")
+
+
+@dataclass
+class ImportProblem:
+    file: str
+    #: 1-based line of the CSV (header = line 1) or annotation index in JSON; None for phrase-level problems
+    line: Optional[int]
+    reason: str
+    #: "skipped" (the row / phrase is not in the queue) or "warning" (kept, with a caveat)
+    severity: str = "skipped"
+    key: str = ""
+
+    def __str__(self) -> str:
+        where = f"{self.file}:{self.line}" if self.line is not None else self.file
+        return f"{where}: {self.severity}: {self.reason}"
+
+
+@dataclass
+class ImportResult:
+    items: List[ReviewItem] = field(default_factory=list)
+    problems: List[ImportProblem] = field(default_factory=list)
+    #: keys of items whose annotation image size differs from the image's
+    size_mismatch_keys: List[str] = field(default_factory=list)
+    source: str = ""
+    format: str = ""  # "ms-cxr-csv" | "coco-json"
+    columns: List[str] = field(default_factory=list)
+
+
+def item_key(path: str, label_text: str) -> str:
+    """Stable identity of a phrase: its image path and text."""
+    return f"{path}::{label_text}"
+
+
+def resolve_image(images_root: Path, rel: str) -> Optional[Path]:
+    """The image for an annotation path: ``root/rel``, else the same stem with another suffix (MIMIC-CXR-JPG)."""
+    rel = rel.strip().lstrip("/")
+    p = images_root / rel
+    if p.is_file():
+        return p
+    for suf in ALT_SUFFIXES:
+        q = p.with_suffix(suf)
+        if q.is_file():
+            return q
+    return None
+
+
+def _parse_box(raw: Dict[str, str]) -> Tuple[Tuple[float, float, float, float], Optional[str]]:
+    vals = []
+    for k in ("x", "y", "w", "h"):
+        s = (raw.get(k) or "").strip()
+        try:
+            v = float(s)
+        except ValueError:
+            return (0, 0, 0, 0), f"box {k}={s!r} is not a number"
+        if not math.isfinite(v):
+            return (0, 0, 0, 0), f"box {k}={s!r} is not finite"
+        vals.append(v)
+    x, y, w, h = vals
+    if x < 0 or y < 0:
+        return (0, 0, 0, 0), f"box has a negative corner (x={x:g}, y={y:g})"
+    if w <= 0 or h <= 0:
+        return (0, 0, 0, 0), f"box has a non-positive size (w={w:g}, h={h:g})"
+    return (x, y, w, h), None
+
+
+def _parse_size(raw: Dict[str, str]) -> Tuple[Optional[Tuple[int, int]], Optional[str]]:
+    try:
+        w = float(raw.get("image_width", ""))
+        h = float(raw.get("image_height", ""))
+    except (TypeError, ValueError):
+        return None, f"image_width/image_height ({raw.get('image_width')!r}, {raw.get('image_height')!r}) not numbers"
+    if not (math.isfinite(w) and math.isfinite(h)) or w <= 0 or h <= 0:
+        return None, f"image_width/image_height must be positive, got ({w:g}, {h:g})"
+    return (int(round(w)), int(round(h))), None
+
+
+@dataclass
+class _Row:
+    line: int
+    raw: Dict[str, str]
+    box: Tuple[float, float, float, float]
+    size: Tuple[int, int]
+
+
+def _build_items(
+    groups: Dict[str, List[_Row]],
+    meta: Dict[str, Dict[str, str]],
+    images_root: Path,
+    rescale: bool,
+    src: str,
+    result: ImportResult,
+) -> None:
+    size_cache: Dict[str, Tuple[int, int]] = {}
+    for key, rows in groups.items():
+        m = meta[key]
+        lines = ", ".join(str(r.line) for r in rows)
+        img = resolve_image(images_root, m["path"])
+        if img is None:
+            result.problems.append(
+                ImportProblem(src, rows[0].line, f"image not found under {images_root}: {m['path']} (lines {lines})",
+                              key=key)
+            )
+            continue
+        try:
+            if str(img) not in size_cache:
+                size_cache[str(img)] = image_size(img)
+            iw, ih = size_cache[str(img)]
+        except ElvisError as err:
+            result.problems.append(ImportProblem(src, rows[0].line, f"image unreadable: {err} (lines {lines})", key=key))
+            continue
+        fw, fh = rows[0].size
+        item = ReviewItem(
+            key=key,
+            dicom_id=m["dicom_id"],
+            category=m["category"],
+            label_text=m["label_text"],
+            path=m["path"],
+            image_path=str(img),
+            image_width=iw,
+            image_height=ih,
+            split=m.get("split", ""),
+        )
+        sx = sy = 1.0
+        if (fw, fh) != (iw, ih):
+            item.file_size = (fw, fh)
+            result.size_mismatch_keys.append(key)
+            if rescale:
+                sx, sy = iw / fw, ih / fh
+                item.rescaled = True
+                item.warnings.append(f"boxes rescaled from {fw}x{fh} (annotation) to {iw}x{ih} (image)")
+            else:
+                msg = f"image is {iw}x{ih} but the annotation says {fw}x{fh}; boxes NOT rescaled (rescale not agreed)"
+                item.warnings.append(msg)
+                result.problems.append(ImportProblem(src, rows[0].line, msg, severity="warning", key=key))
+        # bounds are checked in the annotation's own frame (file size), so both choices agree on what is "outside"
+        bw, bh = (fw, fh)
+        for r in rows:
+            x, y, w, h = r.box
+            x0, y0, x1, y1 = x, y, x + w, y + h
+            if x0 >= bw or y0 >= bh:
+                result.problems.append(
+                    ImportProblem(src, r.line, f"box ({x:g}, {y:g}, {w:g}, {h:g}) lies outside the {bw}x{bh} image",
+                                  key=key)
+                )
+                continue
+            if x1 > bw + 0.5 or y1 > bh + 0.5:
+                x1, y1 = min(x1, bw), min(y1, bh)
+                result.problems.append(
+                    ImportProblem(src, r.line, f"box ({x:g}, {y:g}, {w:g}, {h:g}) extends past the {bw}x{bh} image; "
+                                  "clipped", severity="warning", key=key)
+                )
+            box = (x0 * sx, y0 * sy, (x1 - x0) * sx, (y1 - y0) * sy)
+            item.boxes.append(ReviewBox(box_id=f"b{len(item.boxes)}", x=box[0], y=box[1], w=box[2], h=box[3],
+                                        original=box))
+            item.rows.append(dict(r.raw))
+        if not item.boxes:
+            result.problems.append(ImportProblem(src, rows[0].line, f"phrase has no valid box (lines {lines})",
+                                                 key=key))
+            continue
+        result.items.append(item)
+
+
+def read_csv_for_review(path: str | Path, images_root: str | Path, rescale: bool = False) -> ImportResult:
+    path = Path(path)
+    images_root = Path(images_root)
+    src = str(path)
+    try:
+        with open(path, newline="", encoding="utf-8-sig") as f:
+            reader = csv.DictReader(f)
+            header = [h.strip() for h in (reader.fieldnames or [])]
+            missing = [c for c in CSV_REQUIRED if c not in header]
+            if not header:
+                raise AnnotationError("empty file (no header row)", path)
+            if missing:
+                raise AnnotationError(f"missing column(s) {', '.join(missing)}; expected MS-CXR columns "
+                                      f"{', '.join(CSV_REQUIRED)}[, split]", path)
+            reader.fieldnames = header
+            raw_rows = list(reader)
+    except FileNotFoundError:
+        raise AnnotationError("annotation file not found", path) from None
+    except UnicodeDecodeError:
+        raise AnnotationError("not a UTF-8 text CSV", path) from None
+    except csv.Error as err:
+        raise AnnotationError(f"malformed CSV: {err}", path) from None
+    result = ImportResult(source=src, format="ms-cxr-csv", columns=header)
+    groups: Dict[str, List[_Row]] = {}
+    meta: Dict[str, Dict[str, str]] = {}
+    for i, raw in enumerate(raw_rows):
+        line = i + 2
+        raw = {k: (v if v is not None else "") for k, v in raw.items() if k is not None}
+        rel = raw.get("path", "").strip()
+        text = raw.get("label_text", "").strip()
+        if not rel:
+            result.problems.append(ImportProblem(src, line, "empty path"))
+            continue
+        if not text:
+            result.problems.append(ImportProblem(src, line, "empty label_text"))
+            continue
+        box, err = _parse_box(raw)
+        if err:
+            result.problems.append(ImportProblem(src, line, err, key=item_key(rel, text)))
+            continue
+        size, err = _parse_size(raw)
+        if err:
+            result.problems.append(ImportProblem(src, line, err, key=item_key(rel, text)))
+            continue
+        key = item_key(rel, text)
+        if key in groups and groups[key][0].size != size:
+            result.problems.append(ImportProblem(src, line, f"image size {size} differs from the phrase's first row "
+                                                 f"{groups[key][0].size}", key=key))
+            continue
+        groups.setdefault(key, []).append(_Row(line, raw, box, size))
+        meta.setdefault(key, {"dicom_id": raw.get("dicom_id", "").strip(), "category": raw.get("category_name", "")
+                              .strip(), "label_text": text, "path": rel, "split": raw.get("split", "").strip()})
+    _build_items(groups, meta, images_root, rescale, src, result)
+    return result
+
+
+def read_json_for_review(path: str | Path, images_root: str | Path, rescale: bool = False) -> ImportResult:
+    """MS-CXR / COCO JSON: ``images`` (id, file_name|path, width, height[, dicom_id, split]), ``annotations``
+    (image_id, bbox [x, y, w, h], category_id, label_text|caption|phrase[, split]), ``categories`` (id, name)."""
+    path = Path(path)
+    src = str(path)
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise AnnotationError("annotation file not found", path) from None
+    except (UnicodeDecodeError, json.JSONDecodeError) as err:
+        raise AnnotationError(f"not valid JSON ({err.__class__.__name__})", path) from None
+    if not isinstance(data, dict) or not isinstance(data.get("images"), list) or not isinstance(
+        data.get("annotations"), list
+    ):
+        raise AnnotationError("not COCO-style JSON: needs 'images' and 'annotations' lists", path)
+    cats = {c.get("id"): str(c.get("name", "")) for c in data.get("categories", []) if isinstance(c, dict)}
+    images = {}
+    for im in data["images"]:
+        if isinstance(im, dict) and "id" in im:
+            images[im["id"]] = im
+    result = ImportResult(source=src, format="coco-json", columns=list(CSV_REQUIRED) + ["split"])
+    groups: Dict[str, List[_Row]] = {}
+    meta: Dict[str, Dict[str, str]] = {}
+    for i, ann in enumerate(data["annotations"]):
+        line = i  # index in the annotations list
+        if not isinstance(ann, dict):
+            result.problems.append(ImportProblem(src, line, "annotation is not an object"))
+            continue
+        im = images.get(ann.get("image_id"))
+        if im is None:
+            result.problems.append(ImportProblem(src, line, f"image_id {ann.get('image_id')!r} not in 'images'"))
+            continue
+        rel = str(im.get("path") or im.get("file_name") or "").strip()
+        text = str(ann.get("label_text") or ann.get("caption") or ann.get("phrase") or "").strip()
+        if not rel or not text:
+            result.problems.append(ImportProblem(src, line, "annotation without image path or label_text"))
+            continue
+        bbox = ann.get("bbox")
+        if not isinstance(bbox, (list, tuple)) or len(bbox) != 4:
+            result.problems.append(ImportProblem(src, line, f"bbox must be [x, y, w, h], got {bbox!r}"))
+            continue
+        raw = {
+            "dicom_id": str(im.get("dicom_id") or Path(rel).stem),
+            "category_name": cats.get(ann.get("category_id"), str(ann.get("category_id", ""))),
+            "label_text": text,
+            "path": rel,
+            "x": str(bbox[0]),
+            "y": str(bbox[1]),
+            "w": str(bbox[2]),
+            "h": str(bbox[3]),
+            "image_width": str(im.get("width", "")),
+            "image_height": str(im.get("height", "")),
+            "split": str(ann.get("split") or im.get("split") or ""),
+        }
+        key = item_key(rel, text)
+        box, err = _parse_box(raw)
+        if err:
+            result.problems.append(ImportProblem(src, line, err, key=key))
+            continue
+        size, err = _parse_size(raw)
+        if err:
+            result.problems.append(ImportProblem(src, line, err, key=key))
+            continue
+        groups.setdefault(key, []).append(_Row(line, raw, box, size))
+        meta.setdefault(key, {"dicom_id": raw["dicom_id"], "category": raw["category_name"], "label_text": text,
+                              "path": rel, "split": raw["split"]})
+    _build_items(groups, meta, Path(images_root), rescale, src, result)
+    return result
+
+
+def import_annotations(path: str | Path, images_root: str | Path, rescale: bool = False) -> ImportResult:
+    """Read an MS-CXR CSV or MS-CXR/COCO JSON for review (by suffix; ``.json`` → JSON, anything else → CSV)."""
+    path = Path(path)
+    if not Path(images_root).is_dir():
+        raise AnnotationError("images root is not a folder", images_root)
+    if path.suffix.lower() == ".json":
+        return read_json_for_review(path, images_root, rescale)
+    return read_csv_for_review(path, images_root, rescale)
