@@ -1,0 +1,298 @@
+"""`GroundingEngine`: a checkpoint (or an in-memory model) turned into phrase-grounding maps.
+
+Shapes (per method):
+
+- ``set_image(radiograph)``: model input ``[1, 1, S, S]`` -> projected patch grid ``[gh, gw, D]`` (L2-normalised),
+  cached once per image in a bounded LRU keyed by a content hash of the pixels and the window the model input uses.
+- ``ground(phrase)``: text global embedding ``[D]``; similarity ``[gh, gw] = patch_emb @ text_emb`` (cosine, both
+  unit vectors) clipped to [-1, 1], optionally Gaussian-smoothed on the grid (sigma in grid cells, hi-ml uses 1.5),
+  plus the grid->original-image affine from ``model.transform.grid_to_image`` (the inverse of the model-input
+  transform: the whole image is covered, nothing cropped).
+- ``ground_tokens(phrase)``: the phrase map plus one map per non-special token ``[n_tokens, gh, gw]``.
+- ``ground_many(phrases)``: one text-encoder call for all phrases against the current image.
+
+Thread-safe: every model call and cache access runs under one re-entrant lock (the viewer calls from a QThreadPool
+worker). All inference runs under ``torch.inference_mode()``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import math
+import os
+import threading
+import time
+from collections import OrderedDict
+from pathlib import Path
+from typing import Any, Dict, List, Optional, Sequence, Tuple
+
+import cv2
+import numpy as np
+import torch
+
+from elvis_core.errors import GroundingError
+from elvis_core.grounding.types import GroundingMap
+
+log = logging.getLogger(__name__)
+
+
+def _default_device() -> torch.device:
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+def smooth_grid(grid: np.ndarray, sigma: float) -> np.ndarray:
+    """Gaussian smoothing of a small grid (sigma in grid cells, reflecting borders, kernel radius ceil(3 sigma)).
+
+    A convex combination of the cells, so values stay within the grid's [min, max] (hence within [-1, 1])."""
+    if sigma <= 0:
+        return grid.astype(np.float32, copy=True)
+    radius = max(1, int(math.ceil(3.0 * sigma)))
+    k = 2 * radius + 1
+    return cv2.GaussianBlur(grid.astype(np.float32), (k, k), sigmaX=float(sigma), sigmaY=float(sigma),
+                            borderType=cv2.BORDER_REFLECT)
+
+
+def _model_device(model) -> Optional[torch.device]:
+    try:
+        return next(model.parameters()).device
+    except (AttributeError, StopIteration, TypeError):
+        return None
+
+
+def _state_hash(model) -> str:
+    """Short sha256 of an in-memory model's tensors (names, shapes, bytes) for provenance."""
+    h = hashlib.sha256()
+    try:
+        sd = model.state_dict()
+    except AttributeError:
+        return "unknown"
+    for name in sorted(sd):
+        t = sd[name].detach().to("cpu").contiguous()
+        h.update(name.encode())
+        h.update(str(tuple(t.shape)).encode())
+        h.update(t.view(torch.uint8).numpy().tobytes() if t.numel() else b"")
+    return h.hexdigest()[:12]
+
+
+class GroundingEngine:
+    def __init__(self, model_or_checkpoint_dir: Any, device: Optional[str] = None, smoothing_sigma: float = 0.0,
+                 cache_size: int = 8, text_cache_size: int = 256):
+        if smoothing_sigma < 0 or not math.isfinite(float(smoothing_sigma)):
+            raise GroundingError(f"smoothing sigma must be a finite number >= 0, got {smoothing_sigma}")
+        if int(cache_size) < 1:
+            raise GroundingError(f"cache size must be >= 1, got {cache_size}")
+        self._lock = threading.RLock()
+        self.smoothing_sigma = float(smoothing_sigma)
+        self.cache_size = int(cache_size)
+        self.text_cache_size = int(text_cache_size)
+        if isinstance(model_or_checkpoint_dir, (str, os.PathLike)):
+            from elvis_core.model.checkpoint import checkpoint_hash, load_checkpoint
+
+            path = Path(model_or_checkpoint_dir)
+            self.device = torch.device(device) if device else _default_device()
+            self.model = load_checkpoint(path, device=self.device)
+            self.checkpoint_name = path.name or str(path)
+            self.checkpoint_path: Optional[str] = str(path)
+            self._hash: Optional[str] = checkpoint_hash(path)
+        else:
+            self.model = model_or_checkpoint_dir
+            if device:
+                self.device = torch.device(device)
+            else:
+                self.device = _model_device(self.model) or _default_device()
+            if hasattr(self.model, "to"):
+                self.model.to(self.device)
+            self.checkpoint_name = "in-memory model"
+            self.checkpoint_path = None
+            self._hash = None
+        if hasattr(self.model, "eval"):
+            self.model.eval()
+        self.transform = self.model.transform
+        self._images: "OrderedDict[str, Tuple[torch.Tensor, Tuple[int, int], np.ndarray]]" = OrderedDict()
+        self._texts: "OrderedDict[str, Tuple[torch.Tensor, bool]]" = OrderedDict()
+        self._current: Optional[str] = None
+        self.image_encode_count = 0  # how many times the image encoder actually ran (cache misses)
+
+    # -- identity -------------------------------------------------------------------------------------------------
+    @property
+    def device_name(self) -> str:
+        if self.device.type == "cuda":
+            try:
+                return torch.cuda.get_device_name(self.device)
+            except Exception:  # pragma: no cover - depends on the driver
+                return "CUDA"
+        return self.device.type.upper()
+
+    @property
+    def checkpoint_hash(self) -> str:
+        if self._hash is None:
+            with self._lock:
+                self._hash = _state_hash(self.model)
+        return self._hash
+
+    def settings(self) -> Dict[str, Any]:
+        """What decides the maps besides the weights (for footers and provenance)."""
+        return {"smoothing_sigma": self.smoothing_sigma, "preprocessing": self.transform.to_config(),
+                "similarity": "cosine(patch_emb, text global_emb)", "device": self.device_name}
+
+    # -- image ----------------------------------------------------------------------------------------------------
+    def image_key(self, radiograph) -> str:
+        """Content hash of what the model input depends on: pixels, shape and (for window normalisation) window."""
+        px = np.ascontiguousarray(radiograph.pixels)
+        h = hashlib.blake2b(digest_size=16)
+        h.update(str((px.shape, px.dtype.str)).encode())
+        h.update(px.data)
+        if self.transform.normalization == "window":
+            w = radiograph.default_window()
+            h.update(repr((float(w.center), float(w.width))).encode())
+        return h.hexdigest()
+
+    def set_image(self, radiograph) -> None:
+        """Make ``radiograph`` the current image, encoding it only when it is not cached yet."""
+        if radiograph is None or getattr(radiograph, "pixels", None) is None:
+            raise GroundingError("no image given")
+        if radiograph.pixels.ndim != 2 or min(radiograph.pixels.shape) < 1:
+            raise GroundingError(f"expected a 2-D image, got shape {radiograph.pixels.shape}",
+                                 getattr(radiograph, "source_path", None))
+        key = self.image_key(radiograph)
+        with self._lock:
+            if key in self._images:
+                self._images.move_to_end(key)
+                self._current = key
+                return
+        x = self.transform.apply(radiograph)
+        with self._lock, torch.inference_mode():
+            t = torch.from_numpy(np.ascontiguousarray(x, dtype=np.float32))[None, None].to(self.device)
+            emb = self.model.encode_image(t)
+            patch = emb.patch_emb[0].float()
+            self.image_encode_count += 1
+            gh, gw = int(patch.shape[0]), int(patch.shape[1])
+            g2i = self.transform.grid_to_image(radiograph.shape, (gh, gw))
+            self._images[key] = (patch, radiograph.shape, g2i)
+            self._images.move_to_end(key)
+            while len(self._images) > self.cache_size:
+                self._images.popitem(last=False)
+            self._current = key
+
+    def clear_cache(self) -> None:
+        with self._lock:
+            self._images.clear()
+            self._texts.clear()
+            self._current = None
+
+    def _current_image(self):
+        if self._current is None or self._current not in self._images:
+            raise GroundingError("no image set: call set_image(radiograph) before grounding")
+        return self._images[self._current]
+
+    # -- text -----------------------------------------------------------------------------------------------------
+    @staticmethod
+    def _check_phrase(phrase: Any, where: str = "") -> str:
+        if not isinstance(phrase, str):
+            raise GroundingError(f"phrase{where} must be text, got {type(phrase).__name__}")
+        if not phrase.strip():
+            raise GroundingError(f"phrase{where} is empty or only whitespace")
+        return phrase.strip()
+
+    def _truncation_warning(self, n_tokens: Optional[int] = None) -> str:
+        limit = getattr(self.model, "max_text_length", None)
+        return f"phrase longer than the text encoder's limit of {limit} tokens; truncated"
+
+    def _encode_texts(self, phrases: Sequence[str]) -> Tuple[Any, Dict[str, Any]]:
+        tok = self.model.tokenize(list(phrases))
+        ids = tok["input_ids"].to(self.device)
+        mask = tok["attention_mask"].to(self.device)
+        out = self.model.encode_text(ids, mask)
+        return out, tok
+
+    def _text_globals(self, phrases: Sequence[str]) -> List[Tuple[torch.Tensor, bool]]:
+        """(global embedding [D], truncated) per phrase, through the text cache; misses in ONE encoder call."""
+        missing = [p for p in dict.fromkeys(phrases) if p not in self._texts]
+        if missing:
+            out, tok = self._encode_texts(missing)
+            truncated = list(tok.get("truncated", [False] * len(missing)))
+            for i, p in enumerate(missing):
+                self._texts[p] = (out.global_emb[i].float(), bool(truncated[i]))
+        res = []
+        for p in phrases:
+            self._texts.move_to_end(p)
+            res.append(self._texts[p])
+        while len(self._texts) > self.text_cache_size:
+            self._texts.popitem(last=False)
+        return res
+
+    # -- grounding ------------------------------------------------------------------------------------------------
+    def _similarity(self, patch: torch.Tensor, vec: torch.Tensor) -> np.ndarray:
+        sim = torch.einsum("hwd,d->hw", patch, vec.to(patch.device)).clamp_(-1.0, 1.0)
+        return smooth_grid(sim.cpu().numpy(), self.smoothing_sigma)
+
+    def _make_map(self, phrase: str, sim: np.ndarray, shape, g2i, truncated: bool, t0: float) -> GroundingMap:
+        gm = GroundingMap(similarity=sim.astype(np.float32), grid_to_image=np.array(g2i, dtype=np.float64),
+                          image_shape=tuple(shape), phrase=phrase, smoothing_sigma=self.smoothing_sigma)
+        if truncated:
+            gm.warnings.append(self._truncation_warning())
+        gm.latency_s = time.perf_counter() - t0
+        return gm
+
+    def ground(self, phrase: str) -> GroundingMap:
+        """The phrase's similarity map against the current image."""
+        text = self._check_phrase(phrase)
+        t0 = time.perf_counter()
+        with self._lock, torch.inference_mode():
+            patch, shape, g2i = self._current_image()
+            (vec, truncated), = self._text_globals([text])
+            sim = self._similarity(patch, vec)
+            return self._make_map(phrase, sim, shape, g2i, truncated, t0)
+
+    def ground_many(self, phrases: Sequence[str]) -> List[GroundingMap]:
+        """Maps of many phrases against the current image; uncached phrases go through ONE text-encoder call."""
+        texts = [self._check_phrase(p, f" {i}") for i, p in enumerate(phrases)]
+        if not texts:
+            return []
+        t0 = time.perf_counter()
+        with self._lock, torch.inference_mode():
+            patch, shape, g2i = self._current_image()
+            vecs = self._text_globals(texts)
+            mat = torch.stack([v for v, _ in vecs])  # [P, D]
+            sims = torch.einsum("hwd,pd->phw", patch, mat.to(patch.device)).clamp_(-1.0, 1.0).cpu().numpy()
+            maps = [self._make_map(p, smooth_grid(sims[i], self.smoothing_sigma), shape, g2i, vecs[i][1], t0)
+                    for i, p in enumerate(phrases)]
+        per = (time.perf_counter() - t0) / len(maps)
+        for m in maps:
+            m.latency_s = per
+        return maps
+
+    def ground_tokens(self, phrase: str) -> GroundingMap:
+        """The phrase map plus one map per token (special tokens and padding left out) with the token strings."""
+        text = self._check_phrase(phrase)
+        t0 = time.perf_counter()
+        with self._lock, torch.inference_mode():
+            patch, shape, g2i = self._current_image()
+            out, tok = self._encode_texts([text])
+            truncated = bool(tok.get("truncated", [False])[0])
+            ids = tok["input_ids"][0].tolist()
+            mask = tok["attention_mask"][0].tolist()
+            tokenizer = self.model.tokenizer
+            special = set(getattr(tokenizer, "all_special_ids", []) or [])
+            keep = [i for i, (t, m) in enumerate(zip(ids, mask)) if m and t not in special]
+            tokens = tokenizer.convert_ids_to_tokens([ids[i] for i in keep])
+            sim = self._similarity(patch, out.global_emb[0].float())
+            if keep:
+                temb = out.token_emb[0, keep].float()
+                temb = torch.nn.functional.normalize(temb, dim=-1)
+                tm = torch.einsum("hwd,td->thw", patch, temb).clamp_(-1.0, 1.0).cpu().numpy()
+                tm = np.stack([smooth_grid(m, self.smoothing_sigma) for m in tm])
+            else:
+                tm = np.zeros((0,) + sim.shape, dtype=np.float32)
+            gm = self._make_map(phrase, sim, shape, g2i, truncated, t0)
+            gm.token_maps = tm.astype(np.float32)
+            gm.tokens = list(tokens)
+            gm.latency_s = time.perf_counter() - t0
+            return gm
+
+    def ground_image(self, radiograph, phrase: str) -> GroundingMap:
+        """Convenience: ``set_image`` then ``ground`` atomically (no other thread can switch the image between)."""
+        with self._lock:
+            self.set_image(radiograph)
+            return self.ground(phrase)
