@@ -28,7 +28,7 @@ _NON_IMAGE_SOP_CLASSES = {
     "1.2.840.10008.5.1.4.1.1.11": "Presentation State",
     "1.2.840.10008.5.1.4.1.1.104": "Encapsulated Document",
     "1.2.840.10008.5.1.4.1.1.481": "RT object",
-    "1.2.840.10008.5.1.4.1.1.66": "Raw Data / Registration",
+    "1.2.840.10008.5.1.4.1.1.66": "Raw Data / Registration / Segmentation",
     "1.2.840.10008.5.1.4.1.1.9": "Waveform",
     "1.2.840.10008.1.3.10": "Media Storage Directory (DICOMDIR)",
 }
@@ -77,10 +77,16 @@ _META_KEYWORDS = (
 )
 
 
+#: SOP classes under a non-image prefix that do hold an image
+_IMAGE_SOP_EXCEPTIONS = ("1.2.840.10008.5.1.4.1.1.481.1",)  # RT Image
+
+
 def _non_image_kind(ds) -> Optional[str]:
     sop = str(ds.get("SOPClassUID", "") or "")
+    if sop in _IMAGE_SOP_EXCEPTIONS:
+        return None
     for prefix, name in _NON_IMAGE_SOP_CLASSES.items():
-        if sop.startswith(prefix):
+        if sop == prefix or sop.startswith(prefix + "."):
             return name
     modality = str(ds.get("Modality", "") or "")
     if modality in ("SR", "PR", "KO", "DOC", "RTPLAN", "RTSTRUCT", "RTRECORD", "REG", "SEG"):
@@ -112,10 +118,13 @@ def is_dicom_file(path: os.PathLike | str) -> bool:
         return False
     if len(head) >= 132 and head[128:132] == b"DICM":
         return True
-    # preamble-less DICOM (raw data set): little-endian group 0x0002 or 0x0008 at byte 0
-    return len(head) >= 8 and head[0:2] in (b"\x02\x00", b"\x08\x00") and head[2:4] in (
-        b"\x00\x00", b"\x01\x00", b"\x02\x00", b"\x05\x00", b"\x08\x00", b"\x10\x00", b"\x16\x00", b"\x18\x00"
-    )
+    # preamble-less DICOM (raw data set): group 0x0002 or 0x0008 at byte 0, little or big endian
+    if len(head) < 8:
+        return False
+    elements = (0x0000, 0x0001, 0x0002, 0x0005, 0x0008, 0x0010, 0x0012, 0x0013, 0x0016, 0x0018)
+    le_group, le_elem = int.from_bytes(head[0:2], "little"), int.from_bytes(head[2:4], "little")
+    be_group, be_elem = int.from_bytes(head[0:2], "big"), int.from_bytes(head[2:4], "big")
+    return (le_group in (0x0002, 0x0008) and le_elem in elements) or (be_group == 0x0008 and be_elem in elements)
 
 
 def _dcmread(path: str, stop_before_pixels: bool = False, specific_tags=None, defer_size=None):

@@ -1,0 +1,93 @@
+"""One entry point for any image file: DICOM (recognised by content, not only extension) or JPG/PNG (MIMIC-CXR-JPG).
+
+JPG/PNG images become a grey :class:`Radiograph` (uint8/uint16 values as float32, higher = brighter, no windows, no
+spacing) with ``meta["Decoder"] == "image"``.
+"""
+
+from __future__ import annotations
+
+import os
+
+import numpy as np
+
+from elvis_core.errors import DicomReadError
+from elvis_core.io.radiograph import Radiograph
+
+#: extensions read as plain images
+IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png")
+
+_PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
+_JPEG_MAGIC = b"\xff\xd8\xff"
+
+
+def sniff_kind(path: os.PathLike | str) -> str:
+    """"dicom", "image" or "unknown", from the file's first bytes (then the extension for preamble-less DICOM)."""
+    from elvis_core.io.dicom import is_dicom_file
+
+    try:
+        with open(path, "rb") as f:
+            head = f.read(132)
+    except OSError:
+        return "unknown"
+    if head.startswith(_PNG_MAGIC) or head.startswith(_JPEG_MAGIC):
+        return "image"
+    if is_dicom_file(path):
+        return "dicom"
+    return "unknown"
+
+
+def read_plain_image(path: os.PathLike | str) -> Radiograph:
+    """Read a JPG/PNG as grey. Raises :class:`DicomReadError` (the image read error type) when unreadable."""
+    import cv2
+
+    path = os.fspath(path)
+    if not os.path.isfile(path):
+        raise DicomReadError("no such file", path)
+    if os.path.getsize(path) == 0:
+        raise DicomReadError("empty file (0 bytes)", path)
+    data = np.fromfile(path, dtype=np.uint8)
+    img = cv2.imdecode(data, cv2.IMREAD_UNCHANGED)
+    if img is None or img.size == 0:
+        raise DicomReadError("not a readable JPG/PNG image (corrupt or truncated)", path)
+    warnings = []
+    if img.ndim == 3:
+        if img.shape[2] == 4:
+            img = img[..., :3]
+        channels = img.astype(np.float32)
+        if not (np.array_equal(img[..., 0], img[..., 1]) and np.array_equal(img[..., 1], img[..., 2])):
+            warnings.append("colour image converted to grey (ITU-R 601 luma)")
+        # OpenCV gives BGR
+        img = channels[..., 2] * 0.299 + channels[..., 1] * 0.587 + channels[..., 0] * 0.114
+    pixels = np.ascontiguousarray(img, dtype=np.float32)
+    meta = {
+        "Rows": int(pixels.shape[0]),
+        "Columns": int(pixels.shape[1]),
+        "NumberOfFrames": 1,
+        "Frame": 0,
+        "Decoder": "image",
+        "Format": os.path.splitext(path)[1].lower().lstrip("."),
+    }
+    return Radiograph(pixels=pixels, meta=meta, source_path=path, warnings=warnings)
+
+
+def read_image(path: os.PathLike | str, frame: int = 0) -> Radiograph:
+    """DICOM (by content: DICM preamble or a raw data set; else by .dcm extension) or JPG/PNG → :class:`Radiograph`."""
+    from elvis_core.io.dicom import read_radiograph
+
+    path = os.fspath(path)
+    if not os.path.exists(path):
+        raise DicomReadError("no such file", path)
+    if os.path.isdir(path):
+        raise DicomReadError("is a folder, not an image file", path)
+    kind = sniff_kind(path)
+    if kind == "image":
+        if frame != 0:
+            raise DicomReadError(f"frame {frame} out of range (a JPG/PNG has 1 frame)", path)
+        return read_plain_image(path)
+    if kind == "dicom":
+        return read_radiograph(path, frame=frame)
+    ext = os.path.splitext(path)[1].lower()
+    if ext in IMAGE_EXTENSIONS:
+        return read_plain_image(path)
+    # unknown content: let the DICOM reader give the precise error ("not a DICOM file", "empty file", ...)
+    return read_radiograph(path, frame=frame)
