@@ -1,8 +1,7 @@
 """Image size from headers (fast, for importing thousands of rows) and image loading for the review queue.
 
 ``image_size`` reads only a DICOM header, or the PNG IHDR / JPEG SOF marker, never the pixels.
-``load_image`` uses ``elvis_core.io.images.read_image`` when the I/O module provides it, else a minimal reader
-(pydicom / OpenCV) that follows the same contract (float32, higher = brighter).
+``load_image`` is ``elvis_core.io.images.read_image`` (the pixel-path contract: float32, higher = brighter).
 """
 
 from __future__ import annotations
@@ -11,13 +10,8 @@ import struct
 from pathlib import Path
 from typing import Tuple
 
-import numpy as np
-
 from elvis_core.errors import DicomReadError, ElvisError
 from elvis_core.io.radiograph import Radiograph
-
-IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png")
-
 
 def _png_size(data: bytes, path: Path) -> Tuple[int, int]:
     if len(data) < 24 or data[12:16] != b"IHDR":
@@ -79,47 +73,8 @@ def image_size(path: str | Path) -> Tuple[int, int]:
         raise DicomReadError(f"not a readable DICOM file ({type(err).__name__})", path) from None
 
 
-def _minimal_read(path: Path) -> Radiograph:
-    if path.suffix.lower() in IMAGE_SUFFIXES:
-        import cv2
-
-        arr = cv2.imread(str(path), cv2.IMREAD_GRAYSCALE | cv2.IMREAD_ANYDEPTH)
-        if arr is None:
-            raise ElvisError("cannot decode image", path)
-        return Radiograph(pixels=arr.astype(np.float32), source_path=str(path), meta={"Decoder": "image"})
-    import pydicom
-
-    try:
-        ds = pydicom.dcmread(str(path))
-        arr = ds.pixel_array
-    except Exception as err:
-        raise DicomReadError(f"cannot decode DICOM pixels ({type(err).__name__})", path) from None
-    if arr.ndim == 3:
-        arr = arr[0] if arr.shape[-1] not in (3, 4) else arr[..., :3].mean(axis=-1)
-    px = arr.astype(np.float32) * float(getattr(ds, "RescaleSlope", 1) or 1) + float(
-        getattr(ds, "RescaleIntercept", 0) or 0
-    )
-    inverted = str(getattr(ds, "PhotometricInterpretation", "")) == "MONOCHROME1"
-    pivot = 0.0
-    if inverted:
-        pivot = float(px.min() + px.max())
-        px = pivot - px
-    return Radiograph(
-        pixels=px,
-        source_path=str(path),
-        meta={"Decoder": "pydicom", "Rows": int(px.shape[0]), "Columns": int(px.shape[1])},
-        inverted_from_monochrome1=inverted,
-        invert_pivot=pivot,
-    )
-
-
 def load_image(path: str | Path) -> Radiograph:
-    """Read an image as a `Radiograph` (the I/O module's reader when present)."""
-    path = Path(path)
-    try:
-        from elvis_core.io.images import read_image  # type: ignore
-    except ImportError:
-        read_image = None
-    if read_image is not None:
-        return read_image(path)
-    return _minimal_read(path)
+    """Read an image as a `Radiograph` (:func:`elvis_core.io.images.read_image`: DICOM, JPG or PNG)."""
+    from elvis_core.io.images import read_image
+
+    return read_image(path)

@@ -13,7 +13,6 @@ warning (`ImportResult.size_mismatch_keys` lists them so a UI can ask and re-imp
 
 from __future__ import annotations
 
-import csv
 import json
 import math
 from dataclasses import dataclass, field
@@ -165,6 +164,10 @@ def _build_items(
         bw, bh = (fw, fh)
         for r in rows:
             x, y, w, h = r.box
+            if x < 0 or y < 0:
+                result.problems.append(ImportProblem(src, r.line, f"box has a negative corner (x={x:g}, y={y:g})",
+                                                     key=key))
+                continue
             x0, y0, x1, y1 = x, y, x + w, y + h
             if x0 >= bw or y0 >= bh:
                 result.problems.append(
@@ -182,66 +185,31 @@ def _build_items(
             item.boxes.append(ReviewBox(box_id=f"b{len(item.boxes)}", x=box[0], y=box[1], w=box[2], h=box[3],
                                         original=box))
             item.rows.append(dict(r.raw))
-        if not item.boxes:
-            result.problems.append(ImportProblem(src, rows[0].line, f"phrase has no valid box (lines {lines})",
-                                                 key=key))
+        if not item.boxes:  # every row was listed above with its reason
             continue
         result.items.append(item)
 
 
 def read_csv_for_review(path: str | Path, images_root: str | Path, rescale: bool = False) -> ImportResult:
-    path = Path(path)
-    images_root = Path(images_root)
+    """MS-CXR CSV via :func:`elvis_core.io.annotations.read_ms_cxr_csv` (column checks, per-row errors), then the
+    review's own checks against the images (negative corner, outside the image, missing/unreadable image)."""
+    from elvis_core.io.annotations import read_ms_cxr_csv
+
+    aset = read_ms_cxr_csv(path)
     src = str(path)
-    try:
-        with open(path, newline="", encoding="utf-8-sig") as f:
-            reader = csv.DictReader(f)
-            header = [h.strip() for h in (reader.fieldnames or [])]
-            missing = [c for c in CSV_REQUIRED if c not in header]
-            if not header:
-                raise AnnotationError("empty file (no header row)", path)
-            if missing:
-                raise AnnotationError(f"missing column(s) {', '.join(missing)}; expected MS-CXR columns "
-                                      f"{', '.join(CSV_REQUIRED)}[, split]", path)
-            reader.fieldnames = header
-            raw_rows = list(reader)
-    except FileNotFoundError:
-        raise AnnotationError("annotation file not found", path) from None
-    except UnicodeDecodeError:
-        raise AnnotationError("not a UTF-8 text CSV", path) from None
-    except csv.Error as err:
-        raise AnnotationError(f"malformed CSV: {err}", path) from None
-    result = ImportResult(source=src, format="ms-cxr-csv", columns=header)
+    result = ImportResult(source=src, format=f"ms-cxr-csv {aset.version}",
+                          columns=list(CSV_REQUIRED) + (["split"] if aset.version == "v1.1.0" else []))
+    result.problems.extend(ImportProblem(src, line, msg) for line, msg in aset.errors)
     groups: Dict[str, List[_Row]] = {}
     meta: Dict[str, Dict[str, str]] = {}
-    for i, raw in enumerate(raw_rows):
-        line = i + 2
-        raw = {k: (v if v is not None else "") for k, v in raw.items() if k is not None}
-        rel = raw.get("path", "").strip()
-        text = raw.get("label_text", "").strip()
-        if not rel:
-            result.problems.append(ImportProblem(src, line, "empty path"))
-            continue
-        if not text:
-            result.problems.append(ImportProblem(src, line, "empty label_text"))
-            continue
-        box, err = _parse_box(raw)
-        if err:
-            result.problems.append(ImportProblem(src, line, err, key=item_key(rel, text)))
-            continue
-        size, err = _parse_size(raw)
-        if err:
-            result.problems.append(ImportProblem(src, line, err, key=item_key(rel, text)))
-            continue
-        key = item_key(rel, text)
-        if key in groups and groups[key][0].size != size:
-            result.problems.append(ImportProblem(src, line, f"image size {size} differs from the phrase's first row "
-                                                 f"{groups[key][0].size}", key=key))
-            continue
-        groups.setdefault(key, []).append(_Row(line, raw, box, size))
-        meta.setdefault(key, {"dicom_id": raw.get("dicom_id", "").strip(), "category": raw.get("category_name", "")
-                              .strip(), "label_text": text, "path": rel, "split": raw.get("split", "").strip()})
-    _build_items(groups, meta, images_root, rescale, src, result)
+    for ph in aset.phrases:
+        key = item_key(ph.path, ph.label_text)
+        rows = groups.setdefault(key, [])
+        for b, line in zip(ph.boxes, ph.rows):
+            rows.append(_Row(line, {}, (b.x, b.y, b.w, b.h), (ph.image_width, ph.image_height)))
+        meta[key] = {"dicom_id": ph.dicom_id, "category": ph.category, "label_text": ph.label_text,
+                     "path": ph.path, "split": ph.split or ""}
+    _build_items(groups, meta, Path(images_root), rescale, src, result)
     return result
 
 
