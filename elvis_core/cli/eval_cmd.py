@@ -1,14 +1,133 @@
-"""`elvis eval`: placeholder until its issue lands (it says so and exits 1)."""
+"""`elvis eval`: MS-CXR-style phrase-grounding evaluation of a checkpoint (CNR, mIoU, pointing game)."""
+
+from __future__ import annotations
 
 import argparse
+import json
+import os
+import subprocess
 import sys
+import tempfile
+import time
+from pathlib import Path
+
+from elvis_core.errors import ElvisError
+
+EXAMPLE = """example:
+  elvis eval --checkpoint runs/demo --annotations MS_CXR_Local_Alignment_v1.1.0.csv \\
+             --images /data/mimic-cxr-jpg --split test --json eval.json
+
+Phrases = CSV rows sharing (path, label_text); each image is loaded once (DICOM, or JPG/PNG as in MIMIC-CXR-JPG; a
+missing .jpg is also looked for as .dcm/.png). Missing or unreadable images are reported and counted, the rest is
+evaluated. Exit code 0 when at least one phrase was evaluated, 1 when none could be, 2 on bad input."""
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("eval", help="(not built yet)")
+    p = sub.add_parser("eval", help="evaluate phrase grounding on MS-CXR-style annotations (CNR, mIoU, pointing)",
+                       description=__doc__, epilog=EXAMPLE, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--checkpoint", required=True, help="checkpoint directory (config.json + model.safetensors)")
+    p.add_argument("--annotations", required=True, help="MS-CXR CSV (v1.0.0 or v1.1.0 columns)")
+    p.add_argument("--images", required=True, help="root folder the CSV's 'path' column is relative to")
+    p.add_argument("--split", default=None, help="evaluate only this split (v1.1.0 CSV), e.g. test")
+    p.add_argument("--json", dest="json_out", default=None, help="write every phrase's figures + provenance here")
+    p.add_argument("--sigma", type=float, default=0.0, help="Gaussian smoothing of the grid map, in grid cells "
+                                                            "(hi-ml uses 1.5; default 0 = none)")
+    p.add_argument("--clamp-negative", action="store_true", help="clamp negative similarities to 0 before CNR")
+    p.add_argument("--device", default=None, help="torch device (default: cuda when available, else cpu)")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.set_defaults(func=run)
 
 
+def code_version() -> str:
+    """Package version plus the git commit of the code when run from a checkout."""
+    try:
+        from importlib.metadata import version
+
+        v = version("elvis-viewer")
+    except Exception:
+        v = "unknown"
+    try:
+        here = Path(__file__).resolve().parent
+        rev = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=here, capture_output=True, text=True,
+                             timeout=5)
+        if rev.returncode == 0 and rev.stdout.strip():
+            v += f"+git.{rev.stdout.strip()}"
+    except Exception:
+        pass
+    return v
+
+
+def write_json_atomic(path: os.PathLike | str, obj) -> None:
+    out = Path(path)
+    if not out.parent.exists():
+        raise ElvisError("output folder does not exist", out.parent)
+    fd, tmp = tempfile.mkstemp(prefix=f".{out.name}.", suffix=".tmp", dir=str(out.parent))
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as fh:
+            json.dump(obj, fh, indent=1, allow_nan=False)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, out)
+    except BaseException:
+        try:
+            os.unlink(tmp)
+        except OSError:
+            pass
+        raise
+
+
 def run(args: argparse.Namespace) -> int:
-    print("elvis eval: not built yet", file=sys.stderr)
-    return 1
+    from elvis_core.grounding.engine import GroundingEngine
+    from elvis_core.grounding.evaluate import evaluate
+    from elvis_core.io.annotations import read_ms_cxr_csv
+
+    if args.sigma < 0:
+        raise ElvisError(f"--sigma must be >= 0, got {args.sigma}")
+    if args.json_out and not Path(args.json_out).resolve().parent.exists():
+        raise ElvisError("output folder does not exist", Path(args.json_out).resolve().parent)
+    aset = read_ms_cxr_csv(args.annotations)
+    for line, msg in aset.errors[:20]:
+        print(f"{args.annotations}:{line}: skipped: {msg}", file=sys.stderr)
+    if len(aset.errors) > 20:
+        print(f"... {len(aset.errors) - 20} more skipped rows", file=sys.stderr)
+    sub = aset.filter_split(args.split)
+    if not sub.phrases:
+        raise ElvisError(f"no phrases to evaluate" + (f" in split {args.split!r}" if args.split else ""),
+                         args.annotations)
+    engine = GroundingEngine(args.checkpoint, device=args.device, smoothing_sigma=args.sigma)
+
+    bar = None
+    if not args.no_progress:
+        from tqdm import tqdm
+
+        bar = tqdm(total=len(sub.phrases), unit="phrase", desc="eval", file=sys.stderr)
+
+    def progress(done: int, total: int) -> None:
+        if bar is not None:
+            bar.update(done - bar.n)
+
+    t0 = time.perf_counter()
+    try:
+        result = evaluate(engine, aset, args.images, split=args.split, progress=progress,
+                          clamp_negative=args.clamp_negative)
+    finally:
+        if bar is not None:
+            bar.close()
+    elapsed = time.perf_counter() - t0
+    for rel, msg in result.missing[:20]:
+        print(f"{rel}: {msg}", file=sys.stderr)
+    if len(result.missing) > 20:
+        print(f"... {len(result.missing) - 20} more missing/unreadable images", file=sys.stderr)
+    print(f"checkpoint {engine.checkpoint_name} (sha256 {engine.checkpoint_hash}) on {engine.device_name}; "
+          f"sigma {args.sigma}; split {args.split or 'all'}; {result.n_evaluated} phrases in {elapsed:.1f}s")
+    print(result.table())
+    if args.json_out:
+        doc = result.to_json()
+        doc["provenance"] = {"checkpoint": str(Path(args.checkpoint).resolve()), "checkpoint_name":
+                             engine.checkpoint_name, "checkpoint_hash": engine.checkpoint_hash,
+                             "code_version": code_version(), "device": engine.device_name,
+                             "elapsed_s": round(elapsed, 3),
+                             "time_utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
+        write_json_atomic(args.json_out, doc)
+        print(f"wrote {args.json_out}")
+    return 0 if result.n_evaluated else 1

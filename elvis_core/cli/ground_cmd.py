@@ -1,14 +1,126 @@
-"""`elvis ground`: placeholder until its issue lands (it says so and exits 1)."""
+"""`elvis ground`: ground phrases on one image and write figures (PNG) and, optionally, the maps (NPY)."""
+
+from __future__ import annotations
 
 import argparse
 import sys
+from pathlib import Path
+from typing import List
+
+import numpy as np
+
+from elvis_core.errors import ElvisError
+
+EXAMPLE = """example:
+  elvis ground --checkpoint runs/demo study/img.dcm "right lower lobe opacity" "small left effusion" \\
+               --out maps/img.png --npy --sigma 1.5 --annotations MS_CXR.csv
+
+With one phrase the figure goes to --out; with several, to OUT_STEM_1.png, OUT_STEM_2.png, ... in phrase order.
+--npy writes beside each PNG the full-resolution map on the original image pixels (float32, .npy) and the grid
+with its grid->image affine (.grid.npz). --annotations draws the boxes of the image's matching phrases (same label
+text; matched by the CSV path or the dicom_id = the image file's stem) and prints their CNR / mIoU / pointing."""
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("ground", help="(not built yet)")
+    p = sub.add_parser("ground", help="ground phrases on an image: heatmap figure (PNG) and map (NPY)",
+                       description=__doc__, epilog=EXAMPLE, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--checkpoint", required=True, help="checkpoint directory (config.json + model.safetensors)")
+    p.add_argument("image", help="DICOM, PNG or JPG image")
+    p.add_argument("phrases", nargs="+", metavar="PHRASE", help="phrase(s) to ground")
+    p.add_argument("--out", required=True, help="output PNG")
+    p.add_argument("--npy", action="store_true", help="also write the maps as .npy (+ grid .grid.npz)")
+    p.add_argument("--annotations", default=None, help="MS-CXR CSV: draw the phrase's boxes and score them")
+    p.add_argument("--sigma", type=float, default=0.0, help="Gaussian smoothing on the grid, in cells (default 0)")
+    p.add_argument("--opacity", type=float, default=0.5, help="map opacity over the image, 0..1 (default 0.5)")
+    p.add_argument("--cmap", default="RdBu_r", help="RdBu_r (default), RdBu, viridis or gray")
+    p.add_argument("--frame", type=int, default=0, help="frame of a multi-frame DICOM (default 0)")
+    p.add_argument("--device", default=None, help="torch device (default: cuda when available, else cpu)")
     p.set_defaults(func=run)
 
 
+def _outputs(out: Path, n: int) -> List[Path]:
+    if n == 1:
+        return [out]
+    return [out.with_name(f"{out.stem}_{k}{out.suffix or '.png'}") for k in range(1, n + 1)]
+
+
+def _read(path: str, frame: int):
+    from elvis_core.grounding.evaluate import read_any_image
+
+    p = Path(path)
+    if not p.exists():
+        raise ElvisError("image not found", p)
+    if frame and not p.suffix.lower() in (".png", ".jpg", ".jpeg"):
+        from elvis_core.io.dicom import read_radiograph
+
+        return read_radiograph(p, frame=frame)
+    return read_any_image(p)
+
+
 def run(args: argparse.Namespace) -> int:
-    print("elvis ground: not built yet", file=sys.stderr)
-    return 1
+    from elvis_core.grounding.engine import GroundingEngine
+    from elvis_core.grounding.figure import colormap_lut, render_overlay, write_png
+    from elvis_core.grounding.metrics import cnr, miou, pointing_game
+    from elvis_core.io.annotations import read_ms_cxr_csv, rescale_boxes
+
+    if not 0.0 <= args.opacity <= 1.0:
+        raise ElvisError(f"--opacity must be in [0, 1], got {args.opacity}")
+    if args.sigma < 0:
+        raise ElvisError(f"--sigma must be >= 0, got {args.sigma}")
+    try:
+        colormap_lut(args.cmap)
+    except ValueError as err:
+        raise ElvisError(str(err)) from None
+    out = Path(args.out)
+    if not out.resolve().parent.exists():
+        raise ElvisError("output folder does not exist", out.resolve().parent)
+    for i, ph in enumerate(args.phrases):
+        if not ph.strip():
+            raise ElvisError(f"phrase {i + 1} is empty or only whitespace")
+
+    rad = _read(args.image, args.frame)
+    phrases_ann = []
+    if args.annotations:
+        aset = read_ms_cxr_csv(args.annotations)
+        img = Path(args.image)
+        phrases_ann = [p for p in aset.phrases
+                       if p.dicom_id == img.stem or Path(p.path).stem == img.stem
+                       or str(img).replace("\\", "/").endswith(p.path)]
+        if not phrases_ann:
+            print(f"{args.annotations}: no phrase for this image (matched by path or dicom_id {img.stem!r})",
+                  file=sys.stderr)
+
+    engine = GroundingEngine(args.checkpoint, device=args.device, smoothing_sigma=args.sigma)
+    engine.set_image(rad)
+    maps = engine.ground_many(args.phrases)
+    outs = _outputs(out, len(maps))
+    for gm, png in zip(maps, outs):
+        for w in gm.warnings:
+            print(f"warning: {gm.phrase!r}: {w}", file=sys.stderr)
+        boxes = None
+        match = [p for p in phrases_ann if p.label_text.strip().lower() == gm.phrase.strip().lower()]
+        if match:
+            boxes = []
+            for p in match:
+                b, note = rescale_boxes(p, rad.shape)
+                if note:
+                    print(f"note: {note}", file=sys.stderr)
+                boxes.extend(b)
+        footer = (f"checkpoint {engine.checkpoint_name} sha256:{engine.checkpoint_hash} | grid "
+                  f"{gm.similarity.shape[0]}x{gm.similarity.shape[1]} | sigma {args.sigma:g} | opacity "
+                  f"{args.opacity:g} | {args.cmap} over [-1, 1] | {engine.device_name}")
+        fig = render_overlay(rad, gm, boxes=boxes, phrase=gm.phrase, footer=footer, opacity=args.opacity,
+                             cmap=args.cmap)
+        write_png(png, fig)
+        line = f"{png}: {gm.phrase!r} max {float(np.max(gm.similarity)):+.3f} at (x, y) = " \
+               f"({gm.peak_xy()[0]:.0f}, {gm.peak_xy()[1]:.0f}); {gm.latency_s * 1000:.1f} ms"
+        if boxes:
+            m = gm.to_image()
+            line += f"; CNR {cnr(m, boxes):.3f} mIoU {miou(m, boxes):.3f} pointing {pointing_game(m, boxes)}"
+        print(line)
+        if args.npy:
+            stem = png.with_suffix("")
+            np.save(stem.with_name(stem.name + ".npy"), gm.to_image().astype(np.float32))
+            np.savez(stem.with_name(stem.name + ".grid.npz"), similarity=gm.similarity,
+                     grid_to_image=gm.grid_to_image, image_shape=np.array(gm.image_shape))
+    return 0

@@ -1,0 +1,225 @@
+"""MS-CXR-style evaluation: every phrase of an annotation set grounded on its image, scored with CNR, mIoU and the
+pointing game, aggregated per category and macro-averaged over categories.
+
+Images are loaded once each (all phrases of an image go through one ``ground_many`` call). A phrase whose image is
+missing or unreadable is reported and counted, and the rest is evaluated.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
+
+import numpy as np
+
+from elvis_core.errors import ElvisError
+from elvis_core.grounding.metrics import DEFAULT_THRESHOLDS, cnr, miou, pointing_game
+from elvis_core.io.annotations import AnnotationSet, Phrase, rescale_boxes
+
+#: image suffixes tried when the annotated path is not found (MS-CXR lists MIMIC-CXR-JPG paths)
+_ALT_SUFFIXES = (".dcm", ".jpg", ".png", ".jpeg")
+
+ProgressFn = Callable[[int, int], None]
+
+
+def read_any_image(path: os.PathLike | str):
+    """A `Radiograph` from a DICOM or JPG/PNG file (``elvis_core.io.images.read_image`` when available)."""
+    try:
+        from elvis_core.io.images import read_image  # written by the foundation issue
+    except ImportError:  # pragma: no cover - fallback until it lands
+        read_image = None
+    if read_image is not None:
+        return read_image(path)
+    p = str(path)
+    if p.lower().endswith((".png", ".jpg", ".jpeg")):
+        import cv2
+
+        from elvis_core.errors import DicomReadError
+        from elvis_core.io.radiograph import Radiograph
+
+        arr = cv2.imread(p, cv2.IMREAD_UNCHANGED)
+        if arr is None:
+            raise DicomReadError("not a readable PNG/JPG image", p)
+        if arr.ndim == 3:
+            arr = cv2.cvtColor(arr[:, :, :3], cv2.COLOR_BGR2GRAY)
+        return Radiograph(pixels=arr.astype(np.float32), meta={"Decoder": "image"}, source_path=p)
+    from elvis_core.io.dicom import read_radiograph
+
+    return read_radiograph(p)
+
+
+def resolve_image(images_root: os.PathLike | str, rel_path: str) -> Optional[Path]:
+    """``images_root / rel_path``, else the same path with another image suffix (.dcm / .jpg / .png)."""
+    root = Path(images_root)
+    p = root / rel_path
+    if p.is_file():
+        return p
+    for suf in _ALT_SUFFIXES:
+        q = p.with_suffix(suf)
+        if q.is_file():
+            return q
+    return None
+
+
+@dataclass
+class EvalResult:
+    #: one dict per evaluated phrase: path, dicom_id, category, label_text, n_boxes, cnr, miou, pointing, rows,
+    #: warnings (e.g. rescaled boxes, truncated phrase)
+    rows: List[Dict[str, Any]]
+    #: category -> {"n", "cnr", "miou", "pointing"}
+    per_category: Dict[str, Dict[str, float]]
+    #: unweighted mean over categories of the per-category means
+    macro: Dict[str, float]
+    #: mean over all phrases
+    overall: Dict[str, float]
+    #: (image path as annotated, message) for each image that was missing or unreadable
+    missing: List[Tuple[str, str]]
+    n_missing_phrases: int
+    #: (CSV line, message) of rows skipped while reading the annotations
+    csv_errors: List[Tuple[int, str]]
+    settings: Dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def n_evaluated(self) -> int:
+        return len(self.rows)
+
+    def table(self) -> str:
+        """Per-category and macro table (plain text)."""
+        head = f"{'category':<28} {'n':>5} {'CNR':>7} {'mIoU':>7} {'pointing':>9}"
+        lines = [head, "-" * len(head)]
+
+        def fmt(name: str, d: Dict[str, float]) -> str:
+            return (f"{name[:28]:<28} {int(d['n']):>5} {_f(d['cnr']):>7} {_f(d['miou']):>7} "
+                    f"{_f(d['pointing']):>9}")
+
+        for cat in sorted(self.per_category):
+            lines.append(fmt(cat, self.per_category[cat]))
+        lines.append("-" * len(head))
+        lines.append(fmt("macro (mean of categories)", self.macro))
+        lines.append(fmt("all phrases", self.overall))
+        if self.n_missing_phrases:
+            lines.append(f"missing/unreadable images: {len(self.missing)} ({self.n_missing_phrases} phrases not "
+                         f"evaluated)")
+        if self.csv_errors:
+            lines.append(f"CSV rows skipped: {len(self.csv_errors)}")
+        return "\n".join(lines)
+
+    def to_json(self) -> Dict[str, Any]:
+        """JSON-safe dict (NaN -> null, inf -> "inf")."""
+        return _clean({"settings": self.settings, "per_category": self.per_category, "macro": self.macro,
+                "overall": self.overall, "n_evaluated": self.n_evaluated, "n_missing_phrases": self.n_missing_phrases,
+                "missing_images": [{"path": p, "problem": m} for p, m in self.missing],
+                "csv_errors": [{"line": ln, "problem": m} for ln, m in self.csv_errors],
+                "phrases": list(self.rows)})
+
+
+def _f(v: float) -> str:
+    return "nan" if v is None or (isinstance(v, float) and math.isnan(v)) else f"{v:.3f}"
+
+
+def _json_num(v):
+    if isinstance(v, float) and not math.isfinite(v):
+        return None if math.isnan(v) else ("inf" if v > 0 else "-inf")
+    return v
+
+
+def _clean(obj):
+    if isinstance(obj, dict):
+        return {str(k): _clean(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_clean(v) for v in obj]
+    if isinstance(obj, (np.floating, np.integer, np.bool_)):
+        obj = obj.item()
+    if isinstance(obj, float):
+        return _json_num(obj)
+    return obj
+
+
+def _summary(rows: Sequence[Dict[str, Any]]) -> Dict[str, float]:
+    if not rows:
+        return {"n": 0, "cnr": float("nan"), "miou": float("nan"), "pointing": float("nan")}
+    c = np.array([r["cnr"] for r in rows], dtype=np.float64)
+    c = c[np.isfinite(c)]
+    return {"n": len(rows), "cnr": float(c.mean()) if c.size else float("nan"),
+            "miou": float(np.mean([r["miou"] for r in rows])),
+            "pointing": float(np.mean([1.0 if r["pointing"] else 0.0 for r in rows]))}
+
+
+def aggregate(rows: Sequence[Dict[str, Any]]) -> Tuple[Dict[str, Dict[str, float]], Dict[str, float],
+                                                         Dict[str, float]]:
+    """(per_category, macro, overall) from phrase rows. Non-finite CNRs are left out of CNR means."""
+    cats: Dict[str, List[Dict[str, Any]]] = {}
+    for r in rows:
+        cats.setdefault(r["category"], []).append(r)
+    per = {k: _summary(v) for k, v in cats.items()}
+    if per:
+        macro = {"n": len(rows)}
+        for m in ("cnr", "miou", "pointing"):
+            vals = [d[m] for d in per.values() if not math.isnan(d[m])]
+            macro[m] = float(np.mean(vals)) if vals else float("nan")
+    else:
+        macro = _summary([])
+    return per, macro, _summary(rows)
+
+
+def evaluate(engine, annotation_set: AnnotationSet, images_root: os.PathLike | str, split: Optional[str] = None,
+             progress: Optional[ProgressFn] = None, clamp_negative: bool = False,
+             thresholds: Sequence[float] = DEFAULT_THRESHOLDS) -> EvalResult:
+    """Ground and score every phrase of ``annotation_set`` (optionally one split) on images under ``images_root``.
+
+    ``progress(done_phrases, total_phrases)`` is called after each image.
+    """
+    root = Path(images_root)
+    if not root.is_dir():
+        raise ElvisError("images folder not found", root)
+    aset = annotation_set.filter_split(split)
+    by_path: Dict[str, List[Phrase]] = {}
+    for ph in aset.phrases:
+        by_path.setdefault(ph.path, []).append(ph)
+    total = len(aset.phrases)
+    rows: List[Dict[str, Any]] = []
+    missing: List[Tuple[str, str]] = []
+    n_missing = 0
+    done = 0
+    for rel, phrases in by_path.items():
+        img_path = resolve_image(root, rel)
+        rad = None
+        if img_path is None:
+            missing.append((rel, "image not found under the images folder"))
+        else:
+            try:
+                rad = read_any_image(img_path)
+                engine.set_image(rad)
+            except ElvisError as err:
+                missing.append((rel, f"unreadable: {err.problem}"))
+                rad = None
+        if rad is None:
+            n_missing += len(phrases)
+        else:
+            maps = engine.ground_many([ph.label_text for ph in phrases])
+            for ph, gm in zip(phrases, maps):
+                boxes, note = rescale_boxes(ph, rad.shape)
+                m = gm.to_image()
+                warnings = list(gm.warnings) + ([note] if note else [])
+                rows.append({"path": ph.path, "dicom_id": ph.dicom_id, "category": ph.category,
+                             "label_text": ph.label_text, "split": ph.split, "n_boxes": len(boxes),
+                             "cnr": cnr(m, boxes, clamp_negative=clamp_negative),
+                             "miou": miou(m, boxes, thresholds), "pointing": pointing_game(m, boxes),
+                             "rows": list(ph.rows), "warnings": "; ".join(warnings)})
+        done += len(phrases)
+        if progress is not None:
+            progress(done, total)
+    per, macro, overall = aggregate(rows)
+    settings = {"split": split, "clamp_negative": clamp_negative, "thresholds": list(thresholds),
+                "annotations": aset.source_path, "annotation_version": aset.version,
+                "images_root": str(root)}
+    if hasattr(engine, "settings"):
+        settings.update(engine.settings())
+    if hasattr(engine, "checkpoint_hash"):
+        settings["checkpoint_hash"] = engine.checkpoint_hash
+        settings["checkpoint"] = getattr(engine, "checkpoint_path", None) or getattr(engine, "checkpoint_name", "")
+    return EvalResult(rows=rows, per_category=per, macro=macro, overall=overall, missing=missing,
+                      n_missing_phrases=n_missing, csv_errors=list(aset.errors), settings=settings)

@@ -1,0 +1,165 @@
+"""Grounding figures: the image (display window), the map in a diverging colormap over a FIXED range with a colour
+bar, optional boxes, the phrase on top and a provenance footer. Pure numpy + OpenCV (no matplotlib).
+
+:func:`render_overlay` returns an RGB uint8 array; :func:`write_png` writes it (OpenCV wants BGR, handled there).
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Iterable, List, Optional, Sequence, Tuple
+
+import cv2
+import numpy as np
+
+from elvis_core.errors import ElvisError
+
+# ColorBrewer RdBu (11 classes), red (low) -> blue (high); "RdBu_r" reverses it (blue low, red high) as matplotlib.
+_RDBU = ["#67001f", "#b2182b", "#d6604d", "#f4a582", "#fddbc7", "#f7f7f7", "#d1e5f0", "#92c5de", "#4393c3",
+         "#2166ac", "#053061"]
+_VIRIDIS = ["#440154", "#482878", "#3e4989", "#31688e", "#26828e", "#1f9e89", "#35b779", "#6ece58", "#b5de2b",
+            "#fde725"]
+
+
+def _hex(c: str) -> Tuple[int, int, int]:
+    return int(c[1:3], 16), int(c[3:5], 16), int(c[5:7], 16)
+
+
+def colormap_lut(name: str = "RdBu_r", n: int = 256) -> np.ndarray:
+    """(n, 3) uint8 RGB lookup table of a named colormap: RdBu_r, RdBu, viridis, gray."""
+    if name in ("RdBu", "RdBu_r"):
+        stops = [_hex(c) for c in _RDBU]
+        if name == "RdBu_r":
+            stops = stops[::-1]
+    elif name == "viridis":
+        stops = [_hex(c) for c in _VIRIDIS]
+    elif name in ("gray", "grey"):
+        stops = [(0, 0, 0), (255, 255, 255)]
+    else:
+        raise ValueError(f"unknown colormap {name!r}; choose RdBu_r, RdBu, viridis or gray")
+    stops_arr = np.asarray(stops, dtype=np.float64)
+    xs = np.linspace(0.0, 1.0, len(stops_arr))
+    t = np.linspace(0.0, 1.0, n)
+    return np.stack([np.interp(t, xs, stops_arr[:, k]) for k in range(3)], axis=1).round().astype(np.uint8)
+
+
+def colorize(values: np.ndarray, cmap: str = "RdBu_r", vrange: Tuple[float, float] = (-1.0, 1.0)) -> np.ndarray:
+    """Map float values to RGB through a colormap over the fixed ``vrange`` (values outside are clipped)."""
+    lo, hi = float(vrange[0]), float(vrange[1])
+    if not hi > lo:
+        raise ValueError(f"vrange must be (low, high) with low < high, got {vrange}")
+    lut = colormap_lut(cmap)
+    v = np.nan_to_num(np.asarray(values, dtype=np.float64), nan=(lo + hi) / 2)
+    idx = np.clip((v - lo) / (hi - lo), 0.0, 1.0) * (len(lut) - 1)
+    return lut[np.round(idx).astype(np.intp)]
+
+
+def _ascii(s: str) -> str:
+    return "".join(ch if 32 <= ord(ch) < 127 else "?" for ch in s)
+
+
+def _wrap(text: str, font_scale: float, thickness: int, max_w: int) -> List[str]:
+    lines: List[str] = []
+    for para in _ascii(text).split("\n"):
+        cur = ""
+        for word in para.split(" "):
+            cand = word if not cur else cur + " " + word
+            (w, _), _ = cv2.getTextSize(cand, cv2.FONT_HERSHEY_SIMPLEX, font_scale, thickness)
+            if w <= max_w or not cur:
+                cur = cand
+            else:
+                lines.append(cur)
+                cur = word
+        lines.append(cur)
+    return lines
+
+
+def _text_band(lines: List[str], width: int, font_scale: float, thickness: int, line_h: int) -> np.ndarray:
+    band = np.zeros((max(1, len(lines)) * line_h + line_h // 3, width, 3), dtype=np.uint8)
+    for i, ln in enumerate(lines):
+        cv2.putText(band, ln, (line_h // 3, (i + 1) * line_h - line_h // 4), cv2.FONT_HERSHEY_SIMPLEX, font_scale,
+                    (255, 255, 255), thickness, cv2.LINE_AA)
+    return band
+
+
+def _colour_bar(height: int, cmap: str, vrange: Tuple[float, float], font_scale: float, thickness: int) -> np.ndarray:
+    bar_w = max(12, int(round(height * 0.03)))
+    (tw, th), _ = cv2.getTextSize("-1.00", cv2.FONT_HERSHEY_SIMPLEX, font_scale, thickness)
+    pad = th
+    out = np.zeros((height, bar_w + tw + 3 * pad // 2 + pad, 3), dtype=np.uint8)
+    inner = height - 2 * pad
+    vals = np.linspace(vrange[1], vrange[0], max(2, inner))[:, None]  # top = high
+    out[pad:pad + inner, pad:pad + bar_w] = colorize(np.repeat(vals, bar_w, axis=1), cmap, vrange)
+    for v in (vrange[1], (vrange[0] + vrange[1]) / 2, vrange[0]):
+        y = pad + int(round((vrange[1] - v) / (vrange[1] - vrange[0]) * (inner - 1)))
+        cv2.line(out, (pad + bar_w, y), (pad + bar_w + pad // 2, y), (255, 255, 255), thickness)
+        cv2.putText(out, f"{v:+.2f}" if v else "0", (pad + bar_w + pad, y + th // 2), cv2.FONT_HERSHEY_SIMPLEX,
+                    font_scale, (255, 255, 255), thickness, cv2.LINE_AA)
+    return out
+
+
+def render_overlay(radiograph, gmap, boxes: Optional[Iterable] = None, phrase: str = "", footer: str = "",
+                   opacity: float = 0.5, cmap: str = "RdBu_r", vrange: Tuple[float, float] = (-1.0, 1.0),
+                   window=None) -> np.ndarray:
+    """An RGB uint8 figure: phrase band on top, image + map overlay + boxes, colour bar on the right, footer below.
+
+    The image part has exactly the radiograph's (rows, cols); the map is resampled onto the original pixels through
+    ``gmap.grid_to_image``. ``opacity`` 0 shows only the image, 1 only the map. ``window`` overrides the display
+    window (default: the radiograph's default window).
+    """
+    if not 0.0 <= float(opacity) <= 1.0:
+        raise ValueError(f"opacity must be in [0, 1], got {opacity}")
+    from elvis_core.io.display import to_uint8
+
+    grey = to_uint8(radiograph, window=window)
+    rows, cols = grey.shape
+    base = np.repeat(grey[:, :, None], 3, axis=2).astype(np.float32)
+    map_img = gmap.to_image((rows, cols)) if tuple(gmap.image_shape) != (rows, cols) else gmap.to_image()
+    colour = colorize(map_img, cmap, vrange).astype(np.float32)
+    a = np.where(np.isnan(map_img), 0.0, float(opacity))[:, :, None]
+    img = np.clip(base * (1.0 - a) + colour * a, 0, 255).round().astype(np.uint8)
+
+    scale = max(rows, cols) / 1000.0
+    font_scale = max(0.4, 0.8 * scale)
+    thickness = max(1, int(round(2 * scale)))
+    (_, th), _ = cv2.getTextSize("Ag", cv2.FONT_HERSHEY_SIMPLEX, font_scale, thickness)
+    line_h = int(th * 1.9) + 2
+
+    if boxes is not None:
+        bt = max(1, int(round(3 * scale)))
+        for b in boxes:
+            x, y, w, h = (float(getattr(b, k)) for k in ("x", "y", "w", "h")) if hasattr(b, "x") else map(float, b)
+            cv2.rectangle(img, (int(round(x)), int(round(y))), (int(round(x + w)) - 1, int(round(y + h)) - 1),
+                          (0, 255, 0), bt, cv2.LINE_AA)
+
+    bar = _colour_bar(rows, cmap, vrange, font_scale, thickness)
+    body = np.concatenate([img, bar], axis=1)
+    width = body.shape[1]
+    parts = []
+    if phrase:
+        parts.append(_text_band(_wrap(phrase, font_scale, thickness, width - line_h), width, font_scale, thickness,
+                                line_h))
+    parts.append(body)
+    if footer:
+        fs = font_scale * 0.7
+        parts.append(_text_band(_wrap(footer, fs, thickness, width - line_h), width, fs, thickness,
+                                int(line_h * 0.75)))
+    return np.ascontiguousarray(np.concatenate(parts, axis=0))
+
+
+def write_png(path: os.PathLike | str, rgb: np.ndarray) -> Path:
+    """Write an RGB uint8 array as PNG (atomically: temp file + rename)."""
+    out = Path(path)
+    if not out.parent.exists():
+        raise ElvisError("output folder does not exist", out.parent)
+    ok, buf = cv2.imencode(".png", cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR))
+    if not ok:  # pragma: no cover
+        raise ElvisError("could not encode PNG", out)
+    tmp = out.with_name(f".{out.name}.tmp")
+    with open(tmp, "wb") as fh:
+        fh.write(buf.tobytes())
+        fh.flush()
+        os.fsync(fh.fileno())
+    os.replace(tmp, out)
+    return out
