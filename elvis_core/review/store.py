@@ -67,6 +67,8 @@ class ReviewStore:
 
     def __init__(self, path: str | os.PathLike):
         self.path = Path(path)
+        #: sequence number of the last decision this object committed (0 = none yet)
+        self.last_seq = 0
         try:
             self.path.parent.mkdir(parents=True, exist_ok=True)
             self._db = sqlite3.connect(str(self.path), isolation_level=None, timeout=10.0)
@@ -122,6 +124,7 @@ class ReviewStore:
                 raise
         except sqlite3.DatabaseError as err:
             raise ReviewStoreError(f"cannot save decision ({err})", self.path) from None
+        self.last_seq = seq
         return seq
 
     def set_meta(self, k: str, v: str) -> None:
