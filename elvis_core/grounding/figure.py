@@ -101,11 +101,12 @@ def _colour_bar(height: int, cmap: str, vrange: Tuple[float, float], font_scale:
 
 def render_overlay(radiograph, gmap, boxes: Optional[Iterable] = None, phrase: str = "", footer: str = "",
                    opacity: float = 0.5, cmap: str = "RdBu_r", vrange: Tuple[float, float] = (-1.0, 1.0),
-                   window=None) -> np.ndarray:
+                   window=None, min_side: int = 512) -> np.ndarray:
     """An RGB uint8 figure: phrase band on top, image + map overlay + boxes, colour bar on the right, footer below.
 
-    The image part has exactly the radiograph's (rows, cols); the map is resampled onto the original pixels through
-    ``gmap.grid_to_image``. ``opacity`` 0 shows only the image, 1 only the map. ``window`` overrides the display
+    The image part has the radiograph's (rows, cols), enlarged (same aspect) so that its long side is at least
+    ``min_side`` pixels (0 = never enlarge) so the labels stay legible on small images; the map is resampled onto
+    the original pixels through ``gmap.grid_to_image`` (scaled with the image). ``opacity`` 0 shows only the image, 1 only the map. ``window`` overrides the display
     window (default: the radiograph's default window).
     """
     if not 0.0 <= float(opacity) <= 1.0:
@@ -113,9 +114,14 @@ def render_overlay(radiograph, gmap, boxes: Optional[Iterable] = None, phrase: s
     from elvis_core.io.display import to_uint8
 
     grey = to_uint8(radiograph, window=window)
+    rows0, cols0 = grey.shape
+    up = max(1.0, float(min_side) / max(rows0, cols0)) if min_side else 1.0
+    if up > 1.0:
+        grey = cv2.resize(grey, (int(round(cols0 * up)), int(round(rows0 * up))), interpolation=cv2.INTER_LINEAR)
     rows, cols = grey.shape
+    sx, sy = cols / cols0, rows / rows0
     base = np.repeat(grey[:, :, None], 3, axis=2).astype(np.float32)
-    map_img = gmap.to_image((rows, cols)) if tuple(gmap.image_shape) != (rows, cols) else gmap.to_image()
+    map_img = gmap.to_image((rows, cols))
     colour = colorize(map_img, cmap, vrange).astype(np.float32)
     a = np.where(np.isnan(map_img), 0.0, float(opacity))[:, :, None]
     img = np.clip(base * (1.0 - a) + colour * a, 0, 255).round().astype(np.uint8)
@@ -130,6 +136,7 @@ def render_overlay(radiograph, gmap, boxes: Optional[Iterable] = None, phrase: s
         bt = max(1, int(round(3 * scale)))
         for b in boxes:
             x, y, w, h = (float(getattr(b, k)) for k in ("x", "y", "w", "h")) if hasattr(b, "x") else map(float, b)
+            x, w, y, h = x * sx, w * sx, y * sy, h * sy
             cv2.rectangle(img, (int(round(x)), int(round(y))), (int(round(x + w)) - 1, int(round(y + h)) - 1),
                           (0, 255, 0), bt, cv2.LINE_AA)
 
