@@ -1,27 +1,195 @@
-"""Entry point of ``elvis-viewer`` (placeholder window until the viewer issue lands)."""
+"""Entry point of ``elvis-viewer`` (also ``python -m elvis_viewer``).
+
+``elvis-viewer [PATH …] [--checkpoint DIR] [--compare CKPT2] [--annotations CSV] [--images ROOT] [--review] [--demo]
+[--screenshot OUT.png]``
+"""
 
 from __future__ import annotations
 
 import argparse
+import os
 import sys
+import time
+from pathlib import Path
 from typing import Optional, Sequence
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+DEMO_STUDIES = REPO_ROOT / "resources" / "demo"
+DEMO_MODEL = REPO_ROOT / "resources" / "demo_model"
+DEMO_ANNOTATIONS = DEMO_STUDIES / "ms_cxr.csv"
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="elvis-viewer",
+        description="Chest X-ray DICOM viewer with phrase grounding by an ELVIS vision-language model.",
+        epilog="Example: elvis-viewer study_folder/ --checkpoint resources/demo_model --annotations ms_cxr.csv",
+    )
+    p.add_argument("paths", nargs="*", help="DICOM / image files, report .txt, study folders")
+    p.add_argument("--checkpoint", metavar="DIR", help="checkpoint directory (config.json + model.safetensors)")
+    p.add_argument("--compare", metavar="CKPT2", help="second checkpoint: opens compare mode side by side")
+    p.add_argument("--annotations", metavar="CSV", help="MS-CXR annotation CSV (phrase boxes)")
+    p.add_argument("--images", metavar="ROOT", help="images root the annotation paths are relative to")
+    p.add_argument("--review", action="store_true", help="open the Review mode (needs --annotations and --images)")
+    p.add_argument("--demo", action="store_true", help="open resources/demo with resources/demo_model")
+    p.add_argument("--phrase", help="ground this phrase once the first image is shown")
+    p.add_argument("--screenshot", metavar="OUT.png", help="render the window after loading, save it, exit")
+    p.add_argument("--timeout", type=float, default=120.0, help="seconds --screenshot waits for loading (default 120)")
+    return p
+
+
+def apply_dark_theme(app) -> None:
+    from PySide6 import QtGui, QtWidgets
+
+    app.setStyle(QtWidgets.QStyleFactory.create("Fusion"))
+    pal = QtGui.QPalette()
+    C = QtGui.QColor
+    R = QtGui.QPalette.ColorRole
+    pal.setColor(R.Window, C("#1e2126"))
+    pal.setColor(R.WindowText, C("#e0e0e0"))
+    pal.setColor(R.Base, C("#15171a"))
+    pal.setColor(R.AlternateBase, C("#22262b"))
+    pal.setColor(R.ToolTipBase, C("#2b2f36"))
+    pal.setColor(R.ToolTipText, C("#e0e0e0"))
+    pal.setColor(R.Text, C("#e0e0e0"))
+    pal.setColor(R.Button, C("#2b2f36"))
+    pal.setColor(R.ButtonText, C("#e0e0e0"))
+    pal.setColor(R.BrightText, C("#ff5252"))
+    pal.setColor(R.Highlight, C("#3d6fb4"))
+    pal.setColor(R.HighlightedText, C("#ffffff"))
+    pal.setColor(R.PlaceholderText, C("#8a8f98"))
+    pal.setColor(QtGui.QPalette.ColorGroup.Disabled, R.Text, C("#6b6f76"))
+    pal.setColor(QtGui.QPalette.ColorGroup.Disabled, R.ButtonText, C("#6b6f76"))
+    app.setPalette(pal)
+
+
+def wait_idle(win, app, timeout_s: float, settle_s: float = 0.3) -> bool:
+    """Process events until the window has no pending work for ``settle_s`` (or the timeout passes)."""
+    t_end = time.monotonic() + timeout_s
+    idle_since = None
+    while time.monotonic() < t_end:
+        app.processEvents()
+        if win.busy():
+            idle_since = None
+        elif idle_since is None:
+            idle_since = time.monotonic()
+        elif time.monotonic() - idle_since >= settle_s:
+            return True
+        time.sleep(0.01)
+    return False
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
-    parser = argparse.ArgumentParser(prog="elvis-viewer")
-    parser.add_argument("paths", nargs="*")
-    parser.add_argument("--demo", action="store_true")
-    parser.add_argument("--screenshot")
-    args = parser.parse_args(argv)
-    from PySide6.QtWidgets import QApplication, QMainWindow
+    args = build_parser().parse_args(argv)
+    from PySide6 import QtCore, QtWidgets
 
-    app = QApplication.instance() or QApplication(sys.argv[:1])
-    win = QMainWindow()
-    win.setWindowTitle("ELVIS Viewer")
-    win.resize(1200, 800)
+    from elvis_viewer.main_window import MainWindow
+
+    app = QtWidgets.QApplication.instance() or QtWidgets.QApplication(sys.argv[:1])
+    app.setApplicationName("ELVIS Viewer")
+    app.setOrganizationName("ELVIS")
+    apply_dark_theme(app)
+    settings = None
+    if os.environ.get("ELVIS_VIEWER_SETTINGS"):
+        settings = QtCore.QSettings(os.environ["ELVIS_VIEWER_SETTINGS"], QtCore.QSettings.Format.IniFormat)
+    win = MainWindow(settings=settings)
     win.show()
+    open_from_args(win, args, app)
     if args.screenshot:
-        app.processEvents()
-        win.grab().save(args.screenshot)
+        ok = wait_idle(win, app, args.timeout)
+        # let the range/text layout settle after the last result
+        for _ in range(5):
+            app.processEvents()
+            time.sleep(0.02)
+        out = Path(args.screenshot)
+        out.parent.mkdir(parents=True, exist_ok=True)
+        if not win.grab().save(str(out)):
+            print(f"{out}: could not write the screenshot", file=sys.stderr)
+            return 2
+        if not ok:
+            print(f"warning: still busy after {args.timeout:g} s; screenshot taken anyway", file=sys.stderr)
+        win.save_state()
         return 0
     return app.exec()
+
+
+def open_from_args(win, args, app=None) -> None:
+    """Apply the command line to a window (also used by tests)."""
+    paths = list(args.paths)
+    checkpoint, annotations = args.checkpoint, args.annotations
+    if args.demo:
+        missing = [str(p) for p in (DEMO_STUDIES, DEMO_MODEL) if not p.exists()]
+        if missing:
+            win.show_message("Demo resources are not there yet: " + ", ".join(missing) +
+                             " (they are built by the demo issue). Open a study with File → Open.")
+            return
+        paths = paths or [str(DEMO_STUDIES)]
+        checkpoint = checkpoint or str(DEMO_MODEL)
+        if annotations is None and DEMO_ANNOTATIONS.exists():
+            annotations = str(DEMO_ANNOTATIONS)
+    if annotations:
+        win.load_annotations(annotations, images_root=args.images)
+    if checkpoint:
+        win.load_checkpoint(checkpoint, 0)
+    if args.compare:
+        win.load_checkpoint(args.compare, 1)
+        win.set_compare_mode(True)
+    if args.review:
+        if win.review_view is None:
+            win.show_message("Review mode is not available in this build (elvis_viewer.review missing)")
+        elif not (annotations and args.images):
+            win.show_message("--review needs --annotations CSV and --images ROOT")
+        else:
+            win.tabs.setCurrentWidget(win.review_view)
+            try:
+                win.review_view.load(annotations, args.images)
+            except Exception as e:  # shown, not a traceback
+                win.show_message(f"Review: {e}")
+    if paths:
+        win.open_paths(paths)
+    if args.phrase:
+        _after_first_image(win, lambda: win.ground_phrase(args.phrase))
+    elif args.demo or (annotations and paths):
+        _after_first_image(win, lambda: _select_first_annotated(win))
+
+
+def _after_first_image(win, fn) -> None:
+    if win.rad is not None:
+        fn()
+        return
+
+    def once(_path):
+        try:
+            win.imageShown.disconnect(once)
+        except (RuntimeError, TypeError):
+            pass
+        fn()
+    win.imageShown.connect(once)
+
+
+def _select_first_annotated(win) -> None:
+    """Demo: go to the first image with an annotated phrase and ground that phrase."""
+    if win.annotations is None:
+        return
+    phrases = win._annotated_phrases()
+    if phrases:
+        win.select_annotated_phrase(phrases[0])
+        return
+    for path in list(win.images):
+        if win.annotations.for_path(win._annotation_key(path)):
+            _after_first_image_switch(win, path)
+            return
+
+
+def _after_first_image_switch(win, path):
+    def shown(p):
+        if p == path:
+            try:
+                win.imageShown.disconnect(shown)
+            except (RuntimeError, TypeError):
+                pass
+            ph = win._annotated_phrases()
+            if ph:
+                win.select_annotated_phrase(ph[0])
+    win.imageShown.connect(shown)
+    win.select_image(path)

@@ -1,0 +1,326 @@
+"""The main window driven like a user (pytest-qt, offscreen): open a study folder with a corrupt file, see the error
+while the rest opens, click a report sentence, wait for the overlay and check where it is drawn, compare mode,
+tag inspector privacy, export, settings, and event-loop gaps while a model loads and an image is embedded."""
+
+import os
+import shutil
+import time
+
+import numpy as np
+import pytest
+from PySide6 import QtCore, QtGui, QtWidgets
+from pydicom.data import get_testdata_file
+
+from elvis_viewer import workers
+from elvis_viewer.main_window import MainWindow
+
+REPORT = ("FINDINGS:\nThere is a small left basal opacity. The heart size is normal.\n\n"
+          "IMPRESSION:\nLeft basal opacity,\npossibly atelectasis.\n")
+
+
+@pytest.fixture
+def study_root(tmp_path):
+    """MIMIC-like layout: files/p10/p10000001/s50000001/{ct.dcm, mr.dcm, broken.dcm} + s50000001.txt beside it."""
+    sdir = tmp_path / "files" / "p10" / "p10000001" / "s50000001"
+    sdir.mkdir(parents=True)
+    shutil.copy(get_testdata_file("CT_small.dcm"), sdir / "a_ct.dcm")
+    shutil.copy(get_testdata_file("MR_small.dcm"), sdir / "b_mr.dcm")
+    raw = open(get_testdata_file("CT_small.dcm"), "rb").read()
+    (sdir / "c_broken.dcm").write_bytes(raw[:300])  # truncated inside the header
+    (sdir.parent / "s50000001.txt").write_text(REPORT)
+    return tmp_path
+
+
+@pytest.fixture
+def settings(tmp_path):
+    return QtCore.QSettings(str(tmp_path / "settings.ini"), QtCore.QSettings.Format.IniFormat)
+
+
+@pytest.fixture
+def win(qtbot, settings):
+    w = MainWindow(settings=settings)
+    qtbot.addWidget(w)
+    w.resize(1200, 800)
+    w.show()
+    qtbot.waitExposed(w)
+    yield w
+    workers.wait_all(30000)
+
+
+def _demo_model():
+    from elvis_core.model import build_model
+    from elvis_core.model.config import preset
+
+    import torch
+
+    torch.manual_seed(0)
+    return build_model(preset("demo"))
+
+
+def _wait_idle(qtbot, win, timeout=30000):
+    qtbot.waitUntil(lambda: not win.busy(), timeout=timeout)
+
+
+def _open_study(qtbot, win, root):
+    with qtbot.waitSignal(win.imageShown, timeout=30000):
+        win.open_folder(str(root))
+    _wait_idle(qtbot, win)
+
+
+def test_open_folder_lists_images_and_the_corrupt_file(qtbot, win, study_root):
+    _open_study(qtbot, win, study_root)
+    assert win.rad is not None and win.rad_path.endswith("a_ct.dcm")
+    # the broken file is listed with its name and a reason, the two good ones are in the browser
+    assert any("c_broken.dcm" in msg for _, msg in win.problems)
+    assert win.problem_list.count() >= 1
+    assert sorted(os.path.basename(p) for p in win.images) == ["a_ct.dcm", "b_mr.dcm"]
+    # the report beside the study folder was found and parsed, sections styled
+    assert win.report is not None and "left basal opacity" in win.report_view.toPlainText()
+    # thumbnails arrived
+    it = QtWidgets.QTreeWidgetItemIterator(win.study_tree)
+    icons = 0
+    while it.value():
+        if it.value().data(0, QtCore.Qt.ItemDataRole.UserRole) and not it.value().icon(0).isNull():
+            icons += 1
+        it += 1
+    assert icons == 2
+    # no patient name anywhere in the window's visible texts
+    texts = " ".join(w.text() for w in win.findChildren(QtWidgets.QLabel))
+    texts += win.report_view.toPlainText() + " ".join(v for _, v in win.problems)
+    texts += " ".join(win.image_view.corner_text(k) for k in ("tl", "tr", "bl", "br"))
+    assert "CompressedSamples" not in texts
+
+
+def test_open_single_corrupt_file_shows_error_not_crash(qtbot, win, study_root, tmp_path):
+    bad = tmp_path / "bad.dcm"
+    bad.write_bytes(b"this is not dicom at all")
+    win.open_paths([str(bad)])
+    qtbot.waitUntil(lambda: len(win.problems) >= 1, timeout=10000)
+    assert "bad.dcm" in win.problems[0][1]
+    assert win.message_label.isVisible() and "bad.dcm" in win.message_label.text()
+    # and the rest still works
+    with qtbot.waitSignal(win.imageShown, timeout=30000):
+        win.open_paths([str(study_root / "files/p10/p10000001/s50000001/b_mr.dcm")])
+    assert win.rad.shape == (64, 64)
+
+
+def test_click_sentence_grounds_and_overlay_covers_image(qtbot, win, study_root):
+    _open_study(qtbot, win, study_root)
+    win.load_checkpoint(None, 0, factory=_demo_model, name="demo-test")
+    qtbot.waitUntil(lambda: win.slots[0].engine is not None, timeout=60000)
+    rv = win.report_view
+    # click inside the first sentence of FINDINGS
+    off = win.report.text.index("small left")
+    cur = QtGui.QTextCursor(rv.document())
+    cur.setPosition(rv.spans.to_qt(off))
+    pos = rv.cursorRect(cur).center()
+    with qtbot.waitSignal(win.overlayUpdated, timeout=30000):
+        qtbot.mouseClick(rv.viewport(), QtCore.Qt.MouseButton.LeftButton, pos=pos)
+    sent = win.report.sentence_at(off)
+    assert win.phrase == " ".join(win.report.text[sent.start:sent.end].split())
+    iv = win.image_view
+    assert iv.overlay_item.isVisible()
+    g = iv.gmap
+    assert g.similarity.shape == iv.overlay_item.image.shape  # the small grid, not upsampled
+    assert g.similarity.min() >= -1 and g.similarity.max() <= 1
+    # the overlay's mapped bounds cover the whole image (128x128 CT, square: exactly)
+    br = iv.overlay_item.mapRectToParent(iv.overlay_item.boundingRect())
+    rows, cols = win.rad.shape
+    assert br.left() <= 0.01 and br.top() <= 0.01
+    assert br.right() >= cols - 0.01 and br.bottom() >= rows - 0.01
+    assert br.width() == pytest.approx(cols, rel=0.02)
+    assert "ms" in win.latency_label.text() and win.last_latency_s is not None
+    assert "demo-test" in win.ckpt_label.text()
+    # H hides, H shows
+    win.overlay_act.trigger()
+    assert not iv.overlay_item.isVisible()
+    win.overlay_act.trigger()
+    assert iv.overlay_item.isVisible()
+    # up/down moves sentence by sentence and grounds the next sentence
+    rv.setFocus()
+    with qtbot.waitSignal(win.overlayUpdated, timeout=30000):
+        qtbot.keyClick(rv, QtCore.Qt.Key.Key_Down)
+    assert win.phrase.startswith("The heart size")
+    # per-token maps on request
+    with qtbot.waitSignal(win.overlayUpdated, timeout=30000):
+        win.token_check.setChecked(True)
+    assert win.token_combo.count() > 1
+    win.token_combo.setCurrentIndex(1)
+    assert "token" in iv.gmap.phrase
+
+
+def test_new_selection_supersedes_old(qtbot, win, study_root):
+    _open_study(qtbot, win, study_root)
+    win.load_checkpoint(None, 0, model=_demo_model(), name="m")
+    qtbot.waitUntil(lambda: win.slots[0].engine is not None, timeout=60000)
+    seen = []
+    win.overlayUpdated.connect(lambda k: seen.append(win.image_view.gmap.phrase))
+    win.ground_phrase("first phrase")
+    win.ground_phrase("second phrase")
+    _wait_idle(qtbot, win)
+    qtbot.wait(50)
+    assert seen and seen[-1] == "second phrase" and "first phrase" not in seen
+
+
+def test_selecting_text_with_mouse_grounds_exact_span(qtbot, win, study_root):
+    _open_study(qtbot, win, study_root)
+    rv = win.report_view
+    got = []
+    rv.phraseSelected.connect(lambda s, e, t: got.append((s, e, t)))
+    start = win.report.text.index("Left basal")
+    end = win.report.text.index("atelectasis") + len("atelectasis")
+    c = QtGui.QTextCursor(rv.document())
+    c.setPosition(rv.spans.to_qt(start))
+    c.setPosition(rv.spans.to_qt(end), QtGui.QTextCursor.MoveMode.KeepAnchor)
+    rv.setTextCursor(c)
+    qtbot.mouseRelease(rv.viewport(), QtCore.Qt.MouseButton.LeftButton, pos=QtCore.QPoint(5, 5))
+    assert got[-1] == (start, end, win.report.text[start:end])
+    assert "\n" in got[-1][2]  # wrapped across a line: exact original text
+    assert win.phrase == "Left basal opacity, possibly atelectasis"
+
+
+def test_annotated_phrases_underlined_and_boxes_drawn(qtbot, win, study_root, tmp_path):
+    from elvis_core.io.annotations import read_ms_cxr_csv
+
+    csv = tmp_path / "ms_cxr.csv"
+    rel = "files/p10/p10000001/s50000001/a_ct.dcm"
+    csv.write_text("dicom_id,category_name,label_text,path,x,y,w,h,image_width,image_height\n"
+                   f"a_ct,Atelectasis,small left basal opacity,{rel},70,80,30,20,128,128\n"
+                   f"a_ct,Atelectasis,small left basal opacity,{rel},10,80,20,20,128,128\n")
+    win.load_annotations(str(csv))
+    _open_study(qtbot, win, study_root)
+    assert win.annot_combo.count() == 2
+    off = win.report.text.index("small left basal")
+    assert win.report_view.is_underlined(off)
+    assert not win.report_view.is_underlined(win.report.text.index("heart"))
+    win.annot_combo.setCurrentIndex(1)
+    win.annot_combo.activated.emit(1)
+    rects = win.image_view.box_items()
+    assert sorted((r.rect().x(), r.rect().y()) for r in rects) == [(10, 80), (70, 80)]
+
+
+def test_wl_drag_in_window_changes_levels(qtbot, win, study_root):
+    _open_study(qtbot, win, study_root)
+    iv = win.image_view
+    before = tuple(iv.image_item.getLevels())
+    win.wl_act.setChecked(True)  # W/L mode: left drag
+    vp = iv.glw.viewport()
+    c = vp.rect().center()
+    qtbot.mousePress(vp, QtCore.Qt.MouseButton.LeftButton, pos=c)
+    for k in range(1, 6):
+        p = c + QtCore.QPoint(12 * k, 8 * k)
+        ev = QtGui.QMouseEvent(QtCore.QEvent.Type.MouseMove, QtCore.QPointF(p), QtCore.QPointF(vp.mapToGlobal(p)),
+                               QtCore.Qt.MouseButton.NoButton, QtCore.Qt.MouseButton.LeftButton,
+                               QtCore.Qt.KeyboardModifier.NoModifier)
+        QtCore.QCoreApplication.sendEvent(vp, ev)
+    qtbot.mouseRelease(vp, QtCore.Qt.MouseButton.LeftButton, pos=c + QtCore.QPoint(60, 40))
+    after = tuple(iv.image_item.getLevels())
+    assert after != pytest.approx(before)
+
+
+def test_compare_mode_two_maps_synchronised(qtbot, win, study_root):
+    _open_study(qtbot, win, study_root)
+    import torch
+
+    from elvis_core.model import build_model
+    from elvis_core.model.config import preset
+
+    torch.manual_seed(1)
+    m2 = build_model(preset("demo"))
+    win.load_checkpoint(None, 0, model=_demo_model(), name="baseline")
+    win.load_checkpoint(None, 1, model=m2, name="elvis")
+    win.set_compare_mode(True)
+    qtbot.waitUntil(lambda: all(s.engine is not None for s in win.slots), timeout=60000)
+    win.ground_phrase("left basal opacity")
+    qtbot.waitUntil(lambda: win.image_view.gmap is not None and win.compare_view.gmap is not None, timeout=30000)
+    a, b = win.image_view, win.compare_view
+    assert b.isVisible()
+    assert not np.allclose(a.gmap.similarity, b.gmap.similarity)  # different weights, different maps
+    a.set_window(10.0, 99.0)
+    assert b.window() == pytest.approx((10.0, 99.0))
+    a.view_box.setRange(QtCore.QRectF(20, 20, 40, 40), padding=0)
+    assert b.view_box.viewRect().center().x() == pytest.approx(a.view_box.viewRect().center().x(), abs=1e-3)
+    assert "baseline" in a.corner_text("tl") and "elvis" in b.corner_text("tl")
+
+
+def test_tag_inspector_masks_identifiers_unless_toggled(qtbot, win, study_root):
+    _open_study(qtbot, win, study_root)
+
+    def values(dlg):
+        t = dlg.table
+        return [t.item(i, 3).text() for i in range(t.rowCount())]
+
+    dlg = win.show_tag_inspector()
+    qtbot.addWidget(dlg)
+    assert not any("CompressedSamples" in v for v in values(dlg))
+    win.privacy_act.setChecked(True)
+    dlg2 = win.show_tag_inspector()
+    qtbot.addWidget(dlg2)
+    assert any("CompressedSamples" in v for v in values(dlg2))
+
+
+def test_export_png_full_resolution(qtbot, win, study_root, tmp_path):
+    import cv2
+
+    _open_study(qtbot, win, study_root)
+    win.load_checkpoint(None, 0, model=_demo_model(), name="m")
+    qtbot.waitUntil(lambda: win.slots[0].engine is not None, timeout=60000)
+    with qtbot.waitSignal(win.overlayUpdated, timeout=30000):
+        win.ground_phrase("left basal opacity")
+    out = win.export_png(str(tmp_path / "view.png"))
+    img = cv2.imread(str(out))
+    assert img is not None and img.shape[0] >= 128 and img.shape[1] >= 128  # figure = image + bands + colour bar
+
+
+def test_settings_recent_and_geometry_restored(qtbot, study_root, tmp_path):
+    ini = str(tmp_path / "s.ini")
+    s1 = QtCore.QSettings(ini, QtCore.QSettings.Format.IniFormat)
+    w1 = MainWindow(settings=s1)
+    qtbot.addWidget(w1)
+    w1.resize(641, 477)  # fits the offscreen screen
+    w1.show()
+    w1.open_paths([str(study_root / "files/p10/p10000001/s50000001/b_mr.dcm")])
+    _wait_idle(qtbot, w1)
+    w1.close()
+    s2 = QtCore.QSettings(ini, QtCore.QSettings.Format.IniFormat)
+    w2 = MainWindow(settings=s2)
+    qtbot.addWidget(w2)
+    assert w2.recent()[0].endswith("b_mr.dcm")
+    assert w2.size() == QtCore.QSize(641, 477)
+
+
+def test_shortcut_sheet(qtbot, win):
+    dlg = win.show_shortcuts()
+    qtbot.addWidget(dlg)
+    lab = dlg.findChild(QtWidgets.QLabel)
+    assert "Show / hide the grounding overlay" in lab.text()
+
+
+def test_no_gui_stall_while_model_loads_and_image_embeds(qtbot, win, study_root):
+    """Measure event-loop gaps with a 5 ms QTimer while a model is built and an image embedded in workers."""
+    _open_study(qtbot, win, study_root)
+    import torch
+
+    from elvis_core.model import build_model
+    from elvis_core.model.config import preset
+
+    def factory():
+        torch.manual_seed(0)
+        return build_model(preset("demo"))
+
+    stamps = []
+    timer = QtCore.QTimer()
+    timer.setInterval(5)
+    timer.timeout.connect(lambda: stamps.append(time.perf_counter()))
+    timer.start()
+    t0 = time.perf_counter()
+    win.load_checkpoint(None, 0, factory=factory, name="m")
+    qtbot.waitUntil(lambda: win.slots[0].engine is not None, timeout=60000)
+    with qtbot.waitSignal(win.overlayUpdated, timeout=30000):
+        win.ground_phrase("left basal opacity")  # embeds the image (cache miss) then grounds
+    _wait_idle(qtbot, win)
+    timer.stop()
+    assert win.slots[0].engine.image_encode_count >= 1
+    gaps = np.diff([t0] + stamps)
+    assert len(stamps) > 5
+    assert gaps.max() < 0.100, f"GUI thread stalled {gaps.max() * 1000:.0f} ms"
