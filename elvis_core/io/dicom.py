@@ -82,7 +82,8 @@ _IMAGE_SOP_EXCEPTIONS = ("1.2.840.10008.5.1.4.1.1.481.1",)  # RT Image
 
 
 def _non_image_kind(ds) -> Optional[str]:
-    sop = str(ds.get("SOPClassUID", "") or "")
+    fm = getattr(ds, "file_meta", None)
+    sop = str(ds.get("SOPClassUID", "") or (fm.get("MediaStorageSOPClassUID", "") if fm is not None else "") or "")
     if sop in _IMAGE_SOP_EXCEPTIONS:
         return None
     for prefix, name in _NON_IMAGE_SOP_CLASSES.items():
@@ -94,6 +95,17 @@ def _non_image_kind(ds) -> Optional[str]:
             modality, f"{modality} object"
         )
     return None
+
+
+def _is_image_sop_class(ds) -> bool:
+    fm = getattr(ds, "file_meta", None)
+    sop = str(ds.get("SOPClassUID", "") or (fm.get("MediaStorageSOPClassUID", "") if fm is not None else "") or "")
+    return sop.startswith("1.2.840.10008.5.1.4.1.1.") and _non_image_kind(ds) is None
+
+
+def _ends_early(path: str, ds) -> bool:
+    """True when pydicom stopped reading before the end of the file's data (warned of a premature end)."""
+    return bool(getattr(ds, "_elvis_truncated", False))
 
 
 def _check_path(path: os.PathLike | str) -> str:
@@ -132,8 +144,16 @@ def _dcmread(path: str, stop_before_pixels: bool = False, specific_tags=None, de
     from pydicom.errors import InvalidDicomError
 
     try:
-        return pydicom.dcmread(path, stop_before_pixels=stop_before_pixels, specific_tags=specific_tags,
-                               defer_size=defer_size)
+        with _warnings.catch_warnings(record=True) as caught:
+            _warnings.simplefilter("always")
+            ds = pydicom.dcmread(path, stop_before_pixels=stop_before_pixels, specific_tags=specific_tags,
+                                 defer_size=defer_size)
+        if any("end of file" in str(w.message).lower() for w in caught):
+            try:
+                ds._elvis_truncated = True
+            except Exception:  # noqa: BLE001
+                pass
+        return ds
     except InvalidDicomError:
         if not is_dicom_file(path):
             raise DicomReadError("not a DICOM file (no DICM preamble and no DICOM header)", path) from None
@@ -352,7 +372,11 @@ def read_radiograph(path: os.PathLike | str, frame: int = 0, decoder: str = "aut
 
     kind = _non_image_kind(ds)
     has_pixels = "PixelData" in ds or "FloatPixelData" in ds or "DoubleFloatPixelData" in ds
+    if len(ds) == 0:
+        raise DicomReadError("truncated or damaged: no data set after the file meta information", path)
     if not has_pixels:
+        if kind is None and (_is_image_sop_class(ds) or "Rows" in ds or _ends_early(path, ds)):
+            raise DicomReadError("truncated or damaged: an image header but no complete pixel data element", path)
         what = f" ({kind})" if kind else ""
         raise UnsupportedDicomError(f"DICOM without pixel data{what}: nothing to display", path)
 

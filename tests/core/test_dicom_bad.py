@@ -83,7 +83,18 @@ def test_truncated_header(tmp_path):
     src = get_testdata_file("CT_small.dcm")
     dst = tmp_path / "head.dcm"
     dst.write_bytes(open(src, "rb").read()[:300])
-    with pytest.raises(DicomReadError) as ei:
+    with pytest.raises(DicomReadError, match="truncated") as ei:
+        read_radiograph(dst)
+    _assert_clean(ei.value, dst)
+    assert not isinstance(ei.value, UnsupportedDicomError)
+
+
+def test_truncated_encapsulated_j2k(tmp_path):
+    src = get_testdata_file("RG3_J2KR.dcm")
+    dst = tmp_path / "trunc_j2k.dcm"
+    data = open(src, "rb").read()
+    dst.write_bytes(data[: len(data) // 2])
+    with pytest.raises(DicomReadError, match="truncated") as ei:
         read_radiograph(dst)
     _assert_clean(ei.value, dst)
 
