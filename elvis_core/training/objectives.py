@@ -39,31 +39,51 @@ def dist_info():
 
 
 class _AllGather(torch.autograd.Function):
-    """all_gather whose backward sums the gradients of every rank for this rank's slice (all_reduce + slice), so
-    gradients flow back to the rank that produced each row. Works with gloo and nccl."""
+    """all_gather (rows may differ per rank) whose backward sums the gradients of every rank for this rank's rows
+    (all_reduce + slice), so gradients flow back to the rank that produced each row. Works with gloo and nccl."""
 
     @staticmethod
     def forward(ctx, x: torch.Tensor) -> torch.Tensor:
         rank, world = dist_info()
-        ctx.rank, ctx.n = rank, x.shape[0]
-        parts = [torch.empty_like(x) for _ in range(world)]
-        dist.all_gather(parts, x.contiguous())
-        return torch.cat(parts, dim=0)
+        n = torch.tensor([x.shape[0]], device=x.device, dtype=torch.long)
+        sizes = [torch.zeros_like(n) for _ in range(world)]
+        dist.all_gather(sizes, n)
+        sizes = [int(s.item()) for s in sizes]
+        m = max(sizes)
+        padded = x.new_zeros((m,) + tuple(x.shape[1:]))
+        padded[:x.shape[0]] = x
+        parts = [torch.empty_like(padded) for _ in range(world)]
+        dist.all_gather(parts, padded.contiguous())
+        ctx.rank, ctx.sizes, ctx.m = rank, sizes, m
+        return torch.cat([p[:s] for p, s in zip(parts, sizes)], dim=0)
 
     @staticmethod
     def backward(ctx, grad: torch.Tensor):
-        grad = grad.contiguous().clone()
-        dist.all_reduce(grad, op=dist.ReduceOp.SUM)
-        return grad[ctx.rank * ctx.n:(ctx.rank + 1) * ctx.n]
+        full = grad.new_zeros((len(ctx.sizes) * ctx.m,) + tuple(grad.shape[1:]))
+        off = 0
+        for r, s in enumerate(ctx.sizes):
+            full[r * ctx.m:r * ctx.m + s] = grad[off:off + s]
+            off += s
+        dist.all_reduce(full, op=dist.ReduceOp.SUM)
+        return full[ctx.rank * ctx.m:ctx.rank * ctx.m + ctx.sizes[ctx.rank]]
 
 
 def all_gather_with_grad(x: torch.Tensor) -> torch.Tensor:
-    """Concatenate ``x`` [B, ...] of all ranks along dim 0 (rank order), differentiably; ``x`` itself without DDP.
-    Every rank must pass the same B (use ``drop_last=True``)."""
+    """Concatenate ``x`` [B_r, ...] of all ranks along dim 0 (rank order), differentiably; ``x`` itself without DDP.
+    Ranks may hold different B_r (e.g. when an unreadable image was dropped from one rank's batch)."""
     _, world = dist_info()
     if world == 1:
         return x
     return _AllGather.apply(x)
+
+
+def _rank_offset(n: int, device) -> int:
+    """Index of this rank's first row in the gathered batch."""
+    rank, world = dist_info()
+    t = torch.tensor([n], device=device, dtype=torch.long)
+    sizes = [torch.zeros_like(t) for _ in range(world)]
+    dist.all_gather(sizes, t)
+    return int(sum(int(s.item()) for s in sizes[:rank]))
 
 
 # -- global ---------------------------------------------------------------------------------------------------------
@@ -97,14 +117,19 @@ class GlobalInfoNCE(nn.Module):
         rank, world = dist_info()
         if self.gather and world > 1:
             all_img, all_txt = all_gather_with_grad(image_global), all_gather_with_grad(text_global)
-            offset = rank * b
+            offset = _rank_offset(b, image_global.device)
         else:
             all_img, all_txt, offset = image_global, text_global, 0
         scale = self.log_scale.exp().clamp(max=self.max_scale)
         labels = torch.arange(b, device=image_global.device) + offset
         logits_i2t = scale * image_global @ all_txt.t()  # [B, B_global]
         logits_t2i = scale * text_global @ all_img.t()
-        return 0.5 * (F.cross_entropy(logits_i2t.float(), labels) + F.cross_entropy(logits_t2i.float(), labels))
+        ce = F.cross_entropy(logits_i2t.float(), labels, reduction="sum") \
+            + F.cross_entropy(logits_t2i.float(), labels, reduction="sum")
+        # rows of this rank, weighted so that DDP's gradient average equals the gradient of the mean over the whole
+        # gathered batch (also when ranks hold different numbers of rows); = the plain mean when world == 1
+        n_total = all_img.shape[0]
+        return 0.5 * ce * (world if self.gather else 1) / (n_total if self.gather else b)
 
 
 # -- local token–patch ----------------------------------------------------------------------------------------------

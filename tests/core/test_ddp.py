@@ -30,6 +30,9 @@ def _data():
     return torch.randn(B_LOCAL * WORLD, DIN, generator=g), torch.randn(B_LOCAL * WORLD, DIN + 1, generator=g)
 
 
+SIZES = [(3, 3), (4, 2)]  # even and uneven per-rank batches (a rank whose batch lost an unreadable image)
+
+
 def _worker(rank, port, out_dir):
     import torch.distributed as dist
     from torch.nn.parallel import DistributedDataParallel as DDP
@@ -38,17 +41,18 @@ def _worker(rank, port, out_dir):
     dist.init_process_group("gloo", rank=rank, world_size=WORLD)
     try:
         torch.set_num_threads(1)
-        model = DDP(Toy())
-        x, y = _data()
-        sl = slice(rank * B_LOCAL, (rank + 1) * B_LOCAL)
-        loss = model(x[sl], y[sl])
-        loss.backward()
-        grads = {n: p.grad.detach().clone() for n, p in model.module.named_parameters()}
-        grads["__loss__"] = loss.detach().reshape(1)
-        # gather itself: forward is a concatenation in rank order
-        gathered = all_gather_with_grad(torch.full((2, 1), float(rank)))
-        grads["__gathered__"] = gathered
-        save_file(grads, os.path.join(out_dir, f"rank{rank}.safetensors"))
+        for case, sizes in enumerate(SIZES):
+            model = DDP(Toy())
+            x, y = _data()
+            start = sum(sizes[:rank])
+            sl = slice(start, start + sizes[rank])
+            loss = model(x[sl], y[sl])
+            loss.backward()
+            grads = {n: p.grad.detach().clone() for n, p in model.module.named_parameters()}
+            grads["__loss__"] = loss.detach().reshape(1)
+            # gather itself: forward is a concatenation in rank order
+            grads["__gathered__"] = all_gather_with_grad(torch.full((sizes[rank], 1), float(rank)))
+            save_file(grads, os.path.join(out_dir, f"case{case}_rank{rank}.safetensors"))
     finally:
         dist.destroy_process_group()
 
@@ -63,17 +67,20 @@ def test_ddp_global_infonce_gradients_match_full_batch(tmp_path):
     import torch.multiprocessing as mp
 
     mp.spawn(_worker, args=(_free_port(), str(tmp_path)), nprocs=WORLD, join=True)
-    ref = Toy()
     x, y = _data()
-    full = ref(x, y)
-    full.backward()
-    r = [load_file(str(tmp_path / f"rank{k}.safetensors")) for k in range(WORLD)]
-    # the mean of the per-rank losses is the full-batch loss
-    assert (r[0]["__loss__"] + r[1]["__loss__"]).item() / 2 == pytest.approx(full.item(), rel=1e-5)
-    for name, p in ref.named_parameters():
-        for k in range(WORLD):  # DDP averaged the gradients: every rank holds the full-batch gradient
-            torch.testing.assert_close(r[k][name], p.grad, rtol=1e-5, atol=1e-6, msg=f"rank {k} {name}")
-    assert r[0]["__gathered__"].flatten().tolist() == [0.0, 0.0, 1.0, 1.0]
+    for case, sizes in enumerate(SIZES):
+        ref = Toy()
+        full = ref(x, y)
+        full.backward()
+        r = [load_file(str(tmp_path / f"case{case}_rank{k}.safetensors")) for k in range(WORLD)]
+        # the mean of the per-rank losses is the full-batch loss (per-rank losses are weighted by their rows)
+        assert (r[0]["__loss__"] + r[1]["__loss__"]).item() / 2 == pytest.approx(full.item(), rel=1e-5)
+        for name, p in ref.named_parameters():
+            for k in range(WORLD):  # DDP averaged the gradients: every rank holds the full-batch gradient
+                torch.testing.assert_close(r[k][name], p.grad, rtol=1e-5, atol=1e-6,
+                                           msg=f"sizes {sizes} rank {k} {name}")
+        expect = [0.0] * sizes[0] + [1.0] * sizes[1]
+        assert r[0]["__gathered__"].flatten().tolist() == expect
 
 
 def test_without_negatives_from_other_ranks_gradients_differ():

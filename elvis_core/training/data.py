@@ -1,0 +1,278 @@
+"""Training data: image–report pairs from a MIMIC-CXR-layout root (DICOM or JPG) or a phantom folder.
+
+:func:`find_pairs` scans the root (``elvis_core.io.studies.scan_folder``, headers only), keeps PA/AP images, reads
+each study's report (``elvis_core.io.report.read_report``) and uses its FINDINGS + IMPRESSION text; optionally the
+patients of an MS-CXR CSV are excluded so evaluation images never leak into training. Everything it drops is counted
+in :class:`PairStats` (no patient identifiers in messages).
+
+:class:`PairDataset` decodes and transforms images (``ModelInputTransform``), optionally caching the [0, 1] model
+input as uint8 in RAM; unreadable images are skipped and counted (in the cache pass, or at load time by the collate
+function). :class:`Augment` never flips left/right (laterality matters in chest X-rays).
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+from dataclasses import dataclass, field
+from typing import Callable, Dict, List, Optional, Sequence, Set, Tuple
+
+import cv2
+import numpy as np
+import torch
+
+from elvis_core.errors import ConfigError, ElvisError
+from elvis_core.model.transforms import ModelInputTransform
+
+log = logging.getLogger(__name__)
+
+REPORT_SECTIONS = ("FINDINGS", "IMPRESSION")
+
+
+@dataclass
+class Pair:
+    image_path: str
+    text: str
+    study_key: str
+    patient: str = ""  # MIMIC patient folder (pXXXXXXXX) when in that layout; not a DICOM identifier
+
+
+@dataclass
+class PairStats:
+    studies_seen: int = 0
+    images_seen: int = 0
+    pairs: int = 0
+    no_report: int = 0
+    empty_report_sections: int = 0
+    unreadable_reports: int = 0
+    wrong_view: int = 0
+    unknown_view_kept: int = 0
+    excluded_patients: int = 0
+    scan_errors: int = 0
+    unreadable_images: int = 0
+    problems: List[Tuple[str, str]] = field(default_factory=list)  # (path, message), first few only
+
+    def lines(self) -> List[str]:
+        return [f"{self.pairs} image-report pairs from {self.studies_seen} studies / {self.images_seen} images",
+                f"dropped: {self.no_report} without report, {self.empty_report_sections} reports without FINDINGS/"
+                f"IMPRESSION text, {self.unreadable_reports} unreadable reports, {self.wrong_view} non-PA/AP views, "
+                f"{self.excluded_patients} images of excluded (MS-CXR) patients, {self.scan_errors} unreadable files "
+                f"in the scan, {self.unreadable_images} unreadable images"
+                + (f"; kept {self.unknown_view_kept} images without a view position (JPG/PNG)"
+                   if self.unknown_view_kept else "")]
+
+
+def report_training_text(report) -> str:
+    """FINDINGS + IMPRESSION of a parsed report (whitespace collapsed); the whole text when it has no sections."""
+    parts = []
+    for name in REPORT_SECTIONS:
+        sec = report.section(name)
+        if sec is not None and sec.end > sec.start:
+            parts.append(report.text[sec.start:sec.end])
+    if not parts and not report.sections:
+        parts = [report.text]
+    return " ".join(" ".join(p.split()) for p in parts).strip()
+
+
+def excluded_patients_from_csv(path: str, splits: Sequence[str] = ()) -> Set[str]:
+    """MIMIC patient folders (``pXXXXXXXX``) named by an MS-CXR CSV's ``path`` column (only rows of ``splits`` when
+    given, e.g. ``["val", "test"]`` for a phantom set whose CSV also covers the training patients)."""
+    from elvis_core.io.annotations import patient_id_from_path, read_ms_cxr_csv
+
+    aset = read_ms_cxr_csv(path)
+    out: Set[str] = set()
+    for ph in aset.phrases:
+        if splits and (ph.split or "") not in splits:
+            continue
+        pid = patient_id_from_path(ph.path)
+        if pid:
+            out.add(pid)
+    return out
+
+
+def find_pairs(root: str, views: Sequence[str] = ("PA", "AP"), exclude_patients: Optional[Set[str]] = None,
+               max_pairs: int = 0, progress: Optional[Callable[[int, int], None]] = None) -> Tuple[List[Pair], PairStats]:
+    from elvis_core.io.annotations import patient_id_from_path
+    from elvis_core.io.report import read_report
+    from elvis_core.io.studies import scan_folder
+
+    if not os.path.isdir(root):
+        raise ConfigError("data root is not a folder", root)
+    scan = scan_folder(root, progress=progress)
+    stats = PairStats(scan_errors=len(scan.errors))
+    for path, msg in scan.errors[:5]:
+        stats.problems.append((path, msg))
+    views_u = {v.upper() for v in views}
+    pairs: List[Pair] = []
+    for st in scan.studies:
+        stats.studies_seen += 1
+        stats.images_seen += len(st.images)
+        if not st.report_path:
+            stats.no_report += len(st.images)
+            continue
+        try:
+            text = report_training_text(read_report(st.report_path))
+        except ElvisError as err:
+            stats.unreadable_reports += 1
+            if len(stats.problems) < 10:
+                stats.problems.append((st.report_path, err.problem))
+            continue
+        if not text:
+            stats.empty_report_sections += 1
+            continue
+        for im in st.images:
+            view = (im.view_position or "").upper()
+            if view and view not in views_u:
+                stats.wrong_view += 1
+                continue
+            if not view:
+                if im.path.lower().endswith((".dcm", ".dicom", ".dic")):
+                    stats.wrong_view += 1  # a DICOM without ViewPosition: unknown projection, not used
+                    continue
+                stats.unknown_view_kept += 1
+            pid = patient_id_from_path(os.path.relpath(im.path, root)) or ""
+            if exclude_patients and pid in exclude_patients:
+                stats.excluded_patients += 1
+                continue
+            pairs.append(Pair(image_path=im.path, text=text, study_key=st.key, patient=pid))
+    pairs.sort(key=lambda p: p.image_path)
+    if max_pairs and len(pairs) > max_pairs:
+        pairs = pairs[:max_pairs]
+    stats.pairs = len(pairs)
+    return pairs, stats
+
+
+@dataclass
+class Augment:
+    """Random affine (scale, small rotation, translation) + brightness/contrast on the [0, 1] model input.
+    Never flips: left/right carry meaning in chest X-rays."""
+
+    scale: Tuple[float, float] = (0.9, 1.1)
+    rotate_deg: float = 5.0
+    translate: float = 0.05
+    brightness: float = 0.1
+    contrast: float = 0.1
+
+    def __call__(self, img: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+        s = img.shape[0]
+        sc = rng.uniform(*self.scale)
+        ang = rng.uniform(-self.rotate_deg, self.rotate_deg)
+        tx, ty = rng.uniform(-self.translate, self.translate, size=2) * s
+        m = cv2.getRotationMatrix2D((s / 2.0, s / 2.0), ang, sc)
+        m[:, 2] += (tx, ty)
+        assert m[0, 0] > 0, "augmentation must never mirror the image"
+        out = cv2.warpAffine(img, m, (s, s), flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_CONSTANT, borderValue=0)
+        c = 1.0 + rng.uniform(-self.contrast, self.contrast)
+        b = rng.uniform(-self.brightness, self.brightness)
+        return np.clip((out - 0.5) * c + 0.5 + b, 0.0, 1.0).astype(np.float32)
+
+
+class PairDataset(torch.utils.data.Dataset):
+    """Items: ``(pixel_values float [1, S, S], text)`` or None when the image cannot be read.
+
+    ``cache=True``: :meth:`build_cache` decodes every image once into a uint8 [N, S, S] array (the [0, 1] input before
+    standardisation) and drops unreadable images (counted in ``n_unreadable``).
+    """
+
+    def __init__(self, pairs: List[Pair], transform: ModelInputTransform, augment: Optional[Augment] = None,
+                 seed: int = 0):
+        self.pairs = list(pairs)
+        self.transform = transform
+        self.augment = augment
+        self.seed = seed
+        self.cache: Optional[np.ndarray] = None
+        self.n_unreadable = 0
+        self.unreadable: List[Tuple[str, str]] = []
+        self._epoch = 0
+
+    def __len__(self) -> int:
+        return len(self.pairs)
+
+    def set_epoch(self, epoch: int) -> None:
+        self._epoch = epoch
+
+    def _unit(self, path: str) -> np.ndarray:
+        """[0, 1] float32 (S, S) model input before standardisation."""
+        from elvis_core.io.images import read_image
+
+        rad = read_image(path)
+        x = self.transform.apply(rad)
+        return np.clip(x * self.transform.std + self.transform.mean, 0.0, 1.0).astype(np.float32)
+
+    def build_cache(self, progress: Optional[Callable[[int, int], None]] = None) -> None:
+        s = self.transform.size
+        keep, arr = [], np.zeros((len(self.pairs), s, s), dtype=np.uint8)
+        for i, p in enumerate(self.pairs):
+            try:
+                arr[len(keep)] = np.round(self._unit(p.image_path) * 255.0).astype(np.uint8)
+                keep.append(p)
+            except (ElvisError, ValueError, cv2.error) as err:
+                self._count_unreadable(p.image_path, getattr(err, "problem", str(err)))
+            if progress:
+                progress(i + 1, len(self.pairs))
+        self.pairs = keep
+        self.cache = arr[:len(keep)].copy()
+
+    def _count_unreadable(self, path: str, msg: str) -> None:
+        self.n_unreadable += 1
+        if len(self.unreadable) < 10:
+            self.unreadable.append((path, msg))
+        log.warning("skipping unreadable image %s: %s", path, msg)
+
+    def __getitem__(self, idx: int):
+        p = self.pairs[idx]
+        if self.cache is not None:
+            img = self.cache[idx].astype(np.float32) / 255.0
+        else:
+            try:
+                img = self._unit(p.image_path)
+            except (ElvisError, ValueError, cv2.error) as err:
+                self._count_unreadable(p.image_path, getattr(err, "problem", str(err)))
+                return None
+        if self.augment is not None:
+            rng = np.random.default_rng([self.seed, self._epoch, idx])
+            img = self.augment(img, rng)
+        x = (img - self.transform.mean) / self.transform.std
+        return torch.from_numpy(np.ascontiguousarray(x, dtype=np.float32)).unsqueeze(0), p.text
+
+
+class Collate:
+    """Stack images, tokenize texts (model.tokenize), build word masks and sentence ids; drops None items."""
+
+    def __init__(self, model):
+        from elvis_core.training.objectives import sentence_ids_from_tokens, word_mask
+
+        self.tokenize = model.tokenize
+        tok = model.tokenizer
+        self.special = sorted(set(int(i) for i in tok.all_special_ids))
+        self.periods = [i for i in (tok.convert_tokens_to_ids("."),) if i is not None and i != tok.unk_token_id]
+        self._word_mask, self._sentence_ids = word_mask, sentence_ids_from_tokens
+
+    def __call__(self, items):
+        n_in = len(items)
+        items = [it for it in items if it is not None]
+        if not items:
+            return None
+        pix = torch.stack([it[0] for it in items])
+        t = self.tokenize([it[1] for it in items])
+        words = self._word_mask(t["input_ids"], t["attention_mask"], self.special)
+        sids = self._sentence_ids(t["input_ids"], words, self.periods)
+        return {"pixel_values": pix, "input_ids": t["input_ids"], "attention_mask": t["attention_mask"],
+                "words": words, "sentence_ids": sids, "n_dropped": n_in - len(items)}
+
+
+def split_val(pairs: List[Pair], fraction: float, seed: int) -> Tuple[List[Pair], List[Pair]]:
+    """Split by patient (or study when no patient folder) so no patient is on both sides."""
+    if fraction <= 0:
+        return pairs, []
+    groups: Dict[str, List[Pair]] = {}
+    for p in pairs:
+        groups.setdefault(p.patient or p.study_key, []).append(p)
+    keys = sorted(groups)
+    rng = np.random.default_rng(seed)
+    rng.shuffle(keys)
+    n_val = max(1, int(math.floor(len(keys) * fraction)))
+    val_keys = set(keys[:n_val])
+    return ([p for p in pairs if (p.patient or p.study_key) not in val_keys],
+            [p for p in pairs if (p.patient or p.study_key) in val_keys])
