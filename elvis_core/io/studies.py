@@ -209,7 +209,7 @@ class _Builder:
         self.reports.setdefault(os.path.dirname(path), []).append(path)
 
     def add_dicom(self, path: str, errors: List[Tuple[str, str]], skipped: List[Tuple[str, str]]) -> None:
-        from elvis_core.io.dicom import _non_image_kind, is_dicom_file
+        from elvis_core.io.dicom import _is_image_sop_class, _non_image_kind, is_dicom_file
 
         try:
             if os.path.getsize(path) == 0:
@@ -228,7 +228,9 @@ class _Builder:
             return
         rows, cols = _int(ds.get("Rows", 0), 0), _int(ds.get("Columns", 0), 0)
         if not rows or not cols:
-            if "Rows" not in ds:
+            if "Rows" not in ds and (len(ds) == 0 or _is_image_sop_class(ds)):
+                errors.append((path, "truncated or damaged DICOM header (an image without Rows/Columns)"))
+            elif "Rows" not in ds:
                 skipped.append((path, "no image (no Rows/Columns)"))
             else:
                 errors.append((path, f"zero-size image (Rows={rows}, Columns={cols})"))
