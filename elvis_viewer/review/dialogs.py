@@ -1,0 +1,49 @@
+"""Small dialogs of the review mode: reviewer name (asked once, kept in QSettings) and reject reason."""
+
+from __future__ import annotations
+
+from typing import Optional
+
+from PySide6 import QtCore, QtWidgets
+
+from elvis_core.review.session import REJECT_REASONS
+
+SETTINGS_KEY = "review/reviewer"
+
+
+def settings_or_default(settings: Optional[QtCore.QSettings] = None) -> QtCore.QSettings:
+    return settings if settings is not None else QtCore.QSettings("ELVIS", "ELVIS Viewer")
+
+
+def ask_reviewer_name(parent: Optional[QtWidgets.QWidget], settings: QtCore.QSettings,
+                      force: bool = False) -> Optional[str]:
+    """The reviewer's name from settings; asked (and stored) only when missing or ``force``. None if cancelled."""
+    name = str(settings.value(SETTINGS_KEY, "") or "").strip()
+    if name and not force:
+        return name
+    text, ok = QtWidgets.QInputDialog.getText(parent, "Reviewer", "Your name or initials (stored with every "
+                                              "decision):", QtWidgets.QLineEdit.EchoMode.Normal, name)
+    text = (text or "").strip()
+    if not ok or not text:
+        return None
+    settings.setValue(SETTINGS_KEY, text)
+    settings.sync()
+    return text
+
+
+def ask_reject_reason(parent: Optional[QtWidgets.QWidget]) -> Optional[str]:
+    """Pick a reason with the arrow keys (or type one) and press Enter; None if cancelled."""
+    text, ok = QtWidgets.QInputDialog.getItem(parent, "Reject", "Reason:", list(REJECT_REASONS), 0, True)
+    text = (text or "").strip()
+    return text if ok and text else None
+
+
+def ask_rescale(parent: Optional[QtWidgets.QWidget], n_items: int, example: str) -> bool:
+    """Ask whether to rescale boxes whose annotation image size differs from the image's."""
+    ans = QtWidgets.QMessageBox.question(
+        parent, "Image size differs",
+        f"{n_items} phrase(s) have boxes drawn for a different image size than the image files "
+        f"(e.g. {example}).\n\nRescale their boxes to the images?",
+        QtWidgets.QMessageBox.StandardButton.Yes | QtWidgets.QMessageBox.StandardButton.No,
+        QtWidgets.QMessageBox.StandardButton.Yes)
+    return ans == QtWidgets.QMessageBox.StandardButton.Yes

@@ -1,0 +1,525 @@
+"""`ReviewView`: the "Review" mode — a keyboard-driven queue of MS-CXR phrase boxes with the model's map.
+
+A thin skin over :class:`elvis_core.review.ReviewSession`: every key press becomes one session call, which persists
+the decision (SQLite, synchronous) **before** the queue advances. Slow work (reading the image and report, grounding
+the phrase) runs on the thread pool; a result that arrives after the annotator moved on is dropped.
+
+Keys: J / K next / previous, U next unreviewed, A accept the phrase's boxes (and advance), R reject with a reason
+(and advance), S select the next box, N add a box, Del delete the selected box, Ctrl+Z undo, Ctrl+Shift+Z (or
+Ctrl+Y) redo, H toggle the map. Boxes are edited by dragging their corners/edges (or the box itself).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from pathlib import Path
+from typing import Callable, Dict, Optional
+
+from PySide6 import QtCore, QtGui, QtWidgets
+
+from elvis_core.errors import ElvisError
+from elvis_core.review import ITEM_STATUSES, ReviewSession, export_all, find_report, item_figures
+from elvis_core.review.figures import map_on_grid
+from elvis_core.review.imaging import load_image
+from elvis_viewer.image_view import ImageView
+from elvis_viewer.report_view import ReportView
+from elvis_viewer.review.box_layer import STATUS_COLORS, BoxLayer
+from elvis_viewer.review.dialogs import ask_reject_reason, ask_rescale, ask_reviewer_name, settings_or_default
+from elvis_viewer.workers import Generation, run_task
+
+STATUS_MARK = {"unreviewed": "·", "accepted": "✓", "edited": "✎", "rejected": "✗"}
+
+
+def _load_item_data(key: str, image_path: str, report_path: Optional[str]):
+    """Worker: the image and (when present) the study report."""
+    rad = load_image(image_path)
+    report = None
+    if report_path:
+        from elvis_core.io.report import read_report
+
+        try:
+            report = read_report(report_path)
+        except ElvisError:
+            report = None
+    return key, rad, report
+
+
+def _ground(key: str, engine, rad, phrase: str):
+    """Worker: the phrase's map and its resampled values for live figures."""
+    gmap = engine.ground_image(rad, phrase)
+    return key, gmap, map_on_grid(gmap, rad.shape)
+
+
+class ReviewView(QtWidgets.QWidget):
+    #: key of the item now shown
+    itemChanged = QtCore.Signal(str)
+    #: a one-line status message for the main window's status bar
+    message = QtCore.Signal(str)
+
+    def __init__(self, engine_provider: Callable[[], object], parent: Optional[QtWidgets.QWidget] = None, *,
+                 settings: Optional[QtCore.QSettings] = None,
+                 reason_provider: Optional[Callable[[QtWidgets.QWidget], Optional[str]]] = None):
+        super().__init__(parent)
+        self.engine_provider = engine_provider
+        if settings is None and isinstance(getattr(parent, "settings", None), QtCore.QSettings):
+            settings = parent.settings  # the main window's settings
+        self.settings = settings_or_default(settings)
+        self.reason_provider = reason_provider or ask_reject_reason
+        self.session: Optional[ReviewSession] = None
+        self.annotations_path: Optional[Path] = None
+        self.loaded_key: Optional[str] = None  # item whose image is on screen
+        self.map_key: Optional[str] = None  # item whose map is on screen
+        self.gmap = None
+        self._map_values = None
+        self._gen = Generation()
+        self.last_error: str = ""
+        self._build()
+        self._shortcuts()
+
+    # ------------------------------------------------------------------------------------------------- layout
+    def _build(self) -> None:
+        left = QtWidgets.QWidget()
+        ll = QtWidgets.QVBoxLayout(left)
+        ll.setContentsMargins(4, 4, 4, 4)
+        self.category_combo = QtWidgets.QComboBox()
+        self.split_combo = QtWidgets.QComboBox()
+        self.status_combo = QtWidgets.QComboBox()
+        for c in (self.category_combo, self.split_combo, self.status_combo):
+            c.setFocusPolicy(QtCore.Qt.FocusPolicy.ClickFocus)
+            c.currentIndexChanged.connect(self._on_filter)
+            ll.addWidget(c)
+        self.counts_label = QtWidgets.QLabel("")
+        ll.addWidget(self.counts_label)
+        self.queue = QtWidgets.QListWidget()
+        self.queue.setFocusPolicy(QtCore.Qt.FocusPolicy.ClickFocus)
+        self.queue.currentItemChanged.connect(self._on_queue_click)
+        ll.addWidget(self.queue, 3)
+        self.problems_label = QtWidgets.QLabel("Import problems (0)")
+        ll.addWidget(self.problems_label)
+        self.problems = QtWidgets.QListWidget()
+        self.problems.setFocusPolicy(QtCore.Qt.FocusPolicy.ClickFocus)
+        self.problems.setWordWrap(True)
+        ll.addWidget(self.problems, 1)
+        self.export_button = QtWidgets.QPushButton("Export CSV / COCO / summary…")
+        self.export_button.setFocusPolicy(QtCore.Qt.FocusPolicy.ClickFocus)
+        self.export_button.clicked.connect(self._export_dialog)
+        ll.addWidget(self.export_button)
+
+        self.image_view = ImageView()
+        self.boxes = BoxLayer(self.image_view.view_box, self)
+        self.boxes.boxEdited.connect(self._on_box_edited)
+        self.boxes.boxMoving.connect(self._on_box_moving)
+        self.boxes.boxSelected.connect(lambda bid: self._update_box_list())
+
+        right = QtWidgets.QWidget()
+        rl = QtWidgets.QVBoxLayout(right)
+        rl.setContentsMargins(4, 4, 4, 4)
+        self.header = QtWidgets.QLabel("No annotations loaded")
+        self.header.setWordWrap(True)
+        self.header.setTextFormat(QtCore.Qt.TextFormat.RichText)
+        rl.addWidget(self.header)
+        self.report_view = ReportView()
+        self.report_view.setFocusPolicy(QtCore.Qt.FocusPolicy.NoFocus)
+        rl.addWidget(self.report_view, 2)
+        self.figures_label = QtWidgets.QLabel("")
+        self.figures_label.setWordWrap(True)
+        self.figures_label.setMinimumHeight(3 * self.figures_label.fontMetrics().lineSpacing() + 6)
+        self.figures_label.setSizePolicy(QtWidgets.QSizePolicy.Policy.Preferred,
+                                         QtWidgets.QSizePolicy.Policy.Minimum)
+        rl.addWidget(self.figures_label)
+        self.box_list = QtWidgets.QListWidget()
+        self.box_list.setFocusPolicy(QtCore.Qt.FocusPolicy.NoFocus)
+        rl.addWidget(self.box_list, 1)
+        keys = QtWidgets.QLabel("J/K next/prev · U next unreviewed · A accept · R reject · S select box · N add · "
+                                "Del delete · Ctrl+Z / Ctrl+Shift+Z undo/redo · H map · drag corners/edges to edit")
+        keys.setWordWrap(True)
+        keys.setStyleSheet("color: #9aa4b2;")
+        rl.addWidget(keys)
+
+        split = QtWidgets.QSplitter(QtCore.Qt.Orientation.Horizontal)
+        split.addWidget(left)
+        split.addWidget(self.image_view)
+        split.addWidget(right)
+        split.setStretchFactor(0, 1)
+        split.setStretchFactor(1, 3)
+        split.setStretchFactor(2, 1)
+        split.setSizes([260, 700, 320])
+        lay = QtWidgets.QVBoxLayout(self)
+        lay.setContentsMargins(0, 0, 0, 0)
+        lay.addWidget(split)
+        self.setFocusPolicy(QtCore.Qt.FocusPolicy.StrongFocus)
+
+    def _shortcuts(self) -> None:
+        """Review keys, taken before any other shortcut while focus is inside this view.
+
+        An application event filter (not QShortcut): the main window has window-wide actions on the same letters
+        (R = ruler, H = overlay), and identical QShortcuts would be ambiguous and fire neither. Here a review key
+        pressed anywhere inside the view (queue, image, report) is ours; dialogs (other windows) are not affected.
+        """
+        self._keymap = {
+            "J": self.next_item, "K": self.previous_item, "U": self.next_unreviewed, "A": self.accept,
+            "R": self.reject, "S": self.boxes.select_next, "N": self.add_box, "Del": self.delete_box,
+            "Backspace": self.delete_box, "Ctrl+Z": self.undo, "Ctrl+Shift+Z": self.redo, "Ctrl+Y": self.redo,
+            "H": self.image_view.toggle_overlay,
+        }
+        QtWidgets.QApplication.instance().installEventFilter(self)
+
+    @staticmethod
+    def key_name(ev: QtGui.QKeyEvent) -> str:
+        mods = ev.modifiers() & ~QtCore.Qt.KeyboardModifier.KeypadModifier
+        return QtGui.QKeySequence(QtCore.QKeyCombination(mods, QtCore.Qt.Key(ev.key()))).toString()
+
+    def eventFilter(self, obj, ev) -> bool:
+        t = ev.type()
+        if t not in (QtCore.QEvent.Type.ShortcutOverride, QtCore.QEvent.Type.KeyPress):
+            return False
+        if not isinstance(obj, QtWidgets.QWidget) or not (obj is self or self.isAncestorOf(obj)):
+            return False
+        if not self.isVisible():
+            return False
+        fn = self._keymap.get(self.key_name(ev))
+        if fn is None:
+            return False
+        if t == QtCore.QEvent.Type.ShortcutOverride:
+            ev.accept()  # "this key is for a widget": no shortcut fires, a KeyPress follows
+            return True
+        fn()
+        return True
+
+    # --------------------------------------------------------------------------------------------------- load
+    def load(self, annotations_path: os.PathLike | str, images_root: os.PathLike | str,
+             rescale: Optional[bool] = None) -> bool:
+        """Open an MS-CXR CSV / COCO JSON with its images root and resume the review beside it.
+
+        Asks for the reviewer name once (kept in settings) and, when the annotations' image size differs from the
+        images' and no choice is stored yet, whether to rescale the boxes. Returns False when cancelled or failed
+        (the reason is in :attr:`last_error` and the status message).
+        """
+        reviewer = ask_reviewer_name(self, self.settings)
+        if not reviewer:
+            return self._fail("a reviewer name is needed to record decisions")
+        if self.session is not None:
+            self.session.close()
+            self.session = None
+        QtWidgets.QApplication.setOverrideCursor(QtCore.Qt.CursorShape.WaitCursor)
+        try:
+            session = ReviewSession.open(annotations_path, images_root, rescale=rescale, reviewer=reviewer)
+            res = session.import_result
+            if rescale is None and res.size_mismatch_keys and session.store.get_meta("rescale") is None:
+                it = next(i for i in res.items if i.key == res.size_mismatch_keys[0])
+                ex = f"{it.file_size[0]}x{it.file_size[1]} vs {it.image_width}x{it.image_height}"
+                QtWidgets.QApplication.restoreOverrideCursor()
+                agreed = ask_rescale(self, len(res.size_mismatch_keys), ex)
+                QtWidgets.QApplication.setOverrideCursor(QtCore.Qt.CursorShape.WaitCursor)
+                session.close()
+                session = ReviewSession.open(annotations_path, images_root, rescale=agreed, reviewer=reviewer)
+        except ElvisError as err:
+            return self._fail(str(err))
+        finally:
+            QtWidgets.QApplication.restoreOverrideCursor()
+        self.session = session
+        self.annotations_path = Path(annotations_path)
+        self.problems.clear()
+        for p in session.problems:
+            self.problems.addItem(str(p))
+        self.problems_label.setText(f"Import problems ({len(session.problems)})")
+        self._fill_filters()
+        self._show_current()
+        n = len(session.items)
+        self._say(f"{n} phrases loaded from {Path(annotations_path).name}; {len(session.problems)} problem(s) listed; "
+                  f"decisions saved to {session.store.path.name}")
+        return True
+
+    def _fail(self, msg: str) -> bool:
+        self.last_error = msg
+        self._say(msg)
+        self.header.setText(f"<b>Cannot load:</b> {msg}")
+        return False
+
+    def _say(self, msg: str) -> None:
+        self.message.emit(msg)
+        self.setStatusTip(msg)
+
+    # ------------------------------------------------------------------------------------------------ filters
+    def _fill_filters(self) -> None:
+        s = self.session
+        counts = s.counts()
+        for combo, key, label in ((self.category_combo, "category", "All categories"),
+                                  (self.split_combo, "split", "All splits")):
+            combo.blockSignals(True)
+            cur = combo.currentData()
+            combo.clear()
+            combo.addItem(f"{label} ({len(s.items)})", None)
+            for v in sorted(counts[key]):
+                combo.addItem(f"{v or '(none)'} ({counts[key][v]})", v)
+            i = combo.findData(cur)
+            combo.setCurrentIndex(max(i, 0))
+            combo.blockSignals(False)
+        self.status_combo.blockSignals(True)
+        cur = self.status_combo.currentData()
+        self.status_combo.clear()
+        self.status_combo.addItem(f"Any status ({len(s.items)})", None)
+        self.status_combo.addItem(f"reviewed ({counts['total']['reviewed']})", "reviewed")
+        for st in ITEM_STATUSES:
+            self.status_combo.addItem(f"{st} ({counts['status'].get(st, 0)})", st)
+        i = self.status_combo.findData(cur)
+        self.status_combo.setCurrentIndex(max(i, 0))
+        self.status_combo.blockSignals(False)
+
+    def set_filters(self, category: Optional[str] = None, split: Optional[str] = None,
+                    status: Optional[str] = None) -> None:
+        for combo, v in ((self.category_combo, category), (self.split_combo, split), (self.status_combo, status)):
+            combo.blockSignals(True)
+            combo.setCurrentIndex(max(combo.findData(v), 0))
+            combo.blockSignals(False)
+        self._on_filter()
+
+    def _on_filter(self, *_):
+        if self.session is None:
+            return
+        self.session.set_filter(self.category_combo.currentData(), self.split_combo.currentData(),
+                                self.status_combo.currentData())
+        self._show_current()
+
+    # -------------------------------------------------------------------------------------------------- queue
+    def _refresh_queue(self) -> None:
+        s = self.session
+        self.queue.blockSignals(True)
+        self.queue.clear()
+        cur_row = -1
+        for row, i in enumerate(s.visible()):
+            it = s.items[i]
+            li = QtWidgets.QListWidgetItem(f"{STATUS_MARK.get(it.status, '?')} {it.label_text}  — {it.category}")
+            li.setData(QtCore.Qt.ItemDataRole.UserRole, it.key)
+            li.setForeground(QtGui.QColor(STATUS_COLORS.get(it.status, "#ffffff")))
+            self.queue.addItem(li)
+            if i == s.current:
+                cur_row = row
+        if cur_row >= 0:
+            self.queue.setCurrentRow(cur_row)
+            self.queue.scrollToItem(self.queue.currentItem())
+        self.queue.blockSignals(False)
+        c = s.counts()["total"]
+        self.counts_label.setText(f"{c['reviewed']} / {c['items']} reviewed · {c['visible']} shown")
+
+    def _on_queue_click(self, cur, _prev) -> None:
+        if cur is None or self.session is None:
+            return
+        self.session.go_to(cur.data(QtCore.Qt.ItemDataRole.UserRole))
+        self._show_current()
+
+    def _show_current(self) -> None:
+        s = self.session
+        self._refresh_queue()
+        self._fill_filters()
+        it = s.item if s is not None else None
+        if it is None or s.current not in s.visible():
+            self.header.setText("No phrase matches the filters" if s and s.items else "No phrases to review")
+            self.boxes.clear()
+            self.image_view.clear()
+            self.report_view.set_report(None)
+            self.figures_label.setText("")
+            self.box_list.clear()
+            return
+        pos = s.visible().index(s.current) + 1
+        color = STATUS_COLORS.get(it.status, "#ffffff")
+        warn = "".join(f"<br><i>{w}</i>" for w in it.warnings)
+        self.header.setText(
+            f"<b>{pos} / {len(s.visible())}</b> · {it.category} · {it.split or 'no split'} · "
+            f"<span style='color:{color}'>{it.status}</span><br><b>“{it.label_text}”</b>{warn}")
+        if self.loaded_key != it.key:
+            self._start_loading(it)
+        else:
+            self._refresh_boxes()
+        self.itemChanged.emit(it.key)
+
+    def _start_loading(self, it) -> None:
+        n = self._gen.next()
+        self.gmap, self._map_values, self.map_key = None, None, None
+        self.boxes.clear()
+        self.box_list.clear()
+        report = find_report(it)
+        run_task(_load_item_data, it.key, it.image_path, None if report is None else str(report),
+                 on_result=lambda r, n=n: self._on_loaded(n, r), on_error=lambda e, n=n: self._on_load_error(n, e))
+
+    def _on_loaded(self, n: int, result) -> None:
+        if not self._gen.is_current(n) or self.session is None:
+            return
+        key, rad, report = result
+        it = self.session.item
+        if it is None or it.key != key:
+            return
+        self.image_view.set_radiograph(rad)
+        self.image_view.set_caption(it.label_text)
+        self.report_view.set_report(report)
+        if report is not None:
+            span = report.find(it.label_text)
+            if span is None:
+                low = report.text.lower().find(it.label_text.lower())
+                span = None if low < 0 else (low, low + len(it.label_text))
+            if span is not None:
+                self.report_view.select_span(span[0], span[1], emit=False)
+        self.loaded_key = key
+        self._refresh_boxes()
+        engine = self.engine_provider() if self.engine_provider else None
+        if engine is not None:
+            run_task(_ground, key, engine, rad, it.label_text, on_result=lambda r, n=n: self._on_map(n, r),
+                     on_error=lambda e: self._say(f"no map: {e}"))
+
+    def _on_load_error(self, n: int, err: BaseException) -> None:
+        if not self._gen.is_current(n):
+            return
+        self.loaded_key = None
+        self.image_view.clear()
+        self._say(f"cannot show this image: {err}")
+        self.header.setText(self.header.text() + f"<br><span style='color:#ff4d4d'>cannot show the image: {err}"
+                                                 "</span>")
+
+    def _on_map(self, n: int, result) -> None:
+        if not self._gen.is_current(n):
+            return
+        key, gmap, values = result
+        self.gmap, self._map_values, self.map_key = gmap, values, key
+        self.image_view.set_overlay(gmap)
+        self._update_figures()
+
+    # -------------------------------------------------------------------------------------------------- boxes
+    def _refresh_boxes(self) -> None:
+        it = self.session.item if self.session else None
+        if it is None:
+            return
+        self.boxes.set_boxes(it.boxes, (it.image_width, it.image_height))
+        self._update_box_list()
+        self._update_figures()
+
+    def _update_box_list(self) -> None:
+        it = self.session.item if self.session else None
+        self.box_list.clear()
+        if it is None:
+            return
+        for b in it.boxes:
+            sel = "▶ " if b.box_id == self.boxes.selected else "  "
+            extra = f" — {b.reason}" if b.reason else ""
+            who = f" · {b.reviewer} {b.timestamp}" if b.reviewer else ""
+            li = QtWidgets.QListWidgetItem(f"{sel}{b.box_id}: {b.status}{extra} ({b.x:.0f}, {b.y:.0f}, {b.w:.0f}, "
+                                           f"{b.h:.0f}){who}")
+            li.setForeground(QtGui.QColor(STATUS_COLORS.get(b.status, "#ffffff")))
+            self.box_list.addItem(li)
+
+    def figures(self, moving: Optional[tuple] = None):
+        """The item's live figures (core computation), optionally with one box at a dragged geometry."""
+        it = self.session.item
+        boxes = it.boxes
+        if moving is not None:
+            bid, x, y, w, h = moving
+            boxes = [dataclasses.replace(b, x=x, y=y, w=w, h=h) if b.box_id == bid else b for b in boxes]
+        values = self._map_values if self.map_key == it.key else None
+        return item_figures(boxes, map_values=values)
+
+    def _update_figures(self, moving: Optional[tuple] = None) -> None:
+        if self.session is None or self.session.item is None:
+            return
+        fig = self.figures(moving)
+        per = ", ".join(f"{k} {v:.2f}" for k, v in fig.iou_original.items())
+        self.figures_label.setText(fig.as_text() + (f"\nper box IoU orig→edit: {per}" if per else "")
+                                   + ("" if self.map_key else "\n(no model map)"))
+
+    def _on_box_moving(self, bid: str, x: float, y: float, w: float, h: float) -> None:
+        self._update_figures((bid, x, y, w, h))
+
+    def _on_box_edited(self, bid: str, x: float, y: float, w: float, h: float) -> None:
+        self._decide(lambda s: s.edit_box(bid, (x, y, w, h)))
+        QtCore.QTimer.singleShot(0, self._refresh_boxes)  # not from inside the ROI's own event handler
+
+    # ----------------------------------------------------------------------------------------------- actions
+    def _decide(self, fn) -> bool:
+        if self.session is None or self.session.item is None:
+            return False
+        try:
+            fn(self.session)
+        except ElvisError as err:
+            self._say(str(err))
+            return False
+        except OSError as err:  # the decision was NOT saved (and was rolled back): say so loudly
+            self._say(f"NOT SAVED: {err}")
+            QtWidgets.QMessageBox.critical(self, "Decision not saved", f"The decision could not be saved: {err}")
+            return False
+        return True
+
+    def next_item(self) -> None:
+        if self.session:
+            self.session.next()
+            self._show_current()
+
+    def previous_item(self) -> None:
+        if self.session:
+            self.session.previous()
+            self._show_current()
+
+    def next_unreviewed(self) -> None:
+        if self.session:
+            if self.session.next_unreviewed() is None:
+                self._say("no unreviewed phrase left in this filter")
+            self._show_current()
+
+    def accept(self) -> None:
+        if self._decide(lambda s: s.accept(advance=True)):
+            self._show_current()
+
+    def reject(self) -> None:
+        if self.session is None or self.session.item is None:
+            return
+        reason = self.reason_provider(self)
+        if not reason:
+            return
+        if self._decide(lambda s: s.reject(reason, advance=True)):
+            self._show_current()
+
+    def add_box(self) -> None:
+        out = {}
+        if self._decide(lambda s: out.setdefault("b", s.add_box())):
+            self.boxes.selected = out["b"].box_id
+            self._show_current()
+
+    def delete_box(self) -> None:
+        bid = self.boxes.selected
+        if bid is None:
+            self._say("select a box first (S, or click it)")
+            return
+        if self._decide(lambda s: s.delete_box(bid)):
+            self._show_current()
+
+    def undo(self) -> None:
+        if self._decide(lambda s: s.undo()):
+            self._show_current()
+
+    def redo(self) -> None:
+        if self._decide(lambda s: s.redo()):
+            self._show_current()
+
+    # ------------------------------------------------------------------------------------------------- export
+    def export(self, out_dir: os.PathLike | str, stem: Optional[str] = None) -> Dict[str, Path]:
+        """Write the reviewed CSV, COCO JSON and summary into ``out_dir`` (atomic writes)."""
+        if self.session is None:
+            raise ElvisError("nothing loaded to export")
+        stem = stem or (self.annotations_path.stem + ".reviewed" if self.annotations_path else "review")
+        paths = export_all(self.session.items, out_dir, stem)
+        self._say("exported " + ", ".join(p.name for p in paths.values()))
+        return paths
+
+    def _export_dialog(self) -> None:
+        if self.session is None:
+            return
+        d = QtWidgets.QFileDialog.getExistingDirectory(self, "Export review to folder",
+                                                       str(self.annotations_path.parent))
+        if d:
+            try:
+                self.export(d)
+            except ElvisError as err:
+                QtWidgets.QMessageBox.warning(self, "Export failed", str(err))
+
+    def closeEvent(self, ev) -> None:
+        if self.session is not None:
+            self.session.close()
+        super().closeEvent(ev)

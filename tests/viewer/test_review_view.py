@@ -1,0 +1,247 @@
+"""Review mode driven like an annotator: keyboard only on a phantom annotation set, then the exported files."""
+
+from __future__ import annotations
+
+import csv
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PySide6 import QtCore, QtWidgets
+
+from elvis_core.grounding.types import GroundingMap
+from elvis_core.phantom.generate import generate
+from elvis_core.review import ReviewSession
+from elvis_viewer.review import ReviewView
+from elvis_viewer.review.dialogs import SETTINGS_KEY
+from elvis_viewer.workers import wait_all
+
+Key = QtCore.Qt.Key
+
+
+class CentreEngine:
+    """Stands in for GroundingEngine in the view (only ``ground_image`` is used): a map peaked at the image centre."""
+
+    def __init__(self):
+        self.calls = []
+
+    def ground_image(self, rad, phrase):
+        self.calls.append(phrase)
+        rows, cols = rad.shape
+        g = 8
+        yy, xx = np.mgrid[0:g, 0:g]
+        sim = np.exp(-((xx - 3.5) ** 2 + (yy - 3.5) ** 2) / 4.0).astype(np.float32) * 1.6 - 0.6
+        a = np.array([[cols / g, 0, 0], [0, rows / g, 0], [0, 0, 1.0]])
+        return GroundingMap(similarity=sim, grid_to_image=a, image_shape=(rows, cols), phrase=phrase)
+
+
+@pytest.fixture(scope="module")
+def phantom(tmp_path_factory):
+    root = tmp_path_factory.mktemp("review_phantom")
+    summary = generate(root, n_studies=8, seed=1, size=128)
+    return Path(summary.csv_path), Path(summary.out_dir)
+
+
+@pytest.fixture
+def annotations(tmp_path, phantom):
+    own = tmp_path / "ms_cxr.csv"
+    own.write_bytes(phantom[0].read_bytes())
+    return own, phantom[1]
+
+
+@pytest.fixture
+def settings(tmp_path):
+    s = QtCore.QSettings(str(tmp_path / "settings.ini"), QtCore.QSettings.Format.IniFormat)
+    s.setValue(SETTINGS_KEY, "Dr Keys")
+    return s
+
+
+def _view(qtbot, settings, engine=None, **kw):
+    v = ReviewView(lambda: engine, settings=settings, **kw)
+    qtbot.addWidget(v)
+    v.resize(1300, 760)
+    v.show()
+    qtbot.waitExposed(v)
+    v.activateWindow()
+    v.setFocus()
+    return v
+
+
+def _wait_item(qtbot, v, with_map=False):
+    key = v.session.item.key
+    qtbot.waitUntil(lambda: v.loaded_key == key and (not with_map or v.map_key == key), timeout=10000)
+
+
+def _press(qtbot, v, key, mods=QtCore.Qt.KeyboardModifier.NoModifier):
+    qtbot.keyClick(v.focusWidget() or v, key, mods)
+
+
+def _answer_modal(qtbot, keys):
+    """Press ``keys`` in the next modal dialog (keyboard only), from inside its event loop."""
+    def go():
+        dlg = QtWidgets.QApplication.activeModalWidget()
+        if dlg is None:
+            QtCore.QTimer.singleShot(20, go)
+            return
+        target = dlg.focusWidget() or dlg
+        for k in keys:
+            if isinstance(k, str):
+                qtbot.keyClicks(target, k)
+            else:
+                qtbot.keyClick(target, k)
+    QtCore.QTimer.singleShot(0, go)
+
+
+def _rows(p):
+    with open(p, newline="", encoding="utf-8") as f:
+        return list(csv.DictReader(f))
+
+
+def test_keyboard_only_review_and_exports(qtbot, annotations, settings, tmp_path):
+    ann, root = annotations
+    engine = CentreEngine()
+    v = _view(qtbot, settings, engine)
+    assert v.load(ann, root)
+    n = len(v.session.items)
+    assert n >= 5 and v.problems.count() == 0
+    _wait_item(qtbot, v, with_map=True)
+    assert "CNR" in v.figures_label.text() and "no model map" not in v.figures_label.text()
+    assert v.report_view.report is not None and v.report_view.current is not None  # phrase highlighted
+    start, end = v.report_view.current
+    assert v.report_view.report.text[start:end].lower() == v.session.item.label_text.lower()
+
+    # 1: accept (A) → saved, queue advances
+    first = v.session.item.key
+    _press(qtbot, v, Key.Key_A)
+    assert v.session.items[0].status == "accepted" and v.session.current == 1
+    # 2: reject (R) with a reason picked by keyboard in the dialog
+    _answer_modal(qtbot, [Key.Key_Down, Key.Key_Return])
+    _press(qtbot, v, Key.Key_R)
+    assert v.session.items[1].status == "rejected"
+    assert v.session.items[1].boxes[0].reason == "box too large" and v.session.current == 2
+    _wait_item(qtbot, v)
+    # 3: add a box (N), it is selected; delete it (Del); undo (Ctrl+Z) brings it back; redo removes it again
+    nb = len(v.session.item.boxes)
+    _press(qtbot, v, Key.Key_N)
+    assert len(v.session.item.boxes) == nb + 1 and v.boxes.selected == v.session.item.boxes[-1].box_id
+    _press(qtbot, v, Key.Key_Delete)
+    assert len(v.session.item.boxes) == nb
+    _press(qtbot, v, Key.Key_Z, QtCore.Qt.KeyboardModifier.ControlModifier)
+    assert len(v.session.item.boxes) == nb + 1
+    _press(qtbot, v, Key.Key_Z, QtCore.Qt.KeyboardModifier.ControlModifier | QtCore.Qt.KeyboardModifier.ShiftModifier)
+    assert len(v.session.item.boxes) == nb
+    # select the first original box (S) and edit it as a drag does (ROI change finished) → edited, live IoU shown
+    _press(qtbot, v, Key.Key_S)
+    b = v.session.item.boxes[0]
+    bid, (x, y, w, h) = b.box_id, b.xywh
+    v.boxes.set_box_geometry(bid, x + w / 2, y, w, h)
+    qtbot.waitUntil(lambda: v.session.item.box(bid).status == "edited", timeout=3000)
+    assert "IoU orig→edit: 0.33" in v.figures_label.text()
+    _press(qtbot, v, Key.Key_A)  # accept the rest of item 2, advance
+    assert v.session.items[2].status == "edited" and v.session.current == 3
+    # navigation: K back, J forward, U next unreviewed
+    _press(qtbot, v, Key.Key_K)
+    assert v.session.current == 2
+    _press(qtbot, v, Key.Key_J)
+    assert v.session.current == 3
+    _press(qtbot, v, Key.Key_U)
+    assert v.session.current == 4 and v.session.item.status == "unreviewed"
+    # the queue shows the counts
+    assert v.counts_label.text().startswith("3 / ")
+
+    paths = v.export(tmp_path / "out")
+    rows = _rows(paths["csv"])
+    by_status = {}
+    for r in rows:
+        by_status.setdefault(r["review_status"], []).append(r)
+    assert len(by_status["rejected"]) == len(v.session.items[1].boxes)
+    assert {r["reject_reason"] for r in by_status["rejected"]} == {"box too large"}
+    assert len(by_status["edited"]) == 1
+    assert float(by_status["edited"][0]["iou_original"]) == pytest.approx(1 / 3, abs=0.02)
+    assert all(r["reviewer"] == "Dr Keys" for r in rows if r["review_status"] != "unreviewed")
+    coco = json.loads(Path(paths["coco"]).read_text())
+    assert len(coco["annotations"]) == len(rows) - len(by_status["rejected"])
+    summ = json.loads(Path(paths["summary"]).read_text())["overall"]
+    assert (summ["reviewed"], summ["accepted"], summ["edited"], summ["rejected"]) == (3, 1, 1, 1)
+    assert summ["mean_iou_change"] == pytest.approx(2 / 3, abs=0.02)
+
+    # reopening resumes where the annotator stopped, with every decision
+    v.close()
+    wait_all()
+    v2 = _view(qtbot, settings)
+    assert v2.load(ann, root)
+    assert v2.session.current == 4
+    assert [it.status for it in v2.session.items[:3]] == ["accepted", "rejected", "edited"]
+    assert v2.session.items[0].key == first
+    v2.close()
+    wait_all()
+
+
+def test_reviewer_name_is_asked_once_and_kept(qtbot, annotations, tmp_path):
+    ann, root = annotations
+    settings = QtCore.QSettings(str(tmp_path / "empty.ini"), QtCore.QSettings.Format.IniFormat)
+    v = _view(qtbot, settings)
+    _answer_modal(qtbot, ["A. Notator", Key.Key_Return])
+    assert v.load(ann, root)
+    assert settings.value(SETTINGS_KEY) == "A. Notator" and v.session.reviewer == "A. Notator"
+    v.close()
+    wait_all()
+    asked = []
+    orig = QtWidgets.QInputDialog.getText
+    QtWidgets.QInputDialog.getText = staticmethod(lambda *a, **k: asked.append(1) or ("x", True))
+    try:
+        v2 = _view(qtbot, settings)
+        assert v2.load(ann, root) and asked == [] and v2.session.reviewer == "A. Notator"
+    finally:
+        QtWidgets.QInputDialog.getText = orig
+    v2.close()
+    wait_all()
+
+
+def test_bad_rows_are_listed_and_the_queue_still_works(qtbot, annotations, settings, tmp_path):
+    ann, root = annotations
+    rows = _rows(ann)
+    base = dict(rows[0])
+    rows += [dict(base, label_text="bad number", w="wide"), dict(base, label_text="gone", path="files/p1/x.dcm")]
+    with open(ann, "w", newline="", encoding="utf-8") as f:
+        w = csv.DictWriter(f, fieldnames=list(base), lineterminator="\n")
+        w.writeheader()
+        w.writerows(rows)
+    v = _view(qtbot, settings)
+    assert v.load(ann, root)
+    texts = [v.problems.item(i).text() for i in range(v.problems.count())]
+    assert any("'w'" in t and "not a number" in t for t in texts)
+    assert any("image not found" in t and "files/p1/x.dcm" in t for t in texts)
+    assert v.problems_label.text() == f"Import problems ({len(texts)})"
+    _wait_item(qtbot, v)
+    _press(qtbot, v, Key.Key_A)
+    assert v.session.items[0].status == "accepted"
+    v.close()
+    wait_all()
+
+
+def test_missing_columns_fail_with_a_message_not_a_traceback(qtbot, settings, tmp_path, phantom):
+    bad = tmp_path / "bad.csv"
+    bad.write_text("dicom_id,path\nx,y\n")
+    v = _view(qtbot, settings)
+    assert not v.load(bad, phantom[1])
+    assert "bad.csv" in v.last_error and "missing" in v.last_error
+    v.close()
+
+
+def test_filters_by_category_status(qtbot, annotations, settings):
+    ann, root = annotations
+    v = _view(qtbot, settings)
+    assert v.load(ann, root)
+    cats = v.session.counts()["category"]
+    cat = max(cats, key=cats.get)
+    v.set_filters(category=cat)
+    assert v.queue.count() == cats[cat]
+    assert all(v.session.items[i].category == cat for i in v.session.visible())
+    _press(qtbot, v, Key.Key_A)
+    v.set_filters(status="unreviewed")
+    assert v.queue.count() == len(v.session.items) - 1
+    assert v.status_combo.currentText().startswith("unreviewed (")
+    v.close()
+    wait_all()
