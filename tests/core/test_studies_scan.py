@@ -151,3 +151,70 @@ def test_dicomdir_bad(tmp_path):
         read_dicomdir(bad)
     with pytest.raises(StudyScanError):
         read_dicomdir(tmp_path / "missing" / "DICOMDIR")
+
+
+def _pydicom_scan_fields(path):
+    from elvis_core.io.studies import _FAST_TAGS, _read_scan_header_pydicom
+
+    ds = _read_scan_header_pydicom(path)
+    out = {}
+    for name in _FAST_TAGS.values():
+        v = ds.get(name, None)
+        if v is None or v == "":
+            continue
+        if name in ("SeriesNumber", "InstanceNumber", "NumberOfFrames", "Rows", "Columns"):
+            out[name] = int(v)
+        else:
+            out[name] = str(v[0]) if isinstance(v, pydicom.multival.MultiValue) else str(v)
+    return out
+
+
+def test_fast_header_parser_agrees_with_pydicom_on_pydicom_data():
+    import warnings
+
+    from elvis_core.io.studies import _fast_scan_header
+
+    folders = {os.path.dirname(get_testdata_file(n)) for n in ("CT_small.dcm", "RG3_UNCI.dcm")}
+    n_fast = 0
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        for folder in sorted(folders):
+            for name in sorted(os.listdir(folder)):
+                path = os.path.join(folder, name)
+                if not os.path.isfile(path) or os.path.getsize(path) > 3_000_000:
+                    continue
+                fast = _fast_scan_header(path)
+                if fast is None:
+                    continue
+                try:
+                    ref = _pydicom_scan_fields(path)
+                except Exception:  # noqa: BLE001 - files pydicom itself rejects are not comparable
+                    continue
+                got = {k: v for k, v in fast.items() if not k.startswith("_") and v not in (None, "")}
+                assert got == ref, name
+                n_fast += 1
+    assert n_fast >= 50
+
+
+def test_fast_header_parser_skips_undefined_length_sequences(tmp_path):
+    from pydicom.dataset import Dataset
+    from pydicom.sequence import Sequence
+
+    from elvis_core.io.studies import _fast_scan_header
+
+    p = make_dicom(tmp_path / "sq.dcm", PIX, ViewPosition="AP", InstanceNumber=7)
+    ds = pydicom.dcmread(p)
+    inner = Dataset()
+    inner.ReferencedSOPInstanceUID = generate_uid()
+    item = Dataset()
+    item.ReferencedSOPClassUID = "1.2.840.10008.5.1.4.1.1.1"
+    item.DerivationCodeSequence = Sequence([inner])
+    ds.ReferencedImageSequence = Sequence([item, Dataset()])
+    ds["ReferencedImageSequence"].is_undefined_length = True
+    for it in ds.ReferencedImageSequence:
+        it.is_undefined_length_sequence_item = True
+    ds.save_as(p)
+    fast = _fast_scan_header(str(p))
+    assert fast is not None
+    assert (fast["Rows"], fast["Columns"], fast["ViewPosition"], fast["InstanceNumber"]) == (16, 20, "AP", 7)
+    assert fast["SOPInstanceUID"] == str(ds.SOPInstanceUID)
