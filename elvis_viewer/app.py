@@ -89,6 +89,11 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     app.setApplicationName("ELVIS Viewer")
     app.setOrganizationName("ELVIS")
     apply_dark_theme(app)
+    icon = REPO_ROOT / "resources" / "icons" / "elvis-viewer.svg"
+    if icon.exists():
+        from PySide6 import QtGui
+
+        app.setWindowIcon(QtGui.QIcon(str(icon)))
     settings = None
     if os.environ.get("ELVIS_VIEWER_SETTINGS"):
         settings = QtCore.QSettings(os.environ["ELVIS_VIEWER_SETTINGS"], QtCore.QSettings.Format.IniFormat)
@@ -109,8 +114,26 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         if not ok:
             print(f"warning: still busy after {args.timeout:g} s; screenshot taken anyway", file=sys.stderr)
         win.save_state()
-        return 0
-    return app.exec()
+        print(f"screenshot: {out}")
+        return _shutdown(win, app, 0, hard=argv is None)
+    return _shutdown(win, app, app.exec(), hard=argv is None)
+
+
+def _shutdown(win, app, code: int, hard: bool) -> int:
+    """Wait for workers, delete the window while Qt is alive. As a program (``hard``), leave with ``os._exit``:
+    tearing down pyqtgraph/Qt objects during interpreter shutdown can crash (segfault) after all work is done."""
+    from elvis_viewer import workers
+
+    win.cancel_scan()
+    workers.wait_all(30000)
+    win.close()
+    win.deleteLater()
+    app.processEvents()
+    if hard:
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(code)
+    return code
 
 
 def open_from_args(win, args, app=None) -> None:

@@ -589,7 +589,11 @@ class ImageView(QtWidgets.QWidget):
         c = self._corners
         c["tl"].setPos(pad, pad)
         br = c["tr"].boundingRect()
-        c["tr"].setPos(w - br.width() - pad, pad)
+        tl_b = c["tl"].boundingRect()
+        if tl_b.width() + br.width() + 3 * pad > w:  # narrow view: stack the top-right text under the top-left one
+            c["tr"].setPos(w - br.width() - pad, pad + tl_b.height())
+        else:
+            c["tr"].setPos(w - br.width() - pad, pad)
         br = c["bl"].boundingRect()
         c["bl"].setPos(pad, h - br.height() - pad)
         br = c["br"].boundingRect()
@@ -599,10 +603,13 @@ class ImageView(QtWidgets.QWidget):
         mk["left"].setPos(pad, (h - b.height()) / 2)
         b = mk["right"].boundingRect()
         mk["right"].setPos(w - b.width() - pad, (h - b.height()) / 2)
+        # top/bottom markers sit below/above the corner texts so they never overlap in narrow (compare) views
+        top_h = max(c["tl"].boundingRect().height(), c["tr"].pos().y() - pad + c["tr"].boundingRect().height())
+        bot_h = max(c["bl"].boundingRect().height(), c["br"].boundingRect().height())
         b = mk["top"].boundingRect()
-        mk["top"].setPos((w - b.width()) / 2, pad)
+        mk["top"].setPos((w - b.width()) / 2, pad + top_h)
         b = mk["bottom"].boundingRect()
-        mk["bottom"].setPos((w - b.width()) / 2, h - b.height() - pad)
+        mk["bottom"].setPos((w - b.width()) / 2, h - b.height() - pad - bot_h)
 
     # ------------------------------------------------------------------------------------------------- keyboard
     def keyPressEvent(self, ev: QtGui.QKeyEvent) -> None:

@@ -8,6 +8,7 @@ inspector when the user turns the privacy toggle on (off by default, not persist
 from __future__ import annotations
 
 import os
+import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -485,6 +486,7 @@ class MainWindow(QtWidgets.QMainWindow):
             return
         rad, report, report_err = result
         self.rad, self.rad_path = rad, path
+        self.statusBar().showMessage(f"{os.path.basename(path)}: {rad.cols} x {rad.rows}", 5000)
         for iv in (self.image_view, self.compare_view):
             iv.set_radiograph(rad)
         for s in self.slots:
@@ -969,12 +971,18 @@ def _thumbnails(paths: List[str], size: int = 96):
     return out
 
 
-def _load_engine(path: Optional[str], model=None, factory=None):
-    from elvis_core.grounding.engine import GroundingEngine
+_LOAD_LOCK = threading.Lock()
 
-    if factory is not None:
-        model = factory()
-    engine = GroundingEngine(model if model is not None else path)
+
+def _load_engine(path: Optional[str], model=None, factory=None):
+    # one load at a time: transformers' lazy imports are not thread-safe (two checkpoints loading at once in compare
+    # mode failed with "cannot import name PreTrainedTokenizerFast")
+    with _LOAD_LOCK:
+        from elvis_core.grounding.engine import GroundingEngine
+
+        if factory is not None:
+            model = factory()
+        engine = GroundingEngine(model if model is not None else path)
     try:
         engine.viewer_hash = engine.checkpoint_hash  # hashing weights is slow: here, not on the GUI thread
     except Exception as e:  # an in-memory model the engine cannot hash: show that, keep working
