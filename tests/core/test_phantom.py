@@ -254,3 +254,56 @@ def test_read_back_through_project_reader(dataset):
         assert a > 0 and np.abs(resid).max() <= 1.01 * step, (job.rel_dcm, np.abs(resid).max(), step)
         assert rad.pixel_spacing is not None
     assert {k[0] for k in kinds} == {"MONOCHROME1", "MONOCHROME2"}
+
+
+# ------------------------------------------------------------------------------------------------------ CLI
+def test_cli_writes_studies_and_a_contact_sheet(tmp_path, capsys):
+    from elvis_core.cli import main
+
+    out = tmp_path / "ph"
+    sheet = tmp_path / "sheet.png"
+    code = main(["phantom", "--out", str(out), "--studies", "5", "--seed", "3", "--size", "256",
+                 "--splits", "60/20/20", "--contact-sheet", str(sheet), "--no-progress"])
+    assert code == 0
+    text = capsys.readouterr().out
+    assert "wrote 5 studies" in text and "contact sheet" in text
+    import cv2
+
+    img = cv2.imread(str(sheet))
+    assert img is not None and img.shape[0] >= 400 and img.shape[1] == 4 * 400
+    assert img.std() > 20  # not blank
+    assert len([f for f in _all_files(out) if f.endswith(".dcm")]) == 5
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--studies", "0"], "--studies must be >= 1"),
+    (["--studies", "2", "--splits", "70-30"], "--splits must look like"),
+])
+def test_cli_errors_are_one_line(tmp_path, capsys, argv, message):
+    from elvis_core.cli import main
+
+    code = main(["phantom", "--out", str(tmp_path / "o"), "--seed", "1", "--size", "256", "--no-progress"] + argv)
+    err = capsys.readouterr().err
+    assert code == 2 and message in err and "Traceback" not in err and len(err.strip().splitlines()) == 1
+
+
+def test_cli_refuses_a_non_empty_folder_and_bad_size(tmp_path, capsys):
+    from elvis_core.cli import main
+
+    (tmp_path / "keep.txt").write_text("mine")
+    code = main(["phantom", "--out", str(tmp_path), "--studies", "1", "--seed", "1", "--size", "256",
+                 "--no-progress"])
+    assert code == 2 and "not empty" in capsys.readouterr().err
+    assert (tmp_path / "keep.txt").read_text() == "mine"
+    with pytest.raises(SystemExit) as ex:
+        main(["phantom", "--out", str(tmp_path / "x"), "--studies", "1", "--seed", "1", "--size", "99999"])
+    assert ex.value.code == 2 and "--size must be 256..2500" in capsys.readouterr().err
+
+
+def test_cli_help_has_an_example(capsys):
+    from elvis_core.cli import main
+
+    with pytest.raises(SystemExit):
+        main(["phantom", "--help"])
+    out = capsys.readouterr().out
+    assert "example:" in out and "elvis phantom --out" in out
