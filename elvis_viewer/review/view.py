@@ -430,7 +430,7 @@ class ReviewView(QtWidgets.QWidget):
 
     def _on_box_edited(self, bid: str, x: float, y: float, w: float, h: float) -> None:
         self._decide(lambda s: s.edit_box(bid, (x, y, w, h)))
-        QtCore.QTimer.singleShot(0, self._refresh_boxes)  # not from inside the ROI's own event handler
+        QtCore.QTimer.singleShot(0, self._show_current)  # not from inside the ROI's own event handler
 
     # ----------------------------------------------------------------------------------------------- actions
     def _decide(self, fn) -> bool:

@@ -245,3 +245,41 @@ def test_filters_by_category_status(qtbot, annotations, settings):
     assert v.status_combo.currentText().startswith("unreviewed (")
     v.close()
     wait_all()
+
+
+def test_inside_main_window_with_a_real_engine(qtbot, annotations, settings):
+    """The Review tab of the main window: review keys win over the window's own (R = ruler, H = overlay), and the
+    map comes from a real GroundingEngine (tiny untrained model) in a worker."""
+    import torch
+
+    from elvis_core.grounding.engine import GroundingEngine
+    from elvis_core.model import build_model, preset
+    from elvis_viewer.main_window import MainWindow
+
+    ann, root = annotations
+    torch.manual_seed(0)
+    texts = [r["label_text"] for r in _rows(ann)]
+    engine = GroundingEngine(build_model(preset("tiny"), texts=texts))
+    w = MainWindow(settings=settings)
+    qtbot.addWidget(w)
+    w.resize(1300, 800)
+    w.show()
+    qtbot.waitExposed(w)
+    rv = w.review_view
+    assert rv is not None and rv.settings is settings
+    rv.engine_provider = lambda: engine
+    w.tabs.setCurrentWidget(rv)
+    rv.reason_provider = lambda parent: "wrong location"
+    assert rv.load(ann, root)
+    _wait_item(qtbot, rv, with_map=True)
+    assert rv.gmap is not None and rv.gmap.phrase == rv.session.item.label_text
+    assert "map CNR: —" not in rv.figures_label.text()
+    rv.setFocus()
+    ruler_before = w.ruler_act.isChecked()
+    _press(qtbot, rv, Key.Key_R)
+    assert rv.session.items[0].status == "rejected" and w.ruler_act.isChecked() == ruler_before
+    _press(qtbot, rv, Key.Key_K)
+    _press(qtbot, rv, Key.Key_A)
+    assert rv.session.items[0].status == "rejected"  # A accepts unreviewed boxes only; the rejection stands
+    rv.close()
+    wait_all()
