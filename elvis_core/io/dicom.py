@@ -425,6 +425,13 @@ def read_radiograph(path: os.PathLike | str, frame: int = 0, decoder: str = "aut
     arr = np.asarray(arr)
     if arr.size == 0:
         raise DicomReadError("zero-size pixel data", path)
+    if photometric == "PALETTE COLOR" and arr.ndim == 2:
+        try:
+            from pydicom.pixels import apply_color_lut
+
+            arr = apply_color_lut(arr, ds)
+        except Exception as err:  # noqa: BLE001
+            notes.append(f"palette colour lookup table unreadable ({type(err).__name__}): indices shown as grey")
     arr = _to_grey(arr, photometric, notes)
     if arr.ndim != 2:
         raise UnsupportedDicomError(f"unexpected pixel array shape {arr.shape}", path)

@@ -193,3 +193,15 @@ def test_read_header_fast_and_non_identifying():
     assert str(ds.PatientName) not in repr(h)
     r = read_radiograph(_path("RG3_UNCI.dcm"))
     assert not any(k.startswith("Patient") for k in r.meta)
+
+
+def test_palette_colour_through_the_lut_to_grey():
+    from pydicom.pixels import apply_color_lut
+
+    name = "OT-PAL-8-face.dcm"
+    ds = pydicom.dcmread(_path(name), force=True)  # this file has no DICM preamble; our reader detects it
+    rgb = apply_color_lut(ds.pixel_array, ds).astype(np.float64)
+    luma = rgb[..., 0] * 0.299 + rgb[..., 1] * 0.587 + rgb[..., 2] * 0.114
+    r = read_radiograph(_path(name))
+    assert any("PALETTE COLOR" in w for w in r.warnings)
+    assert np.abs(r.pixels - luma).max() < 1e-2
