@@ -164,11 +164,34 @@ def _dcmread(path: str, stop_before_pixels: bool = False, specific_tags=None, de
             raise DicomReadError(f"not a readable DICOM file ({type(err).__name__})", path) from None
         if len(ds) == 0:
             raise DicomReadError("not a DICOM file (no DICOM elements)", path)
+        _set_transfer_syntax_from_encoding(ds)
         return ds
     except (EOFError, OSError) as err:
         raise DicomReadError(f"truncated or unreadable DICOM file ({type(err).__name__}: {err})", path) from None
     except Exception as err:  # noqa: BLE001 - pydicom raises many types on corrupt input
         raise DicomReadError(f"corrupt DICOM header ({type(err).__name__}: {_short(err)})", path) from None
+
+
+def _set_transfer_syntax_from_encoding(ds) -> None:
+    """A raw data set (no file meta) has no Transfer Syntax UID: give it the one its encoding implies, so that
+    pydicom can decode its native pixel data."""
+    from pydicom.dataset import FileMetaDataset
+    from pydicom.uid import ExplicitVRBigEndian, ExplicitVRLittleEndian, ImplicitVRLittleEndian
+
+    fm = getattr(ds, "file_meta", None)
+    if fm is not None and fm.get("TransferSyntaxUID", None):
+        return
+    try:
+        implicit, little = ds.original_encoding
+    except Exception:  # noqa: BLE001
+        return
+    if implicit is None or little is None:
+        return
+    if fm is None:
+        ds.file_meta = fm = FileMetaDataset()
+    fm.TransferSyntaxUID = (
+        ImplicitVRLittleEndian if implicit else (ExplicitVRLittleEndian if little else ExplicitVRBigEndian)
+    )
 
 
 def _short(err: BaseException, n: int = 160) -> str:

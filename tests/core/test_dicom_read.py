@@ -200,8 +200,11 @@ def test_palette_colour_through_the_lut_to_grey():
 
     name = "OT-PAL-8-face.dcm"
     ds = pydicom.dcmread(_path(name), force=True)  # this file has no DICM preamble; our reader detects it
+    ds.file_meta = pydicom.dataset.FileMetaDataset()
+    ds.file_meta.TransferSyntaxUID = pydicom.uid.ImplicitVRLittleEndian
     rgb = apply_color_lut(ds.pixel_array, ds).astype(np.float64)
     luma = rgb[..., 0] * 0.299 + rgb[..., 1] * 0.587 + rgb[..., 2] * 0.114
     r = read_radiograph(_path(name))
     assert any("PALETTE COLOR" in w for w in r.warnings)
+    assert r.meta["Decoder"] == "pydicom" and r.meta["TransferSyntaxUID"] == pydicom.uid.ImplicitVRLittleEndian
     assert np.abs(r.pixels - luma).max() < 1e-2
