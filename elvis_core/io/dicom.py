@@ -471,7 +471,7 @@ def read_radiograph(path: os.PathLike | str, frame: int = 0, decoder: str = "aut
         pixels = np.asarray(apply_modality_lut(arr, ds), dtype=np.float32)
     else:
         pixels = np.asarray(arr, dtype=np.float32)
-    if not np.all(np.isfinite(pixels)):
+    if arr.dtype.kind == "f" and not np.all(np.isfinite(pixels)):
         notes.append("non-finite pixel values replaced by 0")
         pixels = np.nan_to_num(pixels, nan=0.0, posinf=0.0, neginf=0.0)
 
