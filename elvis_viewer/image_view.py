@@ -222,9 +222,11 @@ class ImageView(QtWidgets.QWidget):
         return self._center, self._width
 
     def set_window(self, center: float, width: float, _from_link: bool = False) -> None:
+        was_voi = self._use_voi_lut
         self._use_voi_lut = False
         self._center, self._width = float(center), max(float(width), 1e-6)
-        self._apply_lut()
+        if was_voi:  # only switching away from the VOI LUT changes the lookup table; a drag only changes levels
+            self._apply_lut()
         self._apply_levels()
         self._update_texts()
         self.windowChanged.emit(self._center, self._width)

@@ -310,6 +310,9 @@ def test_no_gui_stall_while_model_loads_and_image_embeds(qtbot, win, study_root)
         torch.manual_seed(0)
         return build_model(preset("demo"))
 
+    from elvis_viewer.app import preload_heavy_modules
+
+    preload_heavy_modules()  # what elvis-viewer does before showing its window
     stamps = []
     timer = QtCore.QTimer()
     timer.setInterval(5)
