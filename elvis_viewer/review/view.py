@@ -22,6 +22,7 @@ from elvis_core.errors import ElvisError
 from elvis_core.review import ITEM_STATUSES, ReviewSession, export_all, find_report, item_figures
 from elvis_core.review.figures import map_on_grid
 from elvis_core.review.imaging import load_image
+from elvis_core.review.store import ReviewStoreError
 from elvis_viewer.image_view import ImageView
 from elvis_viewer.report_view import ReportView
 from elvis_viewer.review.box_layer import STATUS_COLORS, BoxLayer
@@ -438,12 +439,12 @@ class ReviewView(QtWidgets.QWidget):
             return False
         try:
             fn(self.session)
-        except ElvisError as err:
-            self._say(str(err))
-            return False
-        except OSError as err:  # the decision was NOT saved (and was rolled back): say so loudly
+        except (OSError, ReviewStoreError) as err:  # the decision was NOT saved (and was rolled back): say so loudly
             self._say(f"NOT SAVED: {err}")
             QtWidgets.QMessageBox.critical(self, "Decision not saved", f"The decision could not be saved: {err}")
+            return False
+        except ElvisError as err:
+            self._say(str(err))
             return False
         return True
 

@@ -283,3 +283,23 @@ def test_inside_main_window_with_a_real_engine(qtbot, annotations, settings):
     assert rv.session.items[0].status == "rejected"  # A accepts unreviewed boxes only; the rejection stands
     rv.close()
     wait_all()
+
+
+def test_a_failed_save_is_shown_and_the_queue_does_not_move(qtbot, annotations, settings, monkeypatch):
+    from elvis_core.review.store import ReviewStoreError
+
+    ann, root = annotations
+    v = _view(qtbot, settings)
+    assert v.load(ann, root)
+    shown = []
+    monkeypatch.setattr(QtWidgets.QMessageBox, "critical", staticmethod(lambda *a: shown.append(a[2])))
+
+    def full(*a, **k):
+        raise ReviewStoreError("cannot save decision (database or disk is full)", v.session.store.path)
+
+    monkeypatch.setattr(v.session.store, "save", full)
+    _press(qtbot, v, Key.Key_A)
+    assert v.session.current == 0 and v.session.items[0].status == "unreviewed"
+    assert shown and "disk is full" in shown[0]
+    v.close()
+    wait_all()
