@@ -1,7 +1,7 @@
 """One entry point for any image file: DICOM (recognised by content, not only extension) or JPG/PNG (MIMIC-CXR-JPG).
 
-JPG/PNG images become a grey :class:`Radiograph` (uint8/uint16 values as float32, higher = brighter, no windows, no
-spacing) with ``meta["Decoder"] == "image"``.
+JPG/PNG images become a grey :class:`Radiograph` (uint8/uint16 values as float32, higher = brighter, no spacing) with
+``meta["Decoder"] == "image"``; 8-bit images get one window, "full range" (0..255), so they display as stored.
 """
 
 from __future__ import annotations
@@ -11,7 +11,7 @@ import os
 import numpy as np
 
 from elvis_core.errors import DicomReadError
-from elvis_core.io.radiograph import Radiograph
+from elvis_core.io.radiograph import Radiograph, Window
 
 #: extensions read as plain images
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png")
@@ -58,7 +58,10 @@ def read_plain_image(path: os.PathLike | str) -> Radiograph:
             warnings.append("colour image converted to grey (ITU-R 601 luma)")
         # OpenCV gives BGR
         img = channels[..., 2] * 0.299 + channels[..., 1] * 0.587 + channels[..., 0] * 0.114
+    eight_bit = img.dtype == np.uint8 or (img.dtype.kind == "f" and float(np.max(img)) <= 255.0)
     pixels = np.ascontiguousarray(img, dtype=np.float32)
+    # an 8-bit JPG/PNG (MIMIC-CXR-JPG) is already windowed: show it as stored (0 → black, 255 → white)
+    windows = [Window(center=127.5, width=255.0, name="full range")] if eight_bit else []
     meta = {
         "Rows": int(pixels.shape[0]),
         "Columns": int(pixels.shape[1]),
@@ -67,7 +70,7 @@ def read_plain_image(path: os.PathLike | str) -> Radiograph:
         "Decoder": "image",
         "Format": os.path.splitext(path)[1].lower().lstrip("."),
     }
-    return Radiograph(pixels=pixels, meta=meta, source_path=path, warnings=warnings)
+    return Radiograph(pixels=pixels, windows=windows, meta=meta, source_path=path, warnings=warnings)
 
 
 def read_image(path: os.PathLike | str, frame: int = 0) -> Radiograph:
