@@ -329,3 +329,37 @@ def test_no_gui_stall_while_model_loads_and_image_embeds(qtbot, win, study_root)
     gaps = np.diff([t0] + stamps)
     assert len(stamps) > 5
     assert gaps.max() < 0.100, f"GUI thread stalled {gaps.max() * 1000:.0f} ms"
+
+
+def test_scan_progress_and_cancel(qtbot, win, monkeypatch):
+    """A long scan shows progress and stops when the user clicks Cancel (what it found so far stays)."""
+    import elvis_viewer.main_window as mw
+
+    def slow_scan(root, progress=None, cancel=None):
+        for k in range(10000):
+            if cancel():
+                return [], [("x.dcm", "x.dcm: not DICOM")], True
+            progress(k, 10000)
+            time.sleep(0.005)
+        return [], [], False
+
+    monkeypatch.setattr(mw, "_scan", slow_scan)
+    with qtbot.waitSignal(win.scanFinished, timeout=20000):
+        win.open_folder("/some/folder")
+        assert win.progress.isVisible() and win.cancel_button.isVisible()
+        qtbot.waitUntil(lambda: win.progress.value() > 3, timeout=10000)
+        qtbot.mouseClick(win.cancel_button, QtCore.Qt.MouseButton.LeftButton)
+    assert not win.progress.isVisible()
+    assert "cancelled" in win.statusBar().currentMessage()
+    assert win.problems == [("x.dcm", "x.dcm: not DICOM")]
+
+
+def test_drop_files_opens_them(qtbot, win, study_root):
+    mime = QtCore.QMimeData()
+    mime.setUrls([QtCore.QUrl.fromLocalFile(str(study_root / "files/p10/p10000001/s50000001/b_mr.dcm"))])
+    pos = QtCore.QPointF(win.rect().center())
+    with qtbot.waitSignal(win.imageShown, timeout=30000):
+        ev = QtGui.QDropEvent(pos, QtCore.Qt.DropAction.CopyAction, mime, QtCore.Qt.MouseButton.LeftButton,
+                              QtCore.Qt.KeyboardModifier.NoModifier)
+        win.dropEvent(ev)
+    assert win.rad_path.endswith("b_mr.dcm") and win.rad.shape == (64, 64)
