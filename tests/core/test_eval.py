@@ -167,3 +167,47 @@ def test_cli_ground_bad_inputs(tiny_ckpt, tmp_path, capsys):
     long = " ".join(["opacity"] * 200)
     assert main(["ground", "--checkpoint", str(tiny_ckpt), str(img), long, "--out", str(out)]) == 0
     assert "truncated" in capsys.readouterr().err and out.exists()
+
+
+def test_engine_from_checkpoint_dir(tiny_ckpt):
+    from elvis_core.model.checkpoint import checkpoint_hash
+
+    eng = GroundingEngine(tiny_ckpt, device="cpu")
+    assert eng.checkpoint_hash == checkpoint_hash(tiny_ckpt) and eng.checkpoint_name == "tiny"
+    assert eng.device_name == "CPU"
+    rad = Radiograph(pixels=np.random.default_rng(0).normal(0, 1, (70, 50)).astype(np.float32))
+    eng.set_image(rad)
+    gm = eng.ground("opacity")
+    assert gm.similarity.shape == eng.model.grid_shape() and np.all(np.abs(gm.similarity) <= 1)
+    assert gm.to_image().shape == (70, 50)
+
+
+def test_eval_on_phantom_dicoms_with_missing_image(tiny_ckpt, tmp_path):
+    from elvis_core.phantom.generate import generate
+
+    root = tmp_path / "ph"
+    generate(root, n_studies=4, seed=3, size=256)
+    aset = read_ms_cxr_csv(root / "ms_cxr.csv")
+    assert aset.phrases and all(p.path.endswith(".dcm") for p in aset.phrases)
+    victim = root / aset.phrases[0].path
+    victim.unlink()
+    n_victim = sum(1 for p in aset.phrases if p.path == aset.phrases[0].path)
+    res = evaluate(GroundingEngine(tiny_ckpt, device="cpu"), aset, root)
+    assert res.n_missing_phrases == n_victim and res.n_evaluated == len(aset.phrases) - n_victim
+    assert all(0.0 <= r["miou"] <= 1.0 and isinstance(r["pointing"], bool) for r in res.rows)
+
+
+def test_cli_ground_on_real_dicom(tiny_ckpt, tmp_path, capsys):
+    from pydicom.data import get_testdata_file
+
+    dcm = get_testdata_file("MR_small.dcm")
+    out = tmp_path / "mr.png"
+    assert main(["ground", "--checkpoint", str(tiny_ckpt), dcm, "opacity", "--out", str(out), "--npy"]) == 0
+    assert cv2.imread(str(out)) is not None
+    assert np.load(tmp_path / "mr.npy").shape == (64, 64)
+    import pydicom
+
+    ds = pydicom.dcmread(dcm, stop_before_pixels=True)
+    cap = capsys.readouterr()
+    for ident in (str(ds.PatientName), str(ds.PatientID)):
+        assert ident and ident not in cap.out and ident not in cap.err
