@@ -129,6 +129,25 @@ def test_unreadable_subfolder_reported(tmp_path):
     assert res.n_images == 1 and any("cannot be read" in m for _, m in res.errors)
 
 
+def test_unlistable_subfolder_reported_and_scan_goes_on(tmp_path, monkeypatch):
+    # works as root too: the folder listing itself fails, as it does for an unreadable folder
+    make_dicom(tmp_path / "ok.dcm", PIX)
+    locked = tmp_path / "locked"
+    locked.mkdir()
+    make_dicom(locked / "hidden.dcm", PIX)
+    real_scandir = os.scandir
+
+    def scandir(path="."):
+        if os.fspath(path) == str(locked):
+            raise PermissionError(13, "Permission denied", str(locked))
+        return real_scandir(path)
+
+    monkeypatch.setattr(os, "scandir", scandir)
+    res = scan_folder(tmp_path)
+    assert res.n_images == 1
+    assert [(p, m) for p, m in res.errors] == [(str(locked), "folder cannot be read (Permission denied)")]
+
+
 def test_dicomdir_matches_directory_records():
     path = get_testdata_file("DICOMDIR")
     ds = pydicom.dcmread(path)
