@@ -158,7 +158,9 @@ class ElvisModel(nn.Module):
         if isinstance(texts, str):
             texts = [texts]
         texts = list(texts)
-        full = self.tokenizer(texts, add_special_tokens=True, truncation=False)["input_ids"]
+        # one token more than fits tells whether a text was truncated (and avoids the over-length warning)
+        full = self.tokenizer(texts, add_special_tokens=True, truncation=True,
+                              max_length=self.max_text_length + 1)["input_ids"]
         enc = self.tokenizer(texts, padding=True, truncation=True, max_length=self.max_text_length,
                              return_tensors="pt", return_token_type_ids=False)
         return {"input_ids": enc["input_ids"].long(), "attention_mask": enc["attention_mask"].long(),

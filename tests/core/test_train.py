@@ -1,0 +1,217 @@
+"""`elvis train`: config validation, bad input, and a tiny end-to-end CPU run on phantom studies."""
+
+import os
+
+import pytest
+import torch
+
+from elvis_core.cli import main
+from elvis_core.errors import ConfigError
+from elvis_core.training.config import load_config, parse_set
+
+
+def _write(tmp_path, text, name="cfg.toml"):
+    p = tmp_path / name
+    p.write_text(text)
+    return str(p)
+
+
+@pytest.fixture(scope="module")
+def phantom(tmp_path_factory):
+    from elvis_core.phantom import generate
+
+    root = tmp_path_factory.mktemp("phantom") / "ph"
+    generate(root, 24, seed=3, size=128)
+    return root
+
+
+def _tiny_cfg(root, out, **extra):
+    sets = [f"data.root={str(root)!r}", "model.preset='tiny'", "train.batch_size=8", "train.threads=1",
+            "train.lr=3e-3", "train.warmup_steps=2", "train.log_every=1", "train.progress=false",
+            "augment.enabled=false", f"output.dir={str(out)!r}"]
+    sets += [f"{k}={v}" for k, v in extra.items()]
+    return load_config(None, sets)
+
+
+# -- config ----------------------------------------------------------------------------------------------------------
+
+def test_unknown_key_names_key_and_file(tmp_path):
+    path = _write(tmp_path, "[train]\nlrr = 0.1\n")
+    with pytest.raises(ConfigError, match=r"cfg\.toml: unknown config key 'train\.lrr'"):
+        load_config(path)
+
+
+def test_wrong_type_names_key(tmp_path):
+    path = _write(tmp_path, '[train]\nbatch_size = "8"\n')
+    with pytest.raises(ConfigError, match=r"'train\.batch_size' must be an integer, got a string '8'"):
+        load_config(path)
+    path = _write(tmp_path, '[objectives.weights]\nintra = true\n', "b.toml")
+    with pytest.raises(ConfigError, match=r"'objectives\.weights\.intra' must be a number"):
+        load_config(path)
+    with pytest.raises(ConfigError, match=r"'data\.cache' must be one of"):
+        load_config(None, ["data.cache=disk"])
+
+
+def test_bad_toml_and_missing_file(tmp_path):
+    with pytest.raises(ConfigError, match="not valid TOML"):
+        load_config(_write(tmp_path, "[train\n"))
+    with pytest.raises(ConfigError, match="config file not found"):
+        load_config(str(tmp_path / "nope.toml"))
+
+
+def test_set_values_are_toml_literals():
+    assert parse_set("train.lr=3e-4") == (["train", "lr"], 3e-4)
+    assert parse_set("data.views=['PA']") == (["data", "views"], ["PA"])
+    assert parse_set("data.root=/some/where") == (["data", "root"], "/some/where")
+    assert parse_set("train.bf16=false") == (["train", "bf16"], False)
+    cfg = load_config(None, ["train.epochs=2", "objectives.intra.distance=mse"])
+    assert cfg["train"]["epochs"] == 2 and cfg["objectives"]["intra"]["distance"] == "mse"
+    with pytest.raises(ConfigError, match="key=value"):
+        parse_set("train.lr")
+
+
+def test_demo_config_file_is_valid():
+    here = os.path.dirname(__file__)
+    cfg = load_config(os.path.join(here, "..", "..", "resources", "configs", "demo.toml"))
+    assert cfg["model"]["preset"] == "demo" and cfg["data"]["exclude_splits"] == ["val", "test"]
+
+
+def test_model_overrides_validated(tmp_path):
+    from elvis_core.training.config import model_config_from
+
+    cfg = load_config(None, ["model.overrides={projection={dim=32}}"])
+    assert model_config_from(cfg)["projection"]["dim"] == 32
+    cfg = load_config(None, ["model.overrides={projection={dimm=32}}"])
+    with pytest.raises(ConfigError, match=r"model\.projection\.dimm"):
+        model_config_from(cfg)
+
+
+# -- CLI bad input: one line, exit 2, no traceback -------------------------------------------------------------------
+
+def test_cli_bad_config_is_one_line(tmp_path, capsys):
+    path = _write(tmp_path, "[train]\nbatch_size = -1\n")
+    assert main(["train", path]) == 2
+    err = capsys.readouterr().err
+    assert "Traceback" not in err and err.count("\n") == 1 and "train.batch_size" in err
+
+
+def test_cli_empty_data_root(tmp_path, capsys):
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    path = _write(tmp_path, f"[data]\nroot = {str(empty)!r}\n[model]\npreset = 'tiny'\n")
+    assert main(["train", path, "--out", str(tmp_path / "out"), "--no-progress"]) == 2
+    err = capsys.readouterr().err
+    assert "Traceback" not in err and "no image-report pairs found" in err and str(empty) in err
+
+
+def test_cli_missing_data_root(tmp_path, capsys):
+    path = _write(tmp_path, "[model]\npreset = 'tiny'\n")
+    assert main(["train", path, "--set", f"data.root={str(tmp_path / 'nowhere')!r}", "--no-progress"]) == 2
+    assert "data root is not a folder" in capsys.readouterr().err
+
+
+def test_too_few_pairs_for_a_batch(phantom, tmp_path):
+    from elvis_core.training.trainer import train
+
+    cfg = _tiny_cfg(phantom, tmp_path / "o", **{"train.batch_size": 500, "train.max_steps": 1})
+    with pytest.raises(ConfigError, match="fewer than one batch"):
+        train(cfg)
+
+
+# -- data --------------------------------------------------------------------------------------------------------------
+
+def test_pairs_exclusion_and_sections(phantom):
+    from elvis_core.training.data import excluded_patients_from_csv, find_pairs
+
+    pairs, stats = find_pairs(str(phantom))
+    assert len(pairs) == 24 and stats.pairs == 24
+    assert all("FINDINGS" not in p.text and "INDICATION" not in p.text for p in pairs)
+    excl = excluded_patients_from_csv(str(phantom / "ms_cxr.csv"), ["val", "test"])
+    kept, st2 = find_pairs(str(phantom), exclude_patients=excl)
+    assert 0 < len(kept) < 24 and st2.excluded_patients == 24 - len(kept)
+    assert not {p.patient for p in kept} & excl
+
+
+def test_augment_never_flips():
+    import numpy as np
+
+    from elvis_core.training.data import Augment
+
+    img = np.zeros((64, 64), np.float32)
+    img[:, :16] = 1.0  # bright on the image's left
+    aug = Augment(scale=(0.9, 1.1), rotate_deg=5, translate=0.05, brightness=0.0, contrast=0.0)
+    for seed in range(20):
+        out = aug(img, np.random.default_rng(seed))
+        assert out[:, :32].mean() > out[:, 32:].mean() + 0.3
+
+
+# -- end to end ------------------------------------------------------------------------------------------------------
+
+@pytest.mark.slow
+def test_tiny_training_run_loss_falls_reloads_and_resumes(phantom, tmp_path):
+    import shutil
+
+    from elvis_core.model.checkpoint import load_checkpoint, read_checkpoint_config
+    from elvis_core.training.trainer import train
+
+    # one unreadable image: truncate a DICOM in a copy of the phantom set
+    root = tmp_path / "ph"
+    shutil.copytree(phantom, root)
+    dcms = sorted(root.rglob("*.dcm"))
+    data = dcms[0].read_bytes()
+    dcms[0].write_bytes(data[: len(data) // 2])
+    out = tmp_path / "run"
+    cfg = _tiny_cfg(root, out, **{"train.max_steps": 24, "train.checkpoint_every": 10})
+    res = train(cfg)
+    assert res.steps == 24
+    assert res.unreadable_images == 1 and "1 unreadable images" in " ".join(res.data_lines)
+    assert res.n_train_pairs == 23
+    first, last = sum(res.losses[:4]) / 4, sum(res.losses[-4:]) / 4
+    assert last < first - 0.1, res.losses
+    # the log has every step with its losses
+    rows = (out / "log.csv").read_text().strip().splitlines()
+    assert rows[0].startswith("step,epoch,lr,loss,global") and len(rows) == 25
+    # the checkpoint reloads to identical outputs
+    m = load_checkpoint(res.model_dir)
+    cfg_json = read_checkpoint_config(res.model_dir)
+    assert cfg_json["provenance"]["training"]["steps_done"] == 24
+    assert cfg_json["provenance"]["data"]["n_train_pairs"] == 23
+    assert cfg_json["provenance"]["objectives"]["weights"]["global"] == 1.0
+    x = torch.randn(2, 1, 64, 64)
+    tok = m.tokenize(["small left pleural effusion", "cardiomegaly"])
+    m2 = load_checkpoint(res.model_dir)
+    with torch.no_grad():
+        a, b = m.encode_image(x), m2.encode_image(x)
+        ta, tb = (mm.encode_text(tok["input_ids"], tok["attention_mask"]) for mm in (m, m2))
+    assert torch.equal(a.patch_emb, b.patch_emb) and torch.equal(ta.global_emb, tb.global_emb)
+    # resume: a second run with more steps continues from OUT/last
+    cfg2 = _tiny_cfg(root, out, **{"train.max_steps": 28})
+    res2 = train(cfg2)
+    assert res2.resumed_from_step == 24 and res2.steps == 28 and len(res2.losses) == 4
+
+
+def test_resume_after_crash_mid_epoch(phantom, tmp_path, monkeypatch):
+    from elvis_core.training import trainer
+
+    out = tmp_path / "crash"
+    real_row = trainer._Logger.row
+
+    def crashing_row(self, **kw):
+        if kw.get("step") == 7:
+            raise RuntimeError("simulated crash")
+        return real_row(self, **kw)
+
+    monkeypatch.setattr(trainer._Logger, "row", crashing_row)
+    cfg = _tiny_cfg(phantom, out, **{"train.max_steps": 9, "train.checkpoint_every": 5, "train.batch_size": 3})
+    with pytest.raises(RuntimeError, match="simulated crash"):
+        trainer.train(cfg)
+    assert (out / "last" / "trainer_state.json").is_file() and not (out / "model").exists()
+    monkeypatch.setattr(trainer._Logger, "row", real_row)
+    res = trainer.train(cfg)
+    assert res.resumed_from_step == 5 and res.steps == 9 and len(res.losses) == 4
+    import json
+    meta = json.loads((out / "last" / "trainer_state.json").read_text())["meta"]
+    assert meta["step"] == 9
+    # 24 pairs / batch 3 = 8 steps per epoch: the resumed run skipped the 5 batches already done in epoch 0
+    rows = [r.split(",") for r in (out / "log.csv").read_text().strip().splitlines()[1:]]
+    assert [(int(r[0]), int(r[1])) for r in rows if r[3]][-4:] == [(6, 0), (7, 0), (8, 0), (9, 1)]
