@@ -49,6 +49,7 @@ class Anatomy:
     sex: str
     gastric_bubble: bool
     humeral_heads: bool
+    arms: bool
     gamma: float
     noise: float
     seed: int  # for the vessel tree and textures
@@ -84,6 +85,7 @@ def sample_anatomy(rng: np.random.Generator, aspect: float | None = None) -> Ana
         sex=str(rng.choice(["F", "M"])),
         gastric_bubble=bool(rng.random() < 0.6),
         humeral_heads=bool(rng.random() < 0.7),
+        arms=bool(rng.random() < 0.6),
         gamma=float(rng.uniform(0.85, 1.25)),
         noise=float(rng.uniform(0.008, 0.02)),
         seed=int(rng.integers(0, 2**31 - 1)),
@@ -115,15 +117,16 @@ class Geometry:
     heart: np.ndarray
     base: np.ndarray  # everything except the heart term
     grids: Tuple[np.ndarray, np.ndarray] = field(repr=False, default=None)  # (xx, yy) work px, broadcastable
+    rib_lung: np.ndarray = field(repr=False, default=None)  # rib contrast that shows only against lung air
 
     @property
     def air_visible(self) -> np.ndarray:
         """Lung air not already hidden by the heart (what an opacity can replace)."""
-        return self.air * (1.0 - 0.72 * self.heart)
+        return self.air * (1.0 - 0.8 * self.heart)
 
     def heart_term(self, heart_mask: np.ndarray) -> np.ndarray:
         """Density the heart adds: it hides the lung air it overlaps (retro-cardiac lung still shows a little)."""
-        return heart_mask * (0.72 * self.air)
+        return heart_mask * (0.8 * self.air)
 
     @property
     def density(self) -> np.ndarray:
@@ -261,6 +264,12 @@ def render_anatomy(a: Anatomy, height: int, width: int) -> Geometry:
     body = np.clip((1.0 - dist) * 25.0, 0, 1).astype(np.float32)
     thickness = np.sqrt(np.clip(1.0 - dist ** 2, 0, 1)).astype(np.float32)
     dens = body * (0.18 + a.body_density * (0.25 + 0.42 * thickness))
+    if a.arms:  # upper arms beside the chest wall, separated by a darker axillary gap
+        edge = a.thorax_hw + 0.07
+        ad = np.abs(u - a.cx) - edge
+        arm = np.clip((ad - 0.012) * 60, 0, 1) * np.clip((0.13 - ad) * 40, 0, 1)
+        arm = arm * np.clip((0.62 - v) * 8, 0, 1) * np.clip((v - (a.apex_y - 0.12)) * 20, 0, 1)
+        dens = dens + (arm * (0.25 + 0.25 * np.sqrt(np.clip(1 - ((ad - 0.07) / 0.06) ** 2, 0, 1)))).astype(np.float32)
 
     # lungs
     lungs, polys, boxes, hila, vessels = {}, {}, {}, {}, {}
@@ -326,13 +335,16 @@ def render_anatomy(a: Anatomy, height: int, width: int) -> Geometry:
     ribs = cv2.GaussianBlur(ribs - 0.45 * ribs_in, (0, 0), 0.8 * sc)
     ant = cv2.GaussianBlur(ant, (0, 0), 1.2 * sc)
     lung_any = np.clip(lungs["right"] + lungs["left"], 0, 1)
-    bones += (0.12 * ribs + 0.05 * ant) * (0.15 + 0.85 * lung_any) * body
+    rib_sum = (0.12 * ribs + 0.05 * ant) * body
+    rib_lung = (0.85 * lung_any * rib_sum).astype(np.float32)
+    bones += 0.15 * rib_sum + rib_lung
     clav = np.zeros((h, w), np.float32)
     for side in ("right", "left"):
         s = SIDE_SIGN[side]
         cu = a.cx + s * np.array([0.03, a.thorax_hw * 0.35, a.thorax_hw * 0.7, a.thorax_hw * 1.05])
         cv_ = a.apex_y + np.array([0.045, 0.03, 0.005, -0.035])
-        _polyline(clav, np.stack([cu * w, cv_ * h], 1).astype(np.float32), 0.024 * h)
+        _polyline(clav, np.stack([cu * w, cv_ * h], 1).astype(np.float32), 0.026 * h)
+        _polyline(clav, np.stack([cu * w, cv_ * h], 1).astype(np.float32), 0.012 * h, 0.55)
         if a.humeral_heads:
             c = (int(round((a.cx + s * (a.thorax_hw + 0.075)) * w * _ONE)), int(round((a.apex_y - 0.01) * h * _ONE)))
             cv2.circle(clav, c, int(round(0.06 * h * _ONE)), 0.6, -1, cv2.LINE_AA, _SHIFT)
@@ -344,10 +356,19 @@ def render_anatomy(a: Anatomy, height: int, width: int) -> Geometry:
         g = np.exp(-(((xx - gx) / (0.06 * w)) ** 2 + ((yy - gy) / (0.03 * h)) ** 2) ** 2)
         dens = dens - 0.2 * g * (yy > gy - 0.02 * h)
 
+    # trachea and main bronchi: an air column in the midline down to the carina
+    tr = np.zeros((h, w), np.float32)
+    carina = (a.cx * w + 0.004 * w, (a.apex_y + 0.2) * h)
+    _polyline(tr, np.array([[a.cx * w, 0], [a.cx * w + 0.004 * w, carina[1]]], np.float32), 0.02 * w)
+    for side in ("right", "left"):
+        hx, hy = hila[side]
+        _polyline(tr, np.array([carina, ((carina[0] + hx) / 2, (carina[1] + hy) / 2)], np.float32), 0.013 * w, 0.8)
+    dens = dens - 0.12 * cv2.GaussianBlur(tr, (0, 0), 1.5 * sc)
+
     heart = heart_mask(a, h, w, blur=1.5 * sc)
     return Geometry(shape=(h, w), anatomy=a, body=body, lungs=lungs, lung_polys=polys, lung_boxes=boxes, hila=hila,
                     vessels=vessels, air=air.astype(np.float32), heart=heart, base=dens.astype(np.float32),
-                    grids=(xx, yy))
+                    grids=(xx, yy), rib_lung=rib_lung)
 
 
 def postprocess(density: np.ndarray, height: int, width: int, a: Anatomy, noise: np.ndarray | None) -> np.ndarray:

@@ -142,8 +142,22 @@ def _opacity(rng, g: Geometry, f: Finding, kind: str) -> List[np.ndarray]:
         centers = [(cx + rng.normal(0, r * 0.35), cy + rng.normal(0, r * 0.35)) for _ in range(n)]
         sig = [(r * rng.uniform(0.45, 0.7), r * rng.uniform(0.45, 0.7)) for _ in range(n)]
         b = _blobs((h, w), centers, sig)
-        if kind == "consolidation":  # dense, well-defined
-            m = _smoothstep(0.4, 0.7, b) * (0.85 + 0.15 * _texture(rng, (h, w), 4))
+        if kind == "consolidation":  # dense, lobulated, with air bronchograms
+            extra = int(rng.integers(3, 7))
+            centers += [(cx + rng.normal(0, r * 0.7), cy + rng.normal(0, r * 0.7)) for _ in range(extra)]
+            sig += [(r * rng.uniform(0.25, 0.45),) * 2 for _ in range(extra)]
+            b = _blobs((h, w), centers, sig)
+            m = _smoothstep(0.3, 0.75, b) * (0.8 + 0.2 * _texture(rng, (h, w), 3))
+            br = np.zeros((h, w), np.float32)
+            hx, hy = g.hila[f.side]
+            for _ in range(int(rng.integers(2, 5))):
+                p0 = np.array([cx + rng.normal(0, r * 0.3), cy + rng.normal(0, r * 0.3)], np.float32)
+                d = p0 - np.array([hx, hy], np.float32)
+                d = d / max(float(np.hypot(*d)), 1e-3)
+                pts = np.stack([p0 - d * r * 0.9, p0, p0 + d * r * 0.8 + rng.normal(0, r * 0.15, 2)]).astype(np.float32)
+                cv2.polylines(br, [np.round(pts * 16).astype(np.int32)], False, 1.0, max(1, int(r * 0.12)),
+                              cv2.LINE_AA, 4)
+            m = m * (1.0 - 0.45 * cv2.GaussianBlur(br, (0, 0), 0.7))
             dens = 0.85
         else:  # lung opacity: hazier
             m = _smoothstep(0.12, 0.9, b)
@@ -188,7 +202,7 @@ def _effusion(rng, g: Geometry, f: Finding) -> List[np.ndarray]:
         m = _smoothstep(-0.012 * hgt, 0.03 * hgt, yy - top)
         grad = 0.85 + 0.15 * np.clip((yy - top) / (0.2 * hgt), 0, 1)
         lung = g.lungs[side]
-        layers.append((0.95 * m * grad * g.air_visible + 0.04 * m) * lung)
+        layers.append(0.95 * m * grad * g.air_visible * lung)
     return layers
 
 
@@ -256,6 +270,9 @@ def layer_box(layer: np.ndarray, height: int, width: int, rel: float = 0.25
 def draw_finding(rng: np.random.Generator, g: Geometry, f: Finding, height: int, width: int) -> np.ndarray:
     """Draw ``f`` on the working canvas; fills ``f.boxes`` (output pixels); returns the summed layer."""
     layers = DRAWERS[f.category](rng, g, f)
+    if f.category not in ("Pneumothorax",) and g.rib_lung is not None:
+        air = np.maximum(g.air_visible, 1e-3)
+        layers = [ly - 0.6 * np.clip(ly / air, 0, 1) * g.rib_lung for ly in layers]
     f.boxes = []
     total = np.zeros(g.shape, np.float32)
     for layer in layers:

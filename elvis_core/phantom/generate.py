@@ -101,6 +101,8 @@ def _choose_findings(rng: np.random.Generator, n: int, categories: Optional[Sequ
                 used.add((s, "lower"))
             if zone == "lower":
                 used.add((s, "basal"))
+            if zone in ("apical", "upper"):  # a pneumothorax and an upper-zone opacity would overlap
+                used.update({(s, "apical"), (s, "upper")})
     return chosen
 
 
