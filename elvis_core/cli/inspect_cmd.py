@@ -216,8 +216,13 @@ def run(args: argparse.Namespace) -> int:
         info = radiograph_summary(path, args.frame)
     else:
         info = report_summary(path)
-    if args.json:
-        print(json.dumps(info, indent=2, default=str))
-    else:
-        _print_text(info)
+    try:
+        if args.json:
+            print(json.dumps(info, indent=2, default=str))
+        else:
+            _print_text(info)
+        sys.stdout.flush()
+    except BrokenPipeError:  # `elvis inspect ... | head`: the reader went away, which is fine
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
     return 0

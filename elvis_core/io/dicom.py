@@ -486,6 +486,15 @@ def read_radiograph(path: os.PathLike | str, frame: int = 0, decoder: str = "aut
             pixels = np.subtract(np.float32(pivot), pixels, dtype=np.float32)
         # SimpleITK (GDCM) already returns maxval - stored (then rescale): with an unsigned stored range this is
         # exactly pivot - value, so nothing more to do. Record it, never invert twice.
+    shape = str(ds.get("PresentationLUTShape", "") or "").strip().upper()
+    flip_for_presentation = photometric == "MONOCHROME2" and shape == "INVERSE"
+    if flip_for_presentation:
+        # MONOCHROME2 with Presentation LUT Shape INVERSE: displayed inverted (PS3.3 C.11.6); neither decoder applies it
+        lo, hi = _modality_range(ds, pixels)
+        pivot = lo + hi
+        inverted = True
+        pixels = np.subtract(np.float32(pivot), pixels, dtype=np.float32)
+        notes.append("Presentation LUT Shape INVERSE: pixels inverted so that higher means brighter")
 
     # ---- windows
     windows: List[Window] = []
@@ -528,6 +537,8 @@ def read_radiograph(path: os.PathLike | str, frame: int = 0, decoder: str = "aut
     meta["TransferSyntaxUID"] = ts
     meta["TransferSyntaxName"] = _ts_name(ts)
     meta["Decoder"] = used
+    if shape:
+        meta["PresentationLUTShape"] = shape
     if "VOILUTFunction" in ds:
         meta["VOILUTFunction"] = str(ds.VOILUTFunction)
     if errors and used == "SimpleITK":
@@ -544,7 +555,7 @@ def read_radiograph(path: os.PathLike | str, frame: int = 0, decoder: str = "aut
         meta=meta,
         source_path=path,
         warnings=notes,
-        inverted_from_monochrome1=inverted,
+        inverted_from_monochrome1=inverted and not flip_for_presentation,
         invert_pivot=float(pivot),
     )
 

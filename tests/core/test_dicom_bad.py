@@ -242,3 +242,18 @@ def test_copy_with_other_extension_detected_by_content(tmp_path):
     r = read_image(dst)
     assert r.meta["Decoder"] == "pydicom" and r.shape == (64, 64)
     assert os.path.basename(r.source_path) == "image.bin"
+
+
+def test_presentation_lut_inverse_on_monochrome2(tmp_path, ramp):
+    p = make_dicom(tmp_path / "inv.dcm", ramp, WindowCenter=1000, WindowWidth=400, PresentationLUTShape="INVERSE")
+    r = read_radiograph(p)
+    np.testing.assert_array_equal(r.pixels, 4095.0 - ramp)
+    assert r.windows[0].center == 4095 - 1000 and not r.inverted_from_monochrome1
+    assert any("INVERSE" in w for w in r.warnings)
+    expected = 255 - np.clip((ramp - 800.0) / 400 * 255, 0, 255)  # the stored window, displayed inverted
+    assert np.abs(to_uint8(r).astype(float) - expected).max() <= 1.0
+    # IDENTITY (or MONOCHROME1 + INVERSE, the normal pairing) changes nothing
+    p = make_dicom(tmp_path / "m1inv.dcm", ramp, photometric="MONOCHROME1", PresentationLUTShape="INVERSE")
+    np.testing.assert_array_equal(read_radiograph(p).pixels, 4095.0 - ramp)
+    p = make_dicom(tmp_path / "id.dcm", ramp, PresentationLUTShape="IDENTITY")
+    np.testing.assert_array_equal(read_radiograph(p).pixels, ramp.astype(np.float32))
