@@ -120,12 +120,13 @@ class ReviewSession:
 
     def counts(self) -> Dict[str, Dict[str, int]]:
         """Counts over ALL items by category, split and status (for the filter combo boxes)."""
+        statuses = Counter(it.status for it in self.items)
         return {
             "category": dict(Counter(it.category for it in self.items)),
             "split": dict(Counter(it.split for it in self.items)),
-            "status": dict(Counter(it.status for it in self.items)),
+            "status": dict(statuses),
             "total": {"items": len(self.items), "visible": len(self.visible()),
-                      "reviewed": sum(1 for it in self.items if it.status != ITEM_UNREVIEWED)},
+                      "reviewed": len(self.items) - statuses.get(ITEM_UNREVIEWED, 0)},
         }
 
     @property
@@ -135,7 +136,7 @@ class ReviewSession:
     def _move_to(self, i: Optional[int]) -> Optional[ReviewItem]:
         if i is not None:
             self.current = i
-            self.store.set_meta("position", self.items[i].key)
+            self.store.set_position(self.items[i].key)
         return self.item
 
     def go_to(self, key_or_index) -> Optional[ReviewItem]:

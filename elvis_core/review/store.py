@@ -127,6 +127,18 @@ class ReviewStore:
         self.last_seq = seq
         return seq
 
+    def set_position(self, key: str) -> None:
+        """Record the queue position on navigation. Atomic but not fsync'ed (synchronous=NORMAL for this write):
+        after a power cut the position may be one step behind; decisions are always fsync'ed."""
+        try:
+            self._db.execute("PRAGMA synchronous=NORMAL")
+            try:
+                self._db.execute("INSERT OR REPLACE INTO meta VALUES ('position', ?)", (key,))
+            finally:
+                self._db.execute("PRAGMA synchronous=FULL")
+        except sqlite3.DatabaseError as err:
+            raise ReviewStoreError(f"cannot write ({err})", self.path) from None
+
     def set_meta(self, k: str, v: str) -> None:
         try:
             self._db.execute("INSERT OR REPLACE INTO meta VALUES (?, ?)", (k, v))

@@ -243,9 +243,9 @@ class ReviewView(QtWidgets.QWidget):
         self.setStatusTip(msg)
 
     # ------------------------------------------------------------------------------------------------ filters
-    def _fill_filters(self) -> None:
+    def _fill_filters(self, counts=None) -> None:
         s = self.session
-        counts = s.counts()
+        counts = counts or s.counts()
         for combo, key, label in ((self.category_combo, "category", "All categories"),
                                   (self.split_combo, "split", "All splits")):
             combo.blockSignals(True)
@@ -284,24 +284,43 @@ class ReviewView(QtWidgets.QWidget):
         self._show_current()
 
     # -------------------------------------------------------------------------------------------------- queue
+    def _queue_text(self, it) -> str:
+        return f"{STATUS_MARK.get(it.status, '?')} {it.label_text}  — {it.category}"
+
     def _refresh_queue(self) -> None:
+        """Rebuild the list only when the filter changed its rows; else update changed rows (fast on 1000s)."""
         s = self.session
+        vis = s.visible()
+        keys = [s.items[i].key for i in vis]
         self.queue.blockSignals(True)
-        self.queue.clear()
-        cur_row = -1
-        for row, i in enumerate(s.visible()):
-            it = s.items[i]
-            li = QtWidgets.QListWidgetItem(f"{STATUS_MARK.get(it.status, '?')} {it.label_text}  — {it.category}")
-            li.setData(QtCore.Qt.ItemDataRole.UserRole, it.key)
-            li.setForeground(QtGui.QColor(STATUS_COLORS.get(it.status, "#ffffff")))
-            self.queue.addItem(li)
-            if i == s.current:
-                cur_row = row
-        if cur_row >= 0:
-            self.queue.setCurrentRow(cur_row)
-            self.queue.scrollToItem(self.queue.currentItem())
+        if keys != getattr(self, "_queue_keys", None):
+            self.queue.clear()
+            self._queue_status = {}
+            for i in vis:
+                it = s.items[i]
+                li = QtWidgets.QListWidgetItem(self._queue_text(it))
+                li.setData(QtCore.Qt.ItemDataRole.UserRole, it.key)
+                li.setForeground(QtGui.QColor(STATUS_COLORS.get(it.status, "#ffffff")))
+                self.queue.addItem(li)
+                self._queue_status[it.key] = it.status
+            self._queue_keys = keys
+        else:
+            for row, i in enumerate(vis):
+                it = s.items[i]
+                st = it.status
+                if self._queue_status.get(it.key) != st:
+                    li = self.queue.item(row)
+                    li.setText(self._queue_text(it))
+                    li.setForeground(QtGui.QColor(STATUS_COLORS.get(st, "#ffffff")))
+                    self._queue_status[it.key] = st
+        if s.current in vis:
+            row = vis.index(s.current)
+            if self.queue.currentRow() != row:
+                self.queue.setCurrentRow(row)
+            self.queue.scrollToItem(self.queue.item(row))
         self.queue.blockSignals(False)
-        c = s.counts()["total"]
+        self._counts = s.counts()
+        c = self._counts["total"]
         self.counts_label.setText(f"{c['reviewed']} / {c['items']} reviewed · {c['visible']} shown")
 
     def _on_queue_click(self, cur, _prev) -> None:
@@ -313,7 +332,7 @@ class ReviewView(QtWidgets.QWidget):
     def _show_current(self) -> None:
         s = self.session
         self._refresh_queue()
-        self._fill_filters()
+        self._fill_filters(self._counts)
         it = s.item if s is not None else None
         if it is None or s.current not in s.visible():
             self.header.setText("No phrase matches the filters" if s and s.items else "No phrases to review")
