@@ -10,6 +10,7 @@ import argparse
 import json
 import os
 import sys
+import warnings
 from typing import Any, Dict
 
 from elvis_core.errors import ElvisError
@@ -200,6 +201,8 @@ def _print_text(info: Dict[str, Any]) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    if not getattr(args, "verbose", False):
+        warnings.simplefilter("ignore")  # pydicom's value warnings; problems are reported by our own messages
     path = args.path
     if not os.path.exists(path):
         raise ElvisError("no such file or folder", path)

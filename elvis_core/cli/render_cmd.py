@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import os
 import sys
+import warnings
 
 from elvis_core.errors import ElvisError
 
@@ -50,6 +51,8 @@ def parse_window(text: str):
 
 
 def run(args: argparse.Namespace) -> int:
+    if not getattr(args, "verbose", False):
+        warnings.simplefilter("ignore")  # pydicom's value warnings; problems are reported by our own messages
     import cv2
 
     from elvis_core.io.display import to_uint8

@@ -22,6 +22,14 @@ from elvis_core.io.radiograph import Radiograph, VoiLut, Window
 
 log = logging.getLogger(__name__)
 
+# pydicom logs decoder failures with full tracebacks (logger.exception) before our SimpleITK fallback succeeds, and
+# warns about every odd value. Our reader reports problems itself (typed errors, Radiograph.warnings, debug log), so
+# pydicom's own log is silenced unless ELVIS_PYDICOM_LOG=1.
+import pydicom.config  # noqa: E402 - imported first: pydicom.config resets its logger's level on import
+
+if os.environ.get("ELVIS_PYDICOM_LOG", "") != "1":
+    logging.getLogger("pydicom").setLevel(logging.CRITICAL)
+
 #: SOP classes that carry no image: a human-readable name for the error message
 _NON_IMAGE_SOP_CLASSES = {
     "1.2.840.10008.5.1.4.1.1.88": "Structured Report",
@@ -396,6 +404,8 @@ def read_radiograph(path: os.PathLike | str, frame: int = 0, decoder: str = "aut
     kind = _non_image_kind(ds)
     has_pixels = "PixelData" in ds or "FloatPixelData" in ds or "DoubleFloatPixelData" in ds
     if len(ds) == 0:
+        if _ends_early(path, ds):
+            raise DicomReadError("truncated: the file ends inside the data set", path)
         raise DicomReadError("truncated or damaged: no data set after the file meta information", path)
     if not has_pixels:
         if kind is None and (_is_image_sop_class(ds) or "Rows" in ds or _ends_early(path, ds)):
