@@ -115,3 +115,18 @@ def test_help_has_example(cmd, capsys):
         main([cmd, "--help"])
     assert ei.value.code == 0
     assert "example" in capsys.readouterr().out.lower()
+
+
+def test_fallback_decoder_prints_no_traceback(tmp_path):
+    # pydicom fails on 12-bit JPEG and logs a traceback; SimpleITK then succeeds: the console must stay clean
+    import subprocess
+    import sys
+
+    out = tmp_path / "lossy.png"
+    proc = subprocess.run(
+        [sys.executable, "-m", "elvis_core", "render", get_testdata_file("JPEG-lossy.dcm"), "--out", str(out)],
+        capture_output=True, text=True, timeout=120,
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert "Traceback" not in proc.stderr and "ERROR" not in proc.stderr
+    assert cv2.imread(str(out), cv2.IMREAD_UNCHANGED).shape == (1024, 256)
