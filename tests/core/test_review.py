@@ -386,3 +386,43 @@ def test_store_is_wal_with_full_sync(tmp_path):
     con = sqlite3.connect(str(tmp_path / "r.sqlite"))
     assert con.execute("SELECT count(*) FROM log").fetchone()[0] == 1
     con.close()
+
+
+def test_bad_json_annotations_are_listed(tmp_path, sample):
+    csv_path, root = sample
+    res = import_annotations(csv_path, root)
+    doc = json.loads(export_coco(res.items, tmp_path / "a.json").read_text())
+    doc["annotations"][0]["bbox"] = [1, 2, 3]
+    doc["annotations"][1]["image_id"] = 999
+    doc["annotations"][2]["bbox"] = ["a", 1, 2, 3]
+    p = tmp_path / "b.json"
+    p.write_text(json.dumps(doc))
+    back = import_annotations(p, root)
+    reasons = {pr.line: pr.reason for pr in back.problems}
+    assert "bbox must be [x, y, w, h]" in reasons[0]
+    assert "image_id 999" in reasons[1]
+    assert "not a number" in reasons[2]
+    assert sum(len(it.boxes) for it in back.items) == len(doc["annotations"]) - 3
+
+
+def test_cli_review_status_and_export(tmp_path, sample, capsys):
+    from elvis_core.cli import main
+
+    s, ann = _session(tmp_path, sample, reviewer="cli")
+    s.accept(advance=True)
+    s.reject("wrong location")
+    s.close()
+    assert main(["review", "status", str(ann), "--images", str(sample[1]), "--json"]) == 0
+    summ = json.loads(capsys.readouterr().out)
+    assert (summ["overall"]["accepted"], summ["overall"]["rejected"]) == (1, 1)
+    out = tmp_path / "exp"
+    assert main(["review", "export", str(ann), "--images", str(sample[1]), "--out", str(out)]) == 0
+    rows = _rows(out / "ann.reviewed.csv")
+    assert {r["review_status"] for r in rows} == {"accepted", "rejected", "unreviewed"}
+    assert main(["review", "export", str(ann), "--images", str(sample[1])]) == 2
+    assert "--out" in capsys.readouterr().err
+    fresh = tmp_path / "fresh.csv"
+    fresh.write_bytes(Path(sample[0]).read_bytes())
+    assert main(["review", "status", str(fresh), "--images", str(sample[1])]) == 0
+    assert not review_path_for(fresh).exists()  # reading does not create a review file
+    assert main(["review", "status", str(tmp_path / "none.csv"), "--images", str(sample[1])]) == 2

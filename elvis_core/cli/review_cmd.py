@@ -1,0 +1,65 @@
+"""`elvis review`: the box review without the GUI — status, summary and exports of a review file."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+EPILOG = """examples:
+  elvis review status  ms_cxr.csv --images /data/mimic-cxr-jpg
+  elvis review export  ms_cxr.csv --images /data/mimic-cxr-jpg --out reviewed/ [--include-rejected]
+
+The decisions are read from the review file beside the annotations (ms_cxr.csv.review.sqlite), written by the
+viewer's Review tab. 'status' prints the per-category summary and the import problems; 'export' writes
+<stem>.csv (MS-CXR columns + review columns), <stem>.coco.json and <stem>.summary.json atomically.
+"""
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("review", help="summary and exports of a box review (MS-CXR CSV / COCO JSON)",
+                       description="Summarise or export the decisions made in the viewer's Review tab.",
+                       epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("action", choices=("status", "export"))
+    p.add_argument("annotations", help="MS-CXR CSV (v1.0.0 / v1.1.0) or MS-CXR / COCO JSON")
+    p.add_argument("--images", required=True, help="images root the annotation paths are relative to")
+    p.add_argument("--out", help="export: output folder")
+    p.add_argument("--stem", help="export: file name stem (default: <annotations stem>.reviewed)")
+    p.add_argument("--include-rejected", action="store_true", help="export: keep rejected boxes in the COCO JSON")
+    p.add_argument("--json", action="store_true", help="status: print the summary as JSON")
+    p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    from elvis_core.errors import ElvisError
+    from elvis_core.review import ReviewSession, export_coco, export_csv, export_summary, summarize, summary_table
+    from elvis_core.review.store import review_path_for
+
+    ann = Path(args.annotations)
+    if not ann.is_file():
+        raise ElvisError("annotation file not found", ann)
+    store_path = None
+    if not review_path_for(ann).exists():
+        print(f"note: no review file yet ({review_path_for(ann).name}); every phrase is unreviewed", file=sys.stderr)
+        store_path = ":memory:"  # do not create a review file just to read it
+    s = ReviewSession.open(ann, args.images, store_path=store_path)
+    try:
+        for p in s.problems:
+            print(str(p), file=sys.stderr)
+        if args.action == "status":
+            summ = summarize(s.items)
+            print(json.dumps(summ, indent=1) if args.json else summary_table(summ))
+            return 0
+        if not args.out:
+            raise ElvisError("export needs --out FOLDER")
+        stem = args.stem or f"{ann.stem}.reviewed"
+        out = Path(args.out)
+        written = [export_csv(s.items, out / f"{stem}.csv"),
+                   export_coco(s.items, out / f"{stem}.coco.json", include_rejected=args.include_rejected),
+                   export_summary(s.items, out / f"{stem}.summary.json")]
+        for w in written:
+            print(w)
+        return 0
+    finally:
+        s.close()
