@@ -30,16 +30,17 @@ def main() -> int:
     sizes = [int(s) for s in args.sizes.split(",")]
     workers = [int(w) for w in args.workers.split(",")]
 
-    print(f"cpu cores: {os.cpu_count()}  studies per run: {args.studies}")
-    print("\nend to end (generate: render + write DICOM + report + CSV)")
-    print(f"{'size':>6} {'workers':>7} {'seconds':>8} {'studies/s':>10}")
+    print(f"cpu cores: {os.cpu_count()}  load average before: {os.getloadavg()[0]:.2f}  studies per run: {args.studies}")
+    print("\nend to end (generate: render + write DICOM + report + CSV); cpu = this process's CPU seconds")
+    print(f"{'size':>6} {'workers':>7} {'seconds':>8} {'studies/s':>10} {'studies/cpu-s':>14}")
     for size in sizes:
         for w in workers:
             with tempfile.TemporaryDirectory() as d:
-                t0 = time.perf_counter()
+                t0, c0 = time.perf_counter(), time.process_time()
                 generate(os.path.join(d, "ph"), args.studies, seed=1, size=size, workers=w)
-                dt = time.perf_counter() - t0
-            print(f"{size:>6} {w:>7} {dt:>8.2f} {args.studies / dt:>10.1f}")
+                dt, dc = time.perf_counter() - t0, time.process_time() - c0
+            cpu = f"{args.studies / dc:>14.1f}" if w == 1 else f"{'-':>14}"
+            print(f"{size:>6} {w:>7} {dt:>8.2f} {args.studies / dt:>10.1f} {cpu}")
 
     print("\nparts, one process (ms per study)")
     print(f"{'size':>6} {'render':>8} {'explicit':>9} {'RLE':>8} {'J2K':>8}")
