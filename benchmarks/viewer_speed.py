@@ -121,7 +121,7 @@ def main() -> int:
         lat.append((time.perf_counter() - t1) * 1000)
     timer.stop()
     gaps = np.diff([t0] + stamps) * 1000
-    rows.append(("demo model build in worker (s)", t_load, t_load))
+    rows.append(("demo model build in worker", t_load * 1000, t_load * 1000))
     rows.append(("phrase → overlay drawn (first incl. embed)", lat[0], lat[0]))
     rows.append(("phrase → overlay drawn (next phrases)", statistics.median(lat[1:]), max(lat[1:])))
     rows.append(("GUI event-loop gap during load+embed+ground", float(np.median(gaps)), float(gaps.max())))

@@ -623,7 +623,7 @@ class MainWindow(QtWidgets.QMainWindow):
         self._show_map(view, gmap)
         self.last_latency_s = float(gmap.latency_s)
         wall = time.perf_counter() - t0
-        self.latency_label.setText(f"phrase: {gmap.latency_s * 1000:.0f} ms (wall {wall * 1000:.0f} ms)")
+        self.latency_label.setText(f"phrase: {gmap.latency_s * 1000:.1f} ms (wall {wall * 1000:.0f} ms)")
         if gmap.warnings:
             self.statusBar().showMessage("; ".join(gmap.warnings), 10000)
         if slot == 0:
