@@ -316,7 +316,7 @@ def _stored_range(ds) -> Tuple[float, float]:
 def _modality_range(ds, pixels: np.ndarray) -> Tuple[float, float]:
     """Range of modality values: the Modality LUT's output range, else the stored range through rescale."""
     if "ModalityLUTSequence" in ds and len(ds.ModalityLUTSequence):
-        table = _lut_data(ds.ModalityLUTSequence[0])
+        table = _lut_data(ds.ModalityLUTSequence[0], _big_endian(ds))
         if table is not None and table.size:
             return float(table.min()), float(table.max())
     lo, hi = _stored_range(ds)
@@ -330,7 +330,7 @@ def _modality_range(ds, pixels: np.ndarray) -> Tuple[float, float]:
     return a, b
 
 
-def _lut_data(item) -> Optional[np.ndarray]:
+def _lut_data(item, big_endian: bool = False) -> Optional[np.ndarray]:
     desc = item.get("LUTDescriptor", None)
     data = item.get("LUTData", None)
     if desc is None or data is None:
@@ -339,11 +339,15 @@ def _lut_data(item) -> Optional[np.ndarray]:
     n = int(desc[0]) or 65536
     bits = int(desc[2]) if len(desc) > 2 else 16
     if isinstance(data, (bytes, bytearray)):
-        dtype = "<u1" if bits <= 8 and len(data) == n else "<u2"
+        dtype = "u1" if bits <= 8 and len(data) == n else (">u2" if big_endian else "<u2")
         arr = np.frombuffer(bytes(data), dtype=dtype).astype(np.float64)
     else:
         arr = np.asarray(_multi(data), dtype=np.float64)
     return arr[:n] if arr.size >= n else arr
+
+
+def _big_endian(ds) -> bool:
+    return _ts_uid(ds) == "1.2.840.10008.1.2.2"
 
 
 def _lut_first_mapped(item, ds) -> float:
@@ -581,7 +585,7 @@ def _looks_truncated(err: BaseException) -> bool:
 
 def _voi_lut(ds, inverted: bool, pivot: float) -> Optional[VoiLut]:
     item = ds.VOILUTSequence[0]
-    table = _lut_data(item)
+    table = _lut_data(item, _big_endian(ds))
     if table is None or table.size == 0:
         return None
     desc = _multi(item.LUTDescriptor)

@@ -7,6 +7,7 @@ import shutil
 
 import numpy as np
 import pydicom
+import pydicom.filewriter
 import pytest
 from pydicom.data import get_testdata_file
 from pydicom.dataset import Dataset, FileMetaDataset
@@ -257,3 +258,26 @@ def test_presentation_lut_inverse_on_monochrome2(tmp_path, ramp):
     np.testing.assert_array_equal(read_radiograph(p).pixels, 4095.0 - ramp)
     p = make_dicom(tmp_path / "id.dcm", ramp, PresentationLUTShape="IDENTITY")
     np.testing.assert_array_equal(read_radiograph(p).pixels, ramp.astype(np.float32))
+
+
+def test_voi_lut_ow_data_in_big_endian_file(tmp_path, ramp):
+    from pydicom.uid import ExplicitVRBigEndian
+
+    table = (np.linspace(0, 1, 300) ** 0.5 * 4095).astype(np.uint16)
+    results = []
+    for ts, order in ((ExplicitVRLittleEndian, "<u2"), (ExplicitVRBigEndian, ">u2")):
+        p = make_dicom(tmp_path / f"voi_{order[0] == '>'}.dcm", ramp)
+        ds = pydicom.dcmread(p)
+        item = Dataset()
+        item.add_new(0x00283002, "US", [300, 500, 12])
+        item.add_new(0x00283006, "OW", table.astype(order).tobytes())  # OW words in the file's byte order
+        ds.VOILUTSequence = [item]
+        ds.PixelData = ramp.astype(order).tobytes()  # native pixel words in the file's byte order too
+        ds.file_meta.TransferSyntaxUID = ts
+        pydicom.filewriter.dcmwrite(p, ds, little_endian=order[0] == "<", implicit_vr=False, force_encoding=True)
+        r = read_radiograph(p)
+        np.testing.assert_array_equal(r.pixels, ramp.astype(np.float32))
+        results.append(to_uint8(r, use_voi_lut=True))
+    expected = np.rint(table[np.clip(ramp.astype(np.int64) - 500, 0, 299)] / 4095 * 255)
+    np.testing.assert_array_equal(results[0], expected)
+    np.testing.assert_array_equal(results[1], expected)
