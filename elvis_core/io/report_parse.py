@@ -3,7 +3,8 @@
 Rules (MIMIC-CXR style, documented in docs/foundation.md):
 
 - A **header** is an all-caps name at the start of a line ending in ``:`` (``FINDINGS:``, ``EXAMINATION:``,
-  ``PA AND LATERAL VIEWS OF THE CHEST:``); text may follow on the same line and belongs to that section's body.
+  ``PA AND LATERAL VIEWS OF THE CHEST:``), or a common section name in any case (``Findings:``, ``Impression:``);
+  its name is upper-cased. Text may follow on the same line and belongs to that section's body.
   Text before the first header (or a whole report without headers) is a section named ``""``.
 - **Sentences** never cross a section boundary. They end at ``.``, ``!`` or ``?`` followed by whitespace/end, but not
   after common abbreviations (``e.g.``, ``i.e.``, ``Dr.``, ``vs.``, ``approx.``...), nor when the next word starts in
@@ -35,18 +36,31 @@ _ABBREVIATIONS = {
 }
 _WORD_BEFORE_RE = re.compile(r"([A-Za-z](?:[A-Za-z.]*[A-Za-z])?)$")
 _MAX_HEADER_WORDS = 8
+#: section names recognised in any letter case (MIMIC uses all caps; other sources write "Findings:")
+_KNOWN_HEADERS = (
+    "findings", "impression", "impressions", "indication", "indications", "comparison", "comparisons", "technique",
+    "history", "clinical history", "clinical information", "examination", "exam", "conclusion", "conclusions",
+    "recommendation", "recommendations", "notification", "reason for exam", "final report", "addendum",
+)
+_KNOWN_HEADER_RE = re.compile(
+    r"(?mi)^[ \t]*(?P<name>" + "|".join(re.escape(h).replace(r"\ ", r"[ \t]+") for h in
+                                          sorted(_KNOWN_HEADERS, key=len, reverse=True)) + r")[ \t]*:"
+)
 
 
 def _headers(text: str) -> List[Tuple[int, int, int, str]]:
     """(line-start of name, name start, end incl. colon, NAME) of each header."""
-    out = []
+    found = {}
     for m in _HEADER_RE.finditer(text):
         name = " ".join(m.group("name").split())
         letters = [c for c in name if c.isalpha()]
         if len(letters) < 2 or len(name.split()) > _MAX_HEADER_WORDS:
             continue
-        out.append((m.start(), m.start("name"), m.end(), name))
-    return out
+        found[m.start()] = (m.start(), m.start("name"), m.end(), name)
+    for m in _KNOWN_HEADER_RE.finditer(text):  # "Findings:", "Impression:" in reports that are not all caps
+        if m.start() not in found:
+            found[m.start()] = (m.start(), m.start("name"), m.end(), " ".join(m.group("name").upper().split()))
+    return [found[k] for k in sorted(found)]
 
 
 def _strip_span(text: str, start: int, end: int) -> Tuple[int, int]:

@@ -133,3 +133,12 @@ def test_bad_report_files(tmp_path):
         read_report(tmp_path)
     with pytest.raises(ReportReadError, match="empty"):
         parse_report("")
+
+
+def test_title_case_known_headers():
+    text = "Indication: cough.\nFindings: The lungs are clear. No effusion.\nImpression: Normal chest.\nNote: text."
+    rep = parse_report(text)
+    assert [s.name for s in rep.sections] == ["INDICATION", "FINDINGS", "IMPRESSION"]  # "Note" is not a known name
+    assert text[rep.sections[1].header_start:rep.sections[1].header_end] == "Findings:"
+    assert _texts(rep, "FINDINGS") == ["The lungs are clear.", "No effusion."]
+    assert _texts(rep, "IMPRESSION") == ["Normal chest.", "Note: text."]
