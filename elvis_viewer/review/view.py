@@ -6,7 +6,8 @@ the phrase) runs on the thread pool; a result that arrives after the annotator m
 
 Keys: J / K next / previous, U next unreviewed, A accept the phrase's boxes (and advance), R reject with a reason
 (and advance), S select the next box, N add a box, Del delete the selected box, Ctrl+Z undo, Ctrl+Shift+Z (or
-Ctrl+Y) redo, H toggle the map. Boxes are edited by dragging their corners/edges (or the box itself).
+Ctrl+Y) redo, H toggle the map, arrows move the selected box (Shift: 10 px), Ctrl+arrows resize it. Boxes are
+also edited by dragging their corners/edges (or the box itself).
 """
 
 from __future__ import annotations
@@ -133,7 +134,8 @@ class ReviewView(QtWidgets.QWidget):
         self.box_list.setFocusPolicy(QtCore.Qt.FocusPolicy.NoFocus)
         rl.addWidget(self.box_list, 1)
         keys = QtWidgets.QLabel("J/K next/prev · U next unreviewed · A accept · R reject · S select box · N add · "
-                                "Del delete · Ctrl+Z / Ctrl+Shift+Z undo/redo · H map · drag corners/edges to edit")
+                                "Del delete · Ctrl+Z / Ctrl+Shift+Z undo/redo · H map · drag corners/edges, or arrows "
+                                "(Shift ×10, Ctrl resize) to edit")
         keys.setWordWrap(True)
         keys.setStyleSheet("color: #9aa4b2;")
         rl.addWidget(keys)
@@ -164,6 +166,13 @@ class ReviewView(QtWidgets.QWidget):
             "Backspace": self.delete_box, "Ctrl+Z": self.undo, "Ctrl+Shift+Z": self.redo, "Ctrl+Y": self.redo,
             "H": self.image_view.toggle_overlay,
         }
+        # arrows move the selected box by 1 px (Shift: 10 px); Ctrl+arrows resize it (right / bottom edge)
+        self._nudges = {}
+        for name, (dx, dy) in {"Left": (-1, 0), "Right": (1, 0), "Up": (0, -1), "Down": (0, 1)}.items():
+            self._nudges[name] = (dx, dy, 0, 0)
+            self._nudges["Shift+" + name] = (10 * dx, 10 * dy, 0, 0)
+            self._nudges["Ctrl+" + name] = (0, 0, dx, dy)
+            self._nudges["Ctrl+Shift+" + name] = (0, 0, 10 * dx, 10 * dy)
         QtWidgets.QApplication.instance().installEventFilter(self)
 
     @staticmethod
@@ -179,7 +188,10 @@ class ReviewView(QtWidgets.QWidget):
             return False
         if not self.isVisible():
             return False
-        fn = self._keymap.get(self.key_name(ev))
+        name = self.key_name(ev)
+        fn = self._keymap.get(name)
+        if fn is None and name in self._nudges and self.boxes.selected is not None:
+            fn = lambda d=self._nudges[name]: self.nudge_box(*d)  # noqa: E731
         if fn is None:
             return False
         if t == QtCore.QEvent.Type.ShortcutOverride:
@@ -508,6 +520,16 @@ class ReviewView(QtWidgets.QWidget):
             self._say("select a box first (S, or click it)")
             return
         if self._decide(lambda s: s.delete_box(bid)):
+            self._show_current()
+
+    def nudge_box(self, dx: float, dy: float, dw: float = 0.0, dh: float = 0.0) -> None:
+        """Keyboard edit of the selected box (arrows / Shift / Ctrl): one saved decision per key press."""
+        bid = self.boxes.selected
+        it = self.session.item if self.session else None
+        b = it.box(bid) if it is not None and bid else None
+        if b is None:
+            return
+        if self._decide(lambda s: s.edit_box(bid, (b.x + dx, b.y + dy, max(1.0, b.w + dw), max(1.0, b.h + dh)))):
             self._show_current()
 
     def undo(self) -> None:

@@ -138,6 +138,18 @@ def test_keyboard_only_review_and_exports(qtbot, annotations, settings, tmp_path
     v.boxes.set_box_geometry(bid, x + w / 2, y, w, h)
     qtbot.waitUntil(lambda: v.session.item.box(bid).status == "edited", timeout=3000)
     assert "IoU orig→edit: 0.33" in v.figures_label.text()
+    # keyboard edit: Shift+Right moves the selected box 10 px, Ctrl+Down grows it 1 px, Ctrl+Z undoes both
+    before = v.session.item.box(bid).xywh
+    _press(qtbot, v, Key.Key_Right, QtCore.Qt.KeyboardModifier.ShiftModifier)
+    _press(qtbot, v, Key.Key_Down, QtCore.Qt.KeyboardModifier.ControlModifier)
+    after = v.session.item.box(bid).xywh
+    W, H = v.session.item.image_width, v.session.item.image_height
+    x, y, w, h = before
+    ex = min(x + 10, W - 1)  # edits are clipped to the image
+    assert after == pytest.approx((ex, y, min(ex + w, W) - ex, min(y + h + 1, H) - y))
+    _press(qtbot, v, Key.Key_Z, QtCore.Qt.KeyboardModifier.ControlModifier)
+    _press(qtbot, v, Key.Key_Z, QtCore.Qt.KeyboardModifier.ControlModifier)
+    assert v.session.item.box(bid).xywh == pytest.approx(before)
     _press(qtbot, v, Key.Key_A)  # accept the rest of item 2, advance
     assert v.session.items[2].status == "edited" and v.session.current == 3
     # navigation: K back, J forward, U next unreviewed
