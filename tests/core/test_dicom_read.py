@@ -208,3 +208,17 @@ def test_palette_colour_through_the_lut_to_grey():
     assert any("PALETTE COLOR" in w for w in r.warnings)
     assert r.meta["Decoder"] == "pydicom" and r.meta["TransferSyntaxUID"] == pydicom.uid.ImplicitVRLittleEndian
     assert np.abs(r.pixels - luma).max() < 1e-2
+
+
+@pytest.mark.parametrize(
+    "name,frame",
+    [("RG3_J2KI.dcm", 0), ("RG1_J2KI.dcm", 0), ("US1_J2KR.dcm", 0), ("emri_small.dcm", 3),
+     ("SC_rgb_jpeg_dcmtk.dcm", 0), ("CT_small.dcm", 0)],
+)
+def test_both_decoders_give_the_same_radiograph(name, frame):
+    # MONOCHROME1 J2K included: SimpleITK inverts itself, pydicom does not; the Radiograph must be identical
+    a = read_radiograph(_path(name), frame=frame, decoder="pydicom")
+    b = read_radiograph(_path(name), frame=frame, decoder="SimpleITK")
+    assert (a.meta["Decoder"], b.meta["Decoder"]) == ("pydicom", "SimpleITK")
+    np.testing.assert_array_equal(a.pixels, b.pixels)
+    assert a.windows == b.windows and a.invert_pivot == b.invert_pivot
