@@ -426,3 +426,29 @@ def test_cli_review_status_and_export(tmp_path, sample, capsys):
     assert main(["review", "status", str(fresh), "--images", str(sample[1])]) == 0
     assert not review_path_for(fresh).exists()  # reading does not create a review file
     assert main(["review", "status", str(tmp_path / "none.csv"), "--images", str(sample[1])]) == 2
+
+
+def test_jpg_png_images_resolved_by_stem_and_rescaled(tmp_path, sample):
+    """MIMIC-CXR-JPG style: the CSV says .dcm, the root has half-size .jpg/.png; sizes come from the headers."""
+    import cv2
+
+    from elvis_core.review.imaging import image_size
+
+    csv_path, _ = sample
+    rows = _rows(csv_path)
+    paths = sorted({r["path"] for r in rows})
+    for k, rel in enumerate(paths):
+        dst = (tmp_path / "jpg" / rel).with_suffix(".jpg" if k % 2 == 0 else ".png")
+        dst.parent.mkdir(parents=True, exist_ok=True)
+        assert cv2.imwrite(str(dst), np.full((64, 64), 100, np.uint8))
+        assert image_size(dst) == (64, 64)
+    res = import_annotations(csv_path, tmp_path / "jpg", rescale=True)
+    assert res.problems == [] and len(res.size_mismatch_keys) == len(res.items) > 0
+    r0 = rows[0]
+    it = next(i for i in res.items if i.key == item_key(r0["path"], r0["label_text"]))
+    assert it.image_path.endswith((".jpg", ".png")) and (it.image_width, it.image_height) == (64, 64)
+    assert it.boxes[0].xywh == pytest.approx(tuple(float(r0[k]) / 2 for k in "xywh"))
+    bad = tmp_path / "jpg" / "broken.jpg"
+    bad.write_bytes(b"\xff\xd8\xff\xe0garbage")
+    with pytest.raises(ElvisError, match="broken.jpg"):
+        image_size(bad)

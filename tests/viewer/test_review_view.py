@@ -315,3 +315,29 @@ def test_a_failed_save_is_shown_and_the_queue_does_not_move(qtbot, annotations, 
     assert shown and "disk is full" in shown[0]
     v.close()
     wait_all()
+
+
+def test_rescale_is_asked_once_when_sizes_differ(qtbot, annotations, settings, monkeypatch):
+    from elvis_viewer.review import view as view_mod
+
+    ann, root = annotations
+    rows = [dict(r, image_width=str(int(r["image_width"]) * 2), image_height=str(int(r["image_height"]) * 2))
+            for r in _rows(ann)]
+    with open(ann, "w", newline="", encoding="utf-8") as f:
+        w = csv.DictWriter(f, fieldnames=list(rows[0]), lineterminator="\n")
+        w.writeheader()
+        w.writerows(rows)
+    asked = []
+    monkeypatch.setattr(view_mod, "ask_rescale", lambda parent, n, ex: asked.append((n, ex)) or True)
+    v = _view(qtbot, settings)
+    assert v.load(ann, root)
+    assert len(asked) == 1 and asked[0][0] == len(v.session.items)
+    it = v.session.items[0]
+    r0 = next(r for r in rows if r["label_text"] == it.label_text and r["path"] == it.path)
+    assert it.rescaled and it.boxes[0].x == pytest.approx(float(r0["x"]) / 2)
+    v.close()
+    wait_all()
+    v2 = _view(qtbot, settings)
+    assert v2.load(ann, root) and len(asked) == 1 and v2.session.items[0].rescaled  # stored answer, not asked
+    v2.close()
+    wait_all()
