@@ -10,6 +10,7 @@ Honesty rules (so a model must look at the image to ground a phrase):
 from __future__ import annotations
 
 import csv
+import dataclasses
 import os
 import time
 from concurrent.futures import ProcessPoolExecutor
@@ -127,6 +128,8 @@ def render_study(rng_or_seed, size: int = 1024, anatomy: Optional[Anatomy] = Non
         n_findings = int(rng.choice(4, p=N_FINDINGS_P))
     if not (0 <= n_findings <= 3):
         raise ElvisError(f"a phantom study has 0-3 findings, got {n_findings}")
+    if view == "AP":  # the heart is further from the detector: magnified (normal CTR up to ~0.51)
+        a = dataclasses.replace(a, ctr=a.ctr * 1.08)
     g = render_anatomy(a, height, width)
     findings = _choose_findings(rng, n_findings, categories)
     layers = []
