@@ -20,6 +20,7 @@ EXAMPLE = """examples:
   elvis inspect image.dcm --tags          # every header element, identifiers masked as ***
   elvis inspect s50414267.txt --json      # report sections and sentence spans as JSON
   elvis inspect mimic-cxr/files/p10       # the studies found in a folder (recursive, headers only)
+  elvis inspect mimic-cxr-jpg --reports mimic-cxr-reports   # reports from a separate tree
 """
 
 
@@ -36,6 +37,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--json", action="store_true", help="print JSON instead of text")
     p.add_argument("--frame", type=int, default=0, help="frame of a multi-frame DICOM (default 0)")
     p.add_argument("--tags", action="store_true", help="DICOM: list all header elements (identifiers masked)")
+    p.add_argument("--reports", metavar="ROOT", help="folder: a separate MIMIC reports tree ([files/]pXX/pXXXXXXXX/"
+                   "sYYYYYYYY.txt) to match reports from")
     p.set_defaults(func=run)
 
 
@@ -101,7 +104,7 @@ def report_summary(path: str) -> Dict[str, Any]:
     }
 
 
-def scan_summary(path: str, progress: bool = True) -> Dict[str, Any]:
+def scan_summary(path: str, progress: bool = True, reports_root: str | None = None) -> Dict[str, Any]:
     from elvis_core.io.studies import read_dicomdir, scan_folder
 
     if os.path.basename(path).upper() == "DICOMDIR" and os.path.isfile(path):
@@ -112,7 +115,7 @@ def scan_summary(path: str, progress: bool = True) -> Dict[str, Any]:
             def cb(done: int, total: int) -> None:
                 if done == total or done % 200 == 0:
                     print(f"\rscanning {done}/{total}", end="" if done < total else "\n", file=sys.stderr)
-        res = scan_folder(path, progress=cb)
+        res = scan_folder(path, progress=cb, reports_root=reports_root)
     return {
         "kind": "studies",
         "path": path,
@@ -214,7 +217,7 @@ def run(args: argparse.Namespace) -> int:
 
         info: Dict[str, Any] = {"kind": "tags", "path": path, "rows": dicom_tag_rows(path)}
     elif kind in ("folder", "dicomdir"):
-        info = scan_summary(path, progress=not args.json)
+        info = scan_summary(path, progress=not args.json, reports_root=args.reports)
     elif kind in ("dicom", "image"):
         info = radiograph_summary(path, args.frame)
     else:

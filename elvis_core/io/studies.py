@@ -363,7 +363,8 @@ def _classify(path: str, name: str) -> str:
 class _Builder:
     """Accumulates image refs and report candidates, then groups them into studies."""
 
-    def __init__(self) -> None:
+    def __init__(self, reports_root: Optional[str] = None) -> None:
+        self.reports_root = reports_root
         self.refs: List[Tuple[ImageRef, str, Optional[int], str]] = []  # (ref, series description, series number, key)
         self.reports: Dict[str, List[str]] = {}  # folder -> .txt paths in it
 
@@ -465,6 +466,15 @@ class _Builder:
                     cand = os.path.join(os.path.dirname(d), st.key + ".txt")
                     if os.path.isfile(cand):
                         return cand
+                    # 1b. the same layout under a separate reports tree (mimic-cxr-reports next to mimic-cxr-jpg)
+                    if self.reports_root:
+                        patient = os.path.dirname(d)
+                        rel = os.path.join(os.path.basename(os.path.dirname(patient)), os.path.basename(patient),
+                                           st.key + ".txt")
+                        for cand in (os.path.join(self.reports_root, "files", rel),
+                                     os.path.join(self.reports_root, rel)):
+                            if os.path.isfile(cand):
+                                return cand
         # 2. a .txt with an image's stem beside it
         for p in sorted(paths):
             cand = os.path.splitext(p)[0] + ".txt"
@@ -482,8 +492,13 @@ def scan_folder(
     root: os.PathLike | str,
     progress: Optional[ProgressFn] = None,
     cancel: Optional[CancelFn] = None,
+    reports_root: Optional[os.PathLike | str] = None,
 ) -> ScanResult:
     """Scan ``root`` (a folder, recursively, or a single file) for studies. Header-only reads.
+
+    ``reports_root``: optional separate tree holding MIMIC reports in the same layout (``[files/]pXX/pXXXXXXXX/
+    sYYYYYYYY.txt``), e.g. the extracted mimic-cxr-reports next to mimic-cxr-jpg; used when no report lies beside the
+    study folder.
 
     ``progress(done, total)`` is called after each candidate file; ``cancel()`` is polled before each file, and a
     cancelled scan returns what it found so far with ``cancelled=True``. Raises :class:`StudyScanError` only when
@@ -519,7 +534,7 @@ def scan_folder(
             for name in sorted(filenames):
                 files.append((os.path.join(dirpath, name), name))
 
-    builder = _Builder()
+    builder = _Builder(None if reports_root is None else os.fspath(reports_root))
     # reports first (cheap, and needed to match); the rest are the progress units
     work: List[Tuple[str, str]] = []
     for path, name in files:
@@ -604,12 +619,17 @@ def read_dicomdir(path: os.PathLike | str) -> ScanResult:
     return result
 
 
-def scan(path: os.PathLike | str, progress: Optional[ProgressFn] = None, cancel: Optional[CancelFn] = None) -> ScanResult:
+def scan(
+    path: os.PathLike | str,
+    progress: Optional[ProgressFn] = None,
+    cancel: Optional[CancelFn] = None,
+    reports_root: Optional[os.PathLike | str] = None,
+) -> ScanResult:
     """A DICOMDIR file → :func:`read_dicomdir`; anything else → :func:`scan_folder`."""
     p = os.fspath(path)
     if os.path.isfile(p) and os.path.basename(p).upper() == "DICOMDIR":
         return read_dicomdir(p)
-    return scan_folder(p, progress=progress, cancel=cancel)
+    return scan_folder(p, progress=progress, cancel=cancel, reports_root=reports_root)
 
 
 __all__ = [

@@ -237,3 +237,16 @@ def test_fast_header_parser_skips_undefined_length_sequences(tmp_path):
     assert fast is not None
     assert (fast["Rows"], fast["Columns"], fast["ViewPosition"], fast["InstanceNumber"]) == (16, 20, "AP", 7)
     assert fast["SOPInstanceUID"] == str(ds.SOPInstanceUID)
+
+
+def test_reports_in_a_separate_mimic_tree(tmp_path):
+    jpg_root, rep_root = tmp_path / "mimic-cxr-jpg", tmp_path / "mimic-cxr-reports"
+    study = jpg_root / "files" / "p10" / "p10000032" / "s50414267"
+    study.mkdir(parents=True)
+    cv2.imwrite(str(study / "abc.jpg"), np.zeros((8, 8), np.uint8))
+    (rep_root / "files" / "p10" / "p10000032").mkdir(parents=True)
+    report = rep_root / "files" / "p10" / "p10000032" / "s50414267.txt"
+    report.write_text("FINDINGS: Clear.\n")
+    assert scan_folder(jpg_root).studies[0].report_path is None
+    assert scan_folder(jpg_root, reports_root=rep_root).studies[0].report_path == str(report)
+    assert scan(jpg_root, reports_root=rep_root / "files").studies[0].report_path == str(report)
