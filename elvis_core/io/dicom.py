@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import logging
 import os
-import warnings as _warnings
 from typing import Any, Dict, List, Optional, Tuple
 
 import numpy as np
@@ -29,6 +28,8 @@ import pydicom.config  # noqa: E402 - imported first: pydicom.config resets its 
 
 if os.environ.get("ELVIS_PYDICOM_LOG", "") != "1":
     logging.getLogger("pydicom").setLevel(logging.CRITICAL)
+    # no UserWarning per odd header value while reading (thread-safe, unlike warnings.catch_warnings in workers)
+    pydicom.config.settings.reading_validation_mode = pydicom.config.IGNORE
 
 #: SOP classes that carry no image: a human-readable name for the error message
 _NON_IMAGE_SOP_CLASSES = {
@@ -111,11 +112,6 @@ def _is_image_sop_class(ds) -> bool:
     return sop.startswith("1.2.840.10008.5.1.4.1.1.") and _non_image_kind(ds) is None
 
 
-def _ends_early(path: str, ds) -> bool:
-    """True when pydicom stopped reading before the end of the file's data (warned of a premature end)."""
-    return bool(getattr(ds, "_elvis_truncated", False))
-
-
 def _check_path(path: os.PathLike | str) -> str:
     path = os.fspath(path)
     if not os.path.exists(path):
@@ -152,16 +148,8 @@ def _dcmread(path: str, stop_before_pixels: bool = False, specific_tags=None, de
     from pydicom.errors import InvalidDicomError
 
     try:
-        with _warnings.catch_warnings(record=True) as caught:
-            _warnings.simplefilter("always")
-            ds = pydicom.dcmread(path, stop_before_pixels=stop_before_pixels, specific_tags=specific_tags,
-                                 defer_size=defer_size)
-        if any("end of file" in str(w.message).lower() for w in caught):
-            try:
-                ds._elvis_truncated = True
-            except Exception:  # noqa: BLE001
-                pass
-        return ds
+        return pydicom.dcmread(path, stop_before_pixels=stop_before_pixels, specific_tags=specific_tags,
+                               defer_size=defer_size)
     except InvalidDicomError:
         if not is_dicom_file(path):
             raise DicomReadError("not a DICOM file (no DICM preamble and no DICOM header)", path) from None
@@ -408,11 +396,9 @@ def read_radiograph(path: os.PathLike | str, frame: int = 0, decoder: str = "aut
     kind = _non_image_kind(ds)
     has_pixels = "PixelData" in ds or "FloatPixelData" in ds or "DoubleFloatPixelData" in ds
     if len(ds) == 0:
-        if _ends_early(path, ds):
-            raise DicomReadError("truncated: the file ends inside the data set", path)
-        raise DicomReadError("truncated or damaged: no data set after the file meta information", path)
+        raise DicomReadError("truncated or damaged: no data set could be read after the file meta information", path)
     if not has_pixels:
-        if kind is None and (_is_image_sop_class(ds) or "Rows" in ds or _ends_early(path, ds)):
+        if kind is None and (_is_image_sop_class(ds) or "Rows" in ds):
             raise DicomReadError("truncated or damaged: an image header but no complete pixel data element", path)
         what = f" ({kind})" if kind else ""
         raise UnsupportedDicomError(f"DICOM without pixel data{what}: nothing to display", path)
@@ -437,9 +423,7 @@ def read_radiograph(path: os.PathLike | str, frame: int = 0, decoder: str = "aut
     errors: List[str] = []
     if decoder in ("auto", "pydicom"):
         try:
-            with _warnings.catch_warnings():
-                _warnings.simplefilter("ignore")
-                arr = _decode_pydicom(ds, path, frame, n_frames)
+            arr = _decode_pydicom(ds, path, frame, n_frames)
             used = "pydicom"
         except DicomReadError:
             raise

@@ -19,7 +19,6 @@ from __future__ import annotations
 import os
 import re
 import struct
-import warnings
 from dataclasses import dataclass, field
 from typing import Callable, Dict, List, Optional, Tuple
 
@@ -544,9 +543,7 @@ def scan_folder(
             work.append((path, name))
     result.n_files_seen = len(files)
     total = len(work)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        _scan_files(work, builder, result, progress, cancel)
+    _scan_files(work, builder, result, progress, cancel)
     result.studies = builder.build()
     return result
 
@@ -590,9 +587,7 @@ def read_dicomdir(path: os.PathLike | str) -> ScanResult:
     result = ScanResult()
     builder = _Builder()
     seen_dirs = set()
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        instances = list(fs)
+    instances = list(fs)
     for inst in instances:
         try:
             if inst.node.record_type not in ("IMAGE",):
