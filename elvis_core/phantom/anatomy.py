@@ -164,7 +164,8 @@ def lung_polygon(a: Anatomy, side: str, h: int, w: int, scale_to: Tuple[float, f
     apex_off = med + 0.38 * (lat_max - med)
     # lateral wall: apex -> costophrenic angle
     t = np.linspace(0.0, 1.0, 40)
-    lat = apex_off + (lat_max - apex_off) * (1 - (1 - np.minimum(t / 0.55, 1.0)) ** 2.4)
+    lat = apex_off + (lat_max - apex_off) * (0.55 * np.sin(np.pi / 2 * np.minimum(t / 0.25, 1.0)) ** 0.5
+                                             + 0.45 * (1 - (1 - np.minimum(t / 0.55, 1.0)) ** 2))
     lat *= 1 - 0.05 * np.clip((t - 0.65) / 0.35, 0, 1)
     v_lat = a.apex_y + t * (cp_y - a.apex_y)
     # diaphragm: costophrenic angle -> dome -> cardiophrenic angle

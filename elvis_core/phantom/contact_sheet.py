@@ -23,6 +23,14 @@ COLOURS: Dict[str, Tuple[int, int, int]] = {
 }
 
 
+def _label(canvas: np.ndarray, text: str, org: Tuple[int, int], colour: Tuple[int, int, int]) -> None:
+    """Text on a dark strip (an outline drawn with a thicker stroke would be spaced differently in OpenCV)."""
+    (tw, th), base = cv2.getTextSize(text, cv2.FONT_HERSHEY_SIMPLEX, 0.36, 1)
+    x, y = org
+    cv2.rectangle(canvas, (x - 2, y - th - 2), (x + tw + 2, y + base), (0, 0, 0), -1)
+    cv2.putText(canvas, text, (x, y), cv2.FONT_HERSHEY_SIMPLEX, 0.36, colour, 1, cv2.LINE_AA)
+
+
 def _studies(out_dir: str) -> List[str]:
     files_dir = os.path.join(out_dir, "files")
     found = []
@@ -60,7 +68,6 @@ def make_contact_sheet(out_dir: os.PathLike | str, png_path: os.PathLike | str, 
         paths = (paths + with_boxes[max(n - 3, 0):])[:n]
     paths = paths[:n]
     tiles = []
-    font = cv2.FONT_HERSHEY_SIMPLEX
     for rel in paths:
         rad = read_radiograph(os.path.join(out, rel))
         img8 = to_uint8(rad)
@@ -83,15 +90,12 @@ def make_contact_sheet(out_dir: os.PathLike | str, png_path: os.PathLike | str, 
             if key not in label_y:
                 label_y[key] = 14 + 13 * len(label_y)
                 txt = f"{row['category_name']}: {row['label_text']}"
-                cv2.putText(canvas, txt[:60], (4, tile - 8 - (label_y[key] - 14)), font, 0.36, (0, 0, 0), 3,
-                            cv2.LINE_AA)
-                cv2.putText(canvas, txt[:60], (4, tile - 8 - (label_y[key] - 14)), font, 0.36, col, 1, cv2.LINE_AA)
+                _label(canvas, txt[:64], (4, tile - 8 - (label_y[key] - 14)), col)
         meta = rad.meta
-        head = (f"{meta.get('Modality', '')} {meta.get('ViewPosition', '')} "
-                f"{str(meta.get('PhotometricInterpretation', ''))[-1:]and 'M' + str(meta.get('PhotometricInterpretation'))[-1]}"
-                f" {meta.get('BitsStored', '')}b {str(meta.get('TransferSyntaxName', ''))[:18]} {w}x{h}")
-        cv2.putText(canvas, head, (4, 13), font, 0.36, (0, 0, 0), 3, cv2.LINE_AA)
-        cv2.putText(canvas, head, (4, 13), font, 0.36, (255, 255, 255), 1, cv2.LINE_AA)
+        pi = str(meta.get("PhotometricInterpretation", ""))
+        head = (f"{meta.get('Modality', '')} {meta.get('ViewPosition', '')} {'MONO' + pi[-1:] if pi else ''} "
+                f"{meta.get('BitsStored', '')} bit  {str(meta.get('TransferSyntaxName', ''))[:22]}  {w}x{h}")
+        _label(canvas, head, (4, 13), (255, 255, 255))
         tiles.append(canvas)
     while len(tiles) % 4:
         tiles.append(np.zeros((tile, tile, 3), np.uint8))

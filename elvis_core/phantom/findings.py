@@ -147,7 +147,7 @@ def _opacity(rng, g: Geometry, f: Finding, kind: str) -> List[np.ndarray]:
             centers += [(cx + rng.normal(0, r * 0.7), cy + rng.normal(0, r * 0.7)) for _ in range(extra)]
             sig += [(r * rng.uniform(0.25, 0.45),) * 2 for _ in range(extra)]
             b = _blobs((h, w), centers, sig)
-            m = _smoothstep(0.3, 0.75, b) * (0.8 + 0.2 * _texture(rng, (h, w), 3))
+            m = _smoothstep(0.18, 0.8, b) * (0.75 + 0.25 * _texture(rng, (h, w), 3))
             br = np.zeros((h, w), np.float32)
             hx, hy = g.hila[f.side]
             for _ in range(int(rng.integers(2, 5))):
@@ -158,7 +158,7 @@ def _opacity(rng, g: Geometry, f: Finding, kind: str) -> List[np.ndarray]:
                 cv2.polylines(br, [np.round(pts * 16).astype(np.int32)], False, 1.0, max(1, int(r * 0.12)),
                               cv2.LINE_AA, 4)
             m = m * (1.0 - 0.45 * cv2.GaussianBlur(br, (0, 0), 0.7))
-            dens = 0.85
+            dens = 0.8
         else:  # lung opacity: hazier
             m = _smoothstep(0.12, 0.9, b)
             dens = 0.5
