@@ -261,11 +261,6 @@ def read_header(path: os.PathLike | str) -> Dict[str, Any]:
     return out
 
 
-def _header_fast(path: str, specific_tags) -> Any:
-    """Header-only dataset read with the given specific tags; used by the folder scan (no pixel data touched)."""
-    return _dcmread(path, stop_before_pixels=True, specific_tags=specific_tags)
-
-
 def _plain(v: Any) -> Any:
     """A JSON-friendly plain value (pydicom IS/DS/UID/PersonName subclasses → int/float/str)."""
     if v is None or isinstance(v, bool):
