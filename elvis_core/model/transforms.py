@@ -22,6 +22,7 @@ import cv2
 import numpy as np
 
 from elvis_core.errors import ConfigError
+from elvis_core.io.radiograph import robust_range
 
 
 @dataclass(frozen=True)
@@ -106,7 +107,7 @@ class ModelInputTransform:
         if self.normalization == "window" and window is not None and window[1] > 0:
             c, w = float(window[0]), float(window[1])
             return c - w / 2.0, c + w / 2.0
-        lo, hi = (float(v) for v in np.percentile(pixels, self.percentiles))
+        lo, hi = robust_range(pixels, *self.percentiles)
         if hi <= lo:
             lo, hi = float(np.min(pixels)), float(np.max(pixels))
         if hi <= lo:
