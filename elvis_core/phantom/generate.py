@@ -3,7 +3,7 @@
 Honesty rules (so a model must look at the image to ground a phrase):
 - box positions come from the per-patient anatomy plus a random position inside the named zone;
 - identifiers (patient/study numbers, dicom_id, UIDs) come from their own RNG stream, independent of the content;
-- the CSV is sorted by path, i.e. by random identifiers, not by content;
+- the CSV is sorted by path, i.e. by random identifiers, not by content; the boxes of a phrase in random order;
 - the only text hints to a box's position are the side, zone and size words of the phrase.
 """
 
@@ -147,6 +147,8 @@ def render_study(rng_or_seed, size: int = 1024, anatomy: Optional[Anatomy] = Non
     image = postprocess(density + total, height, width, a, noise)
     clean = postprocess(density, height, width, a, noise) if with_clean else None
     report = write_report(rng, kept, view=view, sex=a.sex)
+    for f in kept:  # boxes of a phrase in random order: the drawing order (right lung first) must not tell the side
+        f.boxes = [f.boxes[i] for i in rng.permutation(len(f.boxes))]
     return PhantomStudy(image=image, clean=clean, findings=kept, report=report, view=view, anatomy=a, layers=layers)
 
 
@@ -329,7 +331,7 @@ def generate(out_dir: os.PathLike | str, n_studies: int, seed: int, size: int = 
                     if progress:
                         progress(done, len(jobs))
     rows = [r for res in results for r in res[0]]
-    rows.sort(key=lambda r: (r["path"], r["label_text"], r["x"], r["y"]))
+    rows.sort(key=lambda r: (r["path"], r["label_text"]))  # stable: boxes of a phrase keep their random order
     csv_path = os.path.join(out, "ms_cxr.csv")
     with open(csv_path, "w", encoding="utf-8", newline="") as fh:
         wr = csv.DictWriter(fh, fieldnames=CSV_COLUMNS, lineterminator="\n")

@@ -1,6 +1,6 @@
 """No shortcut: text, file names, identifiers and ordering must not tell where a box is beyond the phrase's own
 side / zone / size words. A model that sees everything but the image (report bag-of-words, phrase words, path and
-UID characters, CSV order) is compared with a baseline that knows only the category and those hint words."""
+UID / date / accession digits, CSV order, image width) is compared with a baseline that knows only the category and those hint words."""
 
 from __future__ import annotations
 
@@ -9,6 +9,7 @@ import re
 from collections import defaultdict
 
 import numpy as np
+import pydicom
 import pytest
 
 from elvis_core.phantom import generate
@@ -35,13 +36,19 @@ def rows(tmp_path_factory):
     generate(out, 320, seed=5, size=64)
     with open(out / "ms_cxr.csv", newline="", encoding="utf-8") as fh:
         rs = list(csv.DictReader(fh))
-    reports = {}
+    reports, uids, rank = {}, {}, defaultdict(int)
     for i, r in enumerate(rs):
         p = out / r["path"]
         key = str(p.parent)
         if key not in reports:
             reports[key] = (p.parent.parent / (p.parent.name + ".txt")).read_text(encoding="utf-8")
+            ds = pydicom.dcmread(p, stop_before_pixels=True,
+                                 specific_tags=["SOPInstanceUID", "StudyInstanceUID", "StudyDate", "AccessionNumber"])
+            uids[key] = (str(ds.SOPInstanceUID), str(ds.StudyInstanceUID), str(ds.StudyDate), str(ds.AccessionNumber))
         r["report"] = reports[key]
+        r["uids"] = uids[key]
+        r["rank_in_study"] = rank[key]
+        rank[key] += 1
         r["row_index"] = i
         x, y, w, h = (float(r[k]) for k in "xywh")
         r["target"] = ((x + w / 2) / float(r["image_width"]), (y + h / 2) / float(r["image_height"]))
@@ -81,7 +88,10 @@ def _tokens(r, leak: bool):
     parts = r["path"].split("/")
     toks += [f"p{i}:{c}" for i, c in enumerate(parts[2][1:])]  # patient digits
     toks += [f"s{i}:{c}" for i, c in enumerate(parts[3][1:])]  # study digits
-    toks += [f"row:{r['row_index'] * 10 // 10000}", f"rowmod:{r['row_index'] % 7}", f"split:{r['split']}"]
+    for i, uid in enumerate(r["uids"]):  # DICOM UIDs, study date, accession number: last digits
+        toks += [f"u{i}a:{uid[-1]}", f"u{i}b:{uid[-2:]}"]
+    toks += [f"row:{r['row_index'] * 10 // 10000}", f"rowmod:{r['row_index'] % 7}", f"split:{r['split']}",
+             f"rank:{r['rank_in_study']}", f"width:{int(r['image_width']) // 8}"]
     if leak:  # positive control: a token that does give the position away
         tx, ty = r["target"]
         toks += [f"leak:{int(tx * 4)}{int(ty * 4)}"]
