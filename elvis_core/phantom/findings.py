@@ -43,6 +43,8 @@ class Finding:
     boxes: List[Tuple[int, int, int, int]] = field(default_factory=list)
     #: the exact phrase of the report that names this finding (MS-CXR ``label_text``); set by the report writer
     label_text: str = ""
+    #: the finding's phrase as written in FINDINGS and in IMPRESSION (both verbatim in the report)
+    mentions: List[str] = field(default_factory=list)
 
 
 def sample_finding_spec(rng: np.random.Generator, category: str, exclude: set) -> Optional[Tuple[str, str, str]]:

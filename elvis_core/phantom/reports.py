@@ -187,6 +187,7 @@ def write_report(rng: np.random.Generator, findings: List[Finding], view: str = 
         shown2 = _cap(p2) if tpl2.startswith("{P}") else p2
         impression.append(tpl2.replace("{P}", _protect(shown2)).replace("{p}", _protect(shown2)))
         f.label_text = shown1 if rng.random() < 0.75 else shown2
+        f.mentions = [shown1, shown2]
     lung_findings = present - {"Cardiomegaly"}
     negs: List[str] = []
     if not lung_findings and rng.random() < 0.8:

@@ -56,6 +56,36 @@ def test_render_study_shapes_and_report(forced_studies):
     assert seen == set(CATEGORIES)
 
 
+def test_report_mentions_findings_twice_and_never_negates_them(forced_studies):
+    from elvis_core.io.report_parse import parse_report
+    from elvis_core.phantom.reports import _HEDGED, _NEG
+
+    hedges = 0
+    for st in forced_studies:
+        rep = parse_report(st.report)
+        findings_sec, impression_sec = rep.section("FINDINGS"), rep.section("IMPRESSION")
+        assert findings_sec is not None and impression_sec is not None
+        f_text = st.report[findings_sec.start:findings_sec.end]
+        i_text = st.report[impression_sec.start:impression_sec.end]
+        for f in st.findings:
+            assert len(f.mentions) == 2 and f.label_text in f.mentions
+            assert rep.find(f.mentions[0], findings_sec.start) is not None and f.mentions[0] in f_text
+            assert f.mentions[1] in i_text
+            for neg in _NEG.get(f.category, []):
+                assert neg not in st.report, (f.category, neg)
+            if f.category == "Pneumonia":
+                assert "No focal consolidation" not in st.report
+            if f.category in ("Consolidation", "Pleural Effusion", "Pneumothorax"):
+                assert "No focal consolidation, pleural effusion, or pneumothorax." not in st.report
+            if f.category != "Cardiomegaly":
+                assert "lungs are clear" not in st.report.lower() and "and clear." not in st.report
+        stems = [h.replace("{p}", "").replace("{P}", "").strip(" .,") for h in _HEDGED]
+        hedges += any(stem and stem in st.report for stem in stems)
+    assert hedges >= 1
+    normal = render_study(3, size=SIZE, n_findings=0)
+    assert not normal.findings and "IMPRESSION:" in normal.report
+
+
 def test_boxes_lie_on_the_drawn_finding(forced_studies):
     """Inside each box the image differs from the finding-free rendering of the same patient and noise."""
     def overlaps(a, b):
