@@ -215,3 +215,17 @@ def test_resume_after_crash_mid_epoch(phantom, tmp_path, monkeypatch):
     # 24 pairs / batch 3 = 8 steps per epoch: the resumed run skipped the 5 batches already done in epoch 0
     rows = [r.split(",") for r in (out / "log.csv").read_text().strip().splitlines()[1:]]
     assert [(int(r[0]), int(r[1])) for r in rows if r[3]][-4:] == [(6, 0), (7, 0), (8, 0), (9, 1)]
+
+
+def test_train_with_pretrained_minilm_text_encoder(phantom, tmp_path):
+    from elvis_core.model import minilm_path
+    from elvis_core.model.checkpoint import load_checkpoint
+    from elvis_core.training.trainer import train
+
+    over = f"{{text = {{source = 'pretrained', path = {minilm_path()!r}, max_length = 32}}}}"
+    cfg = _tiny_cfg(phantom, tmp_path / "minilm", **{"model.overrides": over, "train.max_steps": 2,
+                                                     "train.batch_size": 4, "train.text_lr": 1e-5})
+    res = train(cfg)
+    assert res.steps == 2
+    m = load_checkpoint(res.model_dir)
+    assert m.text_hidden == 384 and m.tokenizer.cls_token_id == 101
