@@ -128,6 +128,7 @@ class ImageView(QtWidgets.QWidget):
         self._linked: List["ImageView"] = []
         self._syncing = False
         self._caption = ""
+        self._identity = ""
 
         self.glw = pg.GraphicsLayoutWidget()
         self.glw.setBackground("#101214")
@@ -533,6 +534,12 @@ class ImageView(QtWidgets.QWidget):
         self._ruler_label.setPos((x0 + x1) / 2.0, (y0 + y1) / 2.0)
 
     # ------------------------------------------------------------------------------------------- texts / layout
+    def set_identity_text(self, text: str) -> None:
+        """Patient identifiers for the bottom-left corner; the main window sets this ONLY when the user turned the
+        privacy toggle on (off by default), and clears it when turned off."""
+        self._identity = text
+        self._update_texts()
+
     def set_caption(self, text: str) -> None:
         """An extra line at the top-left (e.g. the checkpoint name in compare mode)."""
         self._caption = text
@@ -572,7 +579,7 @@ class ImageView(QtWidgets.QWidget):
             wl = f"W {self._width:.4g}  L {self._center:.4g}"
         if self._inverted:
             wl += "  (inverted)"
-        self._corners["bl"].setText(wl)
+        self._corners["bl"].setText(f"{self._identity}\n{wl}" if self._identity else wl)
         zoom = 1.0 / max(self.pixels_per_screen_pixel(), 1e-9)
         self._corners["br"].setText(f"zoom {zoom * 100:.0f}%")
         markers, _src = orientation_markers(m)

@@ -504,6 +504,7 @@ class MainWindow(QtWidgets.QMainWindow):
         self.annot_combo.addItem(f"{len(phrases)} annotated phrase(s)" if phrases else "no annotations for image")
         for p in phrases:
             self.annot_combo.addItem(f"{p.label_text}  [{p.category}]")
+        self._update_identity()
         self.imageShown.emit(path)
         # embed the image now (in a worker) so the first phrase is fast; re-ground the current phrase if any
         for k, s in enumerate(self.slots):
@@ -745,9 +746,27 @@ class MainWindow(QtWidgets.QMainWindow):
             self.ground_phrase(self.phrase)
 
     def set_reveal_identifiers(self, on: bool) -> None:
+        """The privacy toggle (off by default, never saved): identifiers in the tag inspector and the corner text."""
         self.reveal_identifiers = bool(on)
         if self.privacy_act.isChecked() != self.reveal_identifiers:
             self.privacy_act.setChecked(self.reveal_identifiers)
+        self._update_identity()
+
+    IDENTITY_KEYWORDS = ("PatientName", "PatientID", "PatientBirthDate", "PatientSex", "AccessionNumber", "StudyDate")
+
+    def _update_identity(self) -> None:
+        text = ""
+        if self.reveal_identifiers and self.rad_path:
+            try:
+                from elvis_core.io.privacy import dicom_tag_rows
+
+                vals = {kw: v for _tag, kw, _vr, v in dicom_tag_rows(self.rad_path, reveal_identifiers=True)
+                        if kw in self.IDENTITY_KEYWORDS and v}
+                text = "  ".join(vals[k] for k in self.IDENTITY_KEYWORDS if k in vals)
+            except ElvisError:
+                text = ""  # not DICOM (JPG/PNG): nothing to show
+        for iv in self._views():
+            iv.set_identity_text(text)
 
     # ================================================================================================ dialogs
     def show_tag_inspector(self) -> Optional[QtWidgets.QDialog]:
@@ -868,13 +887,18 @@ class MainWindow(QtWidgets.QMainWindow):
                 rgb = render_overlay(self.rad, gm, boxes=[b for b, _, _ in getattr(self, "current_boxes", [])],
                                      phrase=gm.phrase, footer=" · ".join(footer),
                                      opacity=self.opacity.value() / 100.0 if self.image_view.overlay_visible() else 0.0,
-                                     vrange=vr, window=Window(c, w))
+                                     vrange=vr, window=Window(c, w), cmap=self._figure_cmap())
             out = write_png(path, rgb)
         except (ElvisError, OSError, ValueError) as e:
             self.show_message(f"{path}: export failed: {e}")
             return None
         self.statusBar().showMessage(f"Exported {out}", 8000)
         return Path(out)
+
+    def _figure_cmap(self) -> str:
+        """The export figure's colormap closest to the view's (the core figure knows RdBu_r, viridis, gray)."""
+        name = self.cmap_combo.currentText().lower()
+        return "viridis" if "viridis" in name else "RdBu_r"
 
     # ================================================================================================ settings
     def _add_recent(self, path: str) -> None:

@@ -250,13 +250,21 @@ def test_tag_inspector_masks_identifiers_unless_toggled(qtbot, win, study_root):
         t = dlg.table
         return [t.item(i, 3).text() for i in range(t.rowCount())]
 
+    def corners():
+        return " ".join(win.image_view.corner_text(k) for k in ("tl", "tr", "bl", "br"))
+
     dlg = win.show_tag_inspector()
     qtbot.addWidget(dlg)
     assert not any("CompressedSamples" in v for v in values(dlg))
+    assert "CompressedSamples" not in corners()
     win.privacy_act.setChecked(True)
     dlg2 = win.show_tag_inspector()
     qtbot.addWidget(dlg2)
     assert any("CompressedSamples" in v for v in values(dlg2))
+    assert "CompressedSamples^CT1" in corners()  # shown in the corner only with the toggle on
+    win.privacy_act.setChecked(False)
+    assert "CompressedSamples" not in corners()
+    assert win.settings.value("reveal_identifiers") is None  # never persisted
 
 
 def test_export_png_full_resolution(qtbot, win, study_root, tmp_path):
