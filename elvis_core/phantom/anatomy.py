@@ -317,22 +317,26 @@ def render_anatomy(a: Anatomy, height: int, width: int) -> Geometry:
     ribs = np.zeros((h, w), np.float32)
     ribs_in = np.zeros((h, w), np.float32)
     ant = np.zeros((h, w), np.float32)
-    gaps = np.linspace(1.0, 1.35, a.rib_count)
+    gaps = np.linspace(1.0, 1.35, a.rib_count) * rng.uniform(0.93, 1.07, a.rib_count)
     gaps = (a.dome_y_right + 0.12 - a.apex_y) * np.concatenate([[0.0], np.cumsum(gaps[:-1])]) / gaps[:-1].sum()
     tt = np.linspace(0, 1, 30)
     for k in range(a.rib_count):
         y0 = a.apex_y - 0.02 + gaps[k]
         for side in ("right", "left"):
             s = SIDE_SIGN[side]
+            hump = 0.03 * rng.uniform(0.8, 1.2)
+            slope = a.rib_slope * (1 + 0.05 * k) * rng.uniform(0.92, 1.08)
             uu = a.cx + s * (a.spine_hw * 0.8 + tt * (a.thorax_hw * 1.0 - a.spine_hw * 0.8))
-            vv = y0 - 0.03 * np.sin(np.pi * tt * 0.85) + a.rib_slope * tt ** 2 * (1 + 0.05 * k)
+            vv = y0 + rng.normal(0, 0.003) - hump * np.sin(np.pi * tt * 0.85) + slope * tt ** 2
             pts = np.stack([uu * w, vv * h], 1).astype(np.float32)
-            _polyline(ribs, pts, a.rib_thick * h * (0.8 + 0.4 * tt.mean()))
-            _polyline(ribs_in, pts, a.rib_thick * h * 0.45)
-            # anterior rib: from the lateral end, sloping down towards the midline
+            thick = a.rib_thick * h * rng.uniform(0.9, 1.1)
+            _polyline(ribs, pts[:12], thick * 0.85)  # posterior ribs widen laterally
+            _polyline(ribs, pts[11:], thick * 1.1)
+            _polyline(ribs_in, pts, thick * 0.45)
+            # anterior rib: from the lateral end, sloping down towards the midline (costal cartilage not seen)
             ua = a.cx + s * (a.thorax_hw * (1.0 - tt * 0.68))
             va = vv[-1] + 0.015 + 0.11 * tt + 0.04 * np.sin(np.pi * tt)
-            _polyline(ant, np.stack([ua * w, va * h], 1).astype(np.float32), a.rib_thick * h * 0.8)
+            _polyline(ant, np.stack([ua * w, va * h], 1).astype(np.float32), thick * 0.8)
     ribs = cv2.GaussianBlur(ribs - 0.45 * ribs_in, (0, 0), 0.8 * sc)
     ant = cv2.GaussianBlur(ant, (0, 0), 1.2 * sc)
     lung_any = np.clip(lungs["right"] + lungs["left"], 0, 1)

@@ -48,7 +48,7 @@ class Encoding:
 
 
 def sample_encoding(rng: np.random.Generator) -> Encoding:
-    bits = int(rng.choice([10, 12, 12, 14, 15]))
+    bits = int(rng.choice([10, 11, 12, 12, 13, 14, 15]))
     syntax = str(rng.choice(["explicit", "rle", "j2k"], p=[0.7, 0.22, 0.08]))
     slope, intercept = [(1.0, 0.0), (1.0, 0.0), (1.0, -1024.0), (0.5, 0.0), (2.0, 100.0)][int(rng.integers(5))]
     return Encoding(
