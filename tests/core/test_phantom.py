@@ -153,6 +153,18 @@ def test_anatomy_varies_per_patient():
     for field in ("cx", "thorax_hw", "apex_y", "dome_y_right", "ctr", "aspect"):
         vals = np.array([getattr(x, field) for x in a])
         assert vals.std() > 0.005, field
+    # the same kind of finding lands at different places in different patients
+    centres = []
+    for seed in range(12):
+        st = render_study(300 + seed, size=SIZE, n_findings=1, categories=["Pneumonia"])
+        x, y, w, h = st.findings[0].boxes[0]
+        side = st.findings[0].side
+        centres.append(((x + w / 2) / st.width if side == "right" else 1 - (x + w / 2) / st.width, (y + h / 2) / SIZE,
+                        st.findings[0].zone))
+    for zone in {c[2] for c in centres}:
+        same = np.array([c[:2] for c in centres if c[2] == zone])
+        if len(same) >= 3:
+            assert same.std(0).max() > 0.01, zone
     # same seed -> same study
     s1, s2 = render_study(7, size=SIZE), render_study(7, size=SIZE)
     assert np.array_equal(s1.image, s2.image) and s1.report == s2.report
