@@ -90,6 +90,9 @@ class MainWindow(QtWidgets.QMainWindow):
         self._scan_task: Optional[workers.Task] = None
         self._pending = 0
         self._thumb_task: Optional[workers.Task] = None
+        self._thumb_gen = workers.Generation()
+        # at least 4 workers even on 2 cores: a long task (thumbnails, a model load) must not queue a grounding
+        workers.pool().setMaxThreadCount(max(4, workers.pool().maxThreadCount()))
         self._token_mode = False
 
         self._build_central()
@@ -444,6 +447,9 @@ class MainWindow(QtWidgets.QMainWindow):
         self.scanFinished.emit()
 
     def _start_thumbnails(self) -> None:
+        """Thumbnails in chunks of 16 images (one worker task each, chained) so icons appear progressively and a
+        new scan stops the old chain."""
+        gen = self._thumb_gen.next()
         paths = [p for p in self.images][:300]
         items = {}
         it = QtWidgets.QTreeWidgetItemIterator(self.study_tree)
@@ -453,14 +459,23 @@ class MainWindow(QtWidgets.QMainWindow):
                 items[p] = it.value()
             it += 1
 
-        def deliver(result):
+        chunks = [paths[i:i + 16] for i in range(0, len(paths), 16)]
+
+        def deliver(result, k):
+            if not self._thumb_gen.is_current(gen):
+                return
             for path, thumb in result:
                 item = items.get(path)
                 if item is not None and thumb is not None:
                     h, w = thumb.shape
                     qimg = QtGui.QImage(thumb.data, w, h, w, QtGui.QImage.Format.Format_Grayscale8).copy()
                     item.setIcon(0, QtGui.QIcon(QtGui.QPixmap.fromImage(qimg)))
-        self._thumb_task = self._run(_thumbnails, paths, on_result=deliver)
+            start(k + 1)
+
+        def start(k):
+            if k < len(chunks) and self._thumb_gen.is_current(gen):
+                self._thumb_task = self._run(_thumbnails, chunks[k], on_result=lambda r: deliver(r, k))
+        start(0)
 
     def _on_tree_item(self, item, _col=0):
         path = item.data(0, QtCore.Qt.ItemDataRole.UserRole)
