@@ -135,6 +135,7 @@ class MainWindow(QtWidgets.QMainWindow):
         # study browser + problems
         self.study_tree = QtWidgets.QTreeWidget()
         self.study_tree.setHeaderLabels(["Studies"])
+        self.study_tree.setHeaderHidden(True)  # the dock is titled "Studies" already
         self.study_tree.setIconSize(QtCore.QSize(48, 48))
         self.study_tree.itemActivated.connect(self._on_tree_item)
         self.study_tree.itemClicked.connect(self._on_tree_item)
