@@ -16,7 +16,7 @@ from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 import numpy as np
 
 from elvis_core.errors import ElvisError
-from elvis_core.grounding.metrics import DEFAULT_THRESHOLDS, cnr, miou, pointing_game
+from elvis_core.grounding.metrics import DEFAULT_THRESHOLDS, cnr, contrast, miou, pointing_game
 from elvis_core.io.annotations import AnnotationSet, Phrase, rescale_boxes
 
 #: image suffixes tried when the annotated path is not found (MS-CXR lists MIMIC-CXR-JPG paths)
@@ -66,10 +66,11 @@ def resolve_image(images_root: os.PathLike | str, rel_path: str) -> Optional[Pat
 
 @dataclass
 class EvalResult:
-    #: one dict per evaluated phrase: path, dicom_id, category, label_text, n_boxes, cnr, miou, pointing, rows,
+    #: one dict per evaluated phrase: path, dicom_id, category, label_text, n_boxes, cnr, miou, pointing, contrast
+    #: (signed mean_in - mean_out), rows,
     #: warnings (e.g. rescaled boxes, truncated phrase)
     rows: List[Dict[str, Any]]
-    #: category -> {"n", "cnr", "miou", "pointing"}
+    #: category -> {"n", "cnr", "miou", "pointing", "in_gt_out" (share of phrases with contrast > 0)}
     per_category: Dict[str, Dict[str, float]]
     #: unweighted mean over categories of the per-category means
     macro: Dict[str, float]
@@ -88,12 +89,12 @@ class EvalResult:
 
     def table(self) -> str:
         """Per-category and macro table (plain text)."""
-        head = f"{'category':<28} {'n':>5} {'CNR':>7} {'mIoU':>7} {'pointing':>9}"
+        head = f"{'category':<28} {'n':>5} {'CNR':>7} {'mIoU':>7} {'pointing':>9} {'in>out':>7}"
         lines = [head, "-" * len(head)]
 
         def fmt(name: str, d: Dict[str, float]) -> str:
             return (f"{name[:28]:<28} {int(d['n']):>5} {_f(d['cnr']):>7} {_f(d['miou']):>7} "
-                    f"{_f(d['pointing']):>9}")
+                    f"{_f(d['pointing']):>9} {_f(d.get('in_gt_out', float('nan'))):>7}")
 
         for cat in sorted(self.per_category):
             lines.append(fmt(cat, self.per_category[cat]))
@@ -140,12 +141,14 @@ def _clean(obj):
 
 def _summary(rows: Sequence[Dict[str, Any]]) -> Dict[str, float]:
     if not rows:
-        return {"n": 0, "cnr": float("nan"), "miou": float("nan"), "pointing": float("nan")}
+        return {"n": 0, "cnr": float("nan"), "miou": float("nan"), "pointing": float("nan"),
+                "in_gt_out": float("nan")}
     c = np.array([r["cnr"] for r in rows], dtype=np.float64)
     c = c[np.isfinite(c)]
     return {"n": len(rows), "cnr": float(c.mean()) if c.size else float("nan"),
             "miou": float(np.mean([r["miou"] for r in rows])),
-            "pointing": float(np.mean([1.0 if r["pointing"] else 0.0 for r in rows]))}
+            "pointing": float(np.mean([1.0 if r["pointing"] else 0.0 for r in rows])),
+            "in_gt_out": float(np.mean([1.0 if r.get("contrast", float("nan")) > 0 else 0.0 for r in rows]))}
 
 
 def aggregate(rows: Sequence[Dict[str, Any]]) -> Tuple[Dict[str, Dict[str, float]], Dict[str, float],
@@ -157,7 +160,7 @@ def aggregate(rows: Sequence[Dict[str, Any]]) -> Tuple[Dict[str, Dict[str, float
     per = {k: _summary(v) for k, v in cats.items()}
     if per:
         macro = {"n": len(rows)}
-        for m in ("cnr", "miou", "pointing"):
+        for m in ("cnr", "miou", "pointing", "in_gt_out"):
             vals = [d[m] for d in per.values() if not math.isnan(d[m])]
             macro[m] = float(np.mean(vals)) if vals else float("nan")
     else:
@@ -208,6 +211,7 @@ def evaluate(engine, annotation_set: AnnotationSet, images_root: os.PathLike | s
                              "label_text": ph.label_text, "split": ph.split, "n_boxes": len(boxes),
                              "cnr": cnr(m, boxes, clamp_negative=clamp_negative),
                              "miou": miou(m, boxes, thresholds), "pointing": pointing_game(m, boxes),
+                             "contrast": contrast(m, boxes),
                              "rows": list(ph.rows), "warnings": "; ".join(warnings)})
         done += len(phrases)
         if progress is not None:

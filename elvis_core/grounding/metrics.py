@@ -13,6 +13,8 @@ Choices (documented in docs/grounding.md):
 - **mIoU**: for each threshold t (default 0.1 ... 0.5, in similarity units of the [-1, 1] map), IoU of
   ``map >= t`` with the box union; mean over thresholds. A threshold whose prediction and box union are both empty
   counts as IoU 0 (no box would be unusual; it cannot happen for MS-CXR phrases).
+- **Contrast** (a diagnostic, not in the papers): signed ``mean_in - mean_out``; the share of phrases with a
+  positive contrast ("in>out") says whether the map is higher inside the boxes, which the unsigned CNR cannot.
 - **Pointing game**: hit when the location of the map's global maximum (first in row-major order among ties,
   NaN ignored) is inside the box union.
 """
@@ -86,6 +88,19 @@ def cnr(map_img: np.ndarray, boxes: Sequence, clamp_negative: bool = False) -> f
     if denom == 0.0:
         return float("inf") if diff > 0 else float("nan")
     return diff / denom
+
+
+def contrast(map_img: np.ndarray, boxes: Sequence) -> float:
+    """Signed ``mean_in - mean_out`` (NaN ignored): > 0 when the map is higher inside the boxes. CNR is unsigned,
+    so a map that is *lower* in the box also gets a high CNR; this tells the two apart."""
+    m = _check_map(map_img)
+    inside = box_mask(m.shape, boxes)
+    valid = ~np.isnan(m)
+    a = m[inside & valid]
+    b = m[~inside & valid]
+    if a.size == 0 or b.size == 0:
+        return float("nan")
+    return float(a.mean()) - float(b.mean())
 
 
 def miou(map_img: np.ndarray, boxes: Sequence, thresholds: Sequence[float] = DEFAULT_THRESHOLDS) -> float:

@@ -58,6 +58,7 @@ def test_evaluate_per_category_macro_missing(dataset):
     assert bright["n"] == 2 and bright["pointing"] == 1.0 and bright["cnr"] > 1.0 and bright["miou"] > 0
     dark = res.per_category["Dark"]
     assert dark["n"] == 1 and dark["pointing"] == 0.0
+    assert bright["in_gt_out"] == 1.0 and dark["in_gt_out"] == 0.0  # "dark" is lower inside the bright box
     assert res.macro["pointing"] == pytest.approx(0.5)  # mean of categories, not of phrases
     assert res.overall["pointing"] == pytest.approx(2 / 3)
     rescaled = [r for r in res.rows if r["dicom_id"] == "b"][0]

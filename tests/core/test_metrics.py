@@ -5,7 +5,7 @@ import math
 import numpy as np
 import pytest
 
-from elvis_core.grounding.metrics import box_iou, box_mask, cnr, miou, pointing_game
+from elvis_core.grounding.metrics import box_iou, box_mask, cnr, contrast, miou, pointing_game
 from elvis_core.io.annotations import Box
 
 BOX = [Box(0, 0, 2, 2)]  # top-left 2x2 pixels of a 4x4 map
@@ -89,3 +89,11 @@ def test_pointing_game():
 def test_rejects_non_2d():
     with pytest.raises(ValueError):
         cnr(np.zeros((2, 2, 2)), BOX)
+
+
+def test_signed_contrast():
+    m, _ = _cnr_map()
+    assert contrast(m, BOX) == pytest.approx(1.0)  # 2 - 1
+    assert contrast(-m, BOX) == pytest.approx(-1.0)
+    assert cnr(-m, BOX) == pytest.approx(cnr(m, BOX))  # CNR cannot tell the two apart
+    assert math.isnan(contrast(m, [Box(0, 0, 4, 4)]))
