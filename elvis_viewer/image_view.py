@@ -49,6 +49,11 @@ CHEST_PRESETS = {
 }
 
 
+def _num(v: float) -> str:
+    """W/L numbers as a radiologist reads them: integers for large values, 4 significant digits otherwise."""
+    return f"{v:.0f}" if abs(v) >= 100 else f"{v:.4g}"
+
+
 def _overlay_colormap(name: str) -> pg.ColorMap:
     key = OVERLAY_COLORMAPS.get(name, name)
     return pg.colormap.get(key)
@@ -588,7 +593,7 @@ class ImageView(QtWidgets.QWidget):
         if self._use_voi_lut:
             wl = "W/L: VOI LUT"
         else:
-            wl = f"W {self._width:.4g}  L {self._center:.4g}"
+            wl = f"W {_num(self._width)}  L {_num(self._center)}"
         if self._inverted:
             wl += "  (inverted)"
         self._corners["bl"].setText(f"{self._identity}\n{wl}" if self._identity else wl)
