@@ -99,6 +99,7 @@ class MainWindow(QtWidgets.QMainWindow):
         self._build_docks()
         self._build_status()
         self._build_menus()
+        self._build_toolbar()
         self._restore_state()
 
     # ============================================================================================= construction
@@ -260,13 +261,13 @@ class MainWindow(QtWidgets.QMainWindow):
         self._act(m, "Open compare checkpoint…", None, lambda: self._open_checkpoint_dialog(1))
         self._act(m, "Open annotations (MS-CXR CSV)…", None, self._open_annotations_dialog)
         m.addSeparator()
-        self._act(m, "Export view as PNG…", "Ctrl+E", self._export_dialog)
+        self.export_act = self._act(m, "Export view as PNG…", "Ctrl+E", self._export_dialog)
         m.addSeparator()
         self._act(m, "Quit", "Ctrl+Q", self.close)
 
         v = mb.addMenu("&View")
-        self._act(v, "Fit", "F", self._each_view(lambda iv: iv.fit()))
-        self._act(v, "1:1", "1", self._each_view(lambda iv: iv.one_to_one()))
+        self.fit_act = self._act(v, "Fit", "F", self._each_view(lambda iv: iv.fit()))
+        self.one_act = self._act(v, "1:1", "1", self._each_view(lambda iv: iv.one_to_one()))
         self._act(v, "Zoom in", "+", self._each_view(lambda iv: iv.zoom(1.25)))
         self._act(v, "Zoom out", "-", self._each_view(lambda iv: iv.zoom(0.8)))
         self.invert_act = self._act(v, "Invert", "I", lambda on: self._each_view(lambda iv: iv.set_inverted(on))(),
@@ -281,13 +282,36 @@ class MainWindow(QtWidgets.QMainWindow):
         self.overlay_act.setChecked(True)
         self.compare_act = self._act(v, "Compare mode", "Ctrl+M", self.set_compare_mode, checkable=True)
         v.addSeparator()
-        self._act(v, "DICOM tags…", "Ctrl+T", self.show_tag_inspector)
+        self.tags_act = self._act(v, "DICOM tags…", "Ctrl+T", self.show_tag_inspector)
         self.privacy_act = self._act(v, "Show patient identifiers", None, self.set_reveal_identifiers,
                                      checkable=True)
         h = mb.addMenu("&Help")
         self._act(h, "Keyboard shortcuts", "F1", self.show_shortcuts)
         self._act(h, "About", None, lambda: QtWidgets.QMessageBox.about(
             self, "ELVIS Viewer", "ELVIS Viewer — chest X-ray studies and phrase grounding (arXiv 2304.05303)."))
+
+    def _build_toolbar(self):
+        tb = self.addToolBar("View")
+        tb.setObjectName("toolbar_view")
+        tb.setMovable(False)
+        for a in (self.fit_act, self.one_act, self.invert_act, self.wl_act, self.ruler_act):
+            tb.addAction(a)
+        tb.addWidget(QtWidgets.QLabel("  Preset "))
+        self.preset_combo = QtWidgets.QComboBox()
+        self.preset_combo.setMinimumWidth(140)
+        self.preset_combo.setToolTip("Window presets: the file's DICOM windows / VOI LUT and chest presets")
+        self.preset_combo.activated.connect(
+            lambda i: self.preset_combo.itemText(i) and self.image_view.apply_preset(self.preset_combo.itemText(i)))
+        tb.addWidget(self.preset_combo)
+        tb.addSeparator()
+        for a in (self.overlay_act, self.compare_act, self.tags_act, self.export_act):
+            tb.addAction(a)
+
+    def _refresh_preset_combo(self):
+        self.preset_combo.clear()
+        for w in self.image_view.presets():
+            self.preset_combo.addItem(w.name)
+        self.preset_combo.setCurrentIndex(0)
 
     def _act(self, menu, text, shortcut, slot, checkable=False) -> QtGui.QAction:
         a = QtGui.QAction(text, self)
@@ -509,6 +533,7 @@ class MainWindow(QtWidgets.QMainWindow):
         self.statusBar().showMessage(f"{os.path.basename(path)}: {rad.cols} x {rad.rows}", 5000)
         for iv in (self.image_view, self.compare_view):
             iv.set_radiograph(rad)
+        self._refresh_preset_combo()
         for s in self.slots:
             s.gmap = None
         if rad.warnings:

@@ -199,6 +199,18 @@ def test_annotated_phrases_underlined_and_boxes_drawn(qtbot, win, study_root, tm
     assert sorted((r.rect().x(), r.rect().y()) for r in rects) == [(10, 80), (70, 80)]
 
 
+def test_preset_combo_sets_window(qtbot, win, study_root):
+    _open_study(qtbot, win, study_root)
+    names = [win.preset_combo.itemText(i) for i in range(win.preset_combo.count())]
+    assert {"Lung", "Mediastinum", "Bone", "Auto"} <= set(names)
+    i = names.index("Bone")
+    win.preset_combo.setCurrentIndex(i)
+    win.preset_combo.activated.emit(i)
+    bone = [w for w in win.image_view.presets() if w.name == "Bone"][0]
+    assert win.image_view.window() == pytest.approx((bone.center, bone.width))
+    assert win.compare_view.window() != pytest.approx((bone.center, bone.width))  # not linked outside compare mode
+
+
 def test_wl_drag_in_window_changes_levels(qtbot, win, study_root):
     _open_study(qtbot, win, study_root)
     iv = win.image_view
