@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import math
+import os
 import sys
 
 EXAMPLE = """examples:
@@ -35,6 +36,8 @@ def run(args: argparse.Namespace) -> int:
 
     cfg = load_config(args.config, args.sets)
     res = train(cfg, out_dir=args.out, progress=False if args.no_progress else None)
+    if int(os.environ.get("RANK", "0")) != 0:  # under torchrun only rank 0 reports
+        return 0
     for line in res.data_lines:
         print(line)
     print(f"trained {res.steps} steps ({res.epochs_done} epochs) in {res.seconds:.1f} s, "

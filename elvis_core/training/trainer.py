@@ -284,13 +284,14 @@ def _tokenizer_from_rank0(tokenizer, world: int, rank: int):
     from tokenizers import Tokenizer
     from transformers import PreTrainedTokenizerFast
 
-    box = [tokenizer.backend_tokenizer.to_str() if rank == 0 else None]
+    box = [(tokenizer.backend_tokenizer.to_str(), int(tokenizer.model_max_length)) if rank == 0 else None]
     dist.broadcast_object_list(box, src=0)
     if rank == 0:
         return tokenizer
-    return PreTrainedTokenizerFast(tokenizer_object=Tokenizer.from_str(box[0]), unk_token="[UNK]",
+    text, max_len = box[0]
+    return PreTrainedTokenizerFast(tokenizer_object=Tokenizer.from_str(text), unk_token="[UNK]",
                                    pad_token="[PAD]", cls_token="[CLS]", sep_token="[SEP]", mask_token="[MASK]",
-                                   model_max_length=tokenizer.model_max_length)
+                                   model_max_length=max_len)
 
 
 def train(cfg: Dict[str, Any], out_dir: Optional[str] = None, progress: Optional[bool] = None) -> TrainResult:

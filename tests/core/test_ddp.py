@@ -92,3 +92,34 @@ def test_without_negatives_from_other_ranks_gradients_differ():
     half = Toy()
     (0.5 * (half(x[:B_LOCAL], y[:B_LOCAL]) + half(x[B_LOCAL:], y[B_LOCAL:]))).backward()
     assert not torch.allclose(half.img.weight.grad, g_full, atol=1e-4)
+
+
+@pytest.mark.slow
+def test_elvis_train_under_torchrun_two_cpu_processes(tmp_path):
+    """The real trainer under torchrun (gloo): vocabulary broadcast, DistributedSampler, gathered InfoNCE, rank-0
+    outputs."""
+    import json
+    import subprocess
+    import sys
+
+    from elvis_core.model.checkpoint import load_checkpoint
+    from elvis_core.phantom import generate
+
+    generate(tmp_path / "ph", 16, seed=5, size=128)
+    cfg = tmp_path / "t.toml"
+    cfg.write_text(f"[model]\npreset = 'tiny'\n[data]\nroot = {str(tmp_path / 'ph')!r}\n[augment]\nenabled = false\n"
+                   "[train]\nmax_steps = 3\nbatch_size = 4\nthreads = 1\nlog_every = 1\nprogress = false\n"
+                   "warmup_steps = 1\n")
+    out = tmp_path / "run"
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    proc = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+                           "-m", "elvis_core", "train", str(cfg), "--out", str(out)],
+                          capture_output=True, text=True, timeout=240, env=env)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert proc.stdout.count("checkpoint:") == 1  # only rank 0 reports
+    prov = json.loads((out / "model" / "config.json").read_text())["provenance"]
+    assert prov["training"]["world_size"] == 2 and prov["training"]["steps_done"] == 3
+    rows = (out / "log.csv").read_text().strip().splitlines()
+    assert len(rows) == 4  # header + 3 steps, written once (rank 0)
+    m = load_checkpoint(out / "model")
+    assert m.tokenizer.convert_ids_to_tokens(m.tokenize(["effusion"])["input_ids"][0].tolist())[0] == "[CLS]"
