@@ -229,3 +229,24 @@ def test_train_with_pretrained_minilm_text_encoder(phantom, tmp_path):
     assert res.steps == 2
     m = load_checkpoint(res.model_dir)
     assert m.text_hidden == 384 and m.tokenizer.cls_token_id == 101
+
+
+def test_lr_schedule_warmup_then_cosine():
+    from elvis_core.training.trainer import lr_lambda
+
+    assert [lr_lambda(s, 4, 20, 0.1) for s in range(4)] == [0.25, 0.5, 0.75, 1.0]
+    assert lr_lambda(4, 4, 20, 0.1) == pytest.approx(1.0)
+    assert lr_lambda(12, 4, 20, 0.1) == pytest.approx(0.1 + 0.9 * 0.5)  # half-way down the cosine
+    assert lr_lambda(20, 4, 20, 0.1) == pytest.approx(0.1)
+    assert lr_lambda(50, 4, 20, 0.1) == pytest.approx(0.1)
+
+
+def test_gradient_accumulation_counts_optimizer_steps(phantom, tmp_path):
+    from elvis_core.training.trainer import train
+
+    # 24 pairs, batch 4 -> 6 micro-batches per epoch; accumulating 2 -> 3 optimizer steps per epoch
+    res = train(_tiny_cfg(phantom, tmp_path / "acc", **{"train.batch_size": 4, "train.grad_accum": 2,
+                                                        "train.max_steps": 4}))
+    assert res.steps == 4
+    rows = [r.split(",") for r in (tmp_path / "acc" / "log.csv").read_text().strip().splitlines()[1:]]
+    assert [(int(r[0]), int(r[1])) for r in rows if r[3]] == [(1, 0), (2, 0), (3, 0), (4, 1)]
