@@ -319,17 +319,18 @@ def test_shortcut_sheet(qtbot, win):
     assert "Show / hide the grounding overlay" in lab.text()
 
 
-def test_no_gui_stall_while_model_loads_and_image_embeds(qtbot, win, study_root):
-    """Measure event-loop gaps with a 5 ms QTimer while a model is built and an image embedded in workers."""
+def test_no_gui_stall_while_model_loads_and_image_embeds(qtbot, win, study_root, tmp_path):
+    """Measure event-loop gaps with a 5 ms QTimer while a checkpoint directory loads (safetensors + tokenizer) and
+    an image is embedded and grounded, all in workers."""
     _open_study(qtbot, win, study_root)
     import torch
 
     from elvis_core.model import build_model
+    from elvis_core.model.checkpoint import save_checkpoint
     from elvis_core.model.config import preset
 
-    def factory():
-        torch.manual_seed(0)
-        return build_model(preset("demo"))
+    torch.manual_seed(0)
+    ckpt = save_checkpoint(build_model(preset("demo")), tmp_path / "ckpt")
 
     from elvis_viewer.app import preload_heavy_modules
 
@@ -340,7 +341,7 @@ def test_no_gui_stall_while_model_loads_and_image_embeds(qtbot, win, study_root)
     timer.timeout.connect(lambda: stamps.append(time.perf_counter()))
     timer.start()
     t0 = time.perf_counter()
-    win.load_checkpoint(None, 0, factory=factory, name="m")
+    win.load_checkpoint(str(ckpt), 0)
     qtbot.waitUntil(lambda: win.slots[0].engine is not None, timeout=60000)
     with qtbot.waitSignal(win.overlayUpdated, timeout=30000):
         win.ground_phrase("left basal opacity")  # embeds the image (cache miss) then grounds
