@@ -22,6 +22,7 @@ DEFAULTS: Dict[str, Any] = {
     "data": {
         "root": "",  # MIMIC-CXR-layout root or phantom folder
         "views": ["PA", "AP"],
+        "mimic_metadata": "",  # mimic-cxr-2.0.0-metadata.csv(.gz): ViewPosition of JPG images by dicom_id
         "exclude_ms_cxr": "",  # MS-CXR CSV: its patients never enter training
         "exclude_splits": [],  # only rows of these splits of that CSV (empty: all rows)
         "max_pairs": 0,  # 0 = all

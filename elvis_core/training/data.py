@@ -91,8 +91,32 @@ def excluded_patients_from_csv(path: str, splits: Sequence[str] = ()) -> Set[str
     return out
 
 
+def read_mimic_views(path: str) -> Dict[str, str]:
+    """``dicom_id -> ViewPosition`` from MIMIC-CXR-JPG's ``mimic-cxr-2.0.0-metadata.csv`` (or ``.csv.gz``), for JPG
+    images, which carry no view tag."""
+    import csv
+    import gzip
+
+    if not os.path.isfile(path):
+        raise ConfigError("MIMIC metadata CSV not found", path)
+    opener = gzip.open if path.endswith(".gz") else open
+    try:
+        with opener(path, "rt", encoding="utf-8", newline="") as fh:
+            reader = csv.DictReader(fh)
+            cols = reader.fieldnames or []
+            if "dicom_id" not in cols or "ViewPosition" not in cols:
+                raise ConfigError(f"MIMIC metadata CSV needs columns dicom_id and ViewPosition (found: "
+                                  f"{', '.join(cols)})", path)
+            return {row["dicom_id"]: (row["ViewPosition"] or "").strip().upper() for row in reader}
+    except (OSError, UnicodeDecodeError, csv.Error) as err:
+        raise ConfigError(f"cannot read the MIMIC metadata CSV ({err})", path) from err
+
+
 def find_pairs(root: str, views: Sequence[str] = ("PA", "AP"), exclude_patients: Optional[Set[str]] = None,
-               max_pairs: int = 0, progress: Optional[Callable[[int, int], None]] = None) -> Tuple[List[Pair], PairStats]:
+               max_pairs: int = 0, progress: Optional[Callable[[int, int], None]] = None,
+               view_of: Optional[Dict[str, str]] = None) -> Tuple[List[Pair], PairStats]:
+    """Image-report pairs under ``root``. ``view_of``: dicom_id (file stem) -> view, for images without a view tag
+    (MIMIC-CXR-JPG; see :func:`read_mimic_views`)."""
     from elvis_core.io.annotations import patient_id_from_path
     from elvis_core.io.report import read_report
     from elvis_core.io.studies import scan_folder
@@ -123,6 +147,8 @@ def find_pairs(root: str, views: Sequence[str] = ("PA", "AP"), exclude_patients:
             continue
         for im in st.images:
             view = (im.view_position or "").upper()
+            if not view and view_of:
+                view = view_of.get(os.path.splitext(os.path.basename(im.path))[0], "")
             if view and view not in views_u:
                 stats.wrong_view += 1
                 continue

@@ -298,7 +298,7 @@ def train(cfg: Dict[str, Any], out_dir: Optional[str] = None, progress: Optional
     """Run a training described by a validated config (:func:`elvis_core.training.config.load_config`)."""
     from elvis_core.model.elvis import build_model
     from elvis_core.training.data import (Augment, Collate, PairDataset, excluded_patients_from_csv, find_pairs,
-                                          split_val)
+                                          read_mimic_views, split_val)
 
     t_start = time.perf_counter()
     tc, dc = cfg["train"], cfg["data"]
@@ -314,18 +314,21 @@ def train(cfg: Dict[str, Any], out_dir: Optional[str] = None, progress: Optional
     torch.manual_seed(tc["seed"])
     np.random.seed(tc["seed"])
 
+    model_cfg = model_config_from(cfg)  # validate the model part before scanning data
+
     # ---- data
     if not dc["root"]:
         raise ConfigError("config key 'data.root' is empty: give the MIMIC-CXR-layout or phantom folder to train on")
     excluded = set()
     if dc["exclude_ms_cxr"]:
         excluded = excluded_patients_from_csv(dc["exclude_ms_cxr"], dc["exclude_splits"])
-    pairs, stats = find_pairs(dc["root"], views=dc["views"], exclude_patients=excluded, max_pairs=dc["max_pairs"])
+    view_of = read_mimic_views(dc["mimic_metadata"]) if dc["mimic_metadata"] else None
+    pairs, stats = find_pairs(dc["root"], views=dc["views"], exclude_patients=excluded, max_pairs=dc["max_pairs"],
+                              view_of=view_of)
     if not pairs:
         raise ConfigError("no image-report pairs found (need DICOM/JPG images with a report holding FINDINGS or "
                           "IMPRESSION, PA/AP views); " + stats.lines()[1], dc["root"])
     train_pairs, val_pairs = split_val(pairs, dc["val_fraction"], tc["seed"])
-    model_cfg = model_config_from(cfg)
 
     # ---- model (resume or new)
     last = out / "last"

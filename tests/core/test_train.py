@@ -250,3 +250,29 @@ def test_gradient_accumulation_counts_optimizer_steps(phantom, tmp_path):
     assert res.steps == 4
     rows = [r.split(",") for r in (tmp_path / "acc" / "log.csv").read_text().strip().splitlines()[1:]]
     assert [(int(r[0]), int(r[1])) for r in rows if r[3]] == [(1, 0), (2, 0), (3, 0), (4, 1)]
+
+
+def test_mimic_jpg_views_from_metadata(tmp_path):
+    """MIMIC-CXR-JPG: JPGs have no view tag; the metadata CSV decides (lateral dropped)."""
+    import cv2
+    import numpy as np
+
+    from elvis_core.training.data import find_pairs, read_mimic_views
+
+    study = tmp_path / "files" / "p10" / "p10000001" / "s50000001"
+    study.mkdir(parents=True)
+    img = (np.random.default_rng(0).random((64, 60)) * 255).astype(np.uint8)
+    for stem in ("aaa", "bbb"):
+        cv2.imwrite(str(study / f"{stem}.jpg"), img)
+    (study.parent / "s50000001.txt").write_text("FINDINGS: Small left effusion.\n\nIMPRESSION: Effusion.\n")
+    meta = tmp_path / "meta.csv"
+    meta.write_text("dicom_id,subject_id,study_id,ViewPosition\naaa,1,1,PA\nbbb,1,1,LATERAL\n")
+    pairs, stats = find_pairs(str(tmp_path), view_of=read_mimic_views(str(meta)))
+    assert [os.path.basename(p.image_path) for p in pairs] == ["aaa.jpg"] and stats.wrong_view == 1
+    assert pairs[0].text == "Small left effusion. Effusion." and pairs[0].patient == "p10000001"
+    pairs, stats = find_pairs(str(tmp_path))  # without metadata both are kept, and counted as view unknown
+    assert len(pairs) == 2 and stats.unknown_view_kept == 2
+    bad = tmp_path / "bad.csv"
+    bad.write_text("a,b\n1,2\n")
+    with pytest.raises(ConfigError, match="needs columns dicom_id and ViewPosition"):
+        read_mimic_views(str(bad))
