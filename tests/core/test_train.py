@@ -70,10 +70,20 @@ def test_set_values_are_toml_literals():
         parse_set("train.lr")
 
 
+CONFIG_DIR = os.path.join(os.path.dirname(__file__), "..", "..", "resources", "configs")
+
+
 def test_demo_config_file_is_valid():
-    here = os.path.dirname(__file__)
-    cfg = load_config(os.path.join(here, "..", "..", "resources", "configs", "demo.toml"))
+    cfg = load_config(os.path.join(CONFIG_DIR, "demo.toml"))
     assert cfg["model"]["preset"] == "demo" and cfg["data"]["exclude_splits"] == ["val", "test"]
+
+
+@pytest.mark.parametrize("name", sorted(f for f in os.listdir(CONFIG_DIR) if f.endswith(".toml")))
+def test_shipped_configs_are_valid(name):
+    from elvis_core.training.config import model_config_from
+
+    cfg = load_config(os.path.join(CONFIG_DIR, name))
+    assert model_config_from(cfg)["architecture"] == "elvis-dual-encoder"
 
 
 def test_model_overrides_validated(tmp_path):
