@@ -20,7 +20,7 @@ Public API (stable, reused by the review mode):
 
 from __future__ import annotations
 
-from typing import Iterable, List, Optional, Sequence, Tuple
+from typing import List, Optional, Sequence, Tuple
 
 import numpy as np
 import pyqtgraph as pg

@@ -8,7 +8,7 @@ through :class:`SpanMap` in both directions; a test checks the mapping on text w
 from __future__ import annotations
 
 import bisect
-from typing import Iterable, List, Optional, Sequence, Tuple
+from typing import Iterable, List, Optional, Tuple
 
 from PySide6 import QtCore, QtGui, QtWidgets
 

@@ -3,7 +3,7 @@
 import shutil
 
 import pytest
-from PySide6 import QtCore, QtGui, QtWidgets
+from PySide6 import QtCore, QtGui
 from pydicom.data import get_testdata_file
 
 from elvis_viewer import app as app_mod
