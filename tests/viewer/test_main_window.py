@@ -180,7 +180,6 @@ def test_selecting_text_with_mouse_grounds_exact_span(qtbot, win, study_root):
 
 
 def test_annotated_phrases_underlined_and_boxes_drawn(qtbot, win, study_root, tmp_path):
-
     csv = tmp_path / "ms_cxr.csv"
     rel = "files/p10/p10000001/s50000001/a_ct.dcm"
     csv.write_text("dicom_id,category_name,label_text,path,x,y,w,h,image_width,image_height\n"
