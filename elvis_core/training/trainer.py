@@ -413,7 +413,12 @@ def train(cfg: Dict[str, Any], out_dir: Optional[str] = None, progress: Optional
         model.text_encoder.compile()
     ddp = module
     if world > 1:
-        ddp = nn.parallel.DistributedDataParallel(module, device_ids=[device.index] if device.type == "cuda" else None)
+        w = objective.weights
+        # a head no enabled objective reaches (e.g. separate global heads with global InfoNCE off) has no gradient
+        unused = not model_cfg["projection"]["shared_local_global"] and (
+            "global" not in w or not ({"local", "region_sentence", "intra"} & set(w)))
+        ddp = nn.parallel.DistributedDataParallel(module, device_ids=[device.index] if device.type == "cuda" else None,
+                                                  find_unused_parameters=unused)
 
     provenance = {
         "objectives": {"weights": oc["weights"], **{k: oc[k] for k in oc if k != "weights"}},
