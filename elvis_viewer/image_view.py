@@ -49,6 +49,18 @@ CHEST_PRESETS = {
 }
 
 
+def _shadow() -> QtWidgets.QGraphicsDropShadowEffect:
+    eff = QtWidgets.QGraphicsDropShadowEffect()
+    eff.setBlurRadius(4)
+    eff.setOffset(1, 1)
+    eff.setColor(QtGui.QColor(0, 0, 0, 230))
+    return eff
+
+
+#: short names of spacing sources for the corner text
+_SPACING_SHORT = {"ImagerPixelSpacing/EstimatedRadiographicMagnificationFactor": "ImagerPixelSpacing/ERMF"}
+
+
 def _num(v: float) -> str:
     """W/L numbers as a radiologist reads them: integers for large values, 4 significant digits otherwise."""
     return f"{v:.0f}" if abs(v) >= 100 else f"{v:.4g}"
@@ -171,6 +183,7 @@ class ImageView(QtWidgets.QWidget):
             it.setBrush(QtGui.QColor("#e8e8a0"))
             it.setFont(font)
             it.setZValue(100)
+            it.setGraphicsEffect(_shadow())  # readable over bright image regions
             self._corners[key] = it
         mfont = QtGui.QFont()
         mfont.setPointSize(13)
@@ -181,6 +194,7 @@ class ImageView(QtWidgets.QWidget):
             it.setBrush(QtGui.QColor("#ffd24d"))
             it.setFont(mfont)
             it.setZValue(100)
+            it.setGraphicsEffect(_shadow())
             self._markers[key] = it
 
         lay = QtWidgets.QVBoxLayout(self)
@@ -586,7 +600,8 @@ class ImageView(QtWidgets.QWidget):
         self._corners["tl"].setText("\n".join(tl))
         r, c = rad.shape
         if rad.pixel_spacing:
-            sp = f"{rad.pixel_spacing[0]:.3g} x {rad.pixel_spacing[1]:.3g} mm ({rad.spacing_source})"
+            src = _SPACING_SHORT.get(rad.spacing_source, rad.spacing_source)
+            sp = f"{rad.pixel_spacing[0]:.3g} x {rad.pixel_spacing[1]:.3g} mm ({src})"
         else:
             sp = "spacing unknown (px)"
         self._corners["tr"].setText(f"{c} x {r}\n{sp}")
