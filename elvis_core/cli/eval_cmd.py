@@ -33,6 +33,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--sigma", type=float, default=0.0, help="Gaussian smoothing of the grid map, in grid cells "
                                                             "(hi-ml uses 1.5; default 0 = none)")
     p.add_argument("--clamp-negative", action="store_true", help="clamp negative similarities to 0 before CNR")
+    p.add_argument("--phrase-map", choices=("global", "token-mean"), default="global",
+                   help="global: cosine(patch, phrase embedding) (default, BioViL-style); token-mean: mean over the "
+                        "phrase's tokens of cosine(patch, token embedding) (GLoRIA-style)")
     p.add_argument("--device", default=None, help="torch device (default: cuda when available, else cpu)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.set_defaults(func=run)
@@ -94,7 +97,8 @@ def run(args: argparse.Namespace) -> int:
     if not sub.phrases:
         raise ElvisError(f"no phrases to evaluate" + (f" in split {args.split!r}" if args.split else ""),
                          args.annotations)
-    engine = GroundingEngine(args.checkpoint, device=args.device, smoothing_sigma=args.sigma)
+    engine = GroundingEngine(args.checkpoint, device=args.device, smoothing_sigma=args.sigma,
+                             phrase_map=args.phrase_map)
 
     bar = None
     if not args.no_progress:
@@ -119,7 +123,8 @@ def run(args: argparse.Namespace) -> int:
     if len(result.missing) > 20:
         print(f"... {len(result.missing) - 20} more missing/unreadable images", file=sys.stderr)
     print(f"checkpoint {engine.checkpoint_name} (sha256 {engine.checkpoint_hash}) on {engine.device_name}; "
-          f"sigma {args.sigma}; split {args.split or 'all'}; {result.n_evaluated} phrases in {elapsed:.1f}s")
+          f"sigma {args.sigma}; phrase map {args.phrase_map}; split {args.split or 'all'}; "
+          f"{result.n_evaluated} phrases in {elapsed:.1f}s")
     print(result.table())
     if args.json_out:
         doc = result.to_json()

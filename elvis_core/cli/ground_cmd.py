@@ -34,6 +34,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--opacity", type=float, default=0.5, help="map opacity over the image, 0..1 (default 0.5)")
     p.add_argument("--cmap", default="RdBu_r", help="RdBu_r (default), RdBu, viridis or gray")
     p.add_argument("--frame", type=int, default=0, help="frame of a multi-frame DICOM (default 0)")
+    p.add_argument("--phrase-map", choices=("global", "token-mean"), default="global",
+                   help="global: cosine(patch, phrase embedding) (default, BioViL-style); token-mean: mean over the "
+                        "phrase's tokens of cosine(patch, token embedding) (GLoRIA-style)")
     p.add_argument("--device", default=None, help="torch device (default: cuda when available, else cpu)")
     p.set_defaults(func=run)
 
@@ -90,7 +93,8 @@ def run(args: argparse.Namespace) -> int:
             print(f"{args.annotations}: no phrase for this image (matched by path or dicom_id {img.stem!r})",
                   file=sys.stderr)
 
-    engine = GroundingEngine(args.checkpoint, device=args.device, smoothing_sigma=args.sigma)
+    engine = GroundingEngine(args.checkpoint, device=args.device, smoothing_sigma=args.sigma,
+                             phrase_map=args.phrase_map)
     engine.set_image(rad)
     maps = engine.ground_many(args.phrases)
     outs = _outputs(out, len(maps))
@@ -107,7 +111,8 @@ def run(args: argparse.Namespace) -> int:
                     print(f"note: {note}", file=sys.stderr)
                 boxes.extend(b)
         footer = (f"checkpoint {engine.checkpoint_name} sha256:{engine.checkpoint_hash} | grid "
-                  f"{gm.similarity.shape[0]}x{gm.similarity.shape[1]} | sigma {args.sigma:g} | opacity "
+                  f"{gm.similarity.shape[0]}x{gm.similarity.shape[1]} | {args.phrase_map} | sigma {args.sigma:g} | "
+                  f"opacity "
                   f"{args.opacity:g} | {args.cmap} over [-1, 1] | {engine.device_name}")
         fig = render_overlay(rad, gm, boxes=boxes, phrase=gm.phrase, footer=footer, opacity=args.opacity,
                              cmap=args.cmap)

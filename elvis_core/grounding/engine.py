@@ -37,6 +37,12 @@ from elvis_core.grounding.types import GroundingMap
 log = logging.getLogger(__name__)
 
 
+#: how a phrase map is made: "global" = cosine(patch, text global embedding) (the agreed default, BioViL-style);
+#: "token-mean" = mean over the phrase's non-special tokens of cosine(patch, token embedding) (GLoRIA-style local
+#: alignment; = patch . mean of the unit token vectors, so it stays in [-1, 1])
+PHRASE_MAPS = ("global", "token-mean")
+
+
 def _default_device() -> torch.device:
     return torch.device("cuda" if torch.cuda.is_available() else "cpu")
 
@@ -77,7 +83,10 @@ def _state_hash(model) -> str:
 
 class GroundingEngine:
     def __init__(self, model_or_checkpoint_dir: Any, device: Optional[str] = None, smoothing_sigma: float = 0.0,
-                 cache_size: int = 8, text_cache_size: int = 256):
+                 cache_size: int = 8, text_cache_size: int = 256, phrase_map: str = "global"):
+        if phrase_map not in PHRASE_MAPS:
+            raise GroundingError(f"phrase map must be one of {', '.join(PHRASE_MAPS)}, got {phrase_map!r}")
+        self.phrase_map = phrase_map
         if smoothing_sigma < 0 or not math.isfinite(float(smoothing_sigma)):
             raise GroundingError(f"smoothing sigma must be a finite number >= 0, got {smoothing_sigma}")
         if int(cache_size) < 1:
@@ -134,7 +143,10 @@ class GroundingEngine:
     def settings(self) -> Dict[str, Any]:
         """What decides the maps besides the weights (for footers and provenance)."""
         return {"smoothing_sigma": self.smoothing_sigma, "preprocessing": self.transform.to_config(),
-                "similarity": "cosine(patch_emb, text global_emb)", "device": self.device_name}
+                "phrase_map": self.phrase_map,
+                "similarity": ("cosine(patch_emb, text global_emb)" if self.phrase_map == "global"
+                               else "mean over tokens of cosine(patch_emb, token_emb)"),
+                "device": self.device_name}
 
     # -- image ----------------------------------------------------------------------------------------------------
     def image_key(self, radiograph) -> str:
@@ -206,14 +218,30 @@ class GroundingEngine:
         out = self.model.encode_text(ids, mask)
         return out, tok
 
+    def _content_tokens(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        """Float mask [B, L]: 1 for real, non-special tokens (falls back to all real tokens for a row without any)."""
+        special = list(set(getattr(self.model.tokenizer, "all_special_ids", []) or []))
+        keep = attention_mask.bool().clone()
+        if special:
+            keep &= ~torch.isin(input_ids, torch.tensor(special, dtype=input_ids.dtype))
+        empty = keep.sum(1) == 0
+        keep[empty] = attention_mask.bool()[empty]
+        return keep.float()
+
     def _text_globals(self, phrases: Sequence[str]) -> List[Tuple[torch.Tensor, bool]]:
         """(global embedding [D], truncated) per phrase, through the text cache; misses in ONE encoder call."""
         missing = [p for p in dict.fromkeys(phrases) if p not in self._texts]
         if missing:
             out, tok = self._encode_texts(missing)
             truncated = list(tok.get("truncated", [False] * len(missing)))
+            if self.phrase_map == "token-mean":
+                keep = self._content_tokens(tok["input_ids"], tok["attention_mask"]).to(out.token_emb.device)
+                unit = torch.nn.functional.normalize(out.token_emb.float(), dim=-1) * keep[..., None]
+                vecs = unit.sum(1) / keep.sum(1, keepdim=True).clamp_min(1)
+            else:
+                vecs = out.global_emb.float()
             for i, p in enumerate(missing):
-                self._texts[p] = (out.global_emb[i].float(), bool(truncated[i]))
+                self._texts[p] = (vecs[i], bool(truncated[i]))
         res = []
         for p in phrases:
             self._texts.move_to_end(p)
@@ -277,7 +305,11 @@ class GroundingEngine:
             special = set(getattr(tokenizer, "all_special_ids", []) or [])
             keep = [i for i, (t, m) in enumerate(zip(ids, mask)) if m and t not in special]
             tokens = tokenizer.convert_ids_to_tokens([ids[i] for i in keep])
-            sim = self._similarity(patch, out.global_emb[0].float())
+            if self.phrase_map == "token-mean":
+                (vec, _), = self._text_globals([text])
+            else:
+                vec = out.global_emb[0].float()
+            sim = self._similarity(patch, vec)
             if keep:
                 temb = out.token_emb[0, keep].float()
                 temb = torch.nn.functional.normalize(temb, dim=-1)

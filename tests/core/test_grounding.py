@@ -239,3 +239,16 @@ def test_identity(engine):
     assert engine.checkpoint_name == "in-memory model"
     h = engine.checkpoint_hash
     assert len(h) == 12 and h == GroundingEngine(StandInModel(), device="cpu").checkpoint_hash
+
+
+def test_token_mean_phrase_map():
+    eng = GroundingEngine(StandInModel(), device="cpu", phrase_map="token-mean")
+    eng.set_image(phantom())
+    toks = eng.ground_tokens("bright dark lung")
+    np.testing.assert_allclose(toks.similarity, toks.token_maps.mean(0), atol=1e-6)
+    many = eng.ground_many(["bright dark lung", "bright"])
+    np.testing.assert_allclose(many[0].similarity, toks.similarity, atol=1e-6)
+    np.testing.assert_allclose(many[1].similarity, toks.token_maps[0], atol=1e-6)
+    assert eng.settings()["phrase_map"] == "token-mean"
+    with pytest.raises(GroundingError, match="phrase map"):
+        GroundingEngine(StandInModel(), phrase_map="max")
