@@ -80,3 +80,22 @@ def test_review_flag_opens_review_tab(qtbot, tmp_path, demo_resources):
     assert win.tabs.currentWidget() is win.review_view
     assert "Review" not in win.message_label.text()
     workers.wait_all()
+
+
+@pytest.mark.skipif(not (app_mod.DEMO_STUDIES.is_dir() and app_mod.DEMO_MODEL.is_dir()),
+                    reason="resources/demo or resources/demo_model not built yet")
+def test_shipped_demo_opens_and_grounds(qtbot, tmp_path):
+    """The real `elvis-viewer --demo` resources: first annotated phrase selected, map drawn over the whole image."""
+    win = MainWindow(settings=QtCore.QSettings(str(tmp_path / "s.ini"), QtCore.QSettings.Format.IniFormat))
+    qtbot.addWidget(win)
+    win.show()
+    with qtbot.waitSignal(win.overlayUpdated, timeout=60000):
+        app_mod.open_from_args(win, app_mod.build_parser().parse_args(["--demo"]))
+    qtbot.waitUntil(lambda: not win.busy(), timeout=60000)
+    assert not win.problems, win.problems
+    labels = [" ".join(p.label_text.split()) for p in win._annotated_phrases()]
+    assert win.phrase in labels and win.image_view.box_items()
+    br = win.image_view.overlay_item.mapRectToParent(win.image_view.overlay_item.boundingRect())
+    rows, cols = win.rad.shape
+    assert br.left() <= 0.01 and br.top() <= 0.01 and br.right() >= cols - 0.01 and br.bottom() >= rows - 0.01
+    workers.wait_all()
