@@ -106,8 +106,8 @@ def render_overlay(radiograph, gmap, boxes: Optional[Iterable] = None, phrase: s
 
     The image part has the radiograph's (rows, cols), enlarged (same aspect) so that its long side is at least
     ``min_side`` pixels (0 = never enlarge) so the labels stay legible on small images; the map is resampled onto
-    the original pixels through ``gmap.grid_to_image`` (scaled with the image). ``opacity`` 0 shows only the image, 1 only the map. ``window`` overrides the display
-    window (default: the radiograph's default window).
+    the original pixels through ``gmap.grid_to_image`` (scaled with the image). ``opacity`` 0 shows only the image,
+    1 only the map. ``window`` overrides the display window (default: the radiograph's default window).
     """
     if not 0.0 <= float(opacity) <= 1.0:
         raise ValueError(f"opacity must be in [0, 1], got {opacity}")

@@ -212,3 +212,15 @@ def test_cli_ground_on_real_dicom(tiny_ckpt, tmp_path, capsys):
     cap = capsys.readouterr()
     for ident in (str(ds.PatientName), str(ds.PatientID)):
         assert ident and ident not in cap.out and ident not in cap.err
+
+
+def test_in_memory_resnet_model_hash():
+    # ResNet BatchNorm layers hold 0-d num_batches_tracked tensors; the in-memory hash must cope
+    import torch
+
+    from elvis_core.model import build_model, preset
+
+    torch.manual_seed(0)
+    m = build_model(preset("tiny"), texts=["opacity"])
+    h = GroundingEngine(m, device="cpu").checkpoint_hash
+    assert len(h) == 12 and h == GroundingEngine(m, device="cpu").checkpoint_hash
