@@ -1057,11 +1057,29 @@ def _load_engine(path: Optional[str], model=None, factory=None):
         if factory is not None:
             model = factory()
         engine = GroundingEngine(model if model is not None else path)
+    _warm_up(engine)
     try:
         engine.viewer_hash = engine.checkpoint_hash  # hashing weights is slow: here, not on the GUI thread
     except Exception as e:  # an in-memory model the engine cannot hash: show that, keep working
         engine.viewer_hash = f"unhashed ({type(e).__name__})"
     return engine
+
+
+def _warm_up(engine) -> None:
+    """One dummy image and text pass in the loading worker: the first real phrase then does not pay torch's
+    first-call set-up (measured ~1 s on 2 CPU cores). Failures here are ignored (the real call will report them)."""
+    try:
+        import torch
+
+        model = engine.model
+        size = int(model.transform.size)
+        with engine._lock, torch.inference_mode():
+            dev = engine.device
+            model.encode_image(torch.zeros(1, 1, size, size, device=dev))
+            tok = model.tokenize(["warm up"])
+            model.encode_text(tok["input_ids"].to(dev), tok["attention_mask"].to(dev))
+    except Exception:
+        pass
 
 
 def _ground(engine, rad, phrase: str, tokens: bool):
