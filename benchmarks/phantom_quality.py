@@ -37,7 +37,9 @@ RUNS = {
     "global+local": {"global": 1.0, "local": 0.5, "region_sentence": 0.0, "intra": 0.0},
     "global+local+intra (ELVIS)": {"global": 1.0, "local": 0.5, "region_sentence": 0.0, "intra": 0.5},
 }
-METRICS = ("cnr", "miou", "pointing")
+METRICS = ("cnr", "miou", "pointing", "in_gt_out")
+#: in_gt_out = share of phrases whose map is higher inside the boxes than outside (CNR is unsigned: it is also large
+#: when the map is *lower* on the finding)
 
 
 def parse_args(argv=None):
@@ -61,6 +63,7 @@ def parse_args(argv=None):
     p.add_argument("--work", default=None, help="folder for the data and runs (default: a temporary folder)")
     p.add_argument("--json", default=None, help="write all figures (per run, per category) to this JSON file")
     p.add_argument("--markdown", action="store_true", help="print the table as Markdown")
+    p.add_argument("--table-from", default=None, metavar="JSON", help="only print the table of a saved --json run")
     a = p.parse_args(argv)
     names = [r.strip() for r in a.runs.split(",") if r.strip()]
     bad = [r for r in names if r not in RUNS]
@@ -122,25 +125,33 @@ def table(results, markdown: bool) -> str:
     rows.append(("macro (mean of categories)", n_macro, [results[c]["macro"] for c in cols]))
     rows.append(("all phrases", n_macro, [results[c]["overall"] for c in cols]))
     if markdown:
-        head = "| category | n | " + " | ".join(f"{c}: CNR / mIoU / pointing" for c in cols) + " |"
+        head = "| category | n | " + " | ".join(f"{c}: CNR / mIoU / pointing / in>out" for c in cols) + " |"
         lines = [head, "|---|---|" + "---|" * len(cols)]
         for name, n, ds in rows:
             cells = [" / ".join(fmt(d.get(m)) for m in METRICS) for d in ds]
             b = "**" if name.startswith("macro") else ""
             lines.append(f"| {b}{name}{b} | {n} | " + " | ".join(f"{b}{c}{b}" for c in cells) + " |")
         return "\n".join(lines)
-    w = 22
+    w = 29
     head = f"{'category':<27} {'n':>4} " + " ".join(f"{c[:w]:^{w}}" for c in cols)
-    sub = f"{'':<27} {'':>4} " + " ".join(f"{'CNR':>6} {'mIoU':>6} {'point':>6}  " for _ in cols)
+    sub = f"{'':<27} {'':>4} " + " ".join(f"{'CNR':>6} {'mIoU':>6} {'point':>6} {'in>out':>6}  " for _ in cols)
     lines = [head, sub, "-" * len(head)]
     for name, n, ds in rows:
         lines.append(f"{name[:27]:<27} {n:>4} " + " ".join(
-            f"{fmt(d.get('cnr')):>6} {fmt(d.get('miou')):>6} {fmt(d.get('pointing')):>6}  " for d in ds))
+            " ".join(f"{fmt(d.get(m)):>6}" for m in METRICS) + "  " for d in ds))
     return "\n".join(lines)
 
 
 def main(argv=None) -> int:
     a = parse_args(argv)
+    if a.table_from:
+        try:
+            saved = json.loads(Path(a.table_from).read_text())["results"]
+        except (OSError, ValueError, KeyError, TypeError) as err:
+            print(f"{a.table_from}: not a phantom_quality.py --json file ({type(err).__name__})", file=sys.stderr)
+            return 2
+        print(table(saved, a.markdown))
+        return 0
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     import torch
 
