@@ -771,8 +771,8 @@ class MainWindow(QtWidgets.QMainWindow):
             if i <= 0 or g.token_maps is None or i - 1 >= len(g.token_maps):
                 self._show_map(view, g)
             else:
-                tok = replace(g, similarity=np.asarray(g.token_maps[i - 1]), phrase=f"{g.phrase} · token "
-                                                                                   f"“{g.tokens[i - 1]}”")
+                tok = replace(g, similarity=np.asarray(g.token_maps[i - 1]),
+                              phrase=f"{g.phrase} | token '{g.tokens[i - 1]}'")  # ASCII: the export font is ASCII
                 self._show_map(view, tok)
 
     def set_compare_mode(self, on: bool) -> None:
@@ -935,7 +935,7 @@ class MainWindow(QtWidgets.QMainWindow):
             else:
                 vr = self.image_view.overlay_levels()
                 rgb = render_overlay(self.rad, gm, boxes=[b for b, _, _ in getattr(self, "current_boxes", [])],
-                                     phrase=gm.phrase, footer=" · ".join(footer),
+                                     phrase=gm.phrase, footer=" | ".join(footer),
                                      opacity=self.opacity.value() / 100.0 if self.image_view.overlay_visible() else 0.0,
                                      vrange=vr, window=Window(c, w), cmap=self._figure_cmap())
             out = write_png(path, rgb)

@@ -277,7 +277,7 @@ def test_tag_inspector_masks_identifiers_unless_toggled(qtbot, win, study_root):
     assert win.settings.value("reveal_identifiers") is None  # never persisted
 
 
-def test_export_png_full_resolution(qtbot, win, study_root, tmp_path):
+def test_export_png_full_resolution(qtbot, win, study_root, tmp_path, monkeypatch):
     import cv2
 
     _open_study(qtbot, win, study_root)
@@ -285,9 +285,23 @@ def test_export_png_full_resolution(qtbot, win, study_root, tmp_path):
     qtbot.waitUntil(lambda: win.slots[0].engine is not None, timeout=60000)
     with qtbot.waitSignal(win.overlayUpdated, timeout=30000):
         win.ground_phrase("left basal opacity")
+    seen = {}
+    import elvis_core.grounding.figure as fig
+
+    real = fig.render_overlay
+
+    def spy(*a, **kw):
+        seen.update(kw)
+        return real(*a, **kw)
+    monkeypatch.setattr(fig, "render_overlay", spy)
     out = win.export_png(str(tmp_path / "view.png"))
     img = cv2.imread(str(out))
     assert img is not None and img.shape[0] >= 128 and img.shape[1] >= 128  # figure = image + bands + colour bar
+    # the view's settings go into the figure: W/L, opacity, range, checkpoint hash (ASCII: the figure font is ASCII)
+    c, w = win.image_view.window()
+    assert seen["window"].center == pytest.approx(c) and seen["window"].width == pytest.approx(w)
+    assert seen["opacity"] == pytest.approx(0.5) and tuple(seen["vrange"]) == (-1.0, 1.0)
+    assert win.slots[0].hash[:12] in seen["footer"] and seen["footer"].isascii()
 
 
 def test_settings_recent_and_geometry_restored(qtbot, study_root, tmp_path):
