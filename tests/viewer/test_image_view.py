@@ -185,3 +185,32 @@ def test_large_image_window_drag_is_fast(view):
         view.grab()
     per = (time.perf_counter() - t0) / 5
     assert per < 1.0  # generous: a W/L step + full repaint of 3000x3000 (benchmarks/ has the real numbers)
+
+
+def test_cached_downsample_renders_like_pyqtgraph(view):
+    """The W/L speed-up (downsampled array kept between renders) draws exactly what plain pyqtgraph draws."""
+    import pyqtgraph as pg
+
+    rng = np.random.default_rng(3)
+    rad = Radiograph(pixels=rng.normal(1000, 200, size=(1500, 1400)).astype(np.float32), meta={})
+    view.set_radiograph(rad)
+    ref = pg.ImageItem(autoDownsample=True)
+    ref.setImage(rad.pixels, autoLevels=False)
+    ref.setLookupTable(view.image_item.lut)
+    ref.setZValue(-1)
+    view.view_box.addItem(ref)
+
+    def rendered(item):
+        return pg.functions.ndarray_from_qimage(item.qimage).copy()
+
+    first_ds = None
+    shown = view.image_item.image
+    for center in (900.0, 1000.0, 1150.0):
+        view.set_window(center, 300.0)
+        ref.setLevels(view.image_item.getLevels())
+        view.grab()
+        assert view.image_item._lastDownsample != (1, 1)  # really downsampled at this zoom
+        assert np.array_equal(rendered(view.image_item), rendered(ref))
+        first_ds = first_ds if first_ds is not None else view.image_item._ds_img
+        assert view.image_item._ds_img is first_ds  # W/L steps reuse the downsampled array
+    assert view.image_item.image is shown  # the full array stays the item's image
