@@ -26,29 +26,10 @@ ProgressFn = Callable[[int, int], None]
 
 
 def read_any_image(path: os.PathLike | str):
-    """A `Radiograph` from a DICOM or JPG/PNG file (``elvis_core.io.images.read_image`` when available)."""
-    try:
-        from elvis_core.io.images import read_image  # written by the foundation issue
-    except ImportError:  # pragma: no cover - fallback until it lands
-        read_image = None
-    if read_image is not None:
-        return read_image(path)
-    p = str(path)
-    if p.lower().endswith((".png", ".jpg", ".jpeg")):
-        import cv2
+    """A `Radiograph` from a DICOM (by content) or JPG/PNG file, via ``elvis_core.io.images.read_image``."""
+    from elvis_core.io.images import read_image
 
-        from elvis_core.errors import DicomReadError
-        from elvis_core.io.radiograph import Radiograph
-
-        arr = cv2.imread(p, cv2.IMREAD_UNCHANGED)
-        if arr is None:
-            raise DicomReadError("not a readable PNG/JPG image", p)
-        if arr.ndim == 3:
-            arr = cv2.cvtColor(arr[:, :, :3], cv2.COLOR_BGR2GRAY)
-        return Radiograph(pixels=arr.astype(np.float32), meta={"Decoder": "image"}, source_path=p)
-    from elvis_core.io.dicom import read_radiograph
-
-    return read_radiograph(p)
+    return read_image(path)
 
 
 def resolve_image(images_root: os.PathLike | str, rel_path: str) -> Optional[Path]:
