@@ -48,16 +48,12 @@ def _outputs(out: Path, n: int) -> List[Path]:
 
 
 def _read(path: str, frame: int):
-    from elvis_core.grounding.evaluate import read_any_image
+    from elvis_core.io.images import read_image
 
     p = Path(path)
     if not p.exists():
         raise ElvisError("image not found", p)
-    if frame and not p.suffix.lower() in (".png", ".jpg", ".jpeg"):
-        from elvis_core.io.dicom import read_radiograph
-
-        return read_radiograph(p, frame=frame)
-    return read_any_image(p)
+    return read_image(p, frame=frame)
 
 
 def run(args: argparse.Namespace) -> int:
