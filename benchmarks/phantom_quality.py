@@ -163,6 +163,7 @@ def main(argv=None) -> int:
 
     if a.threads:
         torch.set_num_threads(a.threads)
+    code = git_version()  # at start: the code that runs (HEAD may move while it trains)
     work = Path(a.work) if a.work else Path(tempfile.mkdtemp(prefix="elvis_quality_"))
     work.mkdir(parents=True, exist_ok=True)
     t0 = time.perf_counter()
@@ -218,7 +219,7 @@ def main(argv=None) -> int:
           f"(phantom train split), config {os.path.relpath(a.config, REPO)}"
           + (f" + {a.sets}" if a.sets else ""))
     print(f"scored on the phantom '{a.split}' split of {csv}; machine: {platform.machine()}, {os.cpu_count()} CPUs, "
-          f"device {a.device}, torch threads {torch.get_num_threads()}, load {load:.1f}; code {git_version()}; "
+          f"device {a.device}, torch threads {torch.get_num_threads()}, load {load:.1f}; code {code}; "
           f"total {total / 60:.1f} min")
     print()
     print(table(results, a.markdown))
@@ -226,7 +227,7 @@ def main(argv=None) -> int:
         from elvis_core.grounding.evaluate import _clean
 
         Path(a.json).write_text(json.dumps(_clean({"args": {k: v for k, v in vars(a).items()}, "results": results,
-                                                   "runs": meta, "total_s": total, "code": git_version()}),
+                                                   "runs": meta, "total_s": total, "code": code}),
                                            indent=1))
         print(f"\nJSON: {a.json}")
     return 0
