@@ -7,10 +7,10 @@ import json
 import os
 import subprocess
 import sys
-import tempfile
 import time
 from pathlib import Path
 
+from elvis_core.atomic import atomic_write_text
 from elvis_core.errors import ElvisError
 
 EXAMPLE = """example:
@@ -64,19 +64,10 @@ def write_json_atomic(path: os.PathLike | str, obj) -> None:
     out = Path(path)
     if not out.parent.exists():
         raise ElvisError("output folder does not exist", out.parent)
-    fd, tmp = tempfile.mkstemp(prefix=f".{out.name}.", suffix=".tmp", dir=str(out.parent))
     try:
-        with os.fdopen(fd, "w", encoding="utf-8") as fh:
-            json.dump(obj, fh, indent=1, allow_nan=False)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, out)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except OSError:
-            pass
-        raise
+        atomic_write_text(out, json.dumps(obj, indent=1, allow_nan=False))
+    except OSError as err:
+        raise ElvisError(f"cannot write ({err.strerror or err})", out) from None
 
 
 def run(args: argparse.Namespace) -> int:

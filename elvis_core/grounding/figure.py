@@ -13,6 +13,7 @@ from typing import Iterable, List, Optional, Sequence, Tuple
 import cv2
 import numpy as np
 
+from elvis_core.atomic import atomic_write_bytes
 from elvis_core.errors import ElvisError
 
 # ColorBrewer RdBu (11 classes), red (low) -> blue (high); "RdBu_r" reverses it (blue low, red high) as matplotlib.
@@ -163,10 +164,8 @@ def write_png(path: os.PathLike | str, rgb: np.ndarray) -> Path:
     ok, buf = cv2.imencode(".png", cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR))
     if not ok:  # pragma: no cover
         raise ElvisError("could not encode PNG", out)
-    tmp = out.with_name(f".{out.name}.tmp")
-    with open(tmp, "wb") as fh:
-        fh.write(buf.tobytes())
-        fh.flush()
-        os.fsync(fh.fileno())
-    os.replace(tmp, out)
+    try:
+        atomic_write_bytes(out, buf.tobytes())
+    except OSError as err:
+        raise ElvisError(f"cannot write ({err.strerror or err})", out) from None
     return out

@@ -15,14 +15,15 @@ so an interrupted write never leaves a half-written CSV.
 from __future__ import annotations
 
 import csv
+import io
 import math
 import os
 import re
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Dict, Iterable, List, Mapping, Optional, Sequence, Set, Tuple
 
+from elvis_core.atomic import atomic_write_text
 from elvis_core.errors import AnnotationError
 
 #: required columns of every MS-CXR version
@@ -269,28 +270,13 @@ def write_ms_cxr_csv(path: os.PathLike | str, rows: Sequence[Mapping[str, Any]] 
         cols = list(columns)
     if not out.parent.exists():
         raise AnnotationError("folder does not exist", out.parent)
-    fd, tmp = tempfile.mkstemp(prefix=f".{out.name}.", suffix=".tmp", dir=str(out.parent))
+    buf = io.StringIO()
+    w = csv.DictWriter(buf, fieldnames=cols, extrasaction="ignore", lineterminator="\n")
+    w.writeheader()
+    for r in rows:
+        w.writerow({k: ("" if r.get(k) is None else r.get(k)) for k in cols})
     try:
-        with os.fdopen(fd, "w", encoding="utf-8", newline="") as fh:
-            w = csv.DictWriter(fh, fieldnames=cols, extrasaction="ignore", lineterminator="\n")
-            w.writeheader()
-            for r in rows:
-                w.writerow({k: ("" if r.get(k) is None else r.get(k)) for k in cols})
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, out)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except OSError:
-            pass
-        raise
-    try:  # make the rename durable
-        dfd = os.open(str(out.parent), os.O_RDONLY)
-        try:
-            os.fsync(dfd)
-        finally:
-            os.close(dfd)
-    except OSError:
-        pass
+        atomic_write_text(out, buf.getvalue())
+    except OSError as err:
+        raise AnnotationError(f"cannot write ({err.strerror or err})", out) from None
     return out

@@ -19,10 +19,10 @@ import csv
 import io
 import json
 import os
-import tempfile
 from pathlib import Path
 from typing import Any, Dict, Iterable, List, Sequence
 
+from elvis_core.atomic import atomic_write_bytes as _atomic_write_bytes
 from elvis_core.errors import ElvisError
 from elvis_core.review.figures import box_iou
 from elvis_core.review.model import (
@@ -43,34 +43,13 @@ REVIEW_COLUMNS = ["review_status", "reviewer", "reviewed_at", "reject_reason", "
 
 
 def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> Path:
-    """Write ``data`` to a temp file in the same folder, fsync, rename over ``path``, fsync the folder."""
+    """Write ``data`` atomically (see :mod:`elvis_core.atomic`), creating the folder; errors name the file."""
     path = Path(path)
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=str(path.parent))
-        try:
-            with os.fdopen(fd, "wb") as f:
-                f.write(data)
-                f.flush()
-                os.fsync(f.fileno())
-            os.replace(tmp, path)
-        except BaseException:
-            try:
-                os.unlink(tmp)
-            except OSError:
-                pass
-            raise
-        try:
-            dfd = os.open(str(path.parent), os.O_RDONLY)
-            try:
-                os.fsync(dfd)
-            finally:
-                os.close(dfd)
-        except OSError:  # some filesystems do not allow fsync on folders
-            pass
+        return _atomic_write_bytes(path, data)
     except OSError as err:
         raise ElvisError(f"cannot write export ({err.strerror or err})", path) from None
-    return path
 
 
 def _fmt(v: float) -> str:

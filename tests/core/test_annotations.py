@@ -116,3 +116,19 @@ def test_write_roundtrip_atomic(tmp_path):
     assert out2.read_text().splitlines()[0] == HEADER_V10.strip()
     with pytest.raises(AnnotationError):
         write_ms_cxr_csv(tmp_path / "missing_dir" / "x.csv", [])
+
+
+def test_atomic_writes_keep_normal_permissions_and_leave_no_temp_files(tmp_path):
+    import os
+    import stat
+
+    from elvis_core.atomic import atomic_write_text
+
+    target = tmp_path / "out.csv"
+    atomic_write_text(target, "a\n")
+    atomic_write_text(target, "b\n")
+    assert target.read_text() == "b\n"
+    mask = os.umask(0)
+    os.umask(mask)
+    assert stat.S_IMODE(target.stat().st_mode) == 0o666 & ~mask
+    assert [p.name for p in tmp_path.iterdir()] == ["out.csv"]
