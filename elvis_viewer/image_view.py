@@ -3,8 +3,10 @@
 Everything here is display only:
 - window/level goes through ``ImageItem.setLevels`` (or a lookup table for a DICOM VOI LUT and for invert), so
   dragging never re-reads or re-scales the pixel array in Python;
-- the grounding map is drawn as the SMALL grid ImageItem placed on the image with a ``QTransform`` built from
-  ``GroundingMap.grid_to_image`` (no upsampling in Python); isolines are drawn on that same grid;
+- the grounding map is drawn as a SMALL ImageItem placed on the image with a ``QTransform`` built from
+  ``GroundingMap.grid_to_image``: by default the core's ``GroundingMap.display_grid(8)`` (bilinear, e.g. 128 x 128
+  for a 16 x 16 grid), or the raw cells with ``set_overlay_smooth(False)``; no full-resolution map is ever made in
+  Python; isolines are drawn on that same small grid;
 - boxes are in original-image pixels (x right, y down), exactly like the annotation files.
 
 Public API (stable, reused by the review mode):
@@ -69,6 +71,10 @@ def _num(v: float) -> str:
 def _overlay_colormap(name: str) -> pg.ColorMap:
     key = OVERLAY_COLORMAPS.get(name, name)
     return pg.colormap.get(key)
+
+
+#: overlay item pixels per grid cell in smooth mode (a 16 x 16 grid is drawn as 128 x 128)
+OVERLAY_SMOOTH_FACTOR = 8
 
 
 def affine_to_qtransform(a: np.ndarray) -> QtGui.QTransform:
@@ -178,6 +184,7 @@ class ImageView(QtWidgets.QWidget):
         self._overlay_cmap = next(iter(OVERLAY_COLORMAPS))
         self._isolines_on = False
         self._overlay_fade = False
+        self._overlay_smooth = True  # draw GroundingMap.display_grid (bilinear x8 of the grid) instead of blocky cells
         self._linked: List["ImageView"] = []
         self._syncing = False
         self._caption = ""
@@ -424,9 +431,9 @@ class ImageView(QtWidgets.QWidget):
             self.colorbar.setVisible(False)
             self._update_texts()
             return
-        sim = np.asarray(gmap.similarity, dtype=np.float32)
+        sim, affine = gmap.display_grid(self.overlay_factor())
         self.overlay_item.setImage(sim, autoLevels=False)
-        self.overlay_item.setTransform(affine_to_qtransform(gmap.grid_to_image))
+        self.overlay_item.setTransform(affine_to_qtransform(affine))
         self._apply_overlay_levels()
         self._apply_overlay_cmap()
         self._rebuild_isolines()
@@ -458,6 +465,16 @@ class ImageView(QtWidgets.QWidget):
             lut = np.concatenate([lut[:, :3], (np.clip(a * 1.5, 0, 1) * 255).astype(np.uint8)[:, None]], axis=1)
         self.colorbar.setColorMap(cmap)  # (the colour bar pushes its own LUT to the item: set ours after it)
         self.overlay_item.setLookupTable(lut)
+
+    def overlay_factor(self) -> int:
+        """Overlay item pixels per grid cell: 8 when smooth (bilinear display grid), 1 for plain cells."""
+        return OVERLAY_SMOOTH_FACTOR if self._overlay_smooth else 1
+
+    def set_overlay_smooth(self, on: bool) -> None:
+        """Smooth (bilinear) or blocky (one square per patch) display of the map; the values are the same."""
+        self._overlay_smooth = bool(on)
+        if self.gmap is not None:
+            self.set_overlay(self.gmap)
 
     def set_overlay_fade(self, on: bool) -> None:
         """Fade cells near the middle of the range (near 0 on [-1, 1]) to transparent."""
@@ -507,7 +524,7 @@ class ImageView(QtWidgets.QWidget):
         self._isolines = []
         if not self._isolines_on or self.gmap is None:
             return
-        sim = np.asarray(self.gmap.similarity, dtype=np.float32)
+        sim, _ = self.gmap.display_grid(self.overlay_factor())
         lo, hi = float(np.nanmin(sim)), float(np.nanmax(sim))
         for frac in (0.5, 0.75, 0.9):
             level = lo + frac * (hi - lo)

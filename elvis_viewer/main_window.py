@@ -184,6 +184,10 @@ class MainWindow(QtWidgets.QMainWindow):
         self.fade_check = QtWidgets.QCheckBox("Fade near 0")
         self.fade_check.setToolTip("Cells near the middle of the range become transparent")
         self.fade_check.toggled.connect(self._on_fade)
+        self.smooth_check = QtWidgets.QCheckBox("Smooth")
+        self.smooth_check.setToolTip("Bilinear display of the patch grid (off: one square per patch)")
+        self.smooth_check.setChecked(True)
+        self.smooth_check.toggled.connect(self._on_smooth)
         self.show_check = QtWidgets.QCheckBox("Show overlay (H)")
         self.show_check.setChecked(True)
         self.show_check.toggled.connect(self._on_show_overlay)
@@ -200,6 +204,7 @@ class MainWindow(QtWidgets.QMainWindow):
         row = QtWidgets.QHBoxLayout()
         row.addWidget(self.show_check)
         row.addWidget(self.iso_check)
+        row.addWidget(self.smooth_check)
         form.addRow(row)
         row2 = QtWidgets.QHBoxLayout()
         row2.addWidget(self.fade_check)
@@ -683,6 +688,7 @@ class MainWindow(QtWidgets.QMainWindow):
         self.overlayUpdated.emit(slot)
 
     def _show_map(self, view: ImageView, gmap):
+        view.set_overlay_smooth(self.smooth_check.isChecked())
         view.set_overlay(gmap)
         view.set_overlay_opacity(self.opacity.value() / 100.0)
         view.set_overlay_colormap(self.cmap_combo.currentText())
@@ -741,6 +747,10 @@ class MainWindow(QtWidgets.QMainWindow):
     def _on_isolines(self, on):
         for iv in self._views():
             iv.set_isolines(on)
+
+    def _on_smooth(self, on):
+        for iv in self._views():
+            iv.set_overlay_smooth(on)
 
     def _on_fade(self, on):
         for iv in self._views():

@@ -40,8 +40,40 @@ class GroundingMap:
             shape = self.image_shape
         return warp_grid_to_image(self.similarity, a, shape, interpolation)
 
+    def cells_in_image(self) -> np.ndarray:
+        """Bool (gh, gw): cells whose centre lies on the image (the others cover only model-input padding)."""
+        gh, gw = self.similarity.shape
+        jj, ii = np.meshgrid(np.arange(gw) + 0.5, np.arange(gh) + 0.5)
+        a = np.asarray(self.grid_to_image, dtype=np.float64)
+        x = a[0, 0] * jj + a[0, 1] * ii + a[0, 2]
+        y = a[1, 0] * jj + a[1, 1] * ii + a[1, 2]
+        rows, cols = self.image_shape
+        return (x >= 0) & (x < cols) & (y >= 0) & (y < rows)
+
+    def peak_cell(self) -> Tuple[int, int]:
+        """(row, col) of the highest-similarity grid cell among the cells on the image (padding cells excluded)."""
+        sim = np.where(self.cells_in_image(), self.similarity, -np.inf)
+        if not np.isfinite(sim).any():  # degenerate: no cell centre on the image
+            sim = self.similarity
+        i, j = np.unravel_index(int(np.nanargmax(sim)), sim.shape)
+        return int(i), int(j)
+
     def peak_xy(self) -> Tuple[float, float]:
-        """Original-image (x, y) of the centre of the grid cell with the highest similarity."""
-        i, j = np.unravel_index(int(np.nanargmax(self.similarity)), self.similarity.shape)
+        """Original-image (x, y) of the centre of the highest-similarity grid cell on the image."""
+        i, j = self.peak_cell()
         x, y, _ = np.asarray(self.grid_to_image) @ np.array([j + 0.5, i + 0.5, 1.0])
         return float(x), float(y)
+
+    def display_grid(self, factor: int = 8) -> Tuple[np.ndarray, np.ndarray]:
+        """A smooth version of the grid for display: bilinear upsampling by ``factor`` (cell centres kept, edges
+        replicated), and its affine onto original pixels. Small (e.g. 128 x 128 for a 16 x 16 grid): the viewer
+        never resamples a full-resolution image in Python."""
+        factor = max(1, int(factor))
+        sim = np.asarray(self.similarity, dtype=np.float32)
+        if factor == 1:
+            return sim, np.asarray(self.grid_to_image, dtype=np.float64)
+        import cv2
+
+        gh, gw = sim.shape
+        up = cv2.resize(sim, (gw * factor, gh * factor), interpolation=cv2.INTER_LINEAR)
+        return up, np.asarray(self.grid_to_image, dtype=np.float64) @ np.diag([1.0 / factor, 1.0 / factor, 1.0])

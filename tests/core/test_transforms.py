@@ -56,3 +56,23 @@ def test_config_roundtrip_and_validation():
         ModelInputTransform.from_config({**t.to_config(), "bogus": 1})
     with pytest.raises(ConfigError):
         ModelInputTransform(size=8)
+
+
+def test_peak_ignores_padding_cells_and_display_grid_keeps_cell_centres():
+    shape = (400, 200)  # portrait: the model input pads left and right
+    t = ModelInputTransform(size=160)
+    grid = np.zeros((10, 10), np.float32)
+    grid[5, 0] = 0.9  # a padding cell (model x in [0, 16) is left of the image, which starts at pad_x = 40)
+    grid[3, 5] = 0.5
+    gm = GroundingMap(similarity=grid, grid_to_image=t.grid_to_image(shape, grid.shape), image_shape=shape)
+    assert not gm.cells_in_image()[5, 0] and gm.cells_in_image()[3, 5]
+    assert gm.peak_cell() == (3, 5)
+    x, y = gm.peak_xy()
+    assert 0 <= x < 200 and 0 <= y < 400
+    up, a = gm.display_grid(8)
+    assert up.shape == (80, 80)
+    # the upsampled pixels next to the centre of cell (3, 5) hold (nearly) the cell's value, and the display affine
+    # maps the cell centre (continuous upsampled coordinates 8 * (j + 0.5), 8 * (i + 0.5)) to the same image point
+    assert up[27:29, 43:45].mean() == pytest.approx(0.5, abs=0.07) and up.max() <= 0.9 + 1e-6
+    px, py, _ = a @ np.array([5.5 * 8, 3.5 * 8, 1.0])
+    assert (px, py) == pytest.approx((x, y))

@@ -52,8 +52,9 @@ def test_demo_selects_first_annotated_phrase_and_draws_map_and_boxes(qtbot, tmp_
     # the drawn overlay: its hottest cell lands where the core's GroundingMap says, and it covers the image
     iv = win.image_view
     g = iv.gmap
-    i, j = np.unravel_index(int(np.argmax(g.similarity)), g.similarity.shape)
-    p = iv.overlay_item.mapToParent(QtCore.QPointF(j + 0.5, i + 0.5))
+    i, j = g.peak_cell()
+    f = iv.overlay_factor()
+    p = iv.overlay_item.mapToParent(QtCore.QPointF(f * (j + 0.5), f * (i + 0.5)))
     assert (p.x(), p.y()) == pytest.approx(g.peak_xy(), abs=1e-6)
     br = iv.overlay_item.mapRectToParent(iv.overlay_item.boundingRect())
     rows, cols = win.rad.shape

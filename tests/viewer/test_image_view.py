@@ -85,6 +85,7 @@ def test_overlay_covers_the_image_exactly(view):
     a = t.grid_to_image((300, 200), (4, 4))
     sim = np.linspace(-1, 1, 16, dtype=np.float32).reshape(4, 4)
     gm = GroundingMap(similarity=sim, grid_to_image=a, image_shape=(300, 200), phrase="left lung")
+    view.set_overlay_smooth(False)
     view.set_overlay(gm)
     assert view.overlay_item.isVisible()
     assert view.overlay_item.image.shape == (4, 4)  # the small grid, not an upsampled image
@@ -97,6 +98,14 @@ def test_overlay_covers_the_image_exactly(view):
     p = view.overlay_item.mapToParent(QtCore.QPointF(1, 2))
     x, y, _ = a @ [1, 2, 1]
     assert (p.x(), p.y()) == pytest.approx((x, y))
+    # smooth display (the default): the core's 8x bilinear display grid, still small, same placement and bounds
+    view.set_overlay_smooth(True)
+    assert view.overlay_item.image.shape == (32, 32)
+    p = view.overlay_item.mapToParent(QtCore.QPointF(8 * 1, 8 * 2))
+    assert (p.x(), p.y()) == pytest.approx((x, y))
+    br2 = view.overlay_item.mapRectToParent(view.overlay_item.boundingRect())
+    assert (br2.left(), br2.top(), br2.right(), br2.bottom()) == pytest.approx((br.left(), br.top(), br.right(), br.bottom()))
+    view.set_overlay_smooth(False)
     assert tuple(view.overlay_item.getLevels()) == pytest.approx((-1, 1))
     view.set_overlay_range("auto")
     assert tuple(view.overlay_item.getLevels()) == pytest.approx((-1, 1))  # this map spans [-1, 1] already

@@ -121,7 +121,9 @@ def test_click_sentence_grounds_and_overlay_covers_image(qtbot, win, study_root)
     iv = win.image_view
     assert iv.overlay_item.isVisible()
     g = iv.gmap
-    assert g.similarity.shape == iv.overlay_item.image.shape  # the small grid, not upsampled
+    f = iv.overlay_factor()  # smooth display: the grid upsampled x8 (small), never the full image
+    assert iv.overlay_item.image.shape == (g.similarity.shape[0] * f, g.similarity.shape[1] * f)
+    assert iv.overlay_item.image.size <= 256 * 256
     assert g.similarity.min() >= -1 and g.similarity.max() <= 1
     # the overlay's mapped bounds cover the whole image (128x128 CT, square: exactly)
     br = iv.overlay_item.mapRectToParent(iv.overlay_item.boundingRect())
@@ -347,6 +349,9 @@ def test_no_gui_stall_while_model_loads_and_image_embeds(qtbot, win, study_root,
     from elvis_viewer.app import preload_heavy_modules
 
     preload_heavy_modules()  # what elvis-viewer does before showing its window
+    import gc
+
+    gc.collect()  # collect the garbage of earlier tests now, so a full collection cannot land inside the measurement
     stamps = []
     timer = QtCore.QTimer()
     timer.setInterval(5)
