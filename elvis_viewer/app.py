@@ -31,7 +31,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--annotations", metavar="CSV", help="MS-CXR annotation CSV (phrase boxes)")
     p.add_argument("--images", metavar="ROOT", help="images root the annotation paths are relative to")
     p.add_argument("--review", action="store_true", help="open the Review mode (needs --annotations and --images)")
-    p.add_argument("--demo", action="store_true", help="open resources/demo with resources/demo_model")
+    p.add_argument("--demo", action="store_true", help="open resources/demo with resources/demo_model "
+                   "(overlay range auto unless --overlay-range says otherwise)")
+    p.add_argument("--overlay-range", choices=("fixed", "auto"), default=None,
+                   help="map colour range: fixed [-1, 1] (default) or auto, symmetric about 0 (±max |similarity|)")
     p.add_argument("--phrase", help="ground this phrase once the first image is shown")
     p.add_argument("--screenshot", metavar="OUT.png", help="render the window after loading, save it, exit")
     p.add_argument("--timeout", type=float, default=120.0, help="seconds --screenshot waits for loading (default 120)")
@@ -164,6 +167,9 @@ def open_from_args(win, args, app=None) -> None:
         checkpoint = checkpoint or str(DEMO_MODEL)
         if annotations is None and DEMO_ANNOTATIONS.exists():
             annotations = str(DEMO_ANNOTATIONS)
+    overlay_range = getattr(args, "overlay_range", None) or ("auto" if args.demo else None)
+    if overlay_range:
+        win.range_combo.setCurrentIndex(0 if overlay_range == "fixed" else 1)
     if annotations:
         win.load_annotations(annotations, images_root=args.images)
     if checkpoint:

@@ -444,11 +444,10 @@ class ImageView(QtWidgets.QWidget):
     def overlay_levels(self) -> Tuple[float, float]:
         if self.gmap is None or self._overlay_range == "fixed":
             return -1.0, 1.0
-        sim = np.asarray(self.gmap.similarity)
-        lo, hi = float(np.nanmin(sim)), float(np.nanmax(sim))
-        if hi - lo < 1e-6:
-            hi = lo + 1e-6
-        return lo, hi
+        # symmetric about 0, so the diverging colormap keeps white = similarity 0 (red = positive, blue = negative)
+        m = float(np.nanmax(np.abs(np.asarray(self.gmap.similarity))))
+        m = max(m, 1e-6)
+        return -m, m
 
     def _apply_overlay_levels(self) -> None:
         lo, hi = self.overlay_levels()

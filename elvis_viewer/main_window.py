@@ -177,7 +177,7 @@ class MainWindow(QtWidgets.QMainWindow):
         self.cmap_combo.addItems(list(OVERLAY_COLORMAPS))
         self.cmap_combo.currentTextChanged.connect(self._on_cmap)
         self.range_combo = QtWidgets.QComboBox()
-        self.range_combo.addItems(["fixed [-1, 1]", "auto (min..max)"])
+        self.range_combo.addItems(["fixed [-1, 1]", "auto (±max)"])
         self.range_combo.currentIndexChanged.connect(self._on_range)
         self.iso_check = QtWidgets.QCheckBox("Isolines")
         self.iso_check.toggled.connect(self._on_isolines)

@@ -52,6 +52,10 @@ def test_demo_selects_first_annotated_phrase_and_draws_map_and_boxes(qtbot, tmp_
     # the drawn overlay: its hottest cell lands where the core's GroundingMap says, and it covers the image
     iv = win.image_view
     g = iv.gmap
+    # --demo opens with the overlay range on auto, symmetric about 0 (white = similarity 0)
+    assert win.range_combo.currentIndex() == 1
+    lo, hi = iv.overlay_levels()
+    assert lo == -hi and hi == pytest.approx(float(np.abs(g.similarity).max()))
     i, j = g.peak_cell()
     f = iv.overlay_factor()
     p = iv.overlay_item.mapToParent(QtCore.QPointF(f * (j + 0.5), f * (i + 0.5)))
