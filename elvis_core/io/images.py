@@ -7,10 +7,12 @@ JPG/PNG images become a grey :class:`Radiograph` (uint8/uint16 values as float32
 from __future__ import annotations
 
 import os
+import struct
+from typing import Tuple
 
 import numpy as np
 
-from elvis_core.errors import DicomReadError
+from elvis_core.errors import DicomReadError, ElvisError
 from elvis_core.io.radiograph import Radiograph, Window
 
 #: extensions read as plain images
@@ -34,6 +36,52 @@ def sniff_kind(path: os.PathLike | str) -> str:
     if is_dicom_file(path):
         return "dicom"
     return "unknown"
+
+
+_JPEG_SOF_MARKERS = {0xC0, 0xC1, 0xC2, 0xC3, 0xC5, 0xC6, 0xC7, 0xC9, 0xCA, 0xCB, 0xCD, 0xCE, 0xCF}
+
+
+def raster_header_shape(path: os.PathLike | str) -> Tuple[int, int]:
+    """(rows, cols) of a PNG or JPEG from its header bytes only (PNG IHDR / JPEG SOF marker), no decoding.
+
+    Raises :class:`ElvisError` naming the file when it is neither, or the header is cut short.
+    """
+    try:
+        with open(path, "rb") as f:
+            head = f.read(24)
+            if head.startswith(_PNG_MAGIC):
+                if len(head) < 24 or head[12:16] != b"IHDR":
+                    raise ElvisError("not a valid PNG (no IHDR chunk)", path)
+                w, h = struct.unpack(">II", head[16:24])
+                return int(h), int(w)
+            if head[:2] != b"\xff\xd8":
+                raise ElvisError("neither PNG nor JPEG", path)
+            f.seek(2)
+            while True:
+                b = f.read(1)
+                while b and b != b"\xff":
+                    b = f.read(1)
+                while b == b"\xff":
+                    b = f.read(1)
+                if not b:
+                    break
+                marker = b[0]
+                if marker in (0xD8, 0x01) or 0xD0 <= marker <= 0xD7:
+                    continue
+                seg = f.read(2)
+                if len(seg) < 2:
+                    break
+                (length,) = struct.unpack(">H", seg)
+                if marker in _JPEG_SOF_MARKERS:
+                    sof = f.read(5)
+                    if len(sof) < 5:
+                        break
+                    _, h, w = struct.unpack(">BHH", sof)
+                    return int(h), int(w)
+                f.seek(length - 2, os.SEEK_CUR)
+    except OSError as err:
+        raise ElvisError(f"cannot read image: {err.strerror or err}", path) from None
+    raise ElvisError("not a valid JPEG (no frame header found)", path)
 
 
 def read_plain_image(path: os.PathLike | str) -> Radiograph:

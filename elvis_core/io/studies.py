@@ -18,11 +18,11 @@ from __future__ import annotations
 
 import os
 import re
-import struct
 from dataclasses import dataclass, field
 from typing import Callable, Dict, List, Optional, Tuple
 
 from elvis_core.errors import DicomReadError, ElvisError, StudyScanError
+from elvis_core.io.images import raster_header_shape
 
 ProgressFn = Callable[[int, int], None]
 CancelFn = Callable[[], bool]
@@ -127,37 +127,8 @@ def _int(v, default=None):
 def _image_size(path: str) -> Tuple[int, int]:
     """(rows, cols) of a PNG/JPEG from its header bytes (no decoding); (0, 0) if unknown."""
     try:
-        with open(path, "rb") as f:
-            head = f.read(26)
-            if head.startswith(b"\x89PNG\r\n\x1a\n") and head[12:16] == b"IHDR":
-                w, h = struct.unpack(">II", head[16:24])
-                return int(h), int(w)
-            if head[:2] != b"\xff\xd8":
-                return 0, 0
-            f.seek(2)
-            while True:
-                b = f.read(1)
-                while b and b != b"\xff":
-                    b = f.read(1)
-                while b == b"\xff":
-                    b = f.read(1)
-                if not b:
-                    return 0, 0
-                marker = b[0]
-                if marker in (0xD8, 0x01) or 0xD0 <= marker <= 0xD7:
-                    continue
-                seg = f.read(2)
-                if len(seg) < 2:
-                    return 0, 0
-                (length,) = struct.unpack(">H", seg)
-                if marker in (0xC0, 0xC1, 0xC2, 0xC3, 0xC5, 0xC6, 0xC7, 0xC9, 0xCA, 0xCB, 0xCD, 0xCE, 0xCF):
-                    data = f.read(5)
-                    if len(data) < 5:
-                        return 0, 0
-                    h, w = struct.unpack(">HH", data[1:5])
-                    return int(h), int(w)
-                f.seek(length - 2, os.SEEK_CUR)
-    except OSError:
+        return raster_header_shape(path)
+    except ElvisError:
         return 0, 0
 
 

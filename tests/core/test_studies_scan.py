@@ -250,3 +250,23 @@ def test_reports_in_a_separate_mimic_tree(tmp_path):
     assert scan_folder(jpg_root).studies[0].report_path is None
     assert scan_folder(jpg_root, reports_root=rep_root).studies[0].report_path == str(report)
     assert scan(jpg_root, reports_root=rep_root / "files").studies[0].report_path == str(report)
+
+
+def test_raster_header_shape_png_jpeg_and_bad_files(tmp_path):
+    import cv2
+    import numpy as np
+    import pytest
+
+    from elvis_core.errors import ElvisError
+    from elvis_core.io.images import raster_header_shape
+
+    img = (np.arange(37 * 53) % 256).astype(np.uint8).reshape(37, 53)
+    cv2.imwrite(str(tmp_path / "a.png"), img)
+    cv2.imwrite(str(tmp_path / "a.jpg"), img)
+    assert raster_header_shape(tmp_path / "a.png") == (37, 53)
+    assert raster_header_shape(tmp_path / "a.jpg") == (37, 53)
+    (tmp_path / "cut.jpg").write_bytes((tmp_path / "a.jpg").read_bytes()[:4])
+    (tmp_path / "x.png").write_bytes(b"hello")
+    for bad in ("cut.jpg", "x.png", "missing.png"):
+        with pytest.raises(ElvisError, match=bad):
+            raster_header_shape(tmp_path / bad)
