@@ -72,15 +72,19 @@ def _check_map(map_img: np.ndarray) -> np.ndarray:
     return m
 
 
+def _inside_outside(m: np.ndarray, boxes: Sequence) -> tuple:
+    """The map's non-NaN values inside the box union and outside it."""
+    inside = box_mask(m.shape, boxes)
+    valid = ~np.isnan(m)
+    return m[inside & valid], m[~inside & valid]
+
+
 def cnr(map_img: np.ndarray, boxes: Sequence, clamp_negative: bool = False) -> float:
     """Contrast-to-noise ratio of the map between the box union ("in") and the rest ("out")."""
     m = _check_map(map_img)
     if clamp_negative:
         m = np.where(m < 0, 0.0, m)
-    inside = box_mask(m.shape, boxes)
-    valid = ~np.isnan(m)
-    a = m[inside & valid]
-    b = m[~inside & valid]
+    a, b = _inside_outside(m, boxes)
     if a.size == 0 or b.size == 0:
         return float("nan")
     diff = abs(float(a.mean()) - float(b.mean()))
@@ -93,11 +97,7 @@ def cnr(map_img: np.ndarray, boxes: Sequence, clamp_negative: bool = False) -> f
 def contrast(map_img: np.ndarray, boxes: Sequence) -> float:
     """Signed ``mean_in - mean_out`` (NaN ignored): > 0 when the map is higher inside the boxes. CNR is unsigned,
     so a map that is *lower* in the box also gets a high CNR; this tells the two apart."""
-    m = _check_map(map_img)
-    inside = box_mask(m.shape, boxes)
-    valid = ~np.isnan(m)
-    a = m[inside & valid]
-    b = m[~inside & valid]
+    a, b = _inside_outside(_check_map(map_img), boxes)
     if a.size == 0 or b.size == 0:
         return float("nan")
     return float(a.mean()) - float(b.mean())
