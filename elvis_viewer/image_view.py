@@ -471,6 +471,8 @@ class ImageView(QtWidgets.QWidget):
 
     def set_overlay_smooth(self, on: bool) -> None:
         """Smooth (bilinear) or blocky (one square per patch) display of the map; the values are the same."""
+        if bool(on) == self._overlay_smooth:
+            return
         self._overlay_smooth = bool(on)
         if self.gmap is not None:
             self.set_overlay(self.gmap)
