@@ -40,7 +40,7 @@ from elvis_core.training.objectives import CombinedObjective
 log = logging.getLogger(__name__)
 
 LOG_COLUMNS = ["step", "epoch", "lr", "loss", "global", "local", "region_sentence", "intra", "pairs_per_s",
-               "seconds", "val_loss", "val_cnr", "val_miou", "val_pointing"]
+               "seconds", "val_loss", "val_cnr", "val_miou", "val_pointing", "elvis", "anatomy"]
 STATE_JSON, STATE_TENSORS = "trainer_state.json", "trainer_state.safetensors"
 
 
@@ -416,7 +416,7 @@ def train(cfg: Dict[str, Any], out_dir: Optional[str] = None, progress: Optional
         w = objective.weights
         # a head no enabled objective reaches (e.g. separate global heads with global InfoNCE off) has no gradient
         unused = not model_cfg["projection"]["shared_local_global"] and (
-            "global" not in w or not ({"local", "region_sentence", "intra"} & set(w)))
+            "global" not in w or not ({"local", "region_sentence", "intra", "elvis", "anatomy"} & set(w)))
         ddp = nn.parallel.DistributedDataParallel(module, device_ids=[device.index] if device.type == "cuda" else None,
                                                   find_unused_parameters=unused)
 
