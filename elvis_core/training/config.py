@@ -40,8 +40,12 @@ DEFAULTS: Dict[str, Any] = {
     },
     "objectives": {
         "weights": {"global": 1.0, "local": 0.5, "region_sentence": 0.0, "intra": 0.5, "elvis": 0.0},
+        # "spans": sentences = "."-spans of the one report encoding; "separate": each sentence encoded alone (as a
+        # phrase is at grounding time) for region_sentence / elvis / local with units = "sentences"
+        "sentences": "spans",
         "global": {"temperature": 0.07, "learnable": True, "gather": True},
-        "local": {"temperature": 0.1, "attn_temperature": 0.1, "aggregation": "lse", "gamma": 5.0},
+        "local": {"temperature": 0.1, "attn_temperature": 0.1, "aggregation": "lse", "gamma": 5.0,
+                  "units": "tokens"},
         "region_sentence": {"temperature": 0.3, "attn_temperature": 0.1, "text_weight": 0.5, "image_weight": 0.5,
                             "distance_threshold": 0.3, "smooth_lambda": 0.0, "weighting": "attention"},
         "elvis": {"temperature": 0.3, "attn_temperature": 0.1, "target_temperature": 0.1, "text_weight": 0.5,
@@ -85,6 +89,7 @@ DEFAULTS: Dict[str, Any] = {
 _FREE = {"model.overrides"}
 _ENUMS = {"data.cache": ("auto", "ram", "none"), "objectives.local.aggregation": ("lse", "mean"),
           "objectives.intra.distance": ("kl", "mse"),
+          "objectives.sentences": ("spans", "separate"), "objectives.local.units": ("tokens", "sentences"),
           "objectives.elvis.similarity_source": ("pre_projection", "post_projection", "none"),
           "objectives.elvis.weighting": ("attention", "uniform"),
           "objectives.region_sentence.weighting": ("attention", "uniform")}

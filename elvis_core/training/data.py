@@ -266,8 +266,13 @@ class PairDataset(torch.utils.data.Dataset):
 class Collate:
     """Stack images, tokenize texts (model.tokenize), build word masks and sentence ids; drops None items."""
 
-    def __init__(self, model):
-        from elvis_core.training.objectives import sentence_ids_from_tokens, word_mask
+    def __init__(self, model, separate_sentences: bool = False, max_sentences: int = 16):
+        from elvis_core.training.objectives import sentence_ids_from_tokens, split_sentences, word_mask
+
+        #: also tokenize each report sentence alone (``sent_input_ids`` / ``sent_attention_mask`` / ``sent_owner``)
+        #: for the sentence-level objectives with ``objectives.sentences = "separate"``
+        self.separate_sentences, self.max_sentences = separate_sentences, max_sentences
+        self._split = split_sentences
 
         self.tokenize = model.tokenize
         tok = model.tokenizer
@@ -284,8 +289,18 @@ class Collate:
         t = self.tokenize([it[1] for it in items])
         words = self._word_mask(t["input_ids"], t["attention_mask"], self.special)
         sids = self._sentence_ids(t["input_ids"], words, self.periods)
-        return {"pixel_values": pix, "input_ids": t["input_ids"], "attention_mask": t["attention_mask"],
-                "words": words, "sentence_ids": sids, "n_dropped": n_in - len(items)}
+        out = {"pixel_values": pix, "input_ids": t["input_ids"], "attention_mask": t["attention_mask"],
+               "words": words, "sentence_ids": sids, "n_dropped": n_in - len(items)}
+        if self.separate_sentences:
+            sents, owner = [], []
+            for b, it in enumerate(items):
+                for sent in self._split(it[1], self.max_sentences) or [it[1]]:
+                    sents.append(sent)
+                    owner.append(b)
+            st = self.tokenize(sents)
+            out.update(sent_input_ids=st["input_ids"], sent_attention_mask=st["attention_mask"],
+                       sent_owner=torch.tensor(owner, dtype=torch.long))
+        return out
 
 
 def split_val(pairs: List[Pair], fraction: float, seed: int) -> Tuple[List[Pair], List[Pair]]:

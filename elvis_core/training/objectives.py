@@ -25,7 +25,9 @@ modules are L2-normalised (as :class:`~elvis_core.model.elvis.ElvisModel` return
 from __future__ import annotations
 
 import math
-from typing import Dict, Optional
+import re
+from dataclasses import dataclass
+from typing import Dict, List, Optional
 
 import torch
 import torch.distributed as dist
@@ -144,16 +146,19 @@ class LocalTokenPatch(nn.Module):
     For image i and report j: ``a[w, k] = softmax_k(t_jw . p_ik / attn_temperature)``, ``c_w = sum_k a[w,k] p_ik``,
     ``r_w = cos(c_w, t_jw)``; pair score ``S[i, j] = (1/gamma) log sum_w exp(gamma r_w)`` (``aggregation="lse"``,
     GLoRIA) or the mean of ``r_w`` (``"mean"``), over the words of j (``token_mask``). Loss: symmetric cross-entropy of
-    ``S / temperature`` with the matching pairs on the diagonal.
+    ``S / temperature`` with the matching pairs on the diagonal. ``units="sentences"``: the report's separately
+    encoded sentences (:class:`Sentences`, ``objectives.sentences = "separate"``) take the words' place.
     """
 
     def __init__(self, temperature: float = 0.1, attn_temperature: float = 0.1, aggregation: str = "lse",
-                 gamma: float = 5.0):
+                 gamma: float = 5.0, units: str = "tokens"):
         super().__init__()
         if aggregation not in ("lse", "mean"):
             raise ValueError("aggregation must be 'lse' or 'mean'")
+        if units not in ("tokens", "sentences"):
+            raise ValueError("units must be 'tokens' or 'sentences'")
         self.temperature, self.attn_temperature = temperature, attn_temperature
-        self.aggregation, self.gamma = aggregation, gamma
+        self.aggregation, self.gamma, self.units = aggregation, gamma, units
 
     def pair_scores(self, patch_emb: torch.Tensor, token_emb: torch.Tensor, token_mask: torch.Tensor) -> torch.Tensor:
         """S [B_img, B_txt]."""
@@ -197,6 +202,53 @@ def sentence_tensors(token_x: torch.Tensor, sentence_ids: torch.Tensor):
     cnt = onehot.sum(-1)  # [B, S]
     x = torch.einsum("bsl,bld->bsd", onehot.to(token_x.dtype), token_x) / cnt.clamp_min(1).unsqueeze(-1)
     return x, cnt > 0
+
+
+_SENT_SPLIT = re.compile(r"(?<=[.!?])\s+")
+_ENUM = re.compile(r"^\(?\d{1,2}[.)]\s*$")
+
+
+def split_sentences(text: str, max_sentences: int = 16) -> List[str]:
+    """Sentences of a (whitespace-collapsed) report text: split after ``.``/``!``/``?`` + space; list numbers
+    ("1.") are dropped, so are fragments without a letter. At most ``max_sentences`` (the first ones)."""
+    out = []
+    for part in _SENT_SPLIT.split(text.strip()):
+        part = part.strip()
+        if not part or _ENUM.match(part) or not any(ch.isalpha() for ch in part):
+            continue
+        out.append(part)
+        if len(out) >= max_sentences:
+            break
+    return out
+
+
+@dataclass
+class Sentences:
+    """Separately encoded sentences of each report, padded per sample: ``emb`` [B, S, D] (the text encoder's pooled
+    embedding of each sentence alone, projected, L2-normalised: what a phrase gets at grounding time), ``feats``
+    [B, S, H] (the same before projection), ``valid`` [B, S] bool."""
+
+    emb: torch.Tensor
+    feats: torch.Tensor
+    valid: torch.Tensor
+
+    @staticmethod
+    def pack(emb: torch.Tensor, feats: torch.Tensor, owner: torch.Tensor, batch_size: int) -> "Sentences":
+        """From flat per-sentence rows (``owner`` [T] = sample index, rows of a sample in order)."""
+        counts = torch.bincount(owner, minlength=batch_size) if owner.numel() else \
+            torch.zeros(batch_size, dtype=torch.long, device=emb.device)
+        s_max = int(counts.max().item()) if owner.numel() else 0
+        slot = torch.zeros_like(owner)
+        if owner.numel():
+            starts = torch.cumsum(counts, 0) - counts
+            slot = torch.arange(owner.numel(), device=owner.device) - starts[owner]
+        e = emb.new_zeros((batch_size, s_max, emb.shape[-1]))
+        f = feats.new_zeros((batch_size, s_max, feats.shape[-1]))
+        v = torch.zeros(batch_size, s_max, dtype=torch.bool, device=emb.device)
+        e[owner, slot] = emb
+        f[owner, slot] = feats
+        v[owner, slot] = True
+        return Sentences(e, f, v)
 
 
 def intra_sample_contrastive(a: torch.Tensor, b: torch.Tensor, targets: torch.Tensor, valid: torch.Tensor,
@@ -324,10 +376,13 @@ class RegionSentence(_LocalCrossModal):
         super().__init__(temperature, attn_temperature, text_weight, image_weight, weighting)
         self.distance_threshold, self.smooth_lambda = distance_threshold, smooth_lambda
 
-    def forward(self, patch_emb: torch.Tensor, token_emb: torch.Tensor, sentence_ids: torch.Tensor) -> torch.Tensor:
+    def forward(self, patch_emb: torch.Tensor, token_emb: torch.Tensor, sentence_ids: torch.Tensor,
+                sentences: Optional["Sentences"] = None) -> torch.Tensor:
+        """``sentences``: separately encoded sentences (:class:`Sentences`) instead of the "."-spans of the report."""
         gh, gw = (patch_emb.shape[1], patch_emb.shape[2]) if patch_emb.ndim == 4 else (1, patch_emb.shape[1])
         p = patch_emb.flatten(1, -2) if patch_emb.ndim == 4 else patch_emb  # [B, N, D]
-        e, s_valid = sentence_tensors(token_emb, sentence_ids)
+        e, s_valid = (sentences.emb, sentences.valid) if sentences is not None \
+            else sentence_tensors(token_emb, sentence_ids)
         if e.shape[1] == 0:
             return p.sum() * 0.0
         e = F.normalize(e, dim=-1)
@@ -362,10 +417,14 @@ class ElvisLocal(_LocalCrossModal):
             raise ValueError("target_temperature must be > 0")
         self.target_temperature, self.similarity_source = target_temperature, similarity_source
 
-    def forward(self, patch_feats, patch_emb, token_feats, token_emb, sentence_ids) -> torch.Tensor:
+    def forward(self, patch_feats, patch_emb, token_feats, token_emb, sentence_ids,
+                sentences: Optional["Sentences"] = None) -> torch.Tensor:
+        """``sentences``: separately encoded sentences (:class:`Sentences`: pooled embedding and its pre-projection
+        feature) instead of the "."-spans of the report (mean of token embeddings / of pre-projection features)."""
         p = patch_emb.flatten(1, -2) if patch_emb.ndim == 4 else patch_emb  # [B, N, D]
         pf = patch_feats.flatten(1, -2) if patch_feats.ndim == 4 else patch_feats
-        e, s_valid = sentence_tensors(token_emb, sentence_ids)
+        e, s_valid = (sentences.emb, sentences.valid) if sentences is not None \
+            else sentence_tensors(token_emb, sentence_ids)
         if e.shape[1] == 0:
             return p.sum() * 0.0
         e = F.normalize(e, dim=-1)
@@ -376,7 +435,8 @@ class ElvisLocal(_LocalCrossModal):
             st = torch.eye(e.shape[1], device=p.device).expand(p.shape[0], -1, -1)
         else:
             if self.similarity_source == "pre_projection":
-                src_p, src_s = pf, sentence_tensors(token_feats, sentence_ids)[0]
+                src_p = pf
+                src_s = sentences.feats if sentences is not None else sentence_tensors(token_feats, sentence_ids)[0]
             else:
                 src_p, src_s = p, e
             rt = similarity_targets(src_p, n_valid, self.target_temperature)
@@ -449,7 +509,8 @@ class IntraModalSimilarity(nn.Module):
 #: objective name -> (class, default options); weights come from the training config ([objectives] table)
 OBJECTIVES = {
     "global": (GlobalInfoNCE, {"temperature": 0.07, "learnable": True, "gather": True}),
-    "local": (LocalTokenPatch, {"temperature": 0.1, "attn_temperature": 0.1, "aggregation": "lse", "gamma": 5.0}),
+    "local": (LocalTokenPatch, {"temperature": 0.1, "attn_temperature": 0.1, "aggregation": "lse", "gamma": 5.0,
+                                "units": "tokens"}),
     "region_sentence": (RegionSentence, {"temperature": 0.3, "attn_temperature": 0.1, "text_weight": 0.5,
                                          "image_weight": 0.5, "distance_threshold": 0.3, "smooth_lambda": 0.0,
                                          "weighting": "attention"}),
@@ -488,9 +549,15 @@ class CombinedObjective(nn.Module):
     :meth:`forward` takes the two embedding objects and the token masks and returns ``(total, {name: value})``.
     """
 
-    def __init__(self, weights: Dict[str, float], options: Optional[Dict[str, dict]] = None):
+    def __init__(self, weights: Dict[str, float], options: Optional[Dict[str, dict]] = None,
+                 sentences: str = "spans"):
         super().__init__()
         options = options or {}
+        if sentences not in ("spans", "separate"):
+            raise ValueError("sentences must be 'spans' or 'separate'")
+        #: "separate": the trainer also encodes each report sentence alone (:class:`Sentences`) for the
+        #: sentence-level objectives (region_sentence, elvis, local with units="sentences")
+        self.sentences = sentences
         unknown = sorted(set(weights) - set(OBJECTIVES))
         if unknown:
             raise ValueError(f"unknown objectives: {unknown}")
@@ -504,18 +571,31 @@ class CombinedObjective(nn.Module):
             kw.update(options.get(name, {}))
             self.terms[name] = cls(**kw)
 
-    def forward(self, img, txt, words: torch.Tensor, sentence_ids: Optional[torch.Tensor] = None):
+    @property
+    def needs_separate_sentences(self) -> bool:
+        return self.sentences == "separate" or any(
+            getattr(t, "units", "") == "sentences" for t in self.terms.values())
+
+    def forward(self, img, txt, words: torch.Tensor, sentence_ids: Optional[torch.Tensor] = None,
+                sentences: Optional[Sentences] = None, anatomy: Optional[dict] = None):
         parts: Dict[str, torch.Tensor] = {}
+        sep = sentences if self.sentences == "separate" else None
         for name, term in self.terms.items():
             if name == "global":
                 parts[name] = term(img.global_emb, txt.global_emb)
             elif name == "local":
-                parts[name] = term(img.patch_emb, txt.token_emb, words)
+                if term.units == "sentences":
+                    if sentences is None:
+                        raise ValueError("local.units = 'sentences' needs the separately encoded sentences")
+                    parts[name] = term(img.patch_emb, sentences.emb, sentences.valid.long())
+                else:
+                    parts[name] = term(img.patch_emb, txt.token_emb, words)
             elif name == "region_sentence":
-                parts[name] = term(img.patch_emb, txt.token_emb, sentence_ids)
+                parts[name] = term(img.patch_emb, txt.token_emb, sentence_ids, sentences=sep)
             elif name == "intra":
                 parts[name] = term(img.patch_feats, img.patch_emb, txt.token_feats, txt.token_emb, words)
             elif name == "elvis":
-                parts[name] = term(img.patch_feats, img.patch_emb, txt.token_feats, txt.token_emb, sentence_ids)
+                parts[name] = term(img.patch_feats, img.patch_emb, txt.token_feats, txt.token_emb, sentence_ids,
+                                   sentences=sep)
         total = sum(self.weights[n] * v for n, v in parts.items())
         return total, {n: float(v.detach()) for n, v in parts.items()}

@@ -55,7 +55,18 @@ class TrainModule(nn.Module):
     def forward(self, batch: Dict[str, torch.Tensor]):
         img = self.model.encode_image(batch["pixel_values"])
         txt = self.model.encode_text(batch["input_ids"], batch["attention_mask"])
-        return self.objective(img, txt, batch["words"], batch["sentence_ids"])
+        sentences = None
+        if "sent_input_ids" in batch:  # each report sentence encoded alone (objectives.sentences = "separate")
+            from elvis_core.training.objectives import Sentences
+
+            st = self.model.encode_text(batch["sent_input_ids"], batch["sent_attention_mask"])
+            if self.model.config["text"]["pooling"] == "mean":
+                m = batch["sent_attention_mask"].unsqueeze(-1).to(st.token_feats.dtype)
+                pooled = (st.token_feats * m).sum(1) / m.sum(1).clamp_min(1.0)
+            else:
+                pooled = st.token_feats[:, 0]
+            sentences = Sentences.pack(st.global_emb, pooled, batch["sent_owner"], batch["input_ids"].shape[0])
+        return self.objective(img, txt, batch["words"], batch["sentence_ids"], sentences=sentences)
 
 
 @dataclass
@@ -375,7 +386,10 @@ def train(cfg: Dict[str, Any], out_dir: Optional[str] = None, progress: Optional
                           f"{tc['batch_size']} x {world} process(es)); lower train.batch_size", dc["root"])
     sampler = torch.utils.data.distributed.DistributedSampler(ds, num_replicas=world, rank=rank, shuffle=True,
                                                               seed=tc["seed"], drop_last=True)
-    collate = Collate(model)
+    oc = cfg["objectives"]
+    objective = CombinedObjective(oc["weights"], {k: oc[k] for k in oc if k not in ("weights", "sentences")},
+                                  sentences=oc["sentences"])
+    collate = Collate(model, separate_sentences=objective.needs_separate_sentences)
     loader = torch.utils.data.DataLoader(ds, batch_size=tc["batch_size"], sampler=sampler, drop_last=True,
                                          num_workers=tc["num_workers"], collate_fn=collate,
                                          pin_memory=device.type == "cuda",
@@ -389,9 +403,7 @@ def train(cfg: Dict[str, Any], out_dir: Optional[str] = None, progress: Optional
                                                              drop_last=False)
         val_loader = torch.utils.data.DataLoader(vds, batch_size=tc["batch_size"], sampler=vs, collate_fn=collate)
 
-    # ---- objectives, optimizer, schedule
-    oc = cfg["objectives"]
-    objective = CombinedObjective(oc["weights"], {k: oc[k] for k in oc if k != "weights"})
+    # ---- objectives (built above, with the data), optimizer, schedule
     module = TrainModule(model, objective).to(device)
     text_lr = tc["text_lr"] if model_cfg["text"]["source"] == "pretrained" else 0.0
     optimizer = torch.optim.AdamW(_param_groups(module, tc["lr"], text_lr, tc["weight_decay"]),

@@ -342,3 +342,21 @@ def test_combined_weights_and_parts():
     assert set(CombinedObjective({"global": 1.0, "intra": 0.0}).terms) == {"global"}
     with pytest.raises(ValueError, match="unknown objectives"):
         CombinedObjective({"globl": 1.0})
+
+
+def test_sentences_pack_and_split():
+    from elvis_core.training.objectives import Sentences, split_sentences
+
+    assert split_sentences("1. Small left effusion.  2. No right pneumothorax. Heart size is normal.") == \
+        ["Small left effusion.", "No right pneumothorax.", "Heart size is normal."]
+    emb = torch.arange(10, dtype=torch.float32).view(5, 2)
+    s = Sentences.pack(emb, emb * 10, torch.tensor([0, 0, 2, 2, 2]), 3)
+    assert s.valid.tolist() == [[True, True, False], [False, False, False], [True, True, True]]
+    assert s.emb[2, 1].tolist() == [6.0, 7.0] and s.feats[0, 1].tolist() == [20.0, 30.0]
+    # local over sentence units = the GLoRIA score with the sentences in the words' place
+    P = F.normalize(torch.randn(3, 2, 2, 2), dim=-1)
+    e = F.normalize(torch.randn(3, 3, 2), dim=-1)
+    sent = Sentences(e, e, torch.tensor([[True, True, False], [True, False, False], [True, True, True]]))
+    a = LocalTokenPatch(units="sentences")(P, sent.emb, sent.valid.long())
+    b = LocalTokenPatch()(P, e, sent.valid.long())
+    assert a.item() == pytest.approx(b.item())
