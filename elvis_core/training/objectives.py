@@ -523,6 +523,15 @@ OBJECTIVES = {
 }
 
 
+def _anatomy_cls():
+    from elvis_core.training.anatomy import AnatomyAlignment
+
+    return AnatomyAlignment
+
+
+OBJECTIVES["anatomy"] = (None, {"temperature": 0.1, "width": 128, "layers": 1, "heads": 4})
+
+
 def word_mask(input_ids: torch.Tensor, attention_mask: torch.Tensor, special_ids) -> torch.Tensor:
     """[B, L] long: 1 for real word pieces (not padding, not [CLS]/[SEP]/other special tokens)."""
     m = attention_mask.bool()
@@ -550,7 +559,7 @@ class CombinedObjective(nn.Module):
     """
 
     def __init__(self, weights: Dict[str, float], options: Optional[Dict[str, dict]] = None,
-                 sentences: str = "spans"):
+                 sentences: str = "spans", dims: Optional[Dict[str, int]] = None):
         super().__init__()
         options = options or {}
         if sentences not in ("spans", "separate"):
@@ -569,11 +578,18 @@ class CombinedObjective(nn.Module):
             cls, defaults = OBJECTIVES[name]
             kw = dict(defaults)
             kw.update(options.get(name, {}))
+            if name == "anatomy":  # GK-MVLP-style: needs the model's dimensions and separately encoded sentences
+                if not dims:
+                    raise ValueError("the anatomy objective needs the model dimensions (dims)")
+                if sentences != "separate":
+                    raise ValueError("the anatomy objective needs objectives.sentences = 'separate'")
+                cls = _anatomy_cls()
+                kw.update(in_dim=int(dims["image_channels"]), out_dim=int(dims["embed_dim"]))
             self.terms[name] = cls(**kw)
 
     @property
     def needs_separate_sentences(self) -> bool:
-        return self.sentences == "separate" or any(
+        return self.sentences == "separate" or "anatomy" in self.terms or any(
             getattr(t, "units", "") == "sentences" for t in self.terms.values())
 
     def forward(self, img, txt, words: torch.Tensor, sentence_ids: Optional[torch.Tensor] = None,
@@ -597,5 +613,11 @@ class CombinedObjective(nn.Module):
             elif name == "elvis":
                 parts[name] = term(img.patch_feats, img.patch_emb, txt.token_feats, txt.token_emb, sentence_ids,
                                    sentences=sep)
+            elif name == "anatomy":
+                if sentences is None or not anatomy:
+                    raise ValueError("the anatomy objective needs anatomy boxes (data.anatomy) and the separately "
+                                     "encoded sentences")
+                parts[name] = term(img.patch_feats, sentences.emb, sentences.valid, anatomy["anatomy_masks"],
+                                   anatomy["anatomy_mentions"])
         total = sum(self.weights[n] * v for n, v in parts.items())
         return total, {n: float(v.detach()) for n, v in parts.items()}

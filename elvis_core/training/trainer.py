@@ -66,7 +66,8 @@ class TrainModule(nn.Module):
             else:
                 pooled = st.token_feats[:, 0]
             sentences = Sentences.pack(st.global_emb, pooled, batch["sent_owner"], batch["input_ids"].shape[0])
-        return self.objective(img, txt, batch["words"], batch["sentence_ids"], sentences=sentences)
+        anatomy = {k: batch[k] for k in ("anatomy_masks", "anatomy_mentions") if k in batch} or None
+        return self.objective(img, txt, batch["words"], batch["sentence_ids"], sentences=sentences, anatomy=anatomy)
 
 
 @dataclass
@@ -372,7 +373,15 @@ def train(cfg: Dict[str, Any], out_dir: Optional[str] = None, progress: Optional
         a = cfg["augment"]
         augment = Augment(scale=tuple(a["scale"]), rotate_deg=a["rotate_deg"], translate=a["translate"],
                           brightness=a["brightness"], contrast=a["contrast"])
-    ds = PairDataset(train_pairs, model.transform, augment=augment, seed=tc["seed"])
+    anatomy = None
+    if dc["anatomy"]:
+        from elvis_core.training.anatomy import read_anatomy
+
+        anatomy = read_anatomy(dc["anatomy"])
+    elif cfg["objectives"]["weights"].get("anatomy", 0):
+        raise ConfigError("the anatomy objective needs anatomy boxes: set data.anatomy (a phantom anatomy.csv or a "
+                          "Chest ImaGenome scene-graph folder)")
+    ds = PairDataset(train_pairs, model.transform, augment=augment, seed=tc["seed"], anatomy=anatomy)
     use_cache = dc["cache"] == "ram" or (dc["cache"] == "auto" and len(train_pairs) <= dc["cache_max_images"])
     if use_cache:
         if is0:
@@ -387,8 +396,9 @@ def train(cfg: Dict[str, Any], out_dir: Optional[str] = None, progress: Optional
     sampler = torch.utils.data.distributed.DistributedSampler(ds, num_replicas=world, rank=rank, shuffle=True,
                                                               seed=tc["seed"], drop_last=True)
     oc = cfg["objectives"]
+    dims = {"image_channels": int(model.image_proj.fc1.in_features), "embed_dim": int(model.image_proj.fc2.out_features)}
     objective = CombinedObjective(oc["weights"], {k: oc[k] for k in oc if k not in ("weights", "sentences")},
-                                  sentences=oc["sentences"])
+                                  sentences=oc["sentences"], dims=dims)
     collate = Collate(model, separate_sentences=objective.needs_separate_sentences)
     loader = torch.utils.data.DataLoader(ds, batch_size=tc["batch_size"], sampler=sampler, drop_last=True,
                                          num_workers=tc["num_workers"], collate_fn=collate,
@@ -396,7 +406,7 @@ def train(cfg: Dict[str, Any], out_dir: Optional[str] = None, progress: Optional
                                          persistent_workers=tc["num_workers"] > 0)
     val_loader = None
     if val_pairs:
-        vds = PairDataset(val_pairs, model.transform, augment=None)
+        vds = PairDataset(val_pairs, model.transform, augment=None, anatomy=anatomy)
         if use_cache:
             vds.build_cache()
         vs = torch.utils.data.distributed.DistributedSampler(vds, num_replicas=world, rank=rank, shuffle=False,
