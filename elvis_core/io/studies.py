@@ -30,7 +30,7 @@ CancelFn = Callable[[], bool]
 _STUDY_DIR_RE = re.compile(r"^s\d{6,}$")
 _PATIENT_DIR_RE = re.compile(r"^p\d{6,}$")
 _DICOM_EXTS = (".dcm", ".dicom", ".dic")
-_IMAGE_EXTS = (".jpg", ".jpeg", ".png")
+from elvis_core.io.images import IMAGE_EXTENSIONS as _IMAGE_EXTS  # noqa: E402  (one suffix list)
 _JUNK_NAMES = {".DS_Store", "Thumbs.db", "desktop.ini"}
 
 _SCAN_TAGS = [
