@@ -29,6 +29,8 @@ class GroundingMap:
     #: seconds spent computing this map (text encoding + similarity), for the viewer's status bar
     latency_s: float = 0.0
     warnings: List[str] = field(default_factory=list)
+    #: the unsmoothed cosine grid (gh, gw) when smoothing was applied or known (None: same as ``similarity``)
+    raw_similarity: Optional[np.ndarray] = None
 
     def _affine_for(self, shape: Optional[Tuple[int, int]]):
         a = np.asarray(self.grid_to_image, dtype=np.float64)

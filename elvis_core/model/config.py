@@ -6,6 +6,9 @@ A model config is a JSON-serialisable dict (stored under ``"model"`` in a checkp
       "architecture": "elvis-dual-encoder",
       "image": {
         "resnet": {...ResNetConfig kwargs...},                  # num_channels is always 1 (grey input)
+        "pretrained": null | "/local/resnet/dir",  # transformers ResNet folder (e.g. ImageNet microsoft/resnet-50):
+                                                   # its architecture and weights, RGB stem folded; read only when
+                                                   # a fresh model is built for training
         "fusion": {"kind": "none" | "biovil-t", "dim": 256, "heads": 8, "blocks": 3, "grid": [14, 14]},
         "global": "project_pooled" | "mean_projected_patches"
       },
@@ -56,6 +59,7 @@ _DEFAULTS: Dict[str, Any] = {
     "architecture": ARCHITECTURE,
     "image": {
         "resnet": {},
+        "pretrained": None,
         "fusion": {"kind": "none", "dim": 256, "heads": 8, "blocks": 3, "grid": [14, 14]},
         "global": "project_pooled",
     },
@@ -77,7 +81,7 @@ _DEFAULTS: Dict[str, Any] = {
 #: keys whose value is a free-form dict validated elsewhere
 _FREE_FORM = {"model.image.resnet", "model.text.hf_config", "model.preprocessing"}
 #: keys whose default is None and which accept a string
-_OPTIONAL_STR = {"model.text.path"}
+_OPTIONAL_STR = {"model.text.path", "model.image.pretrained"}
 
 
 def _type_name(v: Any) -> str:

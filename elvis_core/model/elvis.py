@@ -16,7 +16,7 @@ L tokens, H text hidden size, D joint dimension):
 The config decides the heads (:mod:`elvis_core.model.heads`), the image global embedding (projection of the pooled
 grid, or the mean of the projected patches as BioViL), an optional BioViL-T fusion between the ResNet and the
 projection (``C`` is then ``2 * fusion.dim``) and the input transform, so imported models (``elvis import``) are
-ordinary ``ElvisModel``\ s.
+ordinary ``ElvisModel`` objects.
 """
 
 from __future__ import annotations
@@ -230,7 +230,9 @@ def build_model(config: Mapping[str, Any], tokenizer=None, texts: Optional[List[
     ``tokenizer``: a ``PreTrainedTokenizerFast`` to use; otherwise, for ``text.source == "config"``, a WordPiece
     vocabulary is trained on ``texts`` (e.g. the training reports) + the built-in seed corpus (deterministic), and for
     ``"pretrained"`` the tokenizer of ``text.path`` is loaded. ``init_text_from_path=False`` builds a pretrained-kind
-    text model from ``text.hf_config`` without reading ``text.path`` (used when loading checkpoints).
+    text model from ``text.hf_config`` without reading ``text.path`` and ignores ``image.pretrained`` (used when
+    loading checkpoints); with True, ``image.pretrained`` (a transformers ResNet folder) sets the ResNet's
+    architecture and weights (RGB stem folded to one channel).
     """
     cfg = validate_model_config(config)
     text_cfg = cfg["text"]
@@ -257,8 +259,21 @@ def build_model(config: Mapping[str, Any], tokenizer=None, texts: Optional[List[
         text_cfg["hf_config"].setdefault("pad_token_id", int(tokenizer.pad_token_id or 0))
         mp = int(text_cfg["hf_config"].get("max_position_embeddings", 512))
         text_cfg["max_length"] = min(text_cfg["max_length"], mp)
+    image_state = None
+    if cfg["image"].get("pretrained") and init_text_from_path:
+        from elvis_core.model.importers import load_pretrained_resnet
+
+        rcfg, image_state = load_pretrained_resnet(cfg["image"]["pretrained"])
+        cfg["image"]["resnet"] = rcfg
     text_model, hf = _build_text_model(text_cfg, init_from_path=init_text_from_path)
     if text_cfg["source"] == "pretrained":
         text_cfg["hf_config"] = hf
     model = ElvisModel(cfg, tokenizer, text_model, hf)
+    if image_state is not None:
+        from elvis_core.model.checkpoint import check_state_dict
+
+        expected = model.image_encoder.state_dict()
+        check_state_dict(expected, {k: tuple(v.shape) for k, v in image_state.items()}, cfg["image"]["pretrained"])
+        model.image_encoder.load_state_dict({k: v.to(expected[k].dtype) for k, v in image_state.items()})
+        log.info("image encoder initialised from %s", cfg["image"]["pretrained"])
     return model
