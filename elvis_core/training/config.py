@@ -18,6 +18,7 @@ DEFAULTS: Dict[str, Any] = {
     "model": {
         "preset": "demo",  # a name from elvis_core.model.config.preset_names()
         "overrides": {},  # a model-config table merged over the preset (validated by the model config)
+        "init_from": "",  # an ELVIS checkpoint folder (incl. one made by `elvis import`): its architecture + weights
     },
     "data": {
         "root": "",  # MIMIC-CXR-layout root or phantom folder
@@ -157,9 +158,19 @@ def load_config(path: Optional[str], sets: Sequence[str] = ()) -> Dict[str, Any]
 
 
 def model_config_from(cfg: Dict[str, Any]) -> Dict[str, Any]:
-    """The model config: the preset with ``model.overrides`` merged over it (deep), validated."""
+    """The model config: the preset with ``model.overrides`` merged over it (deep), validated; or, with
+    ``model.init_from``, the architecture of that checkpoint."""
     from elvis_core.model.config import preset, validate_model_config
 
+    if cfg["model"].get("init_from"):
+        from elvis_core.model.checkpoint import read_checkpoint_config
+
+        if cfg["model"]["overrides"]:
+            raise ConfigError("model.init_from takes the architecture from the checkpoint; remove model.overrides")
+        try:
+            return validate_model_config(read_checkpoint_config(cfg["model"]["init_from"])["model"])
+        except ConfigError as err:
+            raise ConfigError(f"model.init_from: {err}") from None
     base = preset(cfg["model"]["preset"])
 
     def deep(a, b):

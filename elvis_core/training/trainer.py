@@ -339,6 +339,10 @@ def train(cfg: Dict[str, Any], out_dir: Optional[str] = None, progress: Optional
         if model.config["image"] != model_cfg["image"] or model.config["projection"] != model_cfg["projection"]:
             raise ConfigError("the run in this output folder used another architecture; use a new --out folder "
                               "or --set train.resume=false", out)
+    elif cfg["model"].get("init_from"):
+        model = load_checkpoint(cfg["model"]["init_from"]).train()
+        if is0:
+            log.info("model initialised from checkpoint %s", cfg["model"]["init_from"])
     else:
         tokenizer = None
         if model_cfg["text"]["source"] == "config":
@@ -428,6 +432,7 @@ def train(cfg: Dict[str, Any], out_dir: Optional[str] = None, progress: Optional
                  "unreadable_images": n_unreadable},
         "training": {k: tc[k] for k in ("batch_size", "grad_accum", "lr", "weight_decay", "warmup_steps", "seed",
                                         "bf16", "compile")} | {"world_size": world, "device": device.type,
+                                                               "init_from": cfg["model"].get("init_from") or None,
                                                                "total_steps": total_steps,
                                                                "augment": cfg["augment"]},
     }
