@@ -329,6 +329,27 @@ class PreparedDataset(torch.utils.data.Dataset):
         self._epoch = 0
         self._maps: Dict[int, np.ndarray] = {}
         self._texts: Optional[np.ndarray] = None
+        self._tok_flat: Optional[np.ndarray] = None  # see pretokenize()
+        self._tok_off: Optional[np.ndarray] = None
+        self._tok_of_item: Optional[np.ndarray] = None
+
+    def pretokenize(self, tokenizer, max_length: int, chunk: int = 4096) -> None:
+        """Tokenize every distinct report once (truncated to ``max_length``, special tokens added, no padding) and
+        keep the ids in two flat arrays, so batches need no tokenizer (which otherwise costs most of the loader's
+        time). :class:`Collate` pads them; the result equals ``model.tokenize`` of the texts (tested)."""
+        starts, inverse = np.unique(self.text_start, return_inverse=True)
+        first = np.zeros(len(starts), dtype=np.int64)
+        first[inverse[::-1]] = np.arange(len(inverse))[::-1]  # an item of each distinct report
+        pieces, lengths = [], []
+        for a in range(0, len(starts), chunk):
+            texts = [self.text(int(i)) for i in first[a:a + chunk]]
+            enc = tokenizer(texts, padding=False, truncation=True, max_length=max_length)["input_ids"]
+            for ids in enc:
+                pieces.append(np.asarray(ids, dtype=np.int32))
+                lengths.append(len(ids))
+        self._tok_flat = np.concatenate(pieces) if pieces else np.zeros(0, np.int32)
+        self._tok_off = np.concatenate([[0], np.cumsum(lengths)]).astype(np.int64)
+        self._tok_of_item = inverse.astype(np.int64)
 
     def __len__(self) -> int:
         return len(self.ids)
@@ -356,11 +377,16 @@ class PreparedDataset(torch.utils.data.Dataset):
         if self.augment is not None:
             aug = torch.from_numpy(np.stack([self.augment.sample(np.random.default_rng([self.seed, self._epoch, int(i)]))
                                              for i in idxs]))
-        return {"pixels": torch.from_numpy(pix), "texts": [self.text(int(i)) for i in idxs], "augment": aug}
+        out = {"pixels": torch.from_numpy(pix), "augment": aug}
+        if self._tok_flat is not None:
+            tok = self._tok_of_item
+            out["token_ids"] = [self._tok_flat[self._tok_off[tok[i]]:self._tok_off[tok[i] + 1]] for i in idxs]
+        else:
+            out["texts"] = [self.text(int(i)) for i in idxs]
+        return out
 
     def __getitem__(self, idx: int):
-        b = self.__getitems__([idx])
-        return b["pixels"][0], b["texts"][0]
+        return self.__getitems__([idx])
 
 
 class Collate:
@@ -378,18 +404,33 @@ class Collate:
         self.periods = [i for i in (tok.convert_tokens_to_ids("."),) if i is not None and i != tok.unk_token_id]
         self._word_mask, self._sentence_ids = word_mask, sentence_ids_from_tokens
 
+    def _pad(self, token_ids: Sequence[np.ndarray]) -> Dict[str, torch.Tensor]:
+        """Pre-tokenized ids (:meth:`PreparedDataset.pretokenize`) → right-padded ``input_ids``/``attention_mask``."""
+        n, width = len(token_ids), max(len(t) for t in token_ids)
+        ids = np.full((n, width), self.pad_id, dtype=np.int64)
+        mask = np.zeros((n, width), dtype=np.int64)
+        for j, t in enumerate(token_ids):
+            ids[j, :len(t)] = t
+            mask[j, :len(t)] = 1
+        return {"input_ids": torch.from_numpy(ids), "attention_mask": torch.from_numpy(mask)}
+
     def __call__(self, items):
         aug = None
         if isinstance(items, dict):  # a PreparedDataset batch (__getitems__): uint8 pixels, augmented on the device
-            pix, texts, aug, n_in = items["pixels"], items["texts"], items["augment"], len(items["texts"])
+            pix, aug = items["pixels"], items["augment"]
+            n_in = n_kept = pix.shape[0]
+            if "token_ids" in items:
+                t = self._pad(items["token_ids"])
+            else:
+                t = self.tokenize(items["texts"])
         else:
             n_in = len(items)
             items = [it for it in items if it is not None]
             if not items:
                 return None
             pix = torch.stack([it[0] for it in items])
-            texts = [it[1] for it in items]
-        t = self.tokenize(texts)
+            n_kept = len(items)
+            t = self.tokenize([it[1] for it in items])
         if self.pad_to and t["input_ids"].shape[1] < self.pad_to:
             extra = self.pad_to - t["input_ids"].shape[1]
             t = {"input_ids": torch.nn.functional.pad(t["input_ids"], (0, extra), value=self.pad_id),
@@ -397,7 +438,7 @@ class Collate:
         words = self._word_mask(t["input_ids"], t["attention_mask"], self.special)
         sids = self._sentence_ids(t["input_ids"], words, self.periods)
         out = {"pixel_values": pix, "input_ids": t["input_ids"], "attention_mask": t["attention_mask"],
-               "words": words, "sentence_ids": sids, "n_dropped": n_in - len(texts)}
+               "words": words, "sentence_ids": sids, "n_dropped": n_in - n_kept}
         if aug is not None:
             out["augment"] = aug
         return out

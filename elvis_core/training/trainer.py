@@ -416,6 +416,7 @@ def train(cfg: Dict[str, Any], out_dir: Optional[str] = None, progress: Optional
     if prepared is not None:
         prepared.check_transform(model.transform)  # refuse a cache made with another transform
         ds = PreparedDataset(prepared, train_ids, augment=augment, seed=tc["seed"])
+        ds.pretokenize(model.tokenizer, model.max_text_length)
         ds.pairs = [os.path.basename(prepared.paths[i]) for i in train_ids]  # provenance hash only
         use_cache = False
         n_unreadable = len(prepared.unreadable)
@@ -444,6 +445,7 @@ def train(cfg: Dict[str, Any], out_dir: Optional[str] = None, progress: Optional
     if n_val:
         if prepared is not None:
             vds = PreparedDataset(prepared, val_ids, augment=None)
+            vds.pretokenize(model.tokenizer, model.max_text_length)
         else:
             vds = PairDataset(val_pairs, model.transform, augment=None)
             if use_cache:
