@@ -34,7 +34,7 @@ class _Engine:
         out = []
         for p in phrases:
             g = np.zeros((4, 4), np.float32)
-            right_half = (phrase_side(p) == "left") != p.startswith("no ") != self.flip
+            right_half = (phrase_side(p) == "left") ^ p.startswith("no ") ^ self.flip
             g[1, 3 if right_half else 0] = 1.0
             h, w = self.shape
             a = np.array([[w / 4, 0, 0], [0, h / 4, 0], [0, 0, 1.0]])
