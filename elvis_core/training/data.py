@@ -415,7 +415,13 @@ class Collate:
                  max_sentences: int = 16):
         self.size = model.transform.size
         self.grid = tuple(model.grid_shape())
-        from elvis_core.training.objectives import sentence_ids_from_tokens, split_sentences, word_mask
+        from elvis_core.training.objectives import (negated_sentence, sentence_ids_from_tokens, split_sentences,
+                                                    word_mask)
+
+        self._negate = negated_sentence
+        #: also add "no <sentence>" copies of affirmative finding sentences (``sent_neg_src``: index of the original
+        #: row, -1 for the report's own sentences), for the ``negation`` objective
+        self.negations = False
 
         #: also tokenize each report sentence alone (``sent_input_ids`` / ``sent_attention_mask`` / ``sent_owner``)
         #: for the sentence-level objectives with ``objectives.sentences = "separate"``
@@ -478,9 +484,18 @@ class Collate:
                 for sent in mine:
                     sents.append(sent)
                     owner.append(b)
+            src = [-1] * len(sents)
+            if self.negations:
+                for k in range(len(src)):
+                    neg = self._negate(sents[k])
+                    if neg is not None:
+                        sents.append(neg)
+                        owner.append(owner[k])
+                        src.append(k)
             st = self.tokenize(sents)
             out.update(sent_input_ids=st["input_ids"], sent_attention_mask=st["attention_mask"],
-                       sent_owner=torch.tensor(owner, dtype=torch.long))
+                       sent_owner=torch.tensor(owner, dtype=torch.long), sent_neg_src=torch.tensor(src,
+                                                                                              dtype=torch.long))
             if isinstance(items, list) and len(items[0]) > 2:  # anatomy boxes (data.anatomy; not in prepared caches)
                 from elvis_core.training.anatomy import batch_anatomy
 

@@ -40,7 +40,7 @@ from elvis_core.training.objectives import CombinedObjective
 log = logging.getLogger(__name__)
 
 LOG_COLUMNS = ["step", "epoch", "lr", "loss", "global", "local", "region_sentence", "intra", "pairs_per_s",
-               "seconds", "val_loss", "val_cnr", "val_miou", "val_pointing", "elvis", "anatomy"]
+               "seconds", "val_loss", "val_cnr", "val_miou", "val_pointing", "elvis", "anatomy", "negation"]
 STATE_JSON, STATE_TENSORS = "trainer_state.json", "trainer_state.safetensors"
 
 
@@ -65,7 +65,16 @@ class TrainModule(nn.Module):
                 pooled = (st.token_feats * m).sum(1) / m.sum(1).clamp_min(1.0)
             else:
                 pooled = st.token_feats[:, 0]
-            sentences = Sentences.pack(st.global_emb, pooled, batch["sent_owner"], batch["input_ids"].shape[0])
+            src = batch.get("sent_neg_src")
+            if src is None:
+                src = torch.full_like(batch["sent_owner"], -1)
+            own = src < 0
+            sentences = Sentences.pack(st.global_emb[own], pooled[own], batch["sent_owner"][own],
+                                       batch["input_ids"].shape[0])
+            if bool((~own).any()):
+                sentences.negations = (st.global_emb[src[~own]], st.global_emb[~own], batch["sent_owner"][~own])
+            elif "negation" in self.objective.terms:
+                sentences.negations = (st.global_emb[:0], st.global_emb[:0], batch["sent_owner"][:0])
         anatomy = {k: batch[k] for k in ("anatomy_masks", "anatomy_mentions") if k in batch} or None
         return self.objective(img, txt, batch["words"], batch["sentence_ids"], sentences=sentences, anatomy=anatomy)
 
@@ -468,6 +477,7 @@ def train(cfg: Dict[str, Any], out_dir: Optional[str] = None, progress: Optional
                                   sentences=oc["sentences"], dims=dims)
     collate = Collate(model, pad_to_max_length=tc["static_shapes"],
                       separate_sentences=objective.needs_separate_sentences)
+    collate.negations = "negation" in objective.terms
     loader = torch.utils.data.DataLoader(ds, batch_size=tc["batch_size"], sampler=sampler, drop_last=True,
                                          num_workers=tc["num_workers"], collate_fn=collate,
                                          pin_memory=device.type == "cuda",

@@ -295,13 +295,16 @@ def test_sentence_level_objectives_train_with_separately_encoded_sentences(phant
 
     sets = {"objectives.weights.global": 1.0, "objectives.weights.local": 0.5, "objectives.weights.intra": 0.0,
             "objectives.weights.elvis": 0.5, "objectives.weights.region_sentence": 0.25,
+            "objectives.weights.negation": 0.5,
             "objectives.sentences": "'separate'", "objectives.local.units": "'sentences'", "train.max_steps": 2}
     res = train(_tiny_cfg(phantom, tmp_path / "sep", **sets))
     assert res.steps == 2 and all(torch.isfinite(torch.tensor(res.losses)))
     header = (tmp_path / "sep" / "log.csv").read_text().splitlines()[0].split(",")
     rows = [dict(zip(header, r.split(","))) for r in (tmp_path / "sep" / "log.csv").read_text().splitlines()[1:]]
-    assert rows and all(r["elvis"] and r["region_sentence"] and r["local"] for r in rows if r["loss"])
-    spans = dict(sets, **{"objectives.sentences": "'spans'", "objectives.local.units": "'tokens'"})
+    assert rows and all(r["elvis"] and r["region_sentence"] and r["local"] and r["negation"] for r in rows
+                        if r["loss"])
+    spans = dict(sets, **{"objectives.sentences": "'spans'", "objectives.local.units": "'tokens'",
+                          "objectives.weights.negation": 0.0})
     res2 = train(_tiny_cfg(phantom, tmp_path / "spans", **spans))
     assert res2.first_loss != pytest.approx(res.first_loss, rel=1e-4)
 
