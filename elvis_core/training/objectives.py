@@ -245,10 +245,12 @@ def negated_sentence(sentence: str) -> Optional[str]:
 class NegationContrast(nn.Module):
     """Negation-aware term (ours; none of the seed papers has it): for an affirmative finding sentence ``s`` of a
     report and its negated copy ``s'`` = "no <s>" (:func:`negated_sentence`), the image's patches that ``s`` attends to
-    (``a_k = softmax_k(p_k . e_s / attn_temperature)``, detached) must be more similar to ``e_s`` than to ``e_s'``:
-    ``softplus((sum_k a_k p_k . e_s' - sum_k a_k p_k . e_s) / temperature)``, mean over pairs. It makes the map of
-    "no X" differ from the map of "X" where X is (the phantom reports' own negatives, "No left pneumothorax.", are
-    trained by the other terms like any sentence)."""
+    (``a_k = softmax_k(p_k . e_s / attn_temperature)``, detached) must be less similar to ``e_s'`` than to ``e_s``
+    AND than the image's other patches are to ``e_s'``: with ``m' = sum_k a_k p_k . e_s'``, loss =
+    ``(softplus((m' - sum_k a_k p_k . e_s) / temperature) + softplus((m' - mean_k p_k . e_s') / temperature)) / 2``,
+    mean over pairs. So the map of "no X" is low where X is (a shift of the whole map would not change its Pearson
+    correlation with the map of X; the second term changes its shape). The phantom reports' own negatives ("No left
+    pneumothorax.") are trained by the other terms like any sentence."""
 
     def __init__(self, temperature: float = 0.1, attn_temperature: float = 0.1):
         super().__init__()
@@ -262,7 +264,10 @@ class NegationContrast(nn.Module):
         sp = torch.einsum("tnd,td->tn", p, pos)
         sn = torch.einsum("tnd,td->tn", p, neg)
         a = torch.softmax(sp.detach() / self.attn_temperature, dim=-1)
-        return F.softplus(((a * sn).sum(-1) - (a * sp).sum(-1)) / self.temperature).mean()
+        at_x = (a * sn).sum(-1)  # the "no X" map where X is
+        vs_x = F.softplus((at_x - (a * sp).sum(-1)) / self.temperature)  # below the X map there
+        vs_rest = F.softplus((at_x - sn.mean(-1)) / self.temperature)  # and below its own image mean
+        return 0.5 * (vs_x + vs_rest).mean()
 
 
 @dataclass
