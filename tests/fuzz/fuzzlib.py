@@ -481,6 +481,8 @@ _JSON_VALUES: Tuple = (None, -1, 0, 0.4, 1e308, -1e308, 10**30, "x", "", [], {},
 
 def _json_paths(obj, prefix=()) -> List[tuple]:
     out = [prefix]
+    if len(prefix) > 8:
+        return out
     if isinstance(obj, dict):
         for k, v in obj.items():
             out.extend(_json_paths(v, prefix + (k,)))
