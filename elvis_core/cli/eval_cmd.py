@@ -77,8 +77,8 @@ def run(args: argparse.Namespace) -> int:
     from elvis_core.grounding.evaluate import evaluate
     from elvis_core.io.annotations import read_ms_cxr_csv
 
-    if args.sigma < 0:
-        raise ElvisError(f"--sigma must be >= 0, got {args.sigma}")
+    if not 0 <= args.sigma <= 64:  # also refuses nan; a grid is at most a few dozen cells across
+        raise ElvisError(f"--sigma must be 0..64 grid cells, got {args.sigma}")
     if args.json_out and not Path(args.json_out).resolve().parent.exists():
         raise ElvisError("output folder does not exist", Path(args.json_out).resolve().parent)
     aset = read_ms_cxr_csv(args.annotations)
