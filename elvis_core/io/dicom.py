@@ -185,7 +185,7 @@ _LONG_VRS = (b"OB", b"OW", b"OF", b"SQ", b"UT", b"UN", b"UC", b"UR", b"OD", b"OL
 
 def _check_deflate(path: str) -> None:
     """A Deflated Explicit VR Little Endian file is inflated whole by pydicom: measure the inflated size first (in
-    1 MiB steps, nothing kept) and refuse one larger than the decoded-size limit (a 1.4 MB file may inflate to GBs)."""
+    1 MiB steps, nothing kept) and refuse one larger than ``max_inflated_bytes`` (a 1.4 MB file may inflate to GBs)."""
     import zlib
 
     try:
@@ -201,7 +201,7 @@ def _check_deflate(path: str) -> None:
                 else:
                     pos += 8 + int.from_bytes(head[pos + 6:pos + 8], "little")
             f.seek(pos)
-            limit = limits().max_decoded_bytes
+            limit = min(limits().max_decoded_bytes, limits().max_inflated_bytes)
             d = zlib.decompressobj(-zlib.MAX_WBITS)
             total = 0
             while True:
@@ -212,8 +212,8 @@ def _check_deflate(path: str) -> None:
                     total += len(d.decompress(chunk, 1 << 20))
                     chunk = d.unconsumed_tail
                     if total > limit:
-                        raise DicomReadError(f"deflated data set inflates to more than {mib(limit)} (the decoded-size "
-                                             "limit, ELVIS_MAX_DECODED_MB): refused", path)
+                        raise DicomReadError(f"deflated data set inflates to more than {mib(limit)} (the limit, "
+                                             "ELVIS_MAX_INFLATED_MB): refused", path)
                 if d.eof:
                     break
     except OSError:

@@ -131,7 +131,8 @@ class Seeds:
         self.csv_text = self.csv_path.read_text(encoding="utf-8")
         self.images_root = _images_root_of(set_dir, self.csv_text)
         self.coco = _csv_to_coco(self.csv_text)
-        # a tiny checkpoint
+    def make_checkpoint(self) -> Path:
+        """A tiny checkpoint (built on first use: it needs torch)."""
         if not (self.checkpoint / "config.json").exists():
             from elvis_core.model.checkpoint import save_checkpoint
             from elvis_core.model.config import preset
@@ -141,6 +142,7 @@ class Seeds:
             torch.manual_seed(0)
             model = build_model(preset("tiny"), texts=self.reports)
             save_checkpoint(model, self.checkpoint)
+        return self.checkpoint
 
 
 def _images_root_of(set_dir: Path, csv_text: str) -> Path:
@@ -580,7 +582,7 @@ def make_checkpoint(seeds: Seeds, seed: int, out_dir: Path) -> Case:
     out = out_dir / f"fuzz_{seed}_ckpt"
     if out.exists():
         shutil.rmtree(out)
-    shutil.copytree(seeds.checkpoint, out)
+    shutil.copytree(seeds.make_checkpoint(), out)
     cfg = json.loads((out / "config.json").read_text())
     m = r.random()
     if m < 0.6:
@@ -726,7 +728,7 @@ def _engine(seeds: Seeds):
     if "e" not in _ENGINE:
         from elvis_core.grounding.engine import GroundingEngine
 
-        _ENGINE["e"] = GroundingEngine(str(seeds.checkpoint), device="cpu")
+        _ENGINE["e"] = GroundingEngine(str(seeds.make_checkpoint()), device="cpu")
     return _ENGINE["e"]
 
 
