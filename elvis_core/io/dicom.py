@@ -204,17 +204,18 @@ def _check_deflate(path: str) -> None:
             limit = min(limits().max_decoded_bytes, limits().max_inflated_bytes)
             d = zlib.decompressobj(-zlib.MAX_WBITS)
             total = 0
-            while True:
-                chunk = f.read(1 << 16)
+            chunk = b""
+            while not d.eof:
                 if not chunk:
-                    break
-                while chunk:
-                    total += len(d.decompress(chunk, 1 << 20))
-                    chunk = d.unconsumed_tail
-                    if total > limit:
-                        raise DicomReadError(f"deflated data set inflates to more than {mib(limit)} (the limit, "
-                                             "ELVIS_MAX_INFLATED_MB): refused", path)
-                if d.eof:
+                    chunk = f.read(1 << 16)
+                # with nothing left to read, keep asking: zlib may still hold output for input it has consumed
+                out = d.decompress(chunk, 1 << 20)
+                chunk = d.unconsumed_tail
+                total += len(out)
+                if total > limit:
+                    raise DicomReadError(f"deflated data set inflates to more than {mib(limit)} (the limit, "
+                                         "ELVIS_MAX_INFLATED_MB): refused", path)
+                if not out and not chunk and f.tell() >= os.fstat(f.fileno()).st_size:
                     break
     except OSError:
         return  # the reader proper reports it

@@ -211,7 +211,7 @@ def decode_report_bytes(data: bytes, path: Optional[str] = None) -> Tuple[str, L
         if high and odd / high > 0.5:
             raise ReportReadError("not text in a known encoding (its non-ASCII bytes are not letters in UTF-8, "
                                   "Windows-1252 or latin-1)", path)
-        return text, [f"not valid UTF-8: read as {'Windows-1252' if enc == 'cp1252' else 'latin-1'}"]
+        return text, [f"not valid UTF-8: read as {'Windows-1252 (latin-1 superset)' if enc == 'cp1252' else 'latin-1'}"]
     raise ReportReadError("not text in a known encoding", path)  # pragma: no cover - latin-1 decodes anything
 
 

@@ -305,7 +305,7 @@ def _deflate_bomb(out: Path, r: random.Random) -> str:
         body += struct.pack("<HH", *tag) + vr + struct.pack("<H", len(val)) + val
     n = n_mb << 20
     body += struct.pack("<HH", 0x7FE0, 0x0010) + b"OB\x00\x00" + struct.pack("<I", n)
-    comp = zlib.compressobj(9, zlib.DEFLATED, -zlib.MAX_WBITS)
+    comp = zlib.compressobj(1, zlib.DEFLATED, -zlib.MAX_WBITS)
     chunks = [comp.compress(bytes(body))]
     zero = bytes(1 << 20)
     for _ in range(n_mb):

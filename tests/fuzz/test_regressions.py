@@ -196,6 +196,24 @@ def test_deflate_bomb_refused_without_inflating_it_all(tmp_path):
         io_limits.set_limits(**old.__dict__)
 
 
+def test_deflate_bomb_just_over_the_default_limit_and_real_deflate_file(tmp_path):
+    """The measuring loop once stopped while zlib still held output (the whole bomb fits in one read): a 64 MiB +
+    header bomb went through to pydicom (30 s, 300 MB). And a real deflated file still reads."""
+    import random
+
+    from pydicom.data import get_testdata_file
+
+    from tests.fuzz.fuzzlib import _deflate_bomb
+
+    p = tmp_path / "b.dcm"
+    r = random.Random(0)
+    r.choice = lambda seq: 64  # the 64 MiB bomb
+    _deflate_bomb(p, r)
+    with pytest.raises(DicomReadError, match="ELVIS_MAX_INFLATED_MB"):
+        read_radiograph(str(p))
+    assert read_radiograph(get_testdata_file("image_dfl.dcm")).pixels.size > 0
+
+
 def test_simpleitk_build_paths_are_scrubbed():
     msg = ("Exception thrown in SimpleITK ImageFileReader_Execute: /tmp/SimpleITK-build/ITK/Modules/IO/GDCM/src/"
            "itkGDCMImageIO.cxx:361: ITK ERROR: GDCMImageIO(0x55): Cannot read /data/x.dcm")
