@@ -214,6 +214,20 @@ def test_deflate_bomb_just_over_the_default_limit_and_real_deflate_file(tmp_path
     assert read_radiograph(get_testdata_file("image_dfl.dcm")).pixels.size > 0
 
 
+def test_png_header_claiming_a_huge_image_is_refused_before_decoding(tmp_path):
+    import zlib as _z
+
+    def chunk(kind, data):
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", _z.crc32(kind + data) & 0xFFFFFFFF)
+
+    png = b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", 65535, 65535, 16, 0, 0, 0, 0)) + \
+        chunk(b"IDAT", _z.compress(b"\0" * 1000)) + chunk(b"IEND", b"")
+    p = tmp_path / "bomb.png"
+    p.write_bytes(png)
+    with pytest.raises(DicomReadError, match="larger than the limit"):
+        read_image(str(p))
+
+
 def test_simpleitk_build_paths_are_scrubbed():
     msg = ("Exception thrown in SimpleITK ImageFileReader_Execute: /tmp/SimpleITK-build/ITK/Modules/IO/GDCM/src/"
            "itkGDCMImageIO.cxx:361: ITK ERROR: GDCMImageIO(0x55): Cannot read /data/x.dcm")
