@@ -92,6 +92,9 @@ def worker(kind: str, n: int, offset: int, timeout: float, guard_gb: float, work
             fuzzlib.run_case(c, seeds)
         except (ElvisError, Exception):  # noqa: BLE001 - warm-up only
             pass
+    import elvis_core
+
+    print(json.dumps({"code": os.path.dirname(elvis_core.__file__)}), flush=True)
     cases_dir = work / "cases" / kind
     for seed in range(offset, offset + n):
         case = fuzzlib.make_case(kind, seeds, seed, cases_dir, big=True)
@@ -204,6 +207,7 @@ def main() -> int:
     share = sum(SHARES[k] for k in kinds)
     counts = {k: max(1, round(args.n * SHARES[k] / share)) for k in kinds}
     rows = []
+    codes = set()
     out = open(args.json, "w") if args.json else None
     t0 = time.time()
     for kind in kinds:
@@ -216,16 +220,21 @@ def main() -> int:
                 r = json.loads(line)
             except ValueError:
                 continue
+            if "code" in r:
+                codes.add(r["code"])
+                continue
             rows.append(r)
             if out:
                 out.write(line)
         proc.wait()
         got = sum(1 for r in rows if r["kind"] == kind)
         print(f"{kind}: {got}/{counts[kind]} inputs in {time.time() - t1:.0f} s", file=sys.stderr, flush=True)
+        if got < counts[kind]:
+            print(f"WARNING: the {kind} worker stopped after {got} of {counts[kind]} inputs (exit {proc.returncode})")
     if out:
         out.close()
     print(f"fuzz campaign: {len(rows)} inputs, {time.time() - t0:.0f} s, seeds {args.offset}..; machine: "
-          f"{os.cpu_count()} CPUs")
+          f"{os.cpu_count()} CPUs; code: {', '.join(sorted(codes))}")
     print(_table(rows, kinds, args.hang))
     for kind in kinds:
         bad = [r for r in rows if r["kind"] == kind and (r["status"] in ("traceback", "hang")

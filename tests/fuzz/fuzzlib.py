@@ -646,9 +646,18 @@ MAKERS: Dict[str, Callable] = {"dicom": make_dicom, "report": make_report, "csv"
 def make_case(kind: str, seeds: Seeds, seed: int, out_dir: Path, big: bool = True) -> Case:
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    if kind in ("report", "csv"):
-        return MAKERS[kind](seeds, seed, out_dir, big=big)
-    return MAKERS[kind](seeds, seed, out_dir)
+    try:
+        if kind in ("report", "csv"):
+            return MAKERS[kind](seeds, seed, out_dir, big=big)
+        return MAKERS[kind](seeds, seed, out_dir)
+    except Exception as err:  # noqa: BLE001 - a structured mutation pydicom cannot write: flip bits instead
+        if kind != "dicom":
+            raise
+        r = random.Random(seed)
+        src = r.choice(seeds.dicoms)
+        out = out_dir / f"fuzz_{seed}.dcm"
+        out.write_bytes(flip_bits(src.read_bytes(), r, lo=132))
+        return Case("dicom", seed, out, f"{src.name}: bit flips (structured mutation failed: {type(err).__name__})")
 
 
 # ---------------------------------------------------------------------------------------------------------------- #
