@@ -20,7 +20,6 @@ from elvis_core.grounding.metrics import DEFAULT_THRESHOLDS, cnr, contrast, miou
 from elvis_core.io.annotations import AnnotationSet, Phrase, rescale_boxes
 
 #: image suffixes tried when the annotated path is not found (MS-CXR lists MIMIC-CXR-JPG paths)
-_ALT_SUFFIXES = (".dcm", ".jpg", ".png", ".jpeg")
 
 ProgressFn = Callable[[int, int], None]
 
@@ -32,12 +31,7 @@ def read_any_image(path: os.PathLike | str):
     return read_image(path)
 
 
-def resolve_image(images_root: os.PathLike | str, rel_path: str, allow_outside: bool = False) -> Optional[Path]:
-    """``images_root / rel_path``, else the same path with another image suffix (.dcm / .jpg / .png). A path outside
-    ``images_root`` raises :class:`~elvis_core.io.annotations.OutsideImagesError` unless ``allow_outside``."""
-    from elvis_core.io.annotations import resolve_annotation_image
-
-    return resolve_annotation_image(images_root, rel_path, allow_outside=allow_outside, suffixes=_ALT_SUFFIXES)
+from elvis_core.io.paths import resolve_image  # noqa: E402,F401  (the one resolver; re-exported here)
 
 
 def boxes_in_image(boxes, shape) -> Tuple[list, List[str]]:

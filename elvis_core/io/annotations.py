@@ -52,24 +52,15 @@ def check_annotation_size(path: os.PathLike | str) -> None:
                               f"{mib(limits().max_annotation_bytes)} (ELVIS_MAX_ANNOTATION_MB)", path)
 
 
-class OutsideImagesError(AnnotationError):
-    """An annotation path points outside the images folder."""
+from elvis_core.io.paths import OutsideImagesError  # noqa: E402,F401  (re-exported)
 
 
 def resolve_annotation_image(images_root: os.PathLike | str, rel: str, allow_outside: bool = False,
                              suffixes: Sequence[str] = (".dcm", ".jpg", ".jpeg", ".png")) -> Optional[Path]:
-    """The image an annotation's ``path`` names: ``images_root/rel``, else the same name with another image suffix
-    (the MS-CXR CSV lists MIMIC-CXR-JPG paths); None when no such file exists.
+    """:func:`elvis_core.io.paths.resolve_image` (the one resolver, with the ``--images`` containment check)."""
+    from elvis_core.io.paths import resolve_image
 
-    ``rel`` must stay under ``images_root``: an absolute path, a drive letter or ``..`` that climbs out raises
-    :class:`OutsideImagesError` unless ``allow_outside`` (the user's explicit choice, CLI
-    ``--allow-paths-outside-images``). The check is on the path as written (lexical), so a data tree that is itself
-    reached through symbolic links keeps working.
-    """
-    root = Path(images_root)
-    text = str(rel).strip().replace("\\", "/")
-    if not text:
-        return None
+    return resolve_image(images_root, rel, allow_outside=allow_outside, suffixes=tuple(suffixes))
     is_abs = text.startswith("/") or re.match(r"^[A-Za-z]:", text) is not None
     norm = os.path.normpath(text)
     escapes = is_abs or norm == ".." or norm.startswith("../")

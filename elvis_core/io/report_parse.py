@@ -22,7 +22,7 @@ import re
 from typing import List, Optional, Tuple
 
 from elvis_core.errors import ReportReadError
-from elvis_core.io.report import Report, Section, Sentence
+from elvis_core.io.report_types import Report, Section, Sentence
 
 _HEADER_RE = re.compile(r"(?m)^[ \t]*(?P<name>[A-Z][A-Z0-9 /&(),'\-]*?[A-Z)])[ \t]*:")
 _LIST_RE = re.compile(r"(?m)^[ \t]*(?:\d{1,2}[.)]|[-*\u2022])[ \t]+")
@@ -228,6 +228,12 @@ def read_report(path: os.PathLike | str) -> Report:
         raise ReportReadError("is a folder, not a report", path)
     limit = limits().max_report_bytes
     try:
+        with open(path, "rb") as f:
+            head = f.read(132)
+        if head[128:132] == b"DICM":  # a report stored as a DICOM SR (Basic Text / Enhanced / Comprehensive)
+            from elvis_core.io.sr_report import read_sr_report
+
+            return read_sr_report(path)
         size = os.path.getsize(path)
         if size > limit:
             raise ReportReadError(f"is {mib(size)}, larger than the report limit of {mib(limit)} "

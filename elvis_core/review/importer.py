@@ -25,7 +25,7 @@ from elvis_core.review.model import ReviewBox, ReviewItem
 
 CSV_REQUIRED = ("dicom_id", "category_name", "label_text", "path", "x", "y", "w", "h", "image_width", "image_height")
 CSV_OPTIONAL = ("split",)
-ALT_SUFFIXES = (".dcm", ".jpg", ".jpeg", ".png")
+from elvis_core.io.paths import IMAGE_SUFFIXES as ALT_SUFFIXES  # noqa: E402
 
 
 @dataclass
@@ -59,12 +59,7 @@ def item_key(path: str, label_text: str) -> str:
     return f"{path}::{label_text}"
 
 
-def resolve_image(images_root: Path, rel: str, allow_outside: bool = False) -> Optional[Path]:
-    """The image for an annotation path: ``root/rel``, else the same stem with another suffix (MIMIC-CXR-JPG).
-    Raises :class:`~elvis_core.io.annotations.OutsideImagesError` for a path outside the root (unless allowed)."""
-    from elvis_core.io.annotations import resolve_annotation_image
-
-    return resolve_annotation_image(images_root, rel, allow_outside=allow_outside, suffixes=ALT_SUFFIXES)
+from elvis_core.io.paths import resolve_image  # noqa: E402,F401  (the one resolver; re-exported here)
 
 
 def _parse_box(raw: Dict[str, str]) -> Tuple[Tuple[float, float, float, float], Optional[str]]:
