@@ -228,6 +228,45 @@ def test_png_header_claiming_a_huge_image_is_refused_before_decoding(tmp_path):
         read_image(str(p))
 
 
+def test_a_sequence_where_a_header_value_belongs_does_not_break_read_header():
+    """Fuzz seed 679: a header keyword's VR became SQ; printing its items met an unknown VR."""
+    p = str(DATA / "sequence_header.dcm")
+    hdr = read_header(p)
+    assert hdr["SOPInstanceUID"] and any(v == "<sequence of 1 item(s)>" or v == "<unreadable>" for v in hdr.values())
+
+
+def test_a_damaged_length_that_swallows_the_patient_name_is_masked():
+    """Fuzz seed 832: Manufacturer's length was overwritten, so its value holds the following elements, the
+    patient's name among them."""
+    rows = dicom_tag_rows(str(DATA / "swallowed_name.dcm"))
+    assert "FUZZ^SEED" not in repr(rows)
+    assert any(v == MASK + " (damaged value)" for _t, kw, _vr, v in rows if kw == "Manufacturer")
+
+
+def test_simpleitk_fallback_runs_under_a_memory_cap():
+    """Fuzz seed 448: GDCM allocated 860 MB trying a bit-flipped 256 x 1024 12-bit JPEG. The fallback now runs in a
+    child process with a capped address space: a clean error, and the child stays small."""
+    import subprocess
+    import sys
+
+    code = ("import resource\nfrom elvis_core.io.images import read_image\nfrom elvis_core.errors import ElvisError\n"
+            f"try:\n    read_image({str(DATA / 'gdcm_memory.dcm')!r})\n    print('READ')\n"
+            "except ElvisError as e:\n    print('CLEAN')\n"
+            "print(resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss // 1024)\n")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300,
+                         cwd=str(Path(__file__).resolve().parents[2]))
+    lines = out.stdout.split()
+    assert lines[0] == "CLEAN", out.stderr[-500:]
+    assert int(lines[1]) < 700, f"the SimpleITK child took {lines[1]} MB"
+
+
+def test_simpleitk_fallback_still_decodes_12_bit_jpeg():
+    from pydicom.data import get_testdata_file
+
+    r = read_image(get_testdata_file("JPEG-lossy.dcm"))
+    assert r.meta["Decoder"] == "SimpleITK" and r.shape == (1024, 256)
+
+
 def test_simpleitk_build_paths_are_scrubbed():
     msg = ("Exception thrown in SimpleITK ImageFileReader_Execute: /tmp/SimpleITK-build/ITK/Modules/IO/GDCM/src/"
            "itkGDCMImageIO.cxx:361: ITK ERROR: GDCMImageIO(0x55): Cannot read /data/x.dcm")
