@@ -44,14 +44,10 @@ class Limits:
 
 _limits = Limits(
     max_frame_pixels=_env_int("ELVIS_MAX_FRAME_PIXELS", Limits.max_frame_pixels),
-    max_decoded_bytes=_env_int("ELVIS_MAX_DECODED_MB", Limits.max_decoded_bytes, 1 << 20)
-    if os.environ.get("ELVIS_MAX_DECODED_MB") else Limits.max_decoded_bytes,
-    max_inflated_bytes=_env_int("ELVIS_MAX_INFLATED_MB", Limits.max_inflated_bytes, 1 << 20)
-    if os.environ.get("ELVIS_MAX_INFLATED_MB") else Limits.max_inflated_bytes,
-    max_report_bytes=_env_int("ELVIS_MAX_REPORT_MB", Limits.max_report_bytes, 1 << 20)
-    if os.environ.get("ELVIS_MAX_REPORT_MB") else Limits.max_report_bytes,
-    max_annotation_bytes=_env_int("ELVIS_MAX_ANNOTATION_MB", Limits.max_annotation_bytes, 1 << 20)
-    if os.environ.get("ELVIS_MAX_ANNOTATION_MB") else Limits.max_annotation_bytes,
+    max_decoded_bytes=_env_int("ELVIS_MAX_DECODED_MB", Limits.max_decoded_bytes, 1 << 20),
+    max_inflated_bytes=_env_int("ELVIS_MAX_INFLATED_MB", Limits.max_inflated_bytes, 1 << 20),
+    max_report_bytes=_env_int("ELVIS_MAX_REPORT_MB", Limits.max_report_bytes, 1 << 20),
+    max_annotation_bytes=_env_int("ELVIS_MAX_ANNOTATION_MB", Limits.max_annotation_bytes, 1 << 20),
 )
 
 
