@@ -66,6 +66,12 @@ def _int(section: Mapping[str, Any], key: str, default: Optional[int], name: str
     return v
 
 
+def _number(v: Any, name: str) -> float:
+    if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v):
+        raise ConfigError(f"{name} must be a finite number, got {type(v).__name__} {str(v)[:30]}")
+    return float(v)
+
+
 def _int_list(section: Mapping[str, Any], key: str, name: str, lo: int, hi: int, max_len: int):
     if key not in section:
         return None
@@ -148,6 +154,15 @@ def estimate_parameters(model_cfg: Mapping[str, Any]) -> int:
     # -- model input
     pre = _section(model_cfg, "preprocessing")
     _int(pre, "size", 512, "model.preprocessing.size", 32, MAX_INPUT_SIZE)
+    for key in ("mean", "std"):
+        if key in pre:
+            _number(pre[key], f"model.preprocessing.{key}")
+    if "percentiles" in pre:
+        pc = pre["percentiles"]
+        if not isinstance(pc, (list, tuple)) or len(pc) != 2:
+            raise ConfigError(f"model.preprocessing.percentiles must be two numbers, got {str(pc)[:40]}")
+        for i, v in enumerate(pc):
+            _number(v, f"model.preprocessing.percentiles[{i}]")
     return int(n_img + n_txt + n_proj)
 
 

@@ -503,6 +503,8 @@ def _copy_ckpt(src, dst, edit=None):
     (lambda c: c["model"]["text"]["hf_config"].__setitem__("num_hidden_layers", 10**6), "num_hidden_layers"),
     (lambda c: c["model"]["preprocessing"].__setitem__("size", 65536), "preprocessing.size is 65536"),
     (lambda c: c["model"]["text"]["hf_config"].__setitem__("hidden_size", "x"), "hidden_size must be an integer"),
+    (lambda c: c["model"]["preprocessing"].__setitem__("mean", {}), "preprocessing.mean must be a finite number"),
+    (lambda c: c["model"]["text"]["hf_config"].__setitem__("pad_token_id", [0]), "cannot be built"),  # fuzz 407
     (lambda c: c["model"]["text"]["hf_config"].__setitem__("intermediate_size", 200000),
      "model.safetensors holds only"),  # a config much larger than its weights
 ])
