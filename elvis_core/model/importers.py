@@ -223,6 +223,8 @@ def convert_biovil_image(state: Dict[str, torch.Tensor], variant: str, where) ->
         used.add("encoder.missing_previous_emb")
         blocks = set()
         for k, v in state.items():
+            if k == "encoder.vit_pooler.pos_embed":
+                continue  # a fixed sine table (not saved by current hi-ml); ours is recomputed, so it is dropped
             if k.startswith("encoder.vit_pooler."):
                 used.add(k)
                 out["image_fusion.vit_pooler." + k[len("encoder.vit_pooler."):]] = v

@@ -156,6 +156,7 @@ def test_ground_cli_writes_the_reference_grid(biovil, biovil_ckpt, tmp_path):
     assert grid.shape == (15, 15) and float(np.abs(grid - want).max()) <= 1e-4
     z = np.load(tmp_path / "m.grid.npz")
     assert np.array_equal(z["raw_similarity"], grid)
+    assert np.allclose(z["similarity_sigma_1_5"], _scipy_like_gaussian(grid.astype(np.float64), 1.5), atol=1e-6)
     full = np.load(tmp_path / "m.npy")
     assert full.shape == (512, 512) and np.isnan(full[:16]).all() and np.isfinite(full[16:496, 16:496]).all()
     # hi-ml's smoothed map (sigma 1.5, scipy.ndimage.gaussian_filter) is --sigma 1.5
