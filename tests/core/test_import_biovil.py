@@ -110,6 +110,7 @@ def test_biovil_map_marks_the_cropped_border_not_seen(biovil, biovil_ckpt):
     assert g2.fully_seen and np.isfinite(g2.to_image()).all()
 
 
+@pytest.mark.slow
 def test_biovil_t_maps_text_and_two_image_pooler_match_reference(tmp_path):
     from elvis_core.model.checkpoint import load_checkpoint
     from elvis_core.model.importers import import_biovil
@@ -143,6 +144,7 @@ def test_biovil_t_maps_text_and_two_image_pooler_match_reference(tmp_path):
     assert float((want - patches).abs().max()) > 1e-3  # the previous image does change the map
 
 
+@pytest.mark.slow
 def test_ground_cli_writes_the_reference_grid(biovil, biovil_ckpt, tmp_path):
     out = tmp_path / "m.png"
     r = subprocess.run([sys.executable, "-m", "elvis_core", "ground", "--checkpoint", str(biovil_ckpt),
@@ -311,3 +313,26 @@ def test_image_pretrained_imagenet_resnet_folder(tmp_path):
     (tmp_path / "resnet" / "model.safetensors").unlink()
     assert torch.equal(load_checkpoint(tmp_path / "ck").image_encoder.embedder.embedder.convolution.weight,
                        m.image_encoder.embedder.embedder.convolution.weight)
+
+
+def test_whole_image_variant_sees_everything(tmp_path):
+    """--whole-image: our pad-to-square transform with hi-ml's intensity mapping (min-max, no mean/std)."""
+    from elvis_core.grounding.engine import GroundingEngine
+    from elvis_core.io.images import read_image
+    from elvis_core.model.checkpoint import read_checkpoint_config
+    from elvis_core.model.importers import import_biovil
+
+    im = ref.randomise(ref.ImageModel(multi=False, joint=16, layers=(1, 1), widths=(4, 8), stem=8, num_classes=10),
+                       seed=2)
+    torch.save(im.state_dict(), tmp_path / "w.pt")
+    ref.make_cxr_bert_folder(tmp_path / "text", projection_size=16)
+    ck = import_biovil("biovil", tmp_path / "w.pt", tmp_path / "text", tmp_path / "ck", whole_image=True, resize=96)
+    pre = read_checkpoint_config(ck)["model"]["preprocessing"]
+    assert pre["kind"] == "resize_long_side_pad_square" and pre["size"] == 96 and pre["normalization"] == "minmax"
+    assert (pre["mean"], pre["std"]) == (0.0, 1.0)
+    png = tmp_path / "x.png"
+    cv2.imwrite(str(png), ref.sample_image(128, 160))
+    eng = GroundingEngine(str(ck), device="cpu")
+    eng.set_image(read_image(png))
+    gm = eng.ground("left lower lobe opacity")
+    assert gm.fully_seen and np.isfinite(gm.to_image()).all() and gm.similarity.shape == (12, 12)
