@@ -237,6 +237,12 @@ def test_bad_inputs_one_line_nonzero_nothing_written(biovil, tmp_path, capsys):
     assert rc != 0 and "not a BioViL-T" in err
     assert not out.exists()
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".out.")]  # no temporary folder left
+    # opening the raw download as a checkpoint says how to convert it
+    from elvis_core.errors import CheckpointError
+    from elvis_core.model.checkpoint import load_checkpoint
+
+    with pytest.raises(CheckpointError, match="elvis import"):
+        load_checkpoint(text)
 
 
 def test_bad_input_from_a_real_process(biovil, tmp_path):
