@@ -36,8 +36,10 @@ IMAGE_MODALITIES = ("CR", "DX")
 #: SR documents are fetched too: a study's report usually lives in one
 REPORT_MODALITIES = ("SR",)
 
-# dicomweb-client logs every URL at INFO/DEBUG; keep our logs to our own messages
-logging.getLogger("dicomweb_client").setLevel(logging.WARNING)
+# dicomweb-client and urllib3 log every request URL at INFO/DEBUG, and QIDO query strings carry the patient ID:
+# keep them quiet even under --verbose (no patient identifiers in logs)
+for _name in ("dicomweb_client", "urllib3.connectionpool"):
+    logging.getLogger(_name).setLevel(logging.WARNING)
 
 
 class PacsError(ElvisError):
@@ -150,6 +152,10 @@ class PacsClient:
         elif token:
             session.auth = _BearerAuth(token)
         self._client = DICOMwebClient(self.url, session=session, timeout=self.timeout)
+        # dicomweb-client retries up to 5 times with exponential back-off, on every exception too: a refused
+        # connection or a timeout would take half a minute to report. We fail fast with a clear message; the user
+        # (or the viewer's Retry) decides, and a fetch resumes where it stopped.
+        self._client.set_http_retry_params(retry=False)
 
     def __repr__(self) -> str:
         return f"PacsClient({self.url!r})"

@@ -182,6 +182,7 @@ def test_review_export_dicom_sr_skips_non_dicom(tmp_path):
     assert EDITED  # (statuses imported for readability)
 
 
+@pytest.mark.slow
 @needs_dciodvfy
 @pytest.mark.skipif(not (DEMO_MODEL / "model.safetensors").is_file(), reason="demo model not built")
 def test_ground_dicom_out_cli(tmp_path, capsys):
