@@ -37,7 +37,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--demo", action="store_true", help="open resources/demo with resources/demo_model "
                    "(overlay range auto unless --overlay-range says otherwise)")
     p.add_argument("--overlay-range", choices=("fixed", "auto"), default=None,
-                   help="map colour range: fixed [-1, 1] (default) or auto, symmetric about 0 (±max |similarity|)")
+                   help="map colour range: auto, symmetric about 0 (±max |similarity|; the default) or fixed [-1, 1]")
     p.add_argument("--phrase", help="ground this phrase once the first image is shown")
     p.add_argument("--screenshot", metavar="OUT.png", help="render the window after loading, save it, exit")
     p.add_argument("--timeout", type=float, default=120.0, help="seconds --screenshot waits for loading (default 120)")
@@ -89,10 +89,9 @@ def wait_idle(win, app, timeout_s: float, settle_s: float = 0.3) -> bool:
 
 
 def preload_heavy_modules() -> None:
-    """Import torch / transformers / the model code on the GUI thread at start-up, before the window is shown.
-
-    Loading their native libraries holds the GIL for hundreds of ms; done later in a worker (on the first checkpoint
-    load) it would freeze the GUI thread for that long (measured: 400-770 ms gaps), so we pay it once up front."""
+    """Import torch / transformers / the model code (NOT called at start-up any more: the model-loading worker
+    imports them when a model is needed, so the window and a DICOM come up in about a second; kept for tools that
+    want to pay the import up front)."""
     import torch  # noqa: F401
     import transformers  # noqa: F401
 
@@ -121,7 +120,6 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     settings = None
     if os.environ.get("ELVIS_VIEWER_SETTINGS"):
         settings = QtCore.QSettings(os.environ["ELVIS_VIEWER_SETTINGS"], QtCore.QSettings.Format.IniFormat)
-    preload_heavy_modules()
     win = MainWindow(settings=settings)
     win.show()
     open_from_args(win, args, app)
@@ -188,9 +186,9 @@ def open_from_args(win, args, app=None) -> None:
         checkpoint = checkpoint or str(DEMO_MODEL)
         if annotations is None and DEMO_ANNOTATIONS.exists():
             annotations = str(DEMO_ANNOTATIONS)
-    overlay_range = getattr(args, "overlay_range", None) or ("auto" if args.demo else None)
+    overlay_range = getattr(args, "overlay_range", None)
     if overlay_range:
-        win.range_combo.setCurrentIndex(0 if overlay_range == "fixed" else 1)
+        win.overlay_panel.change(range=overlay_range)
     if annotations:
         win.load_annotations(annotations, images_root=args.images)
     if checkpoint:
@@ -233,15 +231,16 @@ def _after_first_image(win, fn) -> None:
 
 def _select_first_annotated(win) -> None:
     """Demo: go to the first image with an annotated phrase and ground that phrase."""
-    if win.annotations is None:
+    s = win.session
+    if s.annotations is None:
         return
-    phrases = win._annotated_phrases()
+    phrases = s.annotated_phrases()
     if phrases:
         win.select_annotated_phrase(phrases[0])
         return
-    for path in list(win.images):
-        if win.annotations.for_path(win._annotation_key(path)):
-            _after_first_image_switch(win, path)
+    for e in list(s.entries):
+        if s.annotated_phrases(e.path):
+            _after_first_image_switch(win, e.path)
             return
 
 
@@ -252,7 +251,7 @@ def _after_first_image_switch(win, path):
                 win.imageShown.disconnect(shown)
             except (RuntimeError, TypeError):
                 pass
-            ph = win._annotated_phrases()
+            ph = win.session.annotated_phrases()
             if ph:
                 win.select_annotated_phrase(ph[0])
     win.imageShown.connect(shown)

@@ -22,7 +22,7 @@ import re
 from typing import List, Optional, Tuple
 
 from elvis_core.errors import ReportReadError
-from elvis_core.io.report import Report, Section, Sentence
+from elvis_core.io.report_types import Report, Section, Sentence
 
 _HEADER_RE = re.compile(r"(?m)^[ \t]*(?P<name>[A-Z][A-Z0-9 /&(),'\-]*?[A-Z)])[ \t]*:")
 _LIST_RE = re.compile(r"(?m)^[ \t]*(?:\d{1,2}[.)]|[-*\u2022])[ \t]+")

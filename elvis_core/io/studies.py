@@ -30,7 +30,7 @@ CancelFn = Callable[[], bool]
 _STUDY_DIR_RE = re.compile(r"^s\d{6,}$")
 _PATIENT_DIR_RE = re.compile(r"^p\d{6,}$")
 _DICOM_EXTS = (".dcm", ".dicom", ".dic")
-_IMAGE_EXTS = (".jpg", ".jpeg", ".png")
+from elvis_core.io.images import IMAGE_EXTENSIONS as _IMAGE_EXTS  # noqa: E402  (one suffix list)
 _JUNK_NAMES = {".DS_Store", "Thumbs.db", "desktop.ini"}
 
 _SCAN_TAGS = [
@@ -120,7 +120,7 @@ def _mimic_study_key(path: str) -> Optional[str]:
 def _int(v, default=None):
     try:
         return int(v)
-    except (TypeError, ValueError):
+    except (TypeError, ValueError, OverflowError):
         return default
 
 
@@ -298,7 +298,9 @@ def _read_scan_header_pydicom(path: str):
     import pydicom
     from pydicom.errors import InvalidDicomError
 
-    from elvis_core.io.dicom import is_dicom_file
+    from elvis_core.io.dicom import _check_deflate, is_dicom_file
+
+    _check_deflate(path)
 
     try:
         return pydicom.dcmread(path, stop_before_pixels=True, specific_tags=_SCAN_TAGS)
@@ -350,7 +352,18 @@ class _Builder:
                 errors.append((path, "empty file (0 bytes)"))
                 return
             ds = _read_scan_header(path)
-        except Exception as err:  # noqa: BLE001 - one bad file never stops the scan
+            if not isinstance(ds, dict) and not hasattr(ds, "_fast"):
+                from elvis_core.io.dicom_header import sanitize
+
+                sanitize(ds, path, required=frozenset())
+        except ElvisError as err:
+            errors.append((path, err.problem))
+            return
+        except BaseException as err:  # noqa: BLE001 - one bad file never stops the scan (PanicException included)
+            from elvis_core.io.dicom_header import is_fatal
+
+            if is_fatal(err):
+                raise
             if is_dicom_file(path):
                 errors.append((path, f"corrupt or truncated DICOM header ({type(err).__name__})"))
             else:
@@ -550,6 +563,14 @@ def _scan_files(work, builder: "_Builder", result: ScanResult, progress, cancel)
                 result.skipped.append((path, "DICOMDIR (open it with read_dicomdir)"))
         except OSError as err:
             result.errors.append((path, f"cannot read ({err.strerror or type(err).__name__})"))
+        except ElvisError as err:
+            result.errors.append((path, err.problem))
+        except BaseException as err:  # noqa: BLE001 - a bad file is listed, the scan goes on
+            from elvis_core.io.dicom_header import is_fatal
+
+            if is_fatal(err):
+                raise
+            result.errors.append((path, f"unreadable ({type(err).__name__})"))
         if progress is not None:
             progress(i + 1, total)
 
