@@ -182,6 +182,9 @@ class PacsClient:
             reason = "connection refused or lost" if "refused" in str(err).lower() or "aborted" in str(err).lower() \
                 or "reset" in str(err).lower() else "cannot connect"
             raise PacsError(f"{self.url}: {what}: {reason} (is the server running and the URL right?)") from None
+        except requests.exceptions.InvalidJSONError:
+            raise PacsError(f"{self.url}: {what}: unreadable answer from the server (not DICOM JSON; is this the "
+                            "DICOMweb root?)") from None
         except requests.exceptions.RequestException as err:
             raise PacsError(f"{self.url}: {what}: {type(err).__name__}") from None
         except (ValueError, KeyError) as err:  # malformed multipart / JSON from the server
