@@ -8,7 +8,6 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
-import threading
 from pathlib import Path
 
 import numpy as np
@@ -20,7 +19,7 @@ from elvis_core.dicom_results import SrBox, grounding_seg, read_source, review_s
 from elvis_core.io.report import read_report
 from elvis_core.io.studies import scan_folder
 from elvis_core.pacs import PacsCancelled, PacsClient, PacsError, redact_url
-from tests.pacs.conftest import PASSWORD, USER, OrthancServer
+from tests.pacs.orthanc import PASSWORD, USER, OrthancServer
 from tests.pacs.dicom_checks import assert_dciodvfy_clean, needs_dciodvfy
 from tests.pacs.sr_fixtures import report_sr, series_copies
 

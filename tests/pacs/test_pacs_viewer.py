@@ -13,7 +13,7 @@ from pydicom.data import get_testdata_file
 
 from elvis_viewer import pacs_dialog, workers
 from elvis_viewer.main_window import MainWindow
-from tests.pacs.conftest import PASSWORD, USER
+from tests.pacs.orthanc import PASSWORD, USER
 from tests.pacs.dicom_checks import assert_dciodvfy_clean, needs_dciodvfy
 from tests.pacs.sr_fixtures import report_sr
 
