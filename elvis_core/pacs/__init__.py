@@ -156,6 +156,7 @@ class PacsClient:
         # connection or a timeout would take half a minute to report. We fail fast with a clear message; the user
         # (or the viewer's Retry) decides, and a fetch resumes where it stopped.
         self._client.set_http_retry_params(retry=False)
+        self._any_syntax = True
 
     def __repr__(self) -> str:
         return f"PacsClient({self.url!r})"
@@ -278,8 +279,7 @@ class PacsClient:
                 result.cached += 1
             else:
                 try:
-                    ds = self._call("retrieve an instance", self._client.retrieve_instance, study_uid, se_uid,
-                                    sop_uid)
+                    ds = self._retrieve(study_uid, se_uid, sop_uid)
                 except PacsError as err:
                     raise PacsError(f"{err} — stopped after {k} of {total} instances; the cache holds only complete "
                                     "instances, fetch again to resume") from None
@@ -291,6 +291,19 @@ class PacsClient:
             if progress is not None:
                 progress(k + 1, total)
         return result
+
+    def _retrieve(self, study_uid: str, se_uid: str, sop_uid: str):
+        """One instance in its stored transfer syntax (``transfer-syntax=*``: no server-side transcoding, which
+        would decompress, or worse, recompress); a server that refuses ``*`` (406) is asked for its default."""
+        if self._any_syntax:
+            try:
+                return self._call("retrieve an instance", self._client.retrieve_instance, study_uid, se_uid,
+                                  sop_uid, media_types=(("application/dicom", "*"),))
+            except PacsError as err:
+                if "HTTP 406" not in str(err) and "HTTP 400" not in str(err):
+                    raise
+                self._any_syntax = False
+        return self._call("retrieve an instance", self._client.retrieve_instance, study_uid, se_uid, sop_uid)
 
     # -- STOW-RS --------------------------------------------------------------------------------------------------
     def store(self, paths: Sequence[os.PathLike | str]) -> int:
@@ -321,11 +334,16 @@ def _date(s: str) -> str:
 
 def _write_instance(ds, dest: Path) -> None:
     """Temp file in the target folder, fsync, atomic rename: the cache never holds a partial instance."""
+    import pydicom
+
     dest.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{dest.name}.", suffix=".part", dir=str(dest.parent))
     try:
         with os.fdopen(fd, "wb") as f:
-            ds.save_as(f, enforce_file_format=True)
+            if int(pydicom.__version__.split(".")[0]) >= 3:
+                ds.save_as(f, enforce_file_format=True)
+            else:  # pragma: no cover - pydicom 2.x
+                ds.save_as(f, write_like_original=False)
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, dest)

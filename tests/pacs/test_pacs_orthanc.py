@@ -86,6 +86,22 @@ def test_fetch_reads_like_a_folder_with_its_sr_report_and_resumes(orthanc, seede
         c.fetch_study(seeded["multi_study"], cancel=lambda: True)
 
 
+def test_fetch_keeps_the_stored_transfer_syntax(orthanc, seeded, tmp_path):
+    """RLE and JPEG 2000 demo files come back byte-compatible: same transfer syntax, same pixels."""
+    import numpy as np
+
+    c = _client(orthanc, tmp_path)
+    for src in seeded["demo"]:
+        ds = pydicom.dcmread(str(src))
+        if ds.file_meta.TransferSyntaxUID == "1.2.840.10008.1.2.1":
+            continue
+        res = c.fetch_study(ds.StudyInstanceUID)
+        (img,) = [p for p in res.files if pydicom.dcmread(str(p), stop_before_pixels=True).Modality != "SR"]
+        got = pydicom.dcmread(str(img))
+        assert got.file_meta.TransferSyntaxUID == ds.file_meta.TransferSyntaxUID
+        np.testing.assert_array_equal(got.pixel_array, ds.pixel_array)
+
+
 def test_errors_are_one_clear_line(orthanc, seeded, tmp_path):
     with pytest.raises(PacsError, match=r"HTTP 401 unauthorized: check the user/password") as e:
         _client(orthanc, tmp_path, password="wrong").search_studies()
