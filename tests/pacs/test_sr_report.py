@@ -76,3 +76,16 @@ def test_basic_text_sr_and_a_single_text_item_with_its_own_headers(tmp_path):
     ds.save_as(str(tmp_path / "empty.dcm"), enforce_file_format=True)
     with pytest.raises(ReportReadError, match="empty.dcm: structured report holds no text"):
         read_report(tmp_path / "empty.dcm")
+
+
+def test_viewer_session_opens_an_sr_report_file(qtbot, tmp_path):
+    from elvis_viewer.session import ViewerSession
+
+    s = ViewerSession()
+    s.open_paths([get_testdata_file("RG1_UNCI.dcm")])
+    qtbot.waitUntil(lambda: s.rad is not None, timeout=30000)
+    sr = report_sr(get_testdata_file("RG1_UNCI.dcm"), {"FINDINGS": FINDINGS, "IMPRESSION": IMPRESSION},
+                   tmp_path / "report.dcm")
+    s.open_paths([str(sr)])  # like dropping the SR on the window: it becomes the report, not a broken image
+    qtbot.waitUntil(lambda: s.report is not None and s.report.section("IMPRESSION") is not None, timeout=30000)
+    assert s.rad is not None and not s.problems
