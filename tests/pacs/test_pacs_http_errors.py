@@ -52,3 +52,54 @@ def test_http_failures_are_one_line(server, tmp_path, status, expect):
     with pytest.raises(PacsError):
         c.fetch_study("1.2.3")
     assert not (tmp_path / "cache").exists() or not any((tmp_path / "cache").rglob("*.dcm"))
+
+
+class _DiesMidInstance(http.server.BaseHTTPRequestHandler):
+    """Answers the QIDO listing of one instance, then sends a third of that instance and drops the connection."""
+
+    def do_GET(self):  # noqa: N802
+        import json
+
+        if self.path.split("?")[0].endswith("/series"):
+            body = json.dumps([{"0020000E": {"vr": "UI", "Value": ["1.2.3.4"]},
+                                "00080060": {"vr": "CS", "Value": ["CR"]}}]).encode()
+            ctype = "application/dicom+json"
+        elif self.path.split("?")[0].endswith("/instances"):
+            body = json.dumps([{"00080018": {"vr": "UI", "Value": ["1.2.3.4.5"]}}]).encode()
+            ctype = "application/dicom+json"
+        else:
+            self.send_response(200)
+            self.send_header("Content-Type", 'multipart/related; type="application/dicom"; boundary=XyZ')
+            self.send_header("Content-Length", "300000")
+            self.end_headers()
+            self.wfile.write(b"--XyZ\r\nContent-Type: application/dicom\r\n\r\n" + b"\0" * 100000)
+            self.wfile.flush()
+            self.connection.shutdown(2)  # the server "dies" mid-transfer
+            return
+        self.send_response(200)
+        self.send_header("Content-Type", ctype)
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def log_message(self, *a):
+        pass
+
+
+def test_server_dying_inside_an_instance_writes_nothing(tmp_path):
+    srv = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _DiesMidInstance)
+    threading.Thread(target=srv.serve_forever, daemon=True).start()
+    try:
+        c = PacsClient(f"http://127.0.0.1:{srv.server_address[1]}/dicom-web", cache_dir=tmp_path / "cache",
+                       timeout=5)
+        stale = c.study_folder("1.2.3") / "1.2.3.4" / ".1.2.3.4.9.dcm.abc.part"  # our own crash, earlier
+        stale.parent.mkdir(parents=True)
+        stale.write_bytes(b"half")
+        with pytest.raises(PacsError) as e:
+            c.fetch_study("1.2.3")
+        msg = str(e.value)
+        assert "stopped after 0 of 1 instances" in msg and "fetch again to resume" in msg, msg
+        assert [p for p in (tmp_path / "cache").rglob("*") if p.is_file()] == []  # no .dcm, stale .part removed
+    finally:
+        srv.shutdown()
+        srv.server_close()
