@@ -183,6 +183,8 @@ class PacsClient:
             reason = "connection refused or lost" if "refused" in str(err).lower() or "aborted" in str(err).lower() \
                 or "reset" in str(err).lower() else "cannot connect"
             raise PacsError(f"{self.url}: {what}: {reason} (is the server running and the URL right?)") from None
+        except (requests.exceptions.ChunkedEncodingError, requests.exceptions.ContentDecodingError):
+            raise PacsError(f"{self.url}: {what}: the transfer broke off (connection lost mid-answer)") from None
         except requests.exceptions.InvalidJSONError:
             raise PacsError(f"{self.url}: {what}: unreadable answer from the server (not DICOM JSON; is this the "
                             "DICOMweb root?)") from None

@@ -98,7 +98,8 @@ def test_server_dying_inside_an_instance_writes_nothing(tmp_path):
         with pytest.raises(PacsError) as e:
             c.fetch_study("1.2.3")
         msg = str(e.value)
-        assert "stopped after 0 of 1 instances" in msg and "fetch again to resume" in msg, msg
+        assert "the transfer broke off" in msg and "stopped after 0 of 1 instances" in msg, msg
+        assert "fetch again to resume" in msg and "\n" not in msg
         assert [p for p in (tmp_path / "cache").rglob("*") if p.is_file()] == []  # no .dcm, stale .part removed
     finally:
         srv.shutdown()
