@@ -104,3 +104,24 @@ def test_server_dying_inside_an_instance_writes_nothing(tmp_path):
     finally:
         srv.shutdown()
         srv.server_close()
+
+
+@pytest.mark.parametrize("argv", [["pacs", "--help"], ["pacs", "fetch", "--help"], ["pacs", "search", "--help"]])
+def test_pacs_help_has_examples(argv, capsys):
+    from elvis_core.cli import main
+
+    with pytest.raises(SystemExit) as ei:
+        main(argv)
+    assert ei.value.code == 0
+    out = capsys.readouterr().out
+    assert "examples:" in out and "elvis pacs fetch" in out and "ELVIS_PACS_PASSWORD" in out
+
+
+def test_pacs_cli_without_url_or_with_bad_dates(monkeypatch, capsys):
+    from elvis_core.cli import main
+
+    monkeypatch.delenv("ELVIS_PACS_URL", raising=False)
+    assert main(["pacs", "search"]) == 2
+    assert "no server: give --url or set $ELVIS_PACS_URL" in capsys.readouterr().err
+    assert main(["pacs", "search", "--url", "http://127.0.0.1:9/dicom-web", "--from", "01/02/2024"]) == 2
+    assert "date must be YYYYMMDD or YYYY-MM-DD" in capsys.readouterr().err
