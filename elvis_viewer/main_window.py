@@ -221,6 +221,10 @@ class MainWindow(QtWidgets.QMainWindow):
     def annotations(self):
         return self.session.annotations
 
+    @property
+    def last_latency_s(self):
+        return self.session.last_latency_s
+
     def views(self):
         return (self.image_view, self.compare_view)
 
@@ -233,7 +237,8 @@ class MainWindow(QtWidgets.QMainWindow):
         self.open_paths([path])
 
     def open_folder(self, path) -> None:
-        self.open_paths([path])
+        self._add_recent(os.fspath(path))
+        self.session.open_folder(path)
 
     def select_image(self, path: str) -> None:
         self.session.select_image(path)
@@ -268,10 +273,8 @@ class MainWindow(QtWidgets.QMainWindow):
         return self.image_view.measure.add(kind)
 
     def apply_preset(self, name: str) -> None:
-        if name:
-            for iv in self.views():
-                if iv.rad is not None:
-                    iv.apply_preset(name)
+        if name and self.image_view.rad is not None:
+            self.image_view.apply_preset(name)  # the compare view follows through the link (compare mode only)
 
     def select_annotated_phrase(self, phrase) -> None:
         span = self.report.find(phrase.label_text) if self.report is not None else None
@@ -385,7 +388,7 @@ class MainWindow(QtWidgets.QMainWindow):
             if i <= 0 or g.token_maps is None or i - 1 >= len(g.token_maps):
                 view.set_overlay(g)
             else:
-                view.set_overlay(replace(g, similarity=g.token_maps[i - 1], phrase=f"{g.phrase} | “{g.tokens[i - 1]}”"))
+                view.set_overlay(replace(g, similarity=g.token_maps[i - 1], phrase=f"{g.phrase} | token “{g.tokens[i - 1]}”"))
         self._apply_levels()
 
     def _on_model(self, slot: int) -> None:

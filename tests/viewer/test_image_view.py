@@ -63,7 +63,7 @@ def test_presets_invert_and_voi_lut(view):
     rad = _rad()
     view.set_radiograph(rad)
     names = [w.name for w in view.presets()]
-    assert names[0] == "file" and {"Lung", "Mediastinum", "Bone", "Auto"} <= set(names)
+    assert names[0] == "file" and {"Lung", "Mediastinum", "Bone", "Full"} <= set(names)
     view.apply_preset("Bone")
     bone = view.window()
     view.apply_preset("Lung")
@@ -147,7 +147,7 @@ def test_boxes_and_ruler_in_mm_or_px(view):
     view.set_ruler_endpoints((0, 0), (30, 40))
     val, unit = view.ruler_length()
     assert unit == "px" and val == pytest.approx(50.0, rel=1e-3)
-    assert "px" in view._ruler_label.textItem.toPlainText()
+    assert "px" in view.measure.last("ruler").label.textItem.toPlainText()
 
 
 def test_linked_views_share_zoom_and_window(qtbot):

@@ -287,9 +287,10 @@ def test_inside_main_window_with_a_real_engine(qtbot, annotations, settings):
     assert rv.gmap is not None and rv.gmap.phrase == rv.session.item.label_text
     assert "map CNR: —" not in rv.figures_label.text()
     rv.setFocus()
-    ruler_before = w.ruler_act.isChecked()
-    _press(qtbot, rv, Key.Key_R)
-    assert rv.session.items[0].status == "rejected" and w.ruler_act.isChecked() == ruler_before
+    rulers_before = len(w.image_view.measure.tools)
+    _press(qtbot, rv, Key.Key_R)  # R = reject here, never "add ruler" of the Viewer tab
+    assert rv.session.items[0].status == "rejected" and len(w.image_view.measure.tools) == rulers_before
+    assert not w.actions_by_id["tools.ruler"].isEnabled()  # the Viewer's tools are off while Review is shown
     _press(qtbot, rv, Key.Key_K)
     _press(qtbot, rv, Key.Key_A)
     assert rv.session.items[0].status == "rejected"  # A accepts unreviewed boxes only; the rejection stands
