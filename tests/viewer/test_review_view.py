@@ -342,3 +342,38 @@ def test_rescale_is_asked_once_when_sizes_differ(qtbot, annotations, settings, m
     assert v2.load(ann, root) and len(asked) == 1 and v2.session.items[0].rescaled  # stored answer, not asked
     v2.close()
     wait_all()
+
+
+def test_map_requested_when_the_model_finishes_loading(qtbot, annotations, settings):
+    """Reopening a review before the model is loaded: the first item gets its map as soon as the model is ready,
+    without pressing J then K."""
+    ann, root = annotations
+    box = {"engine": None}
+    v = _view(qtbot, settings, engine=None)
+    v.engine_provider = lambda: box["engine"]
+    assert v.load(ann, root)
+    _wait_item(qtbot, v)
+    assert v.map_key is None  # no model yet
+    box["engine"] = CentreEngine()
+    v.engine_ready()  # what the main window calls on ViewerSession.modelChanged
+    _wait_item(qtbot, v, with_map=True)
+    assert v.gmap is not None and v.gmap.phrase == v.session.item.label_text
+    v.close()
+    wait_all()
+
+
+def test_next_item_is_preloaded_with_its_map(qtbot, annotations, settings):
+    ann, root = annotations
+    eng = CentreEngine()
+    v = _view(qtbot, settings, engine=eng)
+    assert v.load(ann, root)
+    _wait_item(qtbot, v, with_map=True)
+    vis = v.session.visible()
+    nxt = v.session.items[vis[1]]
+    qtbot.waitUntil(lambda: nxt.key in v._ahead, timeout=10000)
+    _press(qtbot, v, Key.Key_J)
+    # shown at once, map included: no worker round trip after the key press
+    assert v.loaded_key == nxt.key and v.map_key == nxt.key and v.gmap.phrase == nxt.label_text
+    assert eng.calls.count(nxt.label_text) == 1  # grounded once, ahead of time
+    v.close()
+    wait_all()
