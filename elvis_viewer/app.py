@@ -114,6 +114,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         settings = QtCore.QSettings(os.environ["ELVIS_VIEWER_SETTINGS"], QtCore.QSettings.Format.IniFormat)
     win = MainWindow(settings=settings)
     win.show()
+    timing = os.environ.get("ELVIS_VIEWER_TIMING")
+    if timing:  # benchmarks/viewer_speed.py: wall-clock stamps of the window and the first painted image
+        _report_timing(win, app, exit_after_paint=(timing == "exit"))
     open_from_args(win, args, app)
     if args.screenshot:
         ok = wait_idle(win, app, args.timeout)
@@ -132,6 +135,20 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         print(f"screenshot: {out}")
         return _shutdown(win, app, 0, hard=argv is None)
     return _shutdown(win, app, app.exec(), hard=argv is None)
+
+
+def _report_timing(win, app, exit_after_paint: bool) -> None:
+    app.processEvents()
+    win.repaint()
+    print(f"elvis-timing window {time.time():.6f}", file=sys.stderr, flush=True)
+
+    def painted(_path):
+        win.repaint()  # synchronous paint of the window with the image in it
+        print(f"elvis-timing painted {time.time():.6f} torch_loaded={'torch' in sys.modules}", file=sys.stderr,
+              flush=True)
+        if exit_after_paint:
+            os._exit(0)
+    win.imageShown.connect(painted)
 
 
 def _shutdown(win, app, code: int, hard: bool) -> int:

@@ -309,8 +309,9 @@ class MainWindow(QtWidgets.QMainWindow):
         rad = self.session.rad
         self.message_label.setVisible(False)
         self.view_stack.setCurrentWidget(self.view_splitter)
-        for iv in self.views():
-            iv.set_radiograph(rad)
+        self.image_view.set_radiograph(rad)
+        if self.session.compare:  # the hidden compare view gets the image when compare mode turns on
+            self.compare_view.set_radiograph(rad)
         self.preset_combo.clear()
         self.preset_combo.addItems([w.name for w in self.image_view.presets()])
         self._update_identity()

@@ -28,9 +28,9 @@ def read_report(path: str):
 def image_and_report(path: str, report_path: Optional[str]):
     """(Radiograph, Report | None, report error | None); the display pyramid is built here, off the GUI thread."""
     rad = read_image(path)
-    from elvis_viewer.view_items import build_display_pyramid
+    from elvis_viewer.view_items import prepare_display
 
-    build_display_pyramid(rad)
+    prepare_display(rad)
     report, err = None, None
     if report_path:
         try:
