@@ -38,6 +38,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--phrase", help="ground this phrase once the first image is shown")
     p.add_argument("--screenshot", metavar="OUT.png", help="render the window after loading, save it, exit")
     p.add_argument("--timeout", type=float, default=120.0, help="seconds --screenshot waits for loading (default 120)")
+    p.add_argument("--size", metavar="WxH", help="window size, e.g. 1280x720 (screenshots; default: the last one)")
     return p
 
 
@@ -113,6 +114,13 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     if os.environ.get("ELVIS_VIEWER_SETTINGS"):
         settings = QtCore.QSettings(os.environ["ELVIS_VIEWER_SETTINGS"], QtCore.QSettings.Format.IniFormat)
     win = MainWindow(settings=settings)
+    if args.size:
+        try:
+            w, h = (int(v) for v in args.size.lower().split("x"))
+        except ValueError:
+            print(f"--size {args.size}: expected WIDTHxHEIGHT, e.g. 1280x720", file=sys.stderr)
+            return 2
+        win.resize(w, h)
     win.show()
     timing = os.environ.get("ELVIS_VIEWER_TIMING")
     if timing:  # benchmarks/viewer_speed.py: wall-clock stamps of the window and the first painted image

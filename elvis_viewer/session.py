@@ -22,8 +22,8 @@ from PySide6 import QtCore
 
 from elvis_core.errors import ElvisError
 from elvis_viewer import workers
-from elvis_viewer.session_tasks import (image_and_report, load_engine, prepare_engine, read_report, scan_folder,
-                                        thumbnails)
+from elvis_viewer.session_tasks import (ground, image_and_report, load_engine, prepare_engine, read_report,
+                                        scan_folder, thumbnails)
 
 
 def err_text(exc: BaseException) -> str:
@@ -379,6 +379,9 @@ class ViewerSession(QtCore.QObject):
                  on_error=lambda e: self._on_engine_error(slot, e))
 
     def _on_engine(self, slot: int, engine) -> None:
+        from elvis_viewer.session_tasks import limit_torch_threads
+
+        limit_torch_threads()  # the GUI thread runs the cached matrix-vector products (try_ground_cached)
         s = self.slots[slot]
         s.engine, s.loading, s.hash = engine, False, str(engine.checkpoint_hash)
         self.modelChanged.emit(slot)
@@ -469,7 +472,7 @@ class ViewerSession(QtCore.QObject):
                 if gm is not None:
                     self._on_map(gen, k, gm)
                     continue
-            self.run(_ground, eng, rad, text, tokens, on_result=lambda g, k=k: self._on_map(gen, k, g),
+            self.run(ground, eng, rad, text, tokens, on_result=lambda g, k=k: self._on_map(gen, k, g),
                      on_error=lambda e: self._ground_gen.is_current(gen) and self.message.emit(err_text(e), False))
 
     def _on_map(self, gen: int, slot: int, gmap) -> None:
@@ -492,10 +495,6 @@ class ViewerSession(QtCore.QObject):
         m = max(float(np.nanmax(np.abs(np.asarray(g.similarity)))) for g in maps)
         m = max(m, 1e-6)
         return -m, m
-
-
-def _ground(engine, rad, phrase: str, tokens: bool):
-    return engine.ground_image(rad, phrase, tokens=tokens)
 
 
 def _report_beside(path: str) -> Optional[str]:
