@@ -47,6 +47,14 @@ def main() -> int:
     ap.add_argument("--no-bf16", action="store_true", help="fp32 on CUDA")
     ap.add_argument("--no-channels-last", action="store_true")
     ap.add_argument("--compile", action="store_true", help="torch.compile the encoders")
+    ap.add_argument("--compile-mode", default="default",
+                    help="torch.compile mode: default | reduce-overhead (CUDA graphs; text padded to --text-len, so "
+                         "shapes are fixed) | max-autotune")
+    ap.add_argument("--no-fused", action="store_true", help="plain (foreach) AdamW instead of fused on CUDA")
+    ap.add_argument("--prepared", default=None, metavar="CACHE_DIR",
+                    help="feed the steps from a prepared cache (elvis prepare, same --size) through the training "
+                         "loader (pinned memory, augmentation on the device) instead of synthetic tensors")
+    ap.add_argument("--workers", type=int, default=4, help="DataLoader workers with --prepared")
     ap.add_argument("--ddp", action="store_true", help="DDP under torchrun (NCCL on CUDA, gloo on CPU)")
     ap.add_argument("--threads", type=int, default=0)
     ap.add_argument("--peak-tflops", type=float, default=None, help="peak per GPU for MFU (default: by name)")
@@ -90,12 +98,15 @@ def main() -> int:
     if channels_last:
         model.image_encoder.to(memory_format=torch.channels_last)
     if args.compile:
-        model.image_encoder.compile()
-        model.text_encoder.compile()
+        mode = None if args.compile_mode == "default" else args.compile_mode
+        model.image_encoder.compile(mode=mode)
+        model.text_encoder.compile(mode=mode)
     net = module
     if args.ddp:
         net = torch.nn.parallel.DistributedDataParallel(module, device_ids=[local_rank] if cuda else None)
-    opt = torch.optim.AdamW(module.parameters(), lr=1e-4)
+    from elvis_core.training.trainer import adamw_options, to_device
+
+    opt = torch.optim.AdamW(module.parameters(), lr=1e-4, **({} if args.no_fused else adamw_options(device)))
     vocab = int(model.text_encoder.config.vocab_size)
     g = torch.Generator().manual_seed(rank)
     pix = torch.randn(bs, 1, size, size, generator=g).to(device)
@@ -110,7 +121,36 @@ def main() -> int:
              "words": words.to(device), "sentence_ids": torch.zeros_like(ids).to(device)}
     amp = (torch.autocast("cuda", dtype=torch.bfloat16) if cuda and not args.no_bf16 else contextlib.nullcontext())
 
+    feed = None
+    if args.prepared:
+        from elvis_core.training.data import Augment, Collate, PreparedDataset
+        from elvis_core.training.prepared import PreparedCache
+
+        pc = PreparedCache.open(args.prepared)
+        pc.check_transform(model.transform)
+        pds = PreparedDataset(pc, list(range(len(pc))), augment=Augment(), seed=rank)
+        pds.pretokenize(model.tokenizer, model.max_text_length)
+        smp = torch.utils.data.distributed.DistributedSampler(pds, num_replicas=world, rank=rank, drop_last=True)
+        dl = torch.utils.data.DataLoader(pds, batch_size=bs, sampler=smp, drop_last=True, num_workers=args.workers,
+                                         collate_fn=Collate(model, pad_to_max_length=args.compile_mode
+                                                            == "reduce-overhead"),
+                                         pin_memory=cuda, persistent_workers=args.workers > 0)
+
+        def batches():
+            ep = 0
+            while True:
+                smp.set_epoch(ep)
+                pds.set_epoch(ep)
+                for b in dl:
+                    yield to_device(b, device, model.transform, channels_last=channels_last)
+                ep += 1
+
+        feed = batches()
+
     def step():
+        nonlocal batch
+        if feed is not None:
+            batch = next(feed)
         with amp:
             loss, _ = net(batch)
         loss.backward()
@@ -156,6 +196,9 @@ def main() -> int:
             ("processes", str(world)), ("preset", name), ("input", f"{size} x {size}"),
             ("grid", "x".join(map(str, model.grid_shape()))), ("text tokens", str(L)),
             ("batch / process", str(bs)), ("objectives", args.objectives),
+            ("input pipeline", f"prepared cache, {args.workers} workers" if args.prepared else "synthetic tensors"),
+            ("optimizer", "AdamW " + ("fused" if cuda and not args.no_fused else "foreach")),
+            ("compile", args.compile_mode if args.compile else "off"),
             ("precision", "bf16 autocast" if cuda and not args.no_bf16 else "fp32"),
             ("parameters", f"{sum(p.numel() for p in model.parameters()) / 1e6:.1f} M"),
             ("step time", f"{dt * 1000:.1f} ms"), ("pairs/s", f"{pairs_s:.1f}"),

@@ -13,10 +13,13 @@ import time
 from pathlib import Path
 from typing import Optional, Sequence
 
+from elvis_core import resources as _resources
+
 REPO_ROOT = Path(__file__).resolve().parent.parent
-DEMO_STUDIES = REPO_ROOT / "resources" / "demo"
-DEMO_MODEL = REPO_ROOT / "resources" / "demo_model"
-DEMO_ANNOTATIONS = DEMO_STUDIES / "ms_cxr.csv"
+# the source checkout's resources/, else the package data of a non-editable install (elvis_core.resources)
+DEMO_STUDIES = _resources.demo_studies()
+DEMO_MODEL = _resources.demo_model()
+DEMO_ANNOTATIONS = _resources.demo_annotations()
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -39,6 +42,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--screenshot", metavar="OUT.png", help="render the window after loading, save it, exit")
     p.add_argument("--timeout", type=float, default=120.0, help="seconds --screenshot waits for loading (default 120)")
     p.add_argument("--size", metavar="WxH", help="window size, e.g. 1280x720 (screenshots; default: the last one)")
+    p.add_argument("--install-desktop-entry", action="store_true",
+                   help="install the .desktop file and icon for the current user ($XDG_DATA_HOME, default "
+                        "~/.local/share) and exit")
     return p
 
 
@@ -97,6 +103,8 @@ def preload_heavy_modules() -> None:
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
     args = build_parser().parse_args(argv)
+    if args.install_desktop_entry:
+        return _install_desktop_entry()
     from PySide6 import QtCore, QtWidgets
 
     from elvis_viewer.main_window import MainWindow
@@ -105,7 +113,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     app.setApplicationName("ELVIS Viewer")
     app.setOrganizationName("ELVIS")
     apply_dark_theme(app)
-    icon = REPO_ROOT / "resources" / "icons" / "elvis-viewer.svg"
+    icon = _resources.resource_path("icons", "elvis-viewer.svg")
     if icon.exists():
         from PySide6 import QtGui
 
@@ -157,6 +165,19 @@ def _report_timing(win, app, exit_after_paint: bool) -> None:
         if exit_after_paint:
             os._exit(0)
     win.imageShown.connect(painted)
+
+
+def _install_desktop_entry() -> int:
+    from elvis_core.errors import ElvisError
+    from elvis_viewer.desktop_entry import install_desktop_entry
+
+    try:
+        for path in install_desktop_entry():
+            print(path)
+    except ElvisError as err:
+        print(f"elvis-viewer: error: {err}", file=sys.stderr)
+        return 2
+    return 0
 
 
 def _shutdown(win, app, code: int, hard: bool) -> int:

@@ -63,15 +63,23 @@ def _default_device() -> torch.device:
 
 
 def smooth_grid(grid: np.ndarray, sigma: float) -> np.ndarray:
-    """Gaussian smoothing of a small grid (sigma in grid cells, reflecting borders, kernel radius ceil(3 sigma)).
-
-    A convex combination of the cells, so values stay within the grid's [min, max] (hence within [-1, 1])."""
+    """Gaussian smoothing of a small grid (sigma in grid cells), exactly as hi-ml's ``scipy.ndimage.gaussian_filter``
+    (kernel radius ``int(4 sigma + 0.5)``, mirrored borders ``d c b a | a b c d``), so ``sigma=1.5`` reproduces
+    BioViL's smoothed maps. A convex combination of the cells: values stay within the grid's [min, max]."""
     if sigma <= 0:
         return grid.astype(np.float32, copy=True)
-    radius = max(1, int(math.ceil(3.0 * sigma)))
-    k = 2 * radius + 1
-    return cv2.GaussianBlur(grid.astype(np.float32), (k, k), sigmaX=float(sigma), sigmaY=float(sigma),
-                            borderType=cv2.BORDER_REFLECT)
+    radius = max(1, int(4.0 * float(sigma) + 0.5))
+    x = np.arange(-radius, radius + 1, dtype=np.float64)
+    k = np.exp(-0.5 * x * x / (float(sigma) ** 2))
+    k /= k.sum()
+    g = np.asarray(grid, dtype=np.float64)
+    for axis in (0, 1):
+        n = g.shape[axis]
+        pad = [(0, 0), (0, 0)]
+        pad[axis] = (radius, radius)
+        p = np.pad(g, pad, mode="symmetric")
+        g = sum(k[i] * np.take(p, np.arange(i, i + n), axis=axis) for i in range(2 * radius + 1))
+    return g.astype(np.float32)
 
 
 def _model_device(model) -> Optional[torch.device]:
@@ -292,12 +300,14 @@ class GroundingEngine:
 
     # -- grounding ------------------------------------------------------------------------------------------------
     def _similarity(self, patch: torch.Tensor, vec: torch.Tensor) -> np.ndarray:
-        sim = torch.einsum("hwd,d->hw", patch, vec.to(patch.device)).clamp_(-1.0, 1.0)
-        return smooth_grid(sim.cpu().numpy(), self.smoothing_sigma)
+        """The raw cosine grid (not smoothed; :meth:`_make_map` smooths)."""
+        return torch.einsum("hwd,d->hw", patch, vec.to(patch.device)).clamp_(-1.0, 1.0).cpu().numpy()
 
-    def _make_map(self, phrase: str, sim: np.ndarray, shape, g2i, truncated: bool, t0: float) -> GroundingMap:
+    def _make_map(self, phrase: str, raw: np.ndarray, shape, g2i, truncated: bool, t0: float) -> GroundingMap:
+        sim = smooth_grid(raw, self.smoothing_sigma)
         gm = GroundingMap(similarity=sim.astype(np.float32), grid_to_image=np.array(g2i, dtype=np.float64),
-                          image_shape=tuple(shape), phrase=phrase, smoothing_sigma=self.smoothing_sigma)
+                          image_shape=tuple(shape), phrase=phrase, smoothing_sigma=self.smoothing_sigma,
+                          raw_similarity=np.asarray(raw, dtype=np.float32))
         if truncated:
             gm.warnings.append(self._truncation_warning())
         gm.latency_s = time.perf_counter() - t0
@@ -324,7 +334,7 @@ class GroundingEngine:
             vecs = self._text_globals(texts)
             mat = torch.stack([v for v, _ in vecs])  # [P, D]
             sims = torch.einsum("hwd,pd->phw", patch, mat.to(patch.device)).clamp_(-1.0, 1.0).cpu().numpy()
-            maps = [self._make_map(p, smooth_grid(sims[i], self.smoothing_sigma), shape, g2i, vecs[i][1], t0)
+            maps = [self._make_map(p, sims[i], shape, g2i, vecs[i][1], t0)
                     for i, p in enumerate(phrases)]
         per = (time.perf_counter() - t0) / len(maps)
         for m in maps:

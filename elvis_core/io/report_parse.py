@@ -189,6 +189,10 @@ def read_report(path: os.PathLike | str) -> Report:
         raise ReportReadError(f"cannot read ({err.strerror or type(err).__name__})", path) from None
     if not data.strip():
         raise ReportReadError("empty report", path)
+    if data[128:132] == b"DICM":  # a report stored as a DICOM SR (Basic Text / Enhanced / Comprehensive)
+        from elvis_core.io.sr_report import read_sr_report
+
+        return read_sr_report(path)
     if _looks_binary(data):
         raise ReportReadError("binary file, not a text report (NUL bytes or mostly non-printable)", path)
     warnings: List[str] = []

@@ -18,6 +18,7 @@ DEFAULTS: Dict[str, Any] = {
     "model": {
         "preset": "demo",  # a name from elvis_core.model.config.preset_names()
         "overrides": {},  # a model-config table merged over the preset (validated by the model config)
+        "init_from": "",  # an ELVIS checkpoint folder (incl. one made by `elvis import`): its architecture + weights
     },
     "data": {
         "root": "",  # MIMIC-CXR-layout root or phantom folder
@@ -26,7 +27,7 @@ DEFAULTS: Dict[str, Any] = {
         "exclude_ms_cxr": "",  # MS-CXR CSV: its patients never enter training
         "exclude_splits": [],  # only rows of these splits of that CSV (empty: all rows)
         "max_pairs": 0,  # 0 = all
-        "cache": "auto",  # "ram" | "none" | "auto" (ram when at most cache_max_images images)
+        "cache": "auto",  # "ram" | "none" | "auto" (ram when at most cache_max_images images) | "prepared:PATH"
         "cache_max_images": 20000,
         "val_fraction": 0.0,  # held-out pairs (by patient) for a validation loss
     },
@@ -39,10 +40,17 @@ DEFAULTS: Dict[str, Any] = {
         "contrast": 0.1,
     },
     "objectives": {
-        "weights": {"global": 1.0, "local": 0.5, "region_sentence": 0.0, "intra": 0.5},
+        "weights": {"global": 1.0, "local": 0.5, "region_sentence": 0.0, "intra": 0.5, "elvis": 0.0},
+        # "spans": sentences = "."-spans of the one report encoding; "separate": each sentence encoded alone (as a
+        # phrase is at grounding time) for region_sentence / elvis / local with units = "sentences"
+        "sentences": "spans",
         "global": {"temperature": 0.07, "learnable": True, "gather": True},
-        "local": {"temperature": 0.1, "attn_temperature": 0.1, "aggregation": "lse", "gamma": 5.0},
-        "region_sentence": {"temperature": 0.1, "attn_temperature": 0.1, "text_weight": 0.5, "image_weight": 0.5},
+        "local": {"temperature": 0.1, "attn_temperature": 0.1, "aggregation": "lse", "gamma": 5.0,
+                  "units": "tokens"},
+        "region_sentence": {"temperature": 0.3, "attn_temperature": 0.1, "text_weight": 0.5, "image_weight": 0.5,
+                            "distance_threshold": 0.3, "smooth_lambda": 0.0, "weighting": "attention"},
+        "elvis": {"temperature": 0.3, "attn_temperature": 0.1, "target_temperature": 0.1, "text_weight": 0.5,
+                  "image_weight": 0.5, "similarity_source": "pre_projection", "weighting": "attention"},
         "intra": {"distance": "kl", "temperature": 0.1, "target_temperature": 0.1, "detach_target": True,
                   "exclude_self": True, "image_weight": 1.0, "text_weight": 1.0},
     },
@@ -63,6 +71,8 @@ DEFAULTS: Dict[str, Any] = {
         "bf16": True,  # autocast on CUDA
         "channels_last": True,  # on CUDA
         "compile": False,  # torch.compile the encoders
+        "compile_mode": "default",  # torch.compile mode: "default" | "reduce-overhead" (CUDA graphs) | "max-autotune"
+        "static_shapes": False,  # pad every batch's text to model.text.max_length (fixed shapes for CUDA graphs)
         "threads": 0,  # torch.set_num_threads (0 = torch default)
         "log_every": 10,
         "checkpoint_every": 200,  # optimizer steps between resume checkpoints (and at each epoch end)
@@ -80,8 +90,13 @@ DEFAULTS: Dict[str, Any] = {
 }
 
 _FREE = {"model.overrides"}
-_ENUMS = {"data.cache": ("auto", "ram", "none"), "objectives.local.aggregation": ("lse", "mean"),
-          "objectives.intra.distance": ("kl", "mse")}
+_ENUMS = {"objectives.local.aggregation": ("lse", "mean"),
+          "train.compile_mode": ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs"),
+          "objectives.intra.distance": ("kl", "mse"),
+          "objectives.sentences": ("spans", "separate"), "objectives.local.units": ("tokens", "sentences"),
+          "objectives.elvis.similarity_source": ("pre_projection", "post_projection", "none"),
+          "objectives.elvis.weighting": ("attention", "uniform"),
+          "objectives.region_sentence.weighting": ("attention", "uniform")}
 
 
 def parse_set(item: str) -> tuple:
@@ -135,6 +150,10 @@ def load_config(path: Optional[str], sets: Sequence[str] = ()) -> Dict[str, Any]
             v = v[r]
         if v not in allowed:
             raise ConfigError(f"config key '{key}' must be one of {', '.join(allowed)}; got {v!r}", source)
+    cache = cfg["data"]["cache"]
+    if cache not in ("auto", "ram", "none") and not (cache.startswith("prepared:") and cache[len("prepared:"):]):
+        raise ConfigError(f"config key 'data.cache' must be one of auto, ram, none or prepared:PATH; got {cache!r}",
+                          source)
     t = cfg["train"]
     for k in ("batch_size", "grad_accum", "log_every", "checkpoint_every"):
         if t[k] < 1:
@@ -157,9 +176,19 @@ def load_config(path: Optional[str], sets: Sequence[str] = ()) -> Dict[str, Any]
 
 
 def model_config_from(cfg: Dict[str, Any]) -> Dict[str, Any]:
-    """The model config: the preset with ``model.overrides`` merged over it (deep), validated."""
+    """The model config: the preset with ``model.overrides`` merged over it (deep), validated; or, with
+    ``model.init_from``, the architecture of that checkpoint."""
     from elvis_core.model.config import preset, validate_model_config
 
+    if cfg["model"].get("init_from"):
+        from elvis_core.model.checkpoint import read_checkpoint_config
+
+        if cfg["model"]["overrides"]:
+            raise ConfigError("model.init_from takes the architecture from the checkpoint; remove model.overrides")
+        try:
+            return validate_model_config(read_checkpoint_config(cfg["model"]["init_from"])["model"])
+        except ConfigError as err:
+            raise ConfigError(f"model.init_from: {err}") from None
     base = preset(cfg["model"]["preset"])
 
     def deep(a, b):

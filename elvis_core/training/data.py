@@ -16,7 +16,7 @@ import logging
 import math
 import os
 from dataclasses import dataclass, field
-from typing import Callable, Dict, List, Optional, Sequence, Set, Tuple
+from typing import Any, Callable, Dict, List, Optional, Sequence, Set, Tuple
 
 import cv2
 import numpy as np
@@ -36,6 +36,8 @@ class Pair:
     text: str
     study_key: str
     patient: str = ""  # MIMIC patient folder (pXXXXXXXX) when in that layout; not a DICOM identifier
+    view: str = ""  # ViewPosition (tag, or MIMIC metadata for JPG); "" when unknown
+    report_path: str = ""
 
 
 @dataclass
@@ -161,7 +163,8 @@ def find_pairs(root: str, views: Sequence[str] = ("PA", "AP"), exclude_patients:
             if exclude_patients and pid in exclude_patients:
                 stats.excluded_patients += 1
                 continue
-            pairs.append(Pair(image_path=im.path, text=text, study_key=st.key, patient=pid))
+            pairs.append(Pair(image_path=im.path, text=text, study_key=st.key, patient=pid, view=view,
+                              report_path=st.report_path))
     pairs.sort(key=lambda p: p.image_path)
     if max_pairs and len(pairs) > max_pairs:
         pairs = pairs[:max_pairs]
@@ -180,18 +183,54 @@ class Augment:
     brightness: float = 0.1
     contrast: float = 0.1
 
-    def __call__(self, img: np.ndarray, rng: np.random.Generator) -> np.ndarray:
-        s = img.shape[0]
+    def sample(self, rng: np.random.Generator) -> np.ndarray:
+        """One item's parameters ``[scale, angle_deg, tx, ty, contrast, brightness]`` (translation as a fraction of
+        the side). The same draws, in the same order, for the per-item (cv2) and the batch (torch) paths."""
         sc = rng.uniform(*self.scale)
         ang = rng.uniform(-self.rotate_deg, self.rotate_deg)
-        tx, ty = rng.uniform(-self.translate, self.translate, size=2) * s
-        m = cv2.getRotationMatrix2D((s / 2.0, s / 2.0), ang, sc)
-        m[:, 2] += (tx, ty)
-        assert m[0, 0] > 0, "augmentation must never mirror the image"
-        out = cv2.warpAffine(img, m, (s, s), flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_CONSTANT, borderValue=0)
+        tx, ty = rng.uniform(-self.translate, self.translate, size=2)
         c = 1.0 + rng.uniform(-self.contrast, self.contrast)
         b = rng.uniform(-self.brightness, self.brightness)
+        if not sc > 0:
+            raise ConfigError(f"augment.scale must be > 0 (a negative scale would mirror the image), got {sc}")
+        return np.array([sc, ang, tx, ty, c, b], dtype=np.float64)
+
+    def __call__(self, img: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+        s = img.shape[0]
+        sc, ang, tx, ty, c, b = self.sample(rng)
+        m = cv2.getRotationMatrix2D((s / 2.0, s / 2.0), ang, sc)
+        m[:, 2] += (tx * s, ty * s)
+        assert m[0, 0] > 0, "augmentation must never mirror the image"
+        out = cv2.warpAffine(img, m, (s, s), flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_CONSTANT, borderValue=0)
         return np.clip((out - 0.5) * c + 0.5 + b, 0.0, 1.0).astype(np.float32)
+
+
+def batch_model_input(pixels: torch.Tensor, params: Optional[torch.Tensor], mean: float, std: float) -> torch.Tensor:
+    """A uint8 batch ``[B, 1, S, S]`` of prepared images → the standardised float model input, with the augmentation
+    of :class:`Augment` (``params`` ``[B, 6]`` from :meth:`Augment.sample`; None = no augmentation) applied on
+    whatever device the batch is on (the GPU in training), by ``affine_grid`` + ``grid_sample``: the same affine as
+    the cv2 path (rotation about the centre, scale, translation; zeros outside), then contrast/brightness, clip.
+    Never a flip: the linear part is a rotation times a positive scale (determinant > 0, checked)."""
+    import torch.nn.functional as F
+
+    x = pixels.to(torch.float32).div_(255.0)
+    if params is not None:
+        p = params.to(device=x.device, dtype=torch.float32)
+        sc, ang, tx, ty, c, b = p.unbind(1)
+        if bool((sc <= 0).any()):
+            raise ValueError("augmentation scale must be > 0 (a negative scale would mirror the image)")
+        s = x.shape[-1]
+        rad = ang * (math.pi / 180.0)
+        cos, sin = torch.cos(rad), torch.sin(rad)
+        # cv2 forward map (output = sc * [[cos, sin], [-sin, cos]] (input - centre) + centre + t); affine_grid wants
+        # the inverse, in normalised coordinates whose origin is the centre: input = R^T / sc (output - t)
+        inv = torch.stack([torch.stack([cos, -sin], -1), torch.stack([sin, cos], -1)], -2) / sc[:, None, None]
+        t_n = torch.stack([tx, ty], -1) * 2.0
+        theta = torch.cat([inv, -(inv @ t_n[..., None])], dim=2)
+        grid = F.affine_grid(theta, list(x.shape), align_corners=False)
+        x = F.grid_sample(x, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
+        x = ((x - 0.5) * c[:, None, None, None] + 0.5 + b[:, None, None, None]).clamp_(0.0, 1.0)
+    return (x - mean) / std
 
 
 class PairDataset(torch.utils.data.Dataset):
@@ -263,29 +302,162 @@ class PairDataset(torch.utils.data.Dataset):
         return torch.from_numpy(np.ascontiguousarray(x, dtype=np.float32)).unsqueeze(0), p.text
 
 
+class PreparedDataset(torch.utils.data.Dataset):
+    """Items of a prepared cache (:mod:`elvis_core.training.prepared`): uint8 images read from the memory-mapped
+    shards, texts from ``texts.bin``, and (with ``augment``) each item's augmentation parameters, drawn from
+    (seed, epoch, item) like :class:`PairDataset` so they do not depend on the number of processes. The augmentation
+    itself runs on the batch (:func:`batch_model_input`), on the training device.
+
+    Holds only numpy arrays (shard, row, text offsets per item), so DataLoader workers share it without copying;
+    shards are opened memory-mapped on first use in each process. ``__getitems__`` fetches a whole batch at once.
+    """
+
+    def __init__(self, cache, ids: Sequence[int], augment: Optional[Augment] = None, seed: int = 0):
+        ids = np.asarray(ids, dtype=np.int64)
+        self.ids = ids
+        self.shard = cache.shard[ids].copy()
+        self.row = cache.row[ids].copy()
+        self.text_start = cache.text_start[ids].copy()
+        self.text_end = cache.text_end[ids].copy()
+        self.size = cache.size
+        self._shard_paths = cache.shard_paths()
+        self._texts_path = cache.texts_path()
+        self.augment = augment
+        self.seed = seed
+        self.n_unreadable = 0
+        self.unreadable: List[Tuple[str, str]] = []
+        self._epoch = 0
+        self._maps: Dict[int, np.ndarray] = {}
+        self._texts: Optional[np.ndarray] = None
+        self._tok_flat: Optional[np.ndarray] = None  # see pretokenize()
+        self._tok_off: Optional[np.ndarray] = None
+        self._tok_of_item: Optional[np.ndarray] = None
+
+    def pretokenize(self, tokenizer, max_length: int, chunk: int = 4096) -> None:
+        """Tokenize every distinct report once (truncated to ``max_length``, special tokens added, no padding) and
+        keep the ids in two flat arrays, so batches need no tokenizer (which otherwise costs most of the loader's
+        time). :class:`Collate` pads them; the result equals ``model.tokenize`` of the texts (tested)."""
+        starts, inverse = np.unique(self.text_start, return_inverse=True)
+        first = np.zeros(len(starts), dtype=np.int64)
+        first[inverse[::-1]] = np.arange(len(inverse))[::-1]  # an item of each distinct report
+        pieces, lengths = [], []
+        for a in range(0, len(starts), chunk):
+            texts = [self.text(int(i)) for i in first[a:a + chunk]]
+            enc = tokenizer(texts, padding=False, truncation=True, max_length=max_length)["input_ids"]
+            for ids in enc:
+                pieces.append(np.asarray(ids, dtype=np.int32))
+                lengths.append(len(ids))
+        self._tok_flat = np.concatenate(pieces) if pieces else np.zeros(0, np.int32)
+        self._tok_off = np.concatenate([[0], np.cumsum(lengths)]).astype(np.int64)
+        self._tok_of_item = inverse.astype(np.int64)
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+    def set_epoch(self, epoch: int) -> None:
+        self._epoch = epoch
+
+    def _shard(self, k: int) -> np.ndarray:
+        m = self._maps.get(k)
+        if m is None:
+            m = self._maps[k] = np.load(self._shard_paths[k], mmap_mode="r")
+        return m
+
+    def text(self, idx: int) -> str:
+        if self._texts is None:
+            self._texts = np.memmap(self._texts_path, dtype=np.uint8, mode="r")
+        return bytes(self._texts[self.text_start[idx]:self.text_end[idx]]).decode("utf-8")
+
+    def __getitems__(self, idxs: Sequence[int]) -> Dict[str, Any]:
+        n, s = len(idxs), self.size
+        pix = np.empty((n, 1, s, s), dtype=np.uint8)
+        for j, i in enumerate(idxs):
+            pix[j, 0] = self._shard(int(self.shard[i]))[int(self.row[i])]
+        aug = None
+        if self.augment is not None:
+            aug = torch.from_numpy(np.stack([self.augment.sample(np.random.default_rng([self.seed, self._epoch, int(i)]))
+                                             for i in idxs]))
+        out = {"pixels": torch.from_numpy(pix), "augment": aug}
+        if self._tok_flat is not None:
+            tok = self._tok_of_item
+            out["token_ids"] = [self._tok_flat[self._tok_off[tok[i]]:self._tok_off[tok[i] + 1]] for i in idxs]
+        out["texts"] = [self.text(int(i)) for i in idxs]
+        return out
+
+    def __getitem__(self, idx: int):
+        return self.__getitems__([idx])
+
+
 class Collate:
     """Stack images, tokenize texts (model.tokenize), build word masks and sentence ids; drops None items."""
 
-    def __init__(self, model):
-        from elvis_core.training.objectives import sentence_ids_from_tokens, word_mask
+    def __init__(self, model, pad_to_max_length: bool = False, separate_sentences: bool = False,
+                 max_sentences: int = 16):
+        from elvis_core.training.objectives import sentence_ids_from_tokens, split_sentences, word_mask
+
+        #: also tokenize each report sentence alone (``sent_input_ids`` / ``sent_attention_mask`` / ``sent_owner``)
+        #: for the sentence-level objectives with ``objectives.sentences = "separate"``
+        self.separate_sentences, self.max_sentences = separate_sentences, max_sentences
+        self._split = split_sentences
 
         self.tokenize = model.tokenize
         tok = model.tokenizer
+        #: pad every batch's text to the model's maximum length (fixed shapes, e.g. for CUDA graphs)
+        self.pad_to = int(model.max_text_length) if pad_to_max_length else 0
+        self.pad_id = int(tok.pad_token_id or 0)
         self.special = sorted(set(int(i) for i in tok.all_special_ids))
         self.periods = [i for i in (tok.convert_tokens_to_ids("."),) if i is not None and i != tok.unk_token_id]
         self._word_mask, self._sentence_ids = word_mask, sentence_ids_from_tokens
 
+    def _pad(self, token_ids: Sequence[np.ndarray]) -> Dict[str, torch.Tensor]:
+        """Pre-tokenized ids (:meth:`PreparedDataset.pretokenize`) → right-padded ``input_ids``/``attention_mask``."""
+        n, width = len(token_ids), max(len(t) for t in token_ids)
+        ids = np.full((n, width), self.pad_id, dtype=np.int64)
+        mask = np.zeros((n, width), dtype=np.int64)
+        for j, t in enumerate(token_ids):
+            ids[j, :len(t)] = t
+            mask[j, :len(t)] = 1
+        return {"input_ids": torch.from_numpy(ids), "attention_mask": torch.from_numpy(mask)}
+
     def __call__(self, items):
-        n_in = len(items)
-        items = [it for it in items if it is not None]
-        if not items:
-            return None
-        pix = torch.stack([it[0] for it in items])
-        t = self.tokenize([it[1] for it in items])
+        aug = None
+        if isinstance(items, dict):  # a PreparedDataset batch (__getitems__): uint8 pixels, augmented on the device
+            pix, aug = items["pixels"], items["augment"]
+            n_in = n_kept = pix.shape[0]
+            texts = items["texts"]
+            if "token_ids" in items:
+                t = self._pad(items["token_ids"])
+            else:
+                t = self.tokenize(texts)
+        else:
+            n_in = len(items)
+            items = [it for it in items if it is not None]
+            if not items:
+                return None
+            pix = torch.stack([it[0] for it in items])
+            n_kept = len(items)
+            texts = [it[1] for it in items]
+            t = self.tokenize(texts)
+        if self.pad_to and t["input_ids"].shape[1] < self.pad_to:
+            extra = self.pad_to - t["input_ids"].shape[1]
+            t = {"input_ids": torch.nn.functional.pad(t["input_ids"], (0, extra), value=self.pad_id),
+                 "attention_mask": torch.nn.functional.pad(t["attention_mask"], (0, extra), value=0)}
         words = self._word_mask(t["input_ids"], t["attention_mask"], self.special)
         sids = self._sentence_ids(t["input_ids"], words, self.periods)
-        return {"pixel_values": pix, "input_ids": t["input_ids"], "attention_mask": t["attention_mask"],
-                "words": words, "sentence_ids": sids, "n_dropped": n_in - len(items)}
+        out = {"pixel_values": pix, "input_ids": t["input_ids"], "attention_mask": t["attention_mask"],
+               "words": words, "sentence_ids": sids, "n_dropped": n_in - n_kept}
+        if aug is not None:
+            out["augment"] = aug
+        if self.separate_sentences:
+            sents, owner = [], []
+            for b, text in enumerate(texts):
+                for sent in self._split(text, self.max_sentences) or [text]:
+                    sents.append(sent)
+                    owner.append(b)
+            st = self.tokenize(sents)
+            out.update(sent_input_ids=st["input_ids"], sent_attention_mask=st["attention_mask"],
+                       sent_owner=torch.tensor(owner, dtype=torch.long))
+        return out
 
 
 def split_val(pairs: List[Pair], fraction: float, seed: int) -> Tuple[List[Pair], List[Pair]]:
@@ -302,3 +474,25 @@ def split_val(pairs: List[Pair], fraction: float, seed: int) -> Tuple[List[Pair]
     val_keys = set(keys[:n_val])
     return ([p for p in pairs if (p.patient or p.study_key) not in val_keys],
             [p for p in pairs if (p.patient or p.study_key) in val_keys])
+
+
+def split_val_ids(ids: np.ndarray, keys: Sequence[str], fraction: float, seed: int) -> Tuple[np.ndarray, np.ndarray]:
+    """:func:`split_val` for prepared-cache entry ids, grouped by ``keys`` (patient, else study): the same patients
+    are held out as :func:`split_val` would hold out from the same pairs."""
+    ids = np.asarray(ids, dtype=np.int64)
+    if fraction <= 0:
+        return ids, ids[:0]
+    groups = sorted(set(keys))
+    rng = np.random.default_rng(seed)
+    rng.shuffle(groups)
+    n_val = max(1, int(math.floor(len(groups) * fraction)))
+    val_keys = set(groups[:n_val])
+    is_val = np.array([k in val_keys for k in keys], dtype=bool)
+    return ids[~is_val], ids[is_val]
+
+
+def prepared_texts(cache, entries: Sequence[int]) -> List[str]:
+    """The training texts of prepared-cache entries (``texts.bin`` read once)."""
+    with open(cache.texts_path(), "rb") as fh:
+        blob = fh.read()
+    return [blob[int(cache.text_start[i]):int(cache.text_end[i])].decode("utf-8") for i in entries]

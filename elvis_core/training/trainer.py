@@ -40,7 +40,7 @@ from elvis_core.training.objectives import CombinedObjective
 log = logging.getLogger(__name__)
 
 LOG_COLUMNS = ["step", "epoch", "lr", "loss", "global", "local", "region_sentence", "intra", "pairs_per_s",
-               "seconds", "val_loss", "val_cnr", "val_miou", "val_pointing"]
+               "seconds", "val_loss", "val_cnr", "val_miou", "val_pointing", "elvis", "anatomy"]
 STATE_JSON, STATE_TENSORS = "trainer_state.json", "trainer_state.safetensors"
 
 
@@ -55,7 +55,18 @@ class TrainModule(nn.Module):
     def forward(self, batch: Dict[str, torch.Tensor]):
         img = self.model.encode_image(batch["pixel_values"])
         txt = self.model.encode_text(batch["input_ids"], batch["attention_mask"])
-        return self.objective(img, txt, batch["words"], batch["sentence_ids"])
+        sentences = None
+        if "sent_input_ids" in batch:  # each report sentence encoded alone (objectives.sentences = "separate")
+            from elvis_core.training.objectives import Sentences
+
+            st = self.model.encode_text(batch["sent_input_ids"], batch["sent_attention_mask"])
+            if self.model.config["text"]["pooling"] == "mean":
+                m = batch["sent_attention_mask"].unsqueeze(-1).to(st.token_feats.dtype)
+                pooled = (st.token_feats * m).sum(1) / m.sum(1).clamp_min(1.0)
+            else:
+                pooled = st.token_feats[:, 0]
+            sentences = Sentences.pack(st.global_emb, pooled, batch["sent_owner"], batch["input_ids"].shape[0])
+        return self.objective(img, txt, batch["words"], batch["sentence_ids"], sentences=sentences)
 
 
 @dataclass
@@ -129,6 +140,27 @@ def _param_groups(module: TrainModule, lr: float, text_lr: float, wd: float):
         key = (text_lr if (is_text and text_lr > 0) else lr, 0.0 if no_decay else wd)
         groups.setdefault(key, []).append(p)
     return [{"params": ps, "lr": k[0], "weight_decay": k[1]} for k, ps in sorted(groups.items(), key=lambda kv: kv[0])]
+
+
+def adamw_options(device: torch.device) -> Dict[str, Any]:
+    """Fused AdamW (one kernel for all parameters) on CUDA; the default (foreach) implementation elsewhere."""
+    return {"fused": True} if torch.device(device).type == "cuda" else {}
+
+
+def to_device(batch: Dict[str, Any], device: torch.device, transform, channels_last: bool) -> Dict[str, Any]:
+    """Move a collated batch to ``device`` (non-blocking: the DataLoader pins it on CUDA). A prepared-cache batch
+    arrives as uint8 with per-item augmentation parameters; it becomes the standardised float model input there, so
+    the augmentation runs on the GPU when there is one (:func:`~elvis_core.training.data.batch_model_input`)."""
+    from elvis_core.training.data import batch_model_input
+
+    out = {k: (v.to(device, non_blocking=True) if torch.is_tensor(v) else v) for k, v in batch.items()}
+    if out["pixel_values"].dtype == torch.uint8:
+        out["pixel_values"] = batch_model_input(out["pixel_values"], out.pop("augment", None), transform.mean,
+                                                transform.std)
+    out.pop("augment", None)
+    if channels_last:
+        out["pixel_values"] = out["pixel_values"].contiguous(memory_format=torch.channels_last)
+    return out
 
 
 # -- resume state (safetensors + JSON, never pickle) ----------------------------------------------------------------
@@ -273,7 +305,7 @@ def grounding_validation(model, cfg: Dict[str, Any]) -> Dict[str, float]:
 def _hash_pairs(pairs) -> str:
     h = hashlib.sha256()
     for p in pairs:
-        h.update(os.path.basename(p.image_path).encode())
+        h.update((p if isinstance(p, str) else os.path.basename(p.image_path)).encode())
     return h.hexdigest()[:12]
 
 
@@ -297,8 +329,9 @@ def _tokenizer_from_rank0(tokenizer, world: int, rank: int):
 def train(cfg: Dict[str, Any], out_dir: Optional[str] = None, progress: Optional[bool] = None) -> TrainResult:
     """Run a training described by a validated config (:func:`elvis_core.training.config.load_config`)."""
     from elvis_core.model.elvis import build_model
-    from elvis_core.training.data import (Augment, Collate, PairDataset, excluded_patients_from_csv, find_pairs,
-                                          read_mimic_views, split_val)
+    from elvis_core.training.data import (Augment, Collate, PairDataset, PairStats, PreparedDataset,
+                                          excluded_patients_from_csv, find_pairs, prepared_texts, read_mimic_views,
+                                          split_val, split_val_ids)
 
     t_start = time.perf_counter()
     tc, dc = cfg["train"], cfg["data"]
@@ -317,18 +350,44 @@ def train(cfg: Dict[str, Any], out_dir: Optional[str] = None, progress: Optional
     model_cfg = model_config_from(cfg)  # validate the model part before scanning data
 
     # ---- data
-    if not dc["root"]:
+    prepared = None
+    if dc["cache"].startswith("prepared:"):
+        from elvis_core.training.prepared import PreparedCache
+
+        prepared = PreparedCache.open(dc["cache"][len("prepared:"):])
+        if not dc["root"]:
+            dc["root"] = prepared.root  # for validation images (data.root is only informative otherwise)
+    elif not dc["root"]:
         raise ConfigError("config key 'data.root' is empty: give the MIMIC-CXR-layout or phantom folder to train on")
     excluded = set()
     if dc["exclude_ms_cxr"]:
         excluded = excluded_patients_from_csv(dc["exclude_ms_cxr"], dc["exclude_splits"])
-    view_of = read_mimic_views(dc["mimic_metadata"]) if dc["mimic_metadata"] else None
-    pairs, stats = find_pairs(dc["root"], views=dc["views"], exclude_patients=excluded, max_pairs=dc["max_pairs"],
-                              view_of=view_of)
-    if not pairs:
-        raise ConfigError("no image-report pairs found (need DICOM/JPG images with a report holding FINDINGS or "
-                          "IMPRESSION, PA/AP views); " + stats.lines()[1], dc["root"])
-    train_pairs, val_pairs = split_val(pairs, dc["val_fraction"], tc["seed"])
+    if prepared is not None:
+        from elvis_core.model.transforms import ModelInputTransform
+
+        prepared.check_transform(ModelInputTransform.from_config(model_cfg["preprocessing"]))
+        ids = prepared.select(dc["views"], excluded, dc["max_pairs"])
+        if len(ids) == 0:
+            raise ConfigError("no entries of the prepared cache are left after the view / MS-CXR exclusion filters",
+                              prepared.path)
+        train_ids, val_ids = split_val_ids(ids, prepared.group_keys(ids), dc["val_fraction"], tc["seed"])
+        stats = PairStats(pairs=len(ids), images_seen=len(prepared), unreadable_images=len(prepared.unreadable))
+        stats_lines = [f"{len(ids)} image-report pairs from the prepared cache {prepared.path} ({len(prepared)} "
+                       f"entries; {len(prepared.unreadable)} unreadable images left out by 'elvis prepare')"]
+        train_pairs, val_pairs = [], []
+        train_texts = prepared_texts(prepared, train_ids)
+        n_val = len(val_ids)
+    else:
+        view_of = read_mimic_views(dc["mimic_metadata"]) if dc["mimic_metadata"] else None
+        pairs, stats = find_pairs(dc["root"], views=dc["views"], exclude_patients=excluded,
+                                  max_pairs=dc["max_pairs"], view_of=view_of)
+        if not pairs:
+            raise ConfigError("no image-report pairs found (need DICOM/JPG images with a report holding FINDINGS or "
+                              "IMPRESSION, PA/AP views); " + stats.lines()[1], dc["root"])
+        train_pairs, val_pairs = split_val(pairs, dc["val_fraction"], tc["seed"])
+        train_texts = [p.text for p in train_pairs]
+        stats_lines = None
+        n_val = len(val_pairs)
 
     # ---- model (resume or new)
     last = out / "last"
@@ -339,6 +398,10 @@ def train(cfg: Dict[str, Any], out_dir: Optional[str] = None, progress: Optional
         if model.config["image"] != model_cfg["image"] or model.config["projection"] != model_cfg["projection"]:
             raise ConfigError("the run in this output folder used another architecture; use a new --out folder "
                               "or --set train.resume=false", out)
+    elif cfg["model"].get("init_from"):
+        model = load_checkpoint(cfg["model"]["init_from"]).train()
+        if is0:
+            log.info("model initialised from checkpoint %s", cfg["model"]["init_from"])
     else:
         tokenizer = None
         if model_cfg["text"]["source"] == "config":
@@ -346,13 +409,17 @@ def train(cfg: Dict[str, Any], out_dir: Optional[str] = None, progress: Optional
                 from elvis_core.model.vocab import train_wordpiece
 
                 tk = model_cfg["text"]["tokenizer"]
-                tokenizer = train_wordpiece([p.text for p in train_pairs], vocab_size=tk["vocab_size"],
+                tokenizer = train_wordpiece(train_texts, vocab_size=tk["vocab_size"],
                                             lowercase=tk["lowercase"], min_frequency=tk["min_frequency"],
                                             model_max_length=model_cfg["text"]["max_length"])
             tokenizer = _tokenizer_from_rank0(tokenizer, world, rank)
         torch.manual_seed(tc["seed"])
         model = build_model(model_cfg, tokenizer=tokenizer)
     model.to(device).train()
+    if device.type == "cuda":
+        torch.backends.cuda.matmul.allow_tf32 = True  # fp32 matmuls outside autocast (objectives' fp32 parts)
+        torch.backends.cudnn.allow_tf32 = True
+        torch.backends.cudnn.benchmark = True  # fixed image size: let cuDNN pick the fastest convolutions
     if device.type == "cuda" and tc["channels_last"]:
         model.image_encoder.to(memory_format=torch.channels_last)
 
@@ -361,41 +428,56 @@ def train(cfg: Dict[str, Any], out_dir: Optional[str] = None, progress: Optional
         a = cfg["augment"]
         augment = Augment(scale=tuple(a["scale"]), rotate_deg=a["rotate_deg"], translate=a["translate"],
                           brightness=a["brightness"], contrast=a["contrast"])
-    ds = PairDataset(train_pairs, model.transform, augment=augment, seed=tc["seed"])
-    use_cache = dc["cache"] == "ram" or (dc["cache"] == "auto" and len(train_pairs) <= dc["cache_max_images"])
-    if use_cache:
-        if is0:
-            log.info("decoding %d training images into the RAM cache", len(ds))
-        ds.build_cache()
-    n_unreadable = ds.n_unreadable
+    if prepared is not None:
+        prepared.check_transform(model.transform)  # refuse a cache made with another transform
+        ds = PreparedDataset(prepared, train_ids, augment=augment, seed=tc["seed"])
+        ds.pretokenize(model.tokenizer, model.max_text_length)
+        ds.pairs = [os.path.basename(prepared.paths[i]) for i in train_ids]  # provenance hash only
+        use_cache = False
+        n_unreadable = len(prepared.unreadable)
+    else:
+        ds = PairDataset(train_pairs, model.transform, augment=augment, seed=tc["seed"])
+        use_cache = dc["cache"] == "ram" or (dc["cache"] == "auto" and len(train_pairs) <= dc["cache_max_images"])
+        if use_cache:
+            if is0:
+                log.info("decoding %d training images into the RAM cache", len(ds))
+            ds.build_cache()
+        n_unreadable = ds.n_unreadable
     stats.unreadable_images = n_unreadable
+    tf = model.transform
     global_batch = tc["batch_size"] * world
     if len(ds) < global_batch:
         raise ConfigError(f"only {len(ds)} readable training pairs, fewer than one batch (train.batch_size "
                           f"{tc['batch_size']} x {world} process(es)); lower train.batch_size", dc["root"])
     sampler = torch.utils.data.distributed.DistributedSampler(ds, num_replicas=world, rank=rank, shuffle=True,
                                                               seed=tc["seed"], drop_last=True)
-    collate = Collate(model)
+    oc = cfg["objectives"]
+    objective = CombinedObjective(oc["weights"], {k: oc[k] for k in oc if k not in ("weights", "sentences")},
+                                  sentences=oc["sentences"])
+    collate = Collate(model, pad_to_max_length=tc["static_shapes"],
+                      separate_sentences=objective.needs_separate_sentences)
     loader = torch.utils.data.DataLoader(ds, batch_size=tc["batch_size"], sampler=sampler, drop_last=True,
                                          num_workers=tc["num_workers"], collate_fn=collate,
                                          pin_memory=device.type == "cuda",
                                          persistent_workers=tc["num_workers"] > 0)
     val_loader = None
-    if val_pairs:
-        vds = PairDataset(val_pairs, model.transform, augment=None)
-        if use_cache:
-            vds.build_cache()
+    if n_val:
+        if prepared is not None:
+            vds = PreparedDataset(prepared, val_ids, augment=None)
+            vds.pretokenize(model.tokenizer, model.max_text_length)
+        else:
+            vds = PairDataset(val_pairs, model.transform, augment=None)
+            if use_cache:
+                vds.build_cache()
         vs = torch.utils.data.distributed.DistributedSampler(vds, num_replicas=world, rank=rank, shuffle=False,
                                                              drop_last=False)
         val_loader = torch.utils.data.DataLoader(vds, batch_size=tc["batch_size"], sampler=vs, collate_fn=collate)
 
-    # ---- objectives, optimizer, schedule
-    oc = cfg["objectives"]
-    objective = CombinedObjective(oc["weights"], {k: oc[k] for k in oc if k != "weights"})
+    # ---- objectives (built above, with the data), optimizer, schedule
     module = TrainModule(model, objective).to(device)
     text_lr = tc["text_lr"] if model_cfg["text"]["source"] == "pretrained" else 0.0
     optimizer = torch.optim.AdamW(_param_groups(module, tc["lr"], text_lr, tc["weight_decay"]),
-                                  betas=(0.9, 0.98), eps=1e-6)
+                                  betas=(0.9, 0.98), eps=1e-6, **adamw_options(device))
     steps_per_epoch = max(1, len(loader) // tc["grad_accum"])
     total_steps = tc["max_steps"] or steps_per_epoch * tc["epochs"]
     n_epochs = math.ceil(total_steps / steps_per_epoch)
@@ -409,25 +491,29 @@ def train(cfg: Dict[str, Any], out_dir: Optional[str] = None, progress: Optional
             log.info("resuming from %s at step %d (epoch %d)", last, step, start_epoch)
     resumed_from = step
     if tc["compile"]:
-        model.image_encoder.compile()
-        model.text_encoder.compile()
+        mode = None if tc["compile_mode"] == "default" else tc["compile_mode"]
+        model.image_encoder.compile(mode=mode)
+        model.text_encoder.compile(mode=mode)
     ddp = module
     if world > 1:
         w = objective.weights
         # a head no enabled objective reaches (e.g. separate global heads with global InfoNCE off) has no gradient
         unused = not model_cfg["projection"]["shared_local_global"] and (
-            "global" not in w or not ({"local", "region_sentence", "intra"} & set(w)))
+            "global" not in w or not ({"local", "region_sentence", "intra", "elvis", "anatomy"} & set(w)))
         ddp = nn.parallel.DistributedDataParallel(module, device_ids=[device.index] if device.type == "cuda" else None,
                                                   find_unused_parameters=unused)
 
     provenance = {
         "objectives": {"weights": oc["weights"], **{k: oc[k] for k in oc if k != "weights"}},
-        "data": {"root": os.path.abspath(dc["root"]), "n_train_pairs": len(ds), "n_val_pairs": len(val_pairs),
+        "data": {"root": os.path.abspath(dc["root"]), "n_train_pairs": len(ds), "n_val_pairs": n_val,
                  "pairs_hash": _hash_pairs(ds.pairs), "excluded_ms_cxr": dc["exclude_ms_cxr"] or None,
-                 "exclude_splits": dc["exclude_splits"], "views": dc["views"], "stats": stats.lines(),
-                 "unreadable_images": n_unreadable},
+                 "exclude_splits": dc["exclude_splits"], "views": dc["views"],
+                 "stats": stats_lines or stats.lines(), "unreadable_images": n_unreadable}
+                | ({"prepared_cache": prepared.path, "prepared_cache_hash": prepared.cache_hash}
+                   if prepared is not None else {}),
         "training": {k: tc[k] for k in ("batch_size", "grad_accum", "lr", "weight_decay", "warmup_steps", "seed",
                                         "bf16", "compile")} | {"world_size": world, "device": device.type,
+                                                               "init_from": cfg["model"].get("init_from") or None,
                                                                "total_steps": total_steps,
                                                                "augment": cfg["augment"]},
     }
@@ -464,7 +550,7 @@ def train(cfg: Dict[str, Any], out_dir: Optional[str] = None, progress: Optional
                 for vb in val_loader:
                     if vb is None:
                         continue
-                    vb = {k: (v.to(device) if torch.is_tensor(v) else v) for k, v in vb.items()}
+                    vb = to_device(vb, device, tf, channels_last=False)
                     loss_v, _ = module(vb)
                     tot += float(loss_v) * vb["input_ids"].shape[0]
                     n += vb["input_ids"].shape[0]
@@ -486,9 +572,7 @@ def train(cfg: Dict[str, Any], out_dir: Optional[str] = None, progress: Optional
             if batch is None:
                 continue
             dropped += batch["n_dropped"]
-            batch = {k: (v.to(device, non_blocking=True) if torch.is_tensor(v) else v) for k, v in batch.items()}
-            if device.type == "cuda" and tc["channels_last"]:
-                batch["pixel_values"] = batch["pixel_values"].contiguous(memory_format=torch.channels_last)
+            batch = to_device(batch, device, tf, channels_last=device.type == "cuda" and tc["channels_last"])
             micro += 1
             sync = micro % tc["grad_accum"] == 0
             ctx = ddp.no_sync() if (world > 1 and not sync) else contextlib.nullcontext()
@@ -558,9 +642,9 @@ def train(cfg: Dict[str, Any], out_dir: Optional[str] = None, progress: Optional
     result = TrainResult(out_dir=str(out), model_dir=str(model_dir), steps=step, epochs_done=epoch,
                          first_loss=first_loss, last_loss=losses[-1] if losses else float("nan"), losses=losses,
                          pairs_per_s=pairs_total / max(loop_s, 1e-9), seconds=time.perf_counter() - t_start,
-                         n_train_pairs=len(ds), n_val_pairs=len(val_pairs),
+                         n_train_pairs=len(ds), n_val_pairs=n_val,
                          unreadable_images=n_unreadable + dropped, resumed_from_step=resumed_from,
-                         val_metrics=val_metrics, data_lines=stats.lines())
+                         val_metrics=val_metrics, data_lines=stats_lines or stats.lines())
     if world > 1 and dist.is_initialized():
         dist.destroy_process_group()
     return result
