@@ -502,7 +502,7 @@ class ImageView(QtWidgets.QWidget):
         view = m.get("ViewPosition") or "view ?"
         modality = m.get("Modality") or ""
         tl = [x for x in (self._caption, f"{modality} {view}".strip()) if x]
-        if self.gmap is not None and getattr(self.gmap, "phrase", ""):
+        if self.gmap is not None and getattr(self.gmap, "phrase", "") and self.gmap.phrase != self._caption:
             phrase = self.gmap.phrase
             tl.append("“" + (phrase if len(phrase) < 60 else phrase[:57] + "…") + "”")
         if self._note and self.gmap is not None:
@@ -540,6 +540,9 @@ class ImageView(QtWidgets.QWidget):
         c = self._corners
         c["tl"].setPos(pad, pad)
         br = c["tr"].boundingRect()
+        if br.width() > w - 2 * pad and self.rad is not None and " (" in c["tr"].text():
+            c["tr"].setText(c["tr"].text().split(" (")[0])  # narrow (compare) view: spacing without its source
+            br = c["tr"].boundingRect()
         tl_b = c["tl"].boundingRect()
         if tl_b.width() + br.width() + 3 * pad > w:  # narrow view: stack the top-right text under the top-left one
             c["tr"].setPos(w - br.width() - pad, pad + tl_b.height())

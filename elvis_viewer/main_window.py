@@ -128,8 +128,8 @@ class MainWindow(QtWidgets.QMainWindow):
             rl.addWidget(w, 1 if w is self.report_view else 0)
         self.report_dock = self._dock("Report", "dock_report", right, R)
         self.overlay_panel = OverlayPanel(OverlaySettings())
-        self.overlay_dock = self._dock("Overlay", "dock_overlay", self.overlay_panel, R)
-        self.resizeDocks([self.study_dock, self.report_dock], [280, 420], QtCore.Qt.Orientation.Horizontal)
+        self.overlay_dock = self._dock("Overlay", "dock_overlay", self.overlay_panel, L)  # under the studies
+        self.resizeDocks([self.study_dock, self.report_dock], [270, 400], QtCore.Qt.Orientation.Horizontal)
         self.docks = {"viewer": [self.study_dock, self.report_dock, self.overlay_dock]}
 
     def _build_status(self):
@@ -256,7 +256,10 @@ class MainWindow(QtWidgets.QMainWindow):
         self.actions_by_id["view.compare"].setChecked(bool(on))
 
     def busy(self) -> bool:
-        return self.session.busy()
+        """Work in flight anywhere in the window (the session's, the Review tab's, thumbnails)."""
+        from elvis_viewer import workers
+
+        return self.session.busy() or workers.pending() > 0
 
     def cancel_scan(self) -> None:
         self.session.cancel_scan()
@@ -441,15 +444,25 @@ class MainWindow(QtWidgets.QMainWindow):
         if 0 < index <= len(phrases):
             self.select_annotated_phrase(phrases[index - 1])
 
+    def resizeEvent(self, ev) -> None:
+        super().resizeEvent(ev)
+        if not getattr(self, "_docks_sized", False) and self.isVisible():
+            # side panels in proportion to the window (at 1280 px: 240 + 350, the image keeps the rest)
+            self._docks_sized = True
+            w = self.width()
+            self.resizeDocks([self.study_dock, self.report_dock], [max(200, int(0.19 * w)), max(300, int(0.27 * w))],
+                             QtCore.Qt.Orientation.Horizontal)
+
     def _on_tab(self, index: int) -> None:
-        """Each tab keeps its own panel layout: the Review tab gets the whole window."""
+        """Each tab keeps its own panel layout: the Review tab gets the whole window (no side panels, no toolbar)."""
         name = "viewer" if self.tabs.widget(index) is self.viewer_page else "review"
         if name == "review":
-            self._tab_layouts["viewer"] = {d: d.isVisible() for d in self.docks["viewer"]}
-            for d in self.docks["viewer"]:
+            self._tab_layouts["viewer"] = {d: d.isVisible() for d in self.docks["viewer"] + [self.toolbar]}
+            for d in self.docks["viewer"] + [self.toolbar]:
                 d.hide()
         else:
-            for d, vis in self._tab_layouts.get("viewer", {d: True for d in self.docks["viewer"]}).items():
+            default = {d: True for d in self.docks["viewer"] + [self.toolbar]}
+            for d, vis in self._tab_layouts.get("viewer", default).items():
                 d.setVisible(vis)
         for aid, qa in self.actions_by_id.items():
             qa.setEnabled(name == "viewer" or not aid.startswith(VIEWER_ONLY_PREFIXES))

@@ -128,7 +128,7 @@ class ReviewView(QtWidgets.QWidget):
         split.setStretchFactor(0, 1)
         split.setStretchFactor(1, 3)
         split.setStretchFactor(2, 1)
-        split.setSizes([260, 700, 320])
+        split.setSizes([240, 660, 380])  # the report column fits a MIMIC line (79 columns wrap)
         lay = QtWidgets.QVBoxLayout(self)
         lay.setContentsMargins(0, 0, 0, 0)
         lay.addWidget(split)
