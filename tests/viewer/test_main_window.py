@@ -249,6 +249,10 @@ def test_compare_mode_two_maps_synchronised(qtbot, win, study_root):
     a.view_box.setRange(QtCore.QRectF(20, 20, 40, 40), padding=0)
     assert b.view_box.viewRect().center().x() == pytest.approx(a.view_box.viewRect().center().x(), abs=1e-3)
     assert "baseline" in a.corner_text("tl") and "elvis" in b.corner_text("tl")
+    # one shared scale (±max over both maps) by default; split on request
+    assert a.overlay_levels() == b.overlay_levels() == win.session.shared_levels()
+    win.overlay_panel.change(shared_scale=False)
+    assert a.overlay_levels() != b.overlay_levels()
 
 
 def test_tag_inspector_masks_identifiers_unless_toggled(qtbot, win, study_root):
