@@ -473,8 +473,6 @@ class MainWindow(QtWidgets.QMainWindow):
             self.presets_menu.addAction(w.name).triggered.connect(lambda *_, n=w.name: self.apply_preset(n))
 
     # ============================================================================================ privacy + dialogs
-    IDENTITY_KEYWORDS = ("PatientName", "PatientID", "PatientBirthDate", "PatientSex", "AccessionNumber", "StudyDate")
-
     def set_reveal_identifiers(self, on: bool) -> None:
         """The privacy toggle (off by default, never saved): identifiers in the tag inspector and the corner text."""
         self.reveal_identifiers = bool(on)
@@ -492,18 +490,7 @@ class MainWindow(QtWidgets.QMainWindow):
         return self.actions_by_id["overlay.show"]
 
     def _update_identity(self) -> None:
-        from elvis_core.errors import ElvisError
-
-        text = ""
-        if self.reveal_identifiers and self.session.rad_path:
-            try:
-                from elvis_core.io.privacy import dicom_tag_rows
-
-                vals = {kw: v for _t, kw, _vr, v in dicom_tag_rows(self.session.rad_path, reveal_identifiers=True)
-                        if kw in self.IDENTITY_KEYWORDS and v}
-                text = "  ".join(vals[k] for k in self.IDENTITY_KEYWORDS if k in vals)
-            except ElvisError:
-                text = ""
+        text = dialogs.identity_text(self.session.rad_path) if self.reveal_identifiers else ""
         for iv in self.views():
             iv.set_identity_text(text)
 
