@@ -47,6 +47,17 @@ IMPRESSION:
 """
 
 
+def wait_for(app, pred, timeout_s: float = 120.0) -> None:
+    """Run the event loop until ``pred()``, sleeping between passes like an idle GUI does (a busy loop would hold
+    the GIL and slow the worker threads it is waiting for)."""
+    t_end = time.perf_counter() + timeout_s
+    while not pred():
+        app.processEvents()
+        if pred() or time.perf_counter() > t_end:
+            break
+        time.sleep(0.0005)
+
+
 def pct(xs, q):
     return float(np.percentile(np.asarray(xs, dtype=float), q)) if xs else float("nan")
 
@@ -161,9 +172,7 @@ def main() -> int:
         torch.manual_seed(0)
         model = build_model(preset(name), texts=[SENTENCES_REPORT] * 3)
         win.load_checkpoint(None, 0, model=model, name=name)
-        while win.busy() or win.rad is None or win.slots[0].engine is None:
-            app.processEvents()
-            time.sleep(0.002)
+        wait_for(app, lambda: not win.busy() and win.rad is not None and win.slots[0].engine is not None)
         s = win.session
         sentences = [(x.start, x.end) for x in s.report.sentences]
 
@@ -172,8 +181,7 @@ def main() -> int:
             s.mapReady.connect(done.append)
             t0 = time.perf_counter()
             s.ground_phrase(text, span)
-            while not done:
-                app.processEvents()
+            wait_for(app, lambda: bool(done))
             win.image_view.glw.viewport().repaint()
             dt = (time.perf_counter() - t0) * 1000
             s.mapReady.disconnect(done.append)
@@ -228,8 +236,7 @@ def review_rows(app, tmp: Path, n: int):
         def shown():
             it = v.session.item
             return it is not None and v.loaded_key == it.key and v.map_key == it.key
-        while not shown():
-            app.processEvents()
+        wait_for(app, shown)
         ts = []
         for _ in range(min(n, len(v.session.visible()) - 1)):
             t_settle = time.perf_counter() + 0.4  # an annotator looks at each item: preloading has time to run
@@ -238,8 +245,7 @@ def review_rows(app, tmp: Path, n: int):
                 time.sleep(0.005)
             t0 = time.perf_counter()
             v.next_item()
-            while not shown():
-                app.processEvents()
+            wait_for(app, shown)
             v.image_view.glw.viewport().repaint()
             ts.append((time.perf_counter() - t0) * 1000)
         out.append((f"review J -> next image + map, {'with preloading' if preload else 'no preloading (before)'}",

@@ -23,7 +23,7 @@ from PySide6 import QtCore
 from elvis_core.errors import ElvisError
 from elvis_viewer import workers
 from elvis_viewer.session_tasks import (ground, image_and_report, load_engine, prepare_engine, read_report,
-                                        scan_folder, thumbnails)
+                                        report_beside, scan_folder, thumbnails)
 
 
 def err_text(exc: BaseException) -> str:
@@ -172,7 +172,7 @@ class ViewerSession(QtCore.QObject):
             return
         # listed only once it reads: a broken file goes to Problems, never into the study list
         self.select_image(path, entry=ImageEntry(path=path, label=os.path.basename(path), study_key=path,
-                                                 report_path=_report_beside(path),
+                                                 report_path=report_beside(path),
                                                  study_label=os.path.basename(os.path.dirname(path))))
 
     def open_folder(self, root: str) -> None:
@@ -497,8 +497,3 @@ class ViewerSession(QtCore.QObject):
         return -m, m
 
 
-def _report_beside(path: str) -> Optional[str]:
-    """MIMIC-CXR layout: ``.../sYYYY/img.dcm`` has its report at ``.../sYYYY.txt``."""
-    d = os.path.dirname(os.path.abspath(path))
-    cand = d.rstrip(os.sep) + ".txt"
-    return cand if os.path.isfile(cand) else None

@@ -25,8 +25,15 @@ def read_report(path: str):
     return _read(path)
 
 
+def report_beside(path: str) -> Optional[str]:
+    """MIMIC-CXR layout: ``.../sYYYY/img.dcm`` has its report at ``.../sYYYY.txt``."""
+    d = os.path.dirname(os.path.abspath(path))
+    cand = d.rstrip(os.sep) + ".txt"
+    return cand if os.path.isfile(cand) else None
+
+
 def image_and_report(path: str, report_path: Optional[str]):
-    """(Radiograph, Report | None, report error | None); the display pyramid is built here, off the GUI thread."""
+    """(Radiograph, Report | None, report error | None); the display is prepared here, off the GUI thread."""
     rad = read_image(path)
     from elvis_viewer.view_items import prepare_display
 
