@@ -183,6 +183,9 @@ class MainWindow(QtWidgets.QMainWindow):
         s.compareChanged.connect(self._on_compare)
         self.report_view.phraseSelected.connect(lambda a, b, t: s.ground_phrase(t, (a, b)))
         self.phrase_edit.returnPressed.connect(self._on_typed)
+        self._typing = QtCore.QTimer(self, singleShot=True, interval=150)  # a pause in typing: encode ahead
+        self._typing.timeout.connect(lambda: s.preencode(self.phrase_edit.text()))
+        self.phrase_edit.textEdited.connect(lambda _t: self._typing.start())
         self.annot_combo.activated.connect(self._on_annot_combo)
         self.overlay_panel.settingsChanged.connect(self._apply_overlay_settings)
         self.overlay_panel.tokenChosen.connect(self._on_token_choice)

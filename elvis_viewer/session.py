@@ -22,8 +22,8 @@ from PySide6 import QtCore
 
 from elvis_core.errors import ElvisError
 from elvis_viewer import workers
-from elvis_viewer.session_tasks import (ground, image_and_report, load_engine, prepare_engine, read_report,
-                                        report_beside, scan_folder, thumbnails)
+from elvis_viewer.session_tasks import (encode_typed, ground, image_and_report, load_engine, prepare_engine,
+                                        read_report, report_beside, scan_folder, thumbnails)
 
 
 def err_text(exc: BaseException) -> str:
@@ -404,6 +404,27 @@ class ViewerSession(QtCore.QObject):
             return
         self.run(prepare_engine, eng, self.rad, self.report_phrases(),
                  on_error=lambda e: self.message.emit(err_text(e), False))
+
+    def preencode(self, text: str) -> None:
+        """Encode a phrase being typed, in the background (the line edit calls this after a short pause), so that
+        Enter finds it cached. At most one such task runs; the latest text wins."""
+        text = " ".join(str(text).split())
+        if not text or self.rad is None:
+            return
+        self._typed = text
+        if getattr(self, "_typing_task", False):
+            return
+        engines = [self.slots[k].engine for k in self.active_slots()]
+        engines = [e for e in engines if not e.has_phrase(text)]
+        if not engines:
+            return
+        self._typing_task = True
+
+        def done(*_):
+            self._typing_task = False
+            if self._typed != text:
+                self.preencode(self._typed)
+        self.run(encode_typed, engines, text, on_result=done, on_error=done)
 
     def active_slots(self) -> List[int]:
         return [k for k in (0, 1) if self.slots[k].engine is not None and (k == 0 or self.compare)]

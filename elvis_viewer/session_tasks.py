@@ -108,6 +108,13 @@ def prepare_engine(engine, rad, phrases: List[str]) -> int:
     return engine.encode_phrases(phrases) if phrases else 0
 
 
+def encode_typed(engines, text: str) -> None:
+    """Text-encoder pass for a phrase being typed (fills each engine's text cache)."""
+    limit_torch_threads()
+    for e in engines:
+        e.encode_phrases([text])
+
+
 def scan_folder(root: str, progress=None, cancel=None):
     """A folder's images as a flat list of ImageEntry dicts in study order, the problem files, cancelled."""
     from elvis_core.io.studies import scan

@@ -168,3 +168,20 @@ def test_shared_scale_over_both_maps(qtbot, session, two_studies):
     lo, hi = session.shared_levels()
     m = max(float(np.abs(s.gmap.similarity).max()) for s in session.slots)
     assert lo == -hi and hi == pytest.approx(m)
+
+
+def test_a_phrase_being_typed_is_encoded_ahead(qtbot, session, two_studies):
+    with qtbot.waitSignal(session.imageChanged, timeout=30000):
+        session.open_folder(str(two_studies))
+    session.load_checkpoint(None, 0, model=_model(), name="m")
+    qtbot.waitUntil(lambda: session.slots[0].engine is not None, timeout=60000)
+    _idle(qtbot, session)
+    eng = session.slots[0].engine
+    session.preencode("right  upper lobe")
+    session.preencode("right upper lobe mass")  # typed on while the first pass runs: the latest text wins
+    _idle(qtbot, session)
+    assert eng.has_phrase("right upper lobe mass")
+    got = []
+    session.mapReady.connect(got.append)
+    session.ground_phrase("right upper lobe mass")
+    assert got == [0]  # Enter: already encoded, the map is drawn without a worker
