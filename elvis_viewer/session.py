@@ -435,6 +435,7 @@ class ViewerSession(QtCore.QObject):
             return
         self.compare = on
         self.compareChanged.emit(on)
+        self._update_provenance()  # the compare model's provenance counts only while it is shown
         if on and self.slots[1].engine is None and not self.slots[1].loading:
             self.message.emit("Compare mode: open a second checkpoint (File → Open compare checkpoint, or "
                               "--compare DIR)", False)
