@@ -169,9 +169,10 @@ def build_actions(window, actions: Optional[List[Action]] = None) -> Dict[str, Q
                 m.addSeparator()
             last_group[a.menu] = a.group
             m.addAction(qa)
-        if a.toolbar:
-            tb.addAction(qa)
         out[a.id] = qa
+    # toolbar: the view tools first, file actions (export) at the end
+    for a in sorted((a for a in actions if a.toolbar), key=lambda a: a.id.startswith("file.")):
+        tb.addAction(out[a.id])
     window.menus = menus
     return out
 

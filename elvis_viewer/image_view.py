@@ -36,7 +36,7 @@ pg.setConfigOptions(imageAxisOrder="row-major", antialias=True)
 
 from elvis_viewer.view_items import (  # noqa: E402  (re-exported: public names of this module)
     _SPACING_SHORT, OVERLAY_COLORMAPS, OVERLAY_SMOOTH_FACTOR, _CachedDownsampleImageItem, _num, _overlay_colormap,
-    _shadow, _WLViewBox, affine_to_qtransform)
+    _shadow, _WLViewBox, affine_to_qtransform, prepared)
 
 
 class ImageView(QtWidgets.QWidget):
@@ -142,18 +142,21 @@ class ImageView(QtWidgets.QWidget):
             self._update_texts()
             return
         pix = rad.pixels
-        step = max(1, int(max(pix.shape) // 512))
-        sub = pix[::step, ::step]
-        lo, hi = (float(v) for v in np.percentile(sub, [0.5, 99.5]))
-        if hi <= lo:
-            lo, hi = float(sub.min()), float(sub.max()) + 1.0
-        self._robust = (lo, hi)
+        robust = prepared(rad, "_display_robust")  # computed in the reading worker (session_tasks)
+        if robust is None:
+            step = max(1, int(max(pix.shape) // 512))
+            sub = pix[::step, ::step]
+            lo, hi = (float(v) for v in np.percentile(sub, [0.5, 99.5]))
+            if hi <= lo:
+                lo, hi = float(sub.min()), float(sub.max()) + 1.0
+            robust = (lo, hi)
+        self._robust = robust
         self.overlay_clip.setRect(0, 0, float(pix.shape[1]), float(pix.shape[0]))
         pyr = getattr(rad, "_display_pyramid", None)
         self.image_item.pyramid = pyr[1] if pyr is not None and pyr[0] is pix else {}
         self.image_item.setImage(pix, autoLevels=False)
         self._use_voi_lut = rad.voi_lut is not None and not rad.windows
-        w = rad.default_window()
+        w = prepared(rad, "_display_window") or rad.default_window()
         self._center, self._width = float(w.center), max(float(w.width), 1e-6)
         self._apply_levels()
         self._apply_lut()
@@ -214,7 +217,8 @@ class ImageView(QtWidgets.QWidget):
         if self.rad is None:
             return []
         if getattr(self, "_presets_for", None) is not self.rad:
-            self._presets_cache, self._presets_for = window_presets(self.rad), self.rad
+            pre = prepared(self.rad, "_display_presets")
+            self._presets_cache, self._presets_for = (pre if pre is not None else window_presets(self.rad)), self.rad
         return list(self._presets_cache)
 
     def apply_preset(self, name: str) -> None:
@@ -548,7 +552,7 @@ class ImageView(QtWidgets.QWidget):
         view = m.get("ViewPosition") or "view ?"
         modality = m.get("Modality") or ""
         tl = [x for x in (self._caption, f"{modality} {view}".strip()) if x]
-        if self.gmap is not None and getattr(self.gmap, "phrase", ""):
+        if self.gmap is not None and getattr(self.gmap, "phrase", "") and self.gmap.phrase != self._caption:
             phrase = self.gmap.phrase
             tl.append("“" + (phrase if len(phrase) < 60 else phrase[:57] + "…") + "”")
         if self._note and self.gmap is not None:
@@ -586,6 +590,9 @@ class ImageView(QtWidgets.QWidget):
         c = self._corners
         c["tl"].setPos(pad, pad)
         br = c["tr"].boundingRect()
+        if br.width() > w - 2 * pad and self.rad is not None and " (" in c["tr"].text():
+            c["tr"].setText(c["tr"].text().split(" (")[0])  # narrow (compare) view: spacing without its source
+            br = c["tr"].boundingRect()
         tl_b = c["tl"].boundingRect()
         if tl_b.width() + br.width() + 3 * pad > w:  # narrow view: stack the top-right text under the top-left one
             c["tr"].setPos(w - br.width() - pad, pad + tl_b.height())
