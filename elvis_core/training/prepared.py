@@ -357,13 +357,17 @@ def prepare(root: str, cache_dir: str, transform, views: Sequence[str] = ("PA", 
         # fork: workers inherit the imported modules (spawn would re-import torch via elvis_core.model, seconds per
         # worker); they only decode images (numpy, OpenCV, pydicom), never touch torch
         ctx = mp.get_context("fork" if "fork" in mp.get_all_start_methods() else "spawn")
-        with ctx.Pool(n_workers, initializer=_worker_init, initargs=(os.getpid(),)) as pool:
-            for rec in pool.imap_unordered(_write_shard, jobs, chunksize=1):
-                records[rec["shard"]] = rec
-                summary.shards_written += 1
-                done_images += rec["n"]
-                if progress:
-                    progress(done_images, len(items))
+        try:
+            with ctx.Pool(n_workers, initializer=_worker_init, initargs=(os.getpid(),)) as pool:
+                for rec in pool.imap_unordered(_write_shard, jobs, chunksize=1):
+                    records[rec["shard"]] = rec
+                    summary.shards_written += 1
+                    done_images += rec["n"]
+                    if progress:
+                        progress(done_images, len(items))
+        except OSError as err:  # disk full, permissions, ...: finished shards stay for the next run
+            raise ElvisError(f"cannot write the cache ({err}); finished shards are kept, run again to resume",
+                             cache) from err
 
     index = _build_index(plan, phash, records, n_sh)
     atomic_write_bytes(index_path, json.dumps(index).encode("utf-8"))
