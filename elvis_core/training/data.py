@@ -370,14 +370,20 @@ class PreparedDataset(torch.utils.data.Dataset):
 
     def __getitems__(self, idxs: Sequence[int]) -> Dict[str, Any]:
         n, s = len(idxs), self.size
-        pix = np.empty((n, 1, s, s), dtype=np.uint8)
+        if torch.utils.data.get_worker_info() is not None:
+            # in a DataLoader worker: fill shared memory directly (the batch would be copied there to cross over)
+            storage = torch.UntypedStorage._new_shared(n * s * s)
+            pix_t = torch.empty(0, dtype=torch.uint8).set_(storage).view(n, 1, s, s)
+        else:
+            pix_t = torch.empty((n, 1, s, s), dtype=torch.uint8)
+        pix = pix_t.numpy()
         for j, i in enumerate(idxs):
             pix[j, 0] = self._shard(int(self.shard[i]))[int(self.row[i])]
         aug = None
         if self.augment is not None:
             aug = torch.from_numpy(np.stack([self.augment.sample(np.random.default_rng([self.seed, self._epoch, int(i)]))
                                              for i in idxs]))
-        out = {"pixels": torch.from_numpy(pix), "augment": aug}
+        out = {"pixels": pix_t, "augment": aug}
         if self._tok_flat is not None:
             tok = self._tok_of_item
             out["token_ids"] = [self._tok_flat[self._tok_off[tok[i]]:self._tok_off[tok[i] + 1]] for i in idxs]

@@ -484,7 +484,7 @@ def train(cfg: Dict[str, Any], out_dir: Optional[str] = None, progress: Optional
         unused = not model_cfg["projection"]["shared_local_global"] and (
             "global" not in w or not ({"local", "region_sentence", "intra"} & set(w)))
         ddp = nn.parallel.DistributedDataParallel(module, device_ids=[device.index] if device.type == "cuda" else None,
-                                                  find_unused_parameters=unused)
+                                                  find_unused_parameters=unused, gradient_as_bucket_view=True)
 
     provenance = {
         "objectives": {"weights": oc["weights"], **{k: oc[k] for k in oc if k != "weights"}},

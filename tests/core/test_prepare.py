@@ -313,3 +313,23 @@ def test_train_from_prepared_cache(phantom, cache, tmp_path):
     # views filter: the cache holds PA/AP; asking for LATERAL is refused with a clear message
     with pytest.raises(ConfigError, match="LATERAL"):
         train(load_config(None, sets + ["data.views=['LATERAL']"]))
+
+
+@pytest.mark.slow
+def test_train_from_prepared_cache_under_torchrun_two_processes(cache, tmp_path):
+    """The real trainer under torchrun (gloo) reading the prepared cache: each rank its DistributedSampler shard,
+    augmentation on the batch, rank 0 writes."""
+    cfg = tmp_path / "t.toml"
+    cfg.write_text(f"[model]\npreset = 'tiny'\n[data]\ncache = 'prepared:{cache}'\n"
+                   "[train]\nmax_steps = 2\nbatch_size = 4\nthreads = 1\nlog_every = 1\nprogress = false\n"
+                   "warmup_steps = 1\nnum_workers = 1\n")
+    out = tmp_path / "run"
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    proc = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+                           "-m", "elvis_core", "train", str(cfg), "--out", str(out)], cwd=str(REPO),
+                          capture_output=True, text=True, timeout=300, env=env)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert proc.stdout.count("checkpoint:") == 1
+    prov = json.loads((out / "model" / "config.json").read_text())["provenance"]
+    assert prov["training"]["world_size"] == 2 and prov["training"]["steps_done"] == 2
+    assert prov["data"]["prepared_cache_hash"] == PreparedCache.open(str(cache)).cache_hash
