@@ -49,3 +49,7 @@ class CheckpointError(ElvisError):
 
 class GroundingError(ElvisError):
     """A grounding request is invalid (empty phrase, no image set)."""
+
+
+class ModelImportError(ElvisError):
+    """Published model files cannot be imported (missing, truncated, not plain tensors, mismatched shapes)."""

@@ -13,10 +13,13 @@ import time
 from pathlib import Path
 from typing import Optional, Sequence
 
+from elvis_core import resources as _resources
+
 REPO_ROOT = Path(__file__).resolve().parent.parent
-DEMO_STUDIES = REPO_ROOT / "resources" / "demo"
-DEMO_MODEL = REPO_ROOT / "resources" / "demo_model"
-DEMO_ANNOTATIONS = DEMO_STUDIES / "ms_cxr.csv"
+# the source checkout's resources/, else the package data of a non-editable install (elvis_core.resources)
+DEMO_STUDIES = _resources.demo_studies()
+DEMO_MODEL = _resources.demo_model()
+DEMO_ANNOTATIONS = _resources.demo_annotations()
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -34,10 +37,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--demo", action="store_true", help="open resources/demo with resources/demo_model "
                    "(overlay range auto unless --overlay-range says otherwise)")
     p.add_argument("--overlay-range", choices=("fixed", "auto"), default=None,
-                   help="map colour range: fixed [-1, 1] (default) or auto, symmetric about 0 (±max |similarity|)")
+                   help="map colour range: auto, symmetric about 0 (±max |similarity|; the default) or fixed [-1, 1]")
     p.add_argument("--phrase", help="ground this phrase once the first image is shown")
     p.add_argument("--screenshot", metavar="OUT.png", help="render the window after loading, save it, exit")
     p.add_argument("--timeout", type=float, default=120.0, help="seconds --screenshot waits for loading (default 120)")
+    p.add_argument("--install-desktop-entry", action="store_true",
+                   help="install the .desktop file and icon for the current user ($XDG_DATA_HOME, default "
+                        "~/.local/share) and exit")
     return p
 
 
@@ -83,10 +89,9 @@ def wait_idle(win, app, timeout_s: float, settle_s: float = 0.3) -> bool:
 
 
 def preload_heavy_modules() -> None:
-    """Import torch / transformers / the model code on the GUI thread at start-up, before the window is shown.
-
-    Loading their native libraries holds the GIL for hundreds of ms; done later in a worker (on the first checkpoint
-    load) it would freeze the GUI thread for that long (measured: 400-770 ms gaps), so we pay it once up front."""
+    """Import torch / transformers / the model code (NOT called at start-up any more: the model-loading worker
+    imports them when a model is needed, so the window and a DICOM come up in about a second; kept for tools that
+    want to pay the import up front)."""
     import torch  # noqa: F401
     import transformers  # noqa: F401
 
@@ -97,6 +102,8 @@ def preload_heavy_modules() -> None:
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
     args = build_parser().parse_args(argv)
+    if args.install_desktop_entry:
+        return _install_desktop_entry()
     from PySide6 import QtCore, QtWidgets
 
     from elvis_viewer.main_window import MainWindow
@@ -105,7 +112,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     app.setApplicationName("ELVIS Viewer")
     app.setOrganizationName("ELVIS")
     apply_dark_theme(app)
-    icon = REPO_ROOT / "resources" / "icons" / "elvis-viewer.svg"
+    icon = _resources.resource_path("icons", "elvis-viewer.svg")
     if icon.exists():
         from PySide6 import QtGui
 
@@ -113,7 +120,6 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     settings = None
     if os.environ.get("ELVIS_VIEWER_SETTINGS"):
         settings = QtCore.QSettings(os.environ["ELVIS_VIEWER_SETTINGS"], QtCore.QSettings.Format.IniFormat)
-    preload_heavy_modules()
     win = MainWindow(settings=settings)
     win.show()
     open_from_args(win, args, app)
@@ -134,6 +140,19 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         print(f"screenshot: {out}")
         return _shutdown(win, app, 0, hard=argv is None)
     return _shutdown(win, app, app.exec(), hard=argv is None)
+
+
+def _install_desktop_entry() -> int:
+    from elvis_core.errors import ElvisError
+    from elvis_viewer.desktop_entry import install_desktop_entry
+
+    try:
+        for path in install_desktop_entry():
+            print(path)
+    except ElvisError as err:
+        print(f"elvis-viewer: error: {err}", file=sys.stderr)
+        return 2
+    return 0
 
 
 def _shutdown(win, app, code: int, hard: bool) -> int:
@@ -167,9 +186,9 @@ def open_from_args(win, args, app=None) -> None:
         checkpoint = checkpoint or str(DEMO_MODEL)
         if annotations is None and DEMO_ANNOTATIONS.exists():
             annotations = str(DEMO_ANNOTATIONS)
-    overlay_range = getattr(args, "overlay_range", None) or ("auto" if args.demo else None)
+    overlay_range = getattr(args, "overlay_range", None)
     if overlay_range:
-        win.range_combo.setCurrentIndex(0 if overlay_range == "fixed" else 1)
+        win.overlay_panel.change(range=overlay_range)
     if annotations:
         win.load_annotations(annotations, images_root=args.images)
     if checkpoint:
@@ -212,15 +231,16 @@ def _after_first_image(win, fn) -> None:
 
 def _select_first_annotated(win) -> None:
     """Demo: go to the first image with an annotated phrase and ground that phrase."""
-    if win.annotations is None:
+    s = win.session
+    if s.annotations is None:
         return
-    phrases = win._annotated_phrases()
+    phrases = s.annotated_phrases()
     if phrases:
         win.select_annotated_phrase(phrases[0])
         return
-    for path in list(win.images):
-        if win.annotations.for_path(win._annotation_key(path)):
-            _after_first_image_switch(win, path)
+    for e in list(s.entries):
+        if s.annotated_phrases(e.path):
+            _after_first_image_switch(win, e.path)
             return
 
 
@@ -231,7 +251,7 @@ def _after_first_image_switch(win, path):
                 win.imageShown.disconnect(shown)
             except (RuntimeError, TypeError):
                 pass
-            ph = win._annotated_phrases()
+            ph = win.session.annotated_phrases()
             if ph:
                 win.select_annotated_phrase(ph[0])
     win.imageShown.connect(shown)

@@ -28,142 +28,15 @@ import numpy as np
 import pyqtgraph as pg
 from PySide6 import QtCore, QtGui, QtWidgets
 
+from elvis_core.io.display import orientation_markers, voi_lut_table_uint8, window_presets
 from elvis_core.io.radiograph import Radiograph, Window
+from elvis_viewer.measure import MeasureLayer
 
 pg.setConfigOptions(imageAxisOrder="row-major", antialias=True)
 
-#: diverging colormaps offered for the overlay (name shown -> pyqtgraph colormap name or builtin)
-OVERLAY_COLORMAPS = {
-    "Blue-Red (diverging)": "CET-D1",
-    "Blue-Yellow-Red (diverging)": "CET-D3",
-    "Cyan-Magenta (diverging)": "CET-D10",
-    "Viridis (sequential)": "viridis",
-    "Inferno (sequential)": "inferno",
-}
-
-#: chest presets, as fractions of the image's robust intensity range (p0.5..p99.5). Radiograph modality values are
-#: not Hounsfield units, so fixed HU windows would be meaningless on CR/DX; these windows emphasise the dark lung
-#: fields, the mid-grey mediastinum and the bright bone respectively.
-CHEST_PRESETS = {
-    "Lung": (0.30, 0.75),
-    "Mediastinum": (0.55, 0.45),
-    "Bone": (0.75, 0.40),
-}
-
-
-def _shadow() -> QtWidgets.QGraphicsDropShadowEffect:
-    eff = QtWidgets.QGraphicsDropShadowEffect()
-    eff.setBlurRadius(4)
-    eff.setOffset(1, 1)
-    eff.setColor(QtGui.QColor(0, 0, 0, 230))
-    return eff
-
-
-#: short names of spacing sources for the corner text
-_SPACING_SHORT = {"ImagerPixelSpacing/EstimatedRadiographicMagnificationFactor": "ImagerPixelSpacing/ERMF"}
-
-
-def _num(v: float) -> str:
-    """W/L numbers as a radiologist reads them: integers for large values, 4 significant digits otherwise."""
-    return f"{v:.0f}" if abs(v) >= 100 else f"{v:.4g}"
-
-
-def _overlay_colormap(name: str) -> pg.ColorMap:
-    key = OVERLAY_COLORMAPS.get(name, name)
-    return pg.colormap.get(key)
-
-
-#: overlay item pixels per grid cell in smooth mode (a 16 x 16 grid is drawn as 128 x 128)
-OVERLAY_SMOOTH_FACTOR = 8
-
-
-def affine_to_qtransform(a: np.ndarray) -> QtGui.QTransform:
-    """3x3 affine ``[x, y, 1] = A @ [gx, gy, 1]`` -> QTransform (Qt uses row vectors: x' = m11 x + m21 y + dx)."""
-    a = np.asarray(a, dtype=float)
-    return QtGui.QTransform(a[0, 0], a[1, 0], a[0, 1], a[1, 1], a[0, 2], a[1, 2])
-
-
-def orientation_markers(meta: dict) -> Tuple[Optional[Tuple[str, str, str, str]], str]:
-    """(left, right, top, bottom) side labels of the displayed image in the patient's frame, and their source.
-
-    From PatientOrientation (row direction, column direction) when present; else from ViewPosition for frontal
-    chest views (PA and AP are displayed with the patient's right on the image's left); else unknown (None).
-    """
-    opposite = {"L": "R", "R": "L", "A": "P", "P": "A", "H": "F", "F": "H"}
-
-    def opp(s: str) -> str:
-        return "".join(opposite.get(c, c) for c in s)
-
-    po = meta.get("PatientOrientation")
-    if po:
-        parts = list(po) if not isinstance(po, str) else po.replace("\\", " ").split()
-        if len(parts) == 2 and all(parts):
-            row_dir, col_dir = str(parts[0]).upper(), str(parts[1]).upper()
-            return (opp(row_dir), row_dir, opp(col_dir), col_dir), "PatientOrientation"
-    view = str(meta.get("ViewPosition") or "").upper()
-    if view in ("PA", "AP"):
-        return ("R", "L", "H", "F"), f"assumed from ViewPosition {view}"
-    return None, "unknown"
-
-
-class _CachedDownsampleImageItem(pg.ImageItem):
-    """ImageItem that keeps its last auto-downsampled array.
-
-    pyqtgraph re-downsamples the whole array on every render, and a level change triggers a render. On a fitted
-    3000x3000 image that was ~65 ms of every W/L drag step. Here the downsampled array is reused while the image
-    and the downsample factors stay the same, so a W/L step only re-applies levels + LUT to the small array.
-    """
-
-    def __init__(self, *a, **kw):
-        super().__init__(*a, **kw)
-        self._ds_src = None
-        self._ds_key = None
-        self._ds_img = None
-
-    def render(self):
-        image = self.image
-        if not self.autoDownsample or image is None or image.size == 0 or image.ndim != 2:
-            return super().render()
-        xds, yds = self._computeDownsampleFactors()
-        if xds is None or (xds, yds) == (1, 1):
-            return super().render()
-        key = (xds, yds, image.shape)
-        if self._ds_src is not image or self._ds_key != key:
-            axes = [1, 0] if self.axisOrder == "row-major" else [0, 1]
-            ds = pg.functions.downsample(image, xds, axis=axes[0])
-            self._ds_img = pg.functions.downsample(ds, yds, axis=axes[1])
-            self._ds_src, self._ds_key = image, key
-        self.image, self.autoDownsample = self._ds_img, False
-        try:
-            super().render()
-        finally:
-            self.image, self.autoDownsample = image, True
-        self._lastDownsample = (xds, yds)
-
-
-class _WLViewBox(pg.ViewBox):
-    """ViewBox where a right-button drag (or a left drag in W/L mode) changes window/level instead of zooming."""
-
-    sigWindowDrag = QtCore.Signal(float, float)  # dx, dy in screen pixels since last event
-    sigDragFinished = QtCore.Signal()
-
-    def __init__(self, *a, **kw):
-        super().__init__(*a, **kw)
-        self.wl_mode = False
-
-    def mouseDragEvent(self, ev, axis=None):
-        wl = ev.button() == QtCore.Qt.MouseButton.RightButton or (
-            self.wl_mode and ev.button() == QtCore.Qt.MouseButton.LeftButton)
-        if not wl:
-            return super().mouseDragEvent(ev, axis)
-        ev.accept()
-        d = ev.screenPos() - ev.lastScreenPos()
-        self.sigWindowDrag.emit(float(d.x()), float(d.y()))
-        if ev.isFinish():
-            self.sigDragFinished.emit()
-
-    def raiseContextMenu(self, ev):  # right button is W/L; no context menu
-        return
+from elvis_viewer.view_items import (  # noqa: E402  (re-exported: public names of this module)
+    _SPACING_SHORT, OVERLAY_COLORMAPS, OVERLAY_SMOOTH_FACTOR, _CachedDownsampleImageItem, _num, _overlay_colormap,
+    _shadow, _WLViewBox, affine_to_qtransform)
 
 
 class ImageView(QtWidgets.QWidget):
@@ -180,10 +53,11 @@ class ImageView(QtWidgets.QWidget):
         self._use_voi_lut = False
         self._robust: Tuple[float, float] = (0.0, 1.0)
         self._overlay_visible = True
-        self._overlay_range = "fixed"
+        self._overlay_range = "auto"
+        self._shared_levels: Optional[Tuple[float, float]] = None
         self._overlay_cmap = next(iter(OVERLAY_COLORMAPS))
         self._isolines_on = False
-        self._overlay_fade = False
+        self._overlay_fade = True
         self._overlay_smooth = True  # draw GroundingMap.display_grid (bilinear x8 of the grid) instead of blocky cells
         self._linked: List["ImageView"] = []
         self._syncing = False
@@ -199,10 +73,16 @@ class ImageView(QtWidgets.QWidget):
         self.image_item = _CachedDownsampleImageItem(autoDownsample=True)
         self.view_box.addItem(self.image_item)
 
+        # the overlay (and its isolines) are children of a rectangle the size of the image that clips them: the
+        # model input's padding, which the map also covers, is never drawn outside the image
+        self.overlay_clip = QtWidgets.QGraphicsRectItem(0, 0, 1, 1)
+        self.overlay_clip.setPen(QtGui.QPen(QtCore.Qt.PenStyle.NoPen))
+        self.overlay_clip.setFlag(QtWidgets.QGraphicsItem.GraphicsItemFlag.ItemClipsChildrenToShape, True)
+        self.overlay_clip.setZValue(10)
+        self.view_box.addItem(self.overlay_clip)
         self.overlay_item = pg.ImageItem()
-        self.overlay_item.setZValue(10)
+        self.overlay_item.setParentItem(self.overlay_clip)
         self.overlay_item.setOpacity(0.5)
-        self.view_box.addItem(self.overlay_item)
         self.overlay_item.setVisible(False)
         self._isolines: List[pg.IsocurveItem] = []
 
@@ -213,8 +93,8 @@ class ImageView(QtWidgets.QWidget):
         self.colorbar.setVisible(False)
 
         self._box_items: List[QtWidgets.QGraphicsItem] = []
-        self._ruler: Optional[pg.LineSegmentROI] = None
-        self._ruler_label: Optional[pg.TextItem] = None
+        self._note = ""
+        self.measure = MeasureLayer(self)
 
         # corner texts + orientation markers, children of the ViewBox itself (not of its transformed child group)
         font = QtGui.QFont()
@@ -266,6 +146,9 @@ class ImageView(QtWidgets.QWidget):
         if hi <= lo:
             lo, hi = float(sub.min()), float(sub.max()) + 1.0
         self._robust = (lo, hi)
+        self.overlay_clip.setRect(0, 0, float(pix.shape[1]), float(pix.shape[0]))
+        pyr = getattr(rad, "_display_pyramid", None)
+        self.image_item.pyramid = pyr[1] if pyr is not None and pyr[0] is pix else {}
         self.image_item.setImage(pix, autoLevels=False)
         self._use_voi_lut = rad.voi_lut is not None and not rad.windows
         w = rad.default_window()
@@ -274,8 +157,7 @@ class ImageView(QtWidgets.QWidget):
         self._apply_lut()
         self.fit()
         self._update_texts()
-        if self._ruler is not None:
-            self.set_ruler(False)
+        self.measure.clear()
 
     def clear(self) -> None:
         self.set_radiograph(None)
@@ -310,7 +192,7 @@ class ImageView(QtWidgets.QWidget):
 
     def _apply_lut(self) -> None:
         if self._use_voi_lut and self.rad is not None and self.rad.voi_lut is not None:
-            grey = np.clip(np.asarray(self.rad.voi_lut.table, dtype=np.float64) * 255.0, 0, 255).astype(np.uint8)
+            grey = voi_lut_table_uint8(self.rad.voi_lut)  # the same rounding as exports (elvis_core.io.display)
         else:
             grey = np.arange(256, dtype=np.uint8)
         if self._inverted:
@@ -325,20 +207,13 @@ class ImageView(QtWidgets.QWidget):
         self.set_window(self._center + dy * k, max(self._width + dx * k, span * 1e-3))
 
     def presets(self) -> List[Window]:
-        """DICOM windows of the file (+ its VOI LUT), the chest presets, and "Auto" (robust full range)."""
-        out: List[Window] = []
+        """The file's windows (+ its VOI LUT) and the chest presets computed from the image
+        (:func:`elvis_core.io.display.window_presets`: body region without collimation borders)."""
         if self.rad is None:
-            return out
-        for i, w in enumerate(self.rad.windows):
-            out.append(Window(w.center, w.width, w.name or f"DICOM {i + 1}"))
-        if self.rad.voi_lut is not None:
-            out.append(Window(float("nan"), float("nan"), "DICOM VOI LUT"))
-        lo, hi = self._robust
-        span = hi - lo
-        for name, (c, w) in CHEST_PRESETS.items():
-            out.append(Window(lo + c * span, w * span, name))
-        out.append(Window((lo + hi) / 2.0, span, "Auto"))
-        return out
+            return []
+        if getattr(self, "_presets_for", None) is not self.rad:
+            self._presets_cache, self._presets_for = window_presets(self.rad), self.rad
+        return list(self._presets_cache)
 
     def apply_preset(self, name: str) -> None:
         for w in self.presets():
@@ -441,9 +316,17 @@ class ImageView(QtWidgets.QWidget):
         self.colorbar.setVisible(self._overlay_visible)
         self._update_texts()
 
+    def set_shared_levels(self, levels: Optional[Tuple[float, float]]) -> None:
+        """Levels imposed from outside (compare mode on one shared scale); None = this view's own range."""
+        self._shared_levels = None if levels is None else (float(levels[0]), float(levels[1]))
+        if self.gmap is not None:
+            self._apply_overlay_levels()
+
     def overlay_levels(self) -> Tuple[float, float]:
         if self.gmap is None or self._overlay_range == "fixed":
             return -1.0, 1.0
+        if self._shared_levels is not None:
+            return self._shared_levels
         # symmetric about 0, so the diverging colormap keeps white = similarity 0 (red = positive, blue = negative)
         m = float(np.nanmax(np.abs(np.asarray(self.gmap.similarity))))
         m = max(m, 1e-6)
@@ -526,9 +409,11 @@ class ImageView(QtWidgets.QWidget):
         if not self._isolines_on or self.gmap is None:
             return
         sim, _ = self.gmap.display_grid(self.overlay_factor())
-        lo, hi = float(np.nanmin(sim)), float(np.nanmax(sim))
+        hi = float(np.nanmax(sim))
+        if not hi > 0:
+            return  # isolines trace positive similarity only: a map without any has none
         for frac in (0.5, 0.75, 0.9):
-            level = lo + frac * (hi - lo)
+            level = frac * hi
             # IsocurveItem works in data-index space where index (i, j) is a cell's corner; shift half a cell so the
             # curves pass through cell centres, then the parent (overlay ImageItem) applies grid_to_image.
             iso = pg.IsocurveItem(data=sim, level=level, pen=pg.mkPen("#ffffff", width=1.5), axisOrder="row-major")
@@ -562,66 +447,32 @@ class ImageView(QtWidgets.QWidget):
     def box_items(self) -> List[QtWidgets.QGraphicsRectItem]:
         return [it for it in self._box_items if isinstance(it, QtWidgets.QGraphicsRectItem)]
 
-    # ----------------------------------------------------------------------------------------------------- ruler
+    # ------------------------------------------------------------------------------------- measurements (ruler)
     def set_ruler(self, on: bool) -> None:
-        if self._ruler is not None:
-            self.view_box.removeItem(self._ruler)
-            self.view_box.removeItem(self._ruler_label)
-            self._ruler = None
-            self._ruler_label = None
-        if not on or self.rad is None:
-            return
-        r, c = self.rad.shape
-        self._ruler = pg.LineSegmentROI([[c * 0.3, r * 0.5], [c * 0.7, r * 0.5]], pen=pg.mkPen("#00e5ff", width=2))
-        self._ruler.setZValue(30)
-        self._ruler_label = pg.TextItem("", color="#00e5ff", anchor=(0.5, 1.2), fill=pg.mkBrush(0, 0, 0, 160))
-        self._ruler_label.setZValue(31)
-        self.view_box.addItem(self._ruler)
-        self.view_box.addItem(self._ruler_label)
-        self._ruler.sigRegionChanged.connect(self._update_ruler)
-        self._update_ruler()
+        """Add a ruler (on) or remove all of them (off); see :class:`elvis_viewer.measure.MeasureLayer`."""
+        self.measure.add("ruler") if on else self.measure.clear()
 
-    def ruler_endpoints(self) -> Optional[Tuple[Tuple[float, float], Tuple[float, float]]]:
-        if self._ruler is None:
-            return None
-        p = [self._ruler.mapToParent(q) for q in self._ruler.listPoints()]  # parent = view (image pixel) coords
-        return (p[0].x(), p[0].y()), (p[1].x(), p[1].y())
+    def set_ruler_endpoints(self, p0, p1) -> None:
+        self.measure.last("ruler", create=True).set_points([p0, p1])
 
-    def set_ruler_endpoints(self, p0: Tuple[float, float], p1: Tuple[float, float]) -> None:
-        if self._ruler is None:
-            self.set_ruler(True)
-        h0, h1 = self._ruler.getHandles()
-        self._ruler.movePoint(h0, QtCore.QPointF(*p0), coords="parent")
-        self._ruler.movePoint(h1, QtCore.QPointF(*p1), coords="parent")
-        self._update_ruler()
+    def ruler_endpoints(self):
+        r = self.measure.last("ruler")
+        return None if r is None else tuple(r.points())
 
     def ruler_length(self) -> Optional[Tuple[float, str]]:
-        """Length of the ruler: (mm, "mm") when the pixel spacing is known, else (pixels, "px")."""
-        ends = self.ruler_endpoints()
-        if ends is None or self.rad is None:
-            return None
-        (x0, y0), (x1, y1) = ends
-        dx, dy = x1 - x0, y1 - y0
-        if self.rad.pixel_spacing:
-            row_mm, col_mm = self.rad.pixel_spacing
-            return float(np.hypot(dx * col_mm, dy * row_mm)), "mm"
-        return float(np.hypot(dx, dy)), "px"
-
-    def _update_ruler(self) -> None:
-        length = self.ruler_length()
-        if length is None:
-            return
-        (x0, y0), (x1, y1) = self.ruler_endpoints()
-        val, unit = length
-        text = f"{val:.1f} mm" if unit == "mm" else f"{val:.1f} px (spacing unknown)"
-        self._ruler_label.setText(text)
-        self._ruler_label.setPos((x0 + x1) / 2.0, (y0 + y1) / 2.0)
+        r = self.measure.last("ruler")
+        return None if r is None else r.value()
 
     # ------------------------------------------------------------------------------------------- texts / layout
     def set_identity_text(self, text: str) -> None:
         """Patient identifiers for the bottom-left corner; the main window sets this ONLY when the user turned the
         privacy toggle on (off by default), and clears it when turned off."""
         self._identity = text
+        self._update_texts()
+
+    def set_note(self, text: str) -> None:
+        """A warning line under the phrase (e.g. "NEGATED in the report"), drawn in red."""
+        self._note = text
         self._update_texts()
 
     def set_caption(self, text: str) -> None:
@@ -650,6 +501,8 @@ class ImageView(QtWidgets.QWidget):
         if self.gmap is not None and getattr(self.gmap, "phrase", ""):
             phrase = self.gmap.phrase
             tl.append("“" + (phrase if len(phrase) < 60 else phrase[:57] + "…") + "”")
+        if self._note and self.gmap is not None:
+            tl.append("⚠ " + self._note)
         self._corners["tl"].setText("\n".join(tl))
         r, c = rad.shape
         if rad.pixel_spacing:

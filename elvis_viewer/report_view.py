@@ -56,6 +56,7 @@ class ReportView(QtWidgets.QTextEdit):
         self.spans = SpanMap("")
         self.current: Optional[Tuple[int, int]] = None
         self.annotated: List[Tuple[int, int, str]] = []
+        self.marks: list = []
         self.setPlaceholderText("No report for this image. Type a phrase below to ground it.")
 
     # ------------------------------------------------------------------------------------------------- content
@@ -77,8 +78,42 @@ class ReportView(QtWidgets.QTextEdit):
         for sec in report.sections:
             if sec.header_end > sec.header_start:
                 self._format_span(cur, sec.header_start, sec.header_end, hdr)
+        self.mark_assertions()
         self.set_annotated_phrases(annotated_phrases)
         self.moveCursor(QtGui.QTextCursor.MoveOperation.Start)
+
+    NEGATED_COLOR = "#ff6e6e"
+    UNCERTAIN_COLOR = "#ffc04d"
+
+    def mark_assertions(self) -> None:
+        """Negated / uncertain findings (:mod:`elvis_core.io.negation`): the cue in bold red / amber and its scope
+        with a dotted (negated) or wavy (uncertain) underline of that colour; the tooltip says which."""
+        from elvis_core.io.negation import NEGATED, cue_scopes
+
+        self.marks = []
+        if self.report is None:
+            return
+        cur = QtGui.QTextCursor(self.document())
+        for sc in cue_scopes(self.report.text):
+            color = QtGui.QColor(self.NEGATED_COLOR if sc.kind == NEGATED else self.UNCERTAIN_COLOR)
+            scope = QtGui.QTextCharFormat()
+            scope.setUnderlineColor(color)
+            scope.setUnderlineStyle(QtGui.QTextCharFormat.UnderlineStyle.DotLine if sc.kind == NEGATED
+                                    else QtGui.QTextCharFormat.UnderlineStyle.WaveUnderline)
+            scope.setToolTip(f"{sc.kind} in the report (“{sc.cue}”): a map of these words shows where they point, "
+                             "not that the finding is present")
+            if sc.end > sc.start:
+                self._format_span(cur, sc.start, sc.end, scope)
+            cue = QtGui.QTextCharFormat()
+            cue.setForeground(color)
+            cue.setFontWeight(QtGui.QFont.Weight.Bold)
+            self._format_span(cur, sc.cue_start, sc.cue_end, cue)
+            self.marks.append(sc)
+
+    def clear_current(self) -> None:
+        """Drop the highlighted span (a typed phrase replaced it)."""
+        self.current = None
+        self.setExtraSelections([])
 
     def set_annotated_phrases(self, phrases: Iterable[str]) -> None:
         """Underline every phrase (found tolerant of line wrapping) that has annotation boxes."""

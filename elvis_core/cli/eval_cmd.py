@@ -36,6 +36,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--phrase-map", choices=("global", "token-mean"), default="global",
                    help="global: cosine(patch, phrase embedding) (default, BioViL-style); token-mean: mean over the "
                         "phrase's tokens of cosine(patch, token embedding) (GLoRIA-style)")
+    p.add_argument("--side-checks", action="store_true",
+                   help="also: laterality (peak on the named side of one-sided phrases) and negation (median "
+                        "Pearson r between the maps of 'no P' and 'P'); elvis_core.grounding.sides")
     p.add_argument("--device", default=None, help="torch device (default: cuda when available, else cpu)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.set_defaults(func=run)
@@ -117,6 +120,13 @@ def run(args: argparse.Namespace) -> int:
           f"sigma {args.sigma}; phrase map {args.phrase_map}; split {args.split or 'all'}; "
           f"{result.n_evaluated} phrases in {elapsed:.1f}s")
     print(result.table())
+    sides = None
+    if args.side_checks:
+        from elvis_core.grounding.sides import side_checks, side_checks_lines
+
+        sides = side_checks(engine, aset, args.images, split=args.split)
+        for line in side_checks_lines(sides):
+            print(line)
     if args.json_out:
         doc = result.to_json()
         doc["provenance"] = {"checkpoint": str(Path(args.checkpoint).resolve()), "checkpoint_name":
@@ -124,6 +134,8 @@ def run(args: argparse.Namespace) -> int:
                              "code_version": code_version(), "device": engine.device_name,
                              "elapsed_s": round(elapsed, 3),
                              "time_utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
+        if sides is not None:
+            doc["side_checks"] = {k: v for k, v in sides.items() if k != "negation_r"}
         write_json_atomic(args.json_out, doc)
         print(f"wrote {args.json_out}")
     return 0 if result.n_evaluated else 1

@@ -16,9 +16,21 @@ EXAMPLE = """example:
                --out maps/img.png --npy --sigma 1.5 --annotations MS_CXR.csv
 
 With one phrase the figure goes to --out; with several, to OUT_STEM_1.png, OUT_STEM_2.png, ... in phrase order.
---npy writes beside each PNG the full-resolution map on the original image pixels (float32, .npy) and the grid
-with its grid->image affine (.grid.npz). --annotations draws the boxes of the image's matching phrases (same label
-text; matched by the CSV path or the dicom_id = the image file's stem) and prints their CNR / mIoU / pointing."""
+--npy writes beside each PNG (stem S):
+  S.grid.npy  the raw patch grid: float32 (gh, gw) cosine similarities in [-1, 1] between each patch embedding and
+              the phrase embedding, before any --sigma smoothing (15 x 15 for BioViL at 480, 14 x 14 for
+              BioViL-T at 448; row 0 = top of the model input);
+  S.grid.npz  similarity (the grid as drawn, after --sigma), raw_similarity, grid_to_image (3x3 affine from grid
+              cell coordinates to original pixels), image_shape, seen_box (x0, y0, x1, y1 the model saw);
+  S.npy       the map resampled to the original image pixels (float32, rows x cols); NaN where the model saw
+              nothing (the border an imported model's centre crop drops), never 0.
+hi-ml's own maps are smoothed with sigma 1.5: --sigma 1.5 gives the same smoothed grid. --annotations draws the boxes of the image's matching phrases (same label
+text; matched by the CSV path or the dicom_id = the image file's stem) and prints their CNR / mIoU / pointing.
+
+  elvis ground --checkpoint runs/demo study/img.dcm "small left effusion" --out maps/img.png --dicom-out maps/dicom
+
+--dicom-out writes each phrase's map as a DICOM Segmentation (binary, similarity >= --seg-threshold, default half of
+the map's peak) referencing the source image, named <SOPInstanceUID>.<k>.seg.dcm (DICOM input only)."""
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -37,6 +49,10 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--phrase-map", choices=("global", "token-mean"), default="global",
                    help="global: cosine(patch, phrase embedding) (default, BioViL-style); token-mean: mean over the "
                         "phrase's tokens of cosine(patch, token embedding) (GLoRIA-style)")
+    p.add_argument("--dicom-out", metavar="DIR", default=None,
+                   help="also write each map as a DICOM SEG referencing the source image (DICOM input only)")
+    p.add_argument("--seg-threshold", type=float, default=None,
+                   help="cosine threshold of the SEG (default: half of the map's peak positive similarity)")
     p.add_argument("--device", default=None, help="torch device (default: cuda when available, else cpu)")
     p.set_defaults(func=run)
 
@@ -54,6 +70,23 @@ def _read(path: str, frame: int):
     if not p.exists():
         raise ElvisError("image not found", p)
     return read_image(p, frame=frame)
+
+
+def _save_npy(path: Path, array, **arrays) -> None:
+    """np.save / np.savez through the project's atomic writer (no half-written file)."""
+    import io
+
+    from elvis_core.atomic import atomic_write_bytes
+
+    buf = io.BytesIO()
+    if array is not None:
+        np.save(buf, array)
+    else:
+        np.savez(buf, **arrays)
+    try:
+        atomic_write_bytes(path, buf.getvalue())
+    except OSError as err:
+        raise ElvisError(f"cannot write ({err.strerror or err})", path) from None
 
 
 def run(args: argparse.Namespace) -> int:
@@ -77,6 +110,12 @@ def run(args: argparse.Namespace) -> int:
         if not ph.strip():
             raise ElvisError(f"phrase {i + 1} is empty or only whitespace")
 
+    source = None
+    if args.dicom_out:
+        from elvis_core.dicom_results import read_source
+
+        source = read_source(args.image)  # fails early, before the model loads, when the image is not DICOM
+        Path(args.dicom_out).mkdir(parents=True, exist_ok=True)
     rad = _read(args.image, args.frame)
     phrases_ann = []
     if args.annotations:
@@ -94,7 +133,8 @@ def run(args: argparse.Namespace) -> int:
     engine.set_image(rad)
     maps = engine.ground_many(args.phrases)
     outs = _outputs(out, len(maps))
-    for gm, png in zip(maps, outs):
+    seg_series = None
+    for k, (gm, png) in enumerate(zip(maps, outs), start=1):
         for w in gm.warnings:
             print(f"warning: {gm.phrase!r}: {w}", file=sys.stderr)
         boxes = None
@@ -106,6 +146,10 @@ def run(args: argparse.Namespace) -> int:
                 if note:
                     print(f"note: {note}", file=sys.stderr)
                 boxes.extend(b)
+        if not gm.fully_seen:
+            x0, y0, x1, y1 = gm.seen_box()
+            print(f"note: the model saw only x {x0:.0f}..{x1:.0f}, y {y0:.0f}..{y1:.0f} of this image (its centre "
+                  f"crop); the rest is not seen by the model (no map there)", file=sys.stderr)
         footer = (f"checkpoint {engine.checkpoint_name} sha256:{engine.checkpoint_hash} | grid "
                   f"{gm.similarity.shape[0]}x{gm.similarity.shape[1]} | {args.phrase_map} | sigma {args.sigma:g} | "
                   f"opacity "
@@ -121,7 +165,21 @@ def run(args: argparse.Namespace) -> int:
         print(line)
         if args.npy:
             stem = png.with_suffix("")
-            np.save(stem.with_name(stem.name + ".npy"), gm.to_image().astype(np.float32))
-            np.savez(stem.with_name(stem.name + ".grid.npz"), similarity=gm.similarity,
-                     grid_to_image=gm.grid_to_image, image_shape=np.array(gm.image_shape))
+            raw = gm.raw_similarity if gm.raw_similarity is not None else gm.similarity
+            _save_npy(stem.with_name(stem.name + ".grid.npy"), raw.astype(np.float32))
+            _save_npy(stem.with_name(stem.name + ".npy"), gm.to_image().astype(np.float32))
+            _save_npy(stem.with_name(stem.name + ".grid.npz"), None, similarity=gm.similarity,
+                      raw_similarity=raw.astype(np.float32), grid_to_image=gm.grid_to_image,
+                      image_shape=np.array(gm.image_shape), seen_box=np.array(gm.seen_box()))
+        if source is not None:
+            import highdicom as hd
+
+            from elvis_core.dicom_results import grounding_seg, write_dataset
+
+            seg_series = seg_series or hd.UID()
+            seg, thr = grounding_seg(source, gm.to_image(), gm.phrase, engine.checkpoint_name,
+                                     engine.checkpoint_hash, threshold=args.seg_threshold, series_uid=seg_series,
+                                     instance_number=k)
+            dest = write_dataset(seg, Path(args.dicom_out) / f"{source.SOPInstanceUID}.{k}.seg.dcm")
+            print(f"{dest}: SEG of {gm.phrase!r} at cosine >= {thr:.3f}")
     return 0

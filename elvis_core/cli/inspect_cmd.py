@@ -62,13 +62,14 @@ def radiograph_summary(path: str, frame: int = 0) -> Dict[str, Any]:
     import numpy as np
 
     from elvis_core.io.images import read_image
+    from elvis_core.io.privacy import mask_meta
 
     r = read_image(path, frame=frame)
     px = r.pixels
     return {
         "kind": "image" if r.meta.get("Decoder") == "image" else "dicom",
         "path": path,
-        "meta": r.meta,
+        "meta": mask_meta(r.meta),
         "shape": [r.rows, r.cols],
         "pixel_range": [float(px.min()), float(px.max())],
         "pixel_mean": float(np.mean(px)),
@@ -105,6 +106,7 @@ def report_summary(path: str) -> Dict[str, Any]:
 
 
 def scan_summary(path: str, progress: bool = True, reports_root: str | None = None) -> Dict[str, Any]:
+    from elvis_core.io.privacy import MASK, mask_uid_text
     from elvis_core.io.studies import read_dicomdir, scan_folder
 
     if os.path.basename(path).upper() == "DICOMDIR" and os.path.isfile(path):
@@ -123,17 +125,17 @@ def scan_summary(path: str, progress: bool = True, reports_root: str | None = No
         "n_images": res.n_images,
         "studies": [
             {
-                "key": st.key,
-                "uid": st.uid,
+                "key": mask_uid_text(st.key),
+                "uid": mask_uid_text(st.uid),
                 "root": st.root,
                 "report": st.report_path,
                 "series": [
                     {
-                        "uid": se.uid,
-                        "description": se.description,
+                        "uid": mask_uid_text(se.uid),
+                        "description": MASK if se.description else "",
                         "modality": se.modality,
                         "images": [
-                            {"path": im.path, "sop_instance_uid": im.sop_instance_uid, "view_position": im.view_position,
+                            {"path": im.path, "sop_instance_uid": mask_uid_text(im.sop_instance_uid), "view_position": im.view_position,
                              "rows": im.rows, "cols": im.cols, "frames": im.frames}
                             for im in se.images
                         ],
@@ -180,9 +182,16 @@ def _print_text(info: Dict[str, Any]) -> None:
               f"{len(info['sentences'])} sentences")
         for w in info["warnings"]:
             print(f"  warning: {w}")
-        for s in info["sections"]:
+        sentences = sorted(info["sentences"], key=lambda x: x["start"])
+        k = 0  # one pass over sections and sentences together (both in text order): linear, not sections x sentences
+        for s in sorted(info["sections"], key=lambda x: x["body"][0]):
             name = s["name"] or "(no header)"
-            sents = [x for x in info["sentences"] if x["start"] >= s["body"][0] and x["end"] <= s["body"][1]]
+            while k < len(sentences) and sentences[k]["start"] < s["body"][0]:
+                k += 1
+            sents = []
+            while k < len(sentences) and sentences[k]["end"] <= s["body"][1]:
+                sents.append(sentences[k])
+                k += 1
             print(f"  [{name}] body {s['body'][0]}-{s['body'][1]}")
             for x in sents:
                 text = " ".join(x["text"].split())

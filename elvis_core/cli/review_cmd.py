@@ -10,10 +10,13 @@ from pathlib import Path
 EPILOG = """examples:
   elvis review status  ms_cxr.csv --images /data/mimic-cxr-jpg
   elvis review export  ms_cxr.csv --images /data/mimic-cxr-jpg --out reviewed/ [--include-rejected]
+  elvis review export  ms_cxr.csv --images /data/mimic-cxr --out reviewed_sr/ --format dicom-sr
 
 The decisions are read from the review file beside the annotations (ms_cxr.csv.review.sqlite), written by the
 viewer's Review tab. 'status' prints the per-category summary and the import problems; 'export' writes
 <stem>.csv (MS-CXR columns + review columns), <stem>.coco.json and <stem>.summary.json atomically.
+--format dicom-sr writes one DICOM Comprehensive SR (TID 1500 measurement report) per DICOM image with kept boxes
+(accepted / edited / added): <SOPInstanceUID>.sr.dcm; images that are not DICOM are listed and skipped.
 """
 
 
@@ -25,6 +28,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("annotations", help="MS-CXR CSV (v1.0.0 / v1.1.0) or MS-CXR / COCO JSON")
     p.add_argument("--images", required=True, help="images root the annotation paths are relative to")
     p.add_argument("--out", help="export: output folder")
+    p.add_argument("--format", choices=("csv", "dicom-sr"), default="csv",
+                   help="export: csv = MS-CXR CSV + COCO JSON + summary (default); dicom-sr = one TID 1500 SR per image")
     p.add_argument("--stem", help="export: file name stem (default: <annotations stem>.reviewed)")
     p.add_argument("--include-rejected", action="store_true", help="export: keep rejected boxes in the COCO JSON")
     p.add_argument("--json", action="store_true", help="status: print the summary as JSON")
@@ -53,6 +58,18 @@ def run(args: argparse.Namespace) -> int:
             return 0
         if not args.out:
             raise ElvisError("export needs --out FOLDER")
+        if args.format == "dicom-sr":
+            from elvis_core.dicom_results import export_review_sr
+
+            res = export_review_sr(s.items, args.out)
+            for problem in res.problems:
+                print(problem, file=sys.stderr)
+            for w in res.written:
+                print(w)
+            if not res.written:
+                raise ElvisError("no SR written (no image with accepted / edited / added boxes)"
+                                 + (f"; {len(res.problems)} problem(s) above" if res.problems else ""))
+            return 1 if res.problems else 0
         stem = args.stem or f"{ann.stem}.reviewed"
         out = Path(args.out)
         written = [export_csv(s.items, out / f"{stem}.csv"),

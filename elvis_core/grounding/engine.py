@@ -11,6 +11,21 @@ Shapes (per method):
 - ``ground_tokens(phrase)``: the phrase map plus one map per non-special token ``[n_tokens, gh, gw]``.
 - ``ground_many(phrases)``: one text-encoder call for all phrases against the current image.
 
+Public API for interactive front ends (the viewer; nothing outside ``elvis_core/grounding`` touches the lock):
+
+- ``GroundingEngine.load(path_or_model)``: build + ``warm_up()`` + hash, everything a loading worker needs.
+- ``warm_up()``: one dummy image and text pass (torch's first-call set-up happens here, not on the first phrase).
+- ``embed(radiograph)``: the image into the cache (= ``set_image``); ``has_image(radiograph)`` without blocking.
+- ``encode_phrases(phrases)``: the text cache filled in ONE batched text-encoder call (a report's sentences and
+  annotated phrases when it opens), so that grounding one of them later is a matrix-vector product.
+- ``ground_image(radiograph, phrase, tokens=False)``: set the image + ground atomically.
+- ``try_ground_cached(radiograph, phrase)``: the map when both the image and the phrase are cached and the engine
+  is free, else ``None``, never blocking (the GUI thread calls it; a miss goes to a worker).
+- ``provenance``: the checkpoint's ``config.json`` provenance (training data, objectives), ``{}`` in memory.
+
+The content hash of a radiograph is computed once per ``Radiograph`` object (stored on it), so no per-phrase work
+depends on the image's size.
+
 Thread-safe: every model call and cache access runs under one re-entrant lock (the viewer calls from a QThreadPool
 worker). All inference runs under ``torch.inference_mode()``.
 """
@@ -48,15 +63,23 @@ def _default_device() -> torch.device:
 
 
 def smooth_grid(grid: np.ndarray, sigma: float) -> np.ndarray:
-    """Gaussian smoothing of a small grid (sigma in grid cells, reflecting borders, kernel radius ceil(3 sigma)).
-
-    A convex combination of the cells, so values stay within the grid's [min, max] (hence within [-1, 1])."""
+    """Gaussian smoothing of a small grid (sigma in grid cells), exactly as hi-ml's ``scipy.ndimage.gaussian_filter``
+    (kernel radius ``int(4 sigma + 0.5)``, mirrored borders ``d c b a | a b c d``), so ``sigma=1.5`` reproduces
+    BioViL's smoothed maps. A convex combination of the cells: values stay within the grid's [min, max]."""
     if sigma <= 0:
         return grid.astype(np.float32, copy=True)
-    radius = max(1, int(math.ceil(3.0 * sigma)))
-    k = 2 * radius + 1
-    return cv2.GaussianBlur(grid.astype(np.float32), (k, k), sigmaX=float(sigma), sigmaY=float(sigma),
-                            borderType=cv2.BORDER_REFLECT)
+    radius = max(1, int(4.0 * float(sigma) + 0.5))
+    x = np.arange(-radius, radius + 1, dtype=np.float64)
+    k = np.exp(-0.5 * x * x / (float(sigma) ** 2))
+    k /= k.sum()
+    g = np.asarray(grid, dtype=np.float64)
+    for axis in (0, 1):
+        n = g.shape[axis]
+        pad = [(0, 0), (0, 0)]
+        pad[axis] = (radius, radius)
+        p = np.pad(g, pad, mode="symmetric")
+        g = sum(k[i] * np.take(p, np.arange(i, i + n), axis=axis) for i in range(2 * radius + 1))
+    return g.astype(np.float32)
 
 
 def _model_device(model) -> Optional[torch.device]:
@@ -105,6 +128,7 @@ class GroundingEngine:
             self.checkpoint_name = path.name or str(path)
             self.checkpoint_path: Optional[str] = str(path)
             self._hash: Optional[str] = checkpoint_hash(path)
+            self.provenance: Dict[str, Any] = _read_provenance(path)
         else:
             self.model = model_or_checkpoint_dir
             if device:
@@ -116,6 +140,7 @@ class GroundingEngine:
             self.checkpoint_name = "in-memory model"
             self.checkpoint_path = None
             self._hash = None
+            self.provenance = dict(getattr(self.model, "provenance", None) or {})
         if hasattr(self.model, "eval"):
             self.model.eval()
         self.transform = self.model.transform
@@ -151,15 +176,28 @@ class GroundingEngine:
 
     # -- image ----------------------------------------------------------------------------------------------------
     def image_key(self, radiograph) -> str:
-        """Content hash of what the model input depends on: pixels, shape and (for window normalisation) window."""
-        px = np.ascontiguousarray(radiograph.pixels)
-        h = hashlib.blake2b(digest_size=16)
-        h.update(str((px.shape, px.dtype.str)).encode())
-        h.update(px.data)
+        """Content hash of what the model input depends on: pixels, shape and (for window normalisation) window.
+
+        The pixel hash is computed once per ``Radiograph`` object and kept on it (``_content_hash``, checked against
+        the array's identity and shape): radiographs are not modified after reading."""
+        px = radiograph.pixels
+        cached = getattr(radiograph, "_content_hash", None)
+        if cached is not None and cached[0] is px and cached[1] == px.shape:
+            digest = cached[2]
+        else:
+            arr = np.ascontiguousarray(px)
+            h = hashlib.blake2b(digest_size=16)
+            h.update(str((arr.shape, arr.dtype.str)).encode())
+            h.update(arr.data)
+            digest = h.hexdigest()
+            try:
+                radiograph._content_hash = (px, px.shape, digest)
+            except AttributeError:  # a frozen or slotted stand-in: hash every time
+                pass
         if self.transform.normalization == "window":
             w = radiograph.default_window()
-            h.update(repr((float(w.center), float(w.width))).encode())
-        return h.hexdigest()
+            return digest + repr((float(w.center), float(w.width)))
+        return digest
 
     def set_image(self, radiograph) -> None:
         """Make ``radiograph`` the current image, encoding it only when it is not cached yet."""
@@ -187,6 +225,15 @@ class GroundingEngine:
             while len(self._images) > self.cache_size:
                 self._images.popitem(last=False)
             self._current = key
+
+    def embed(self, radiograph) -> None:
+        """Public name of :meth:`set_image` for front ends: the image's patch grid into the cache."""
+        self.set_image(radiograph)
+
+    def has_image(self, radiograph) -> bool:
+        """True when ``radiograph`` is in the image cache (does not change the current image; never blocks long)."""
+        key = self.image_key(radiograph)
+        return key in self._images
 
     def clear_cache(self) -> None:
         with self._lock:
@@ -253,12 +300,14 @@ class GroundingEngine:
 
     # -- grounding ------------------------------------------------------------------------------------------------
     def _similarity(self, patch: torch.Tensor, vec: torch.Tensor) -> np.ndarray:
-        sim = torch.einsum("hwd,d->hw", patch, vec.to(patch.device)).clamp_(-1.0, 1.0)
-        return smooth_grid(sim.cpu().numpy(), self.smoothing_sigma)
+        """The raw cosine grid (not smoothed; :meth:`_make_map` smooths)."""
+        return torch.einsum("hwd,d->hw", patch, vec.to(patch.device)).clamp_(-1.0, 1.0).cpu().numpy()
 
-    def _make_map(self, phrase: str, sim: np.ndarray, shape, g2i, truncated: bool, t0: float) -> GroundingMap:
+    def _make_map(self, phrase: str, raw: np.ndarray, shape, g2i, truncated: bool, t0: float) -> GroundingMap:
+        sim = smooth_grid(raw, self.smoothing_sigma)
         gm = GroundingMap(similarity=sim.astype(np.float32), grid_to_image=np.array(g2i, dtype=np.float64),
-                          image_shape=tuple(shape), phrase=phrase, smoothing_sigma=self.smoothing_sigma)
+                          image_shape=tuple(shape), phrase=phrase, smoothing_sigma=self.smoothing_sigma,
+                          raw_similarity=np.asarray(raw, dtype=np.float32))
         if truncated:
             gm.warnings.append(self._truncation_warning())
         gm.latency_s = time.perf_counter() - t0
@@ -285,7 +334,7 @@ class GroundingEngine:
             vecs = self._text_globals(texts)
             mat = torch.stack([v for v, _ in vecs])  # [P, D]
             sims = torch.einsum("hwd,pd->phw", patch, mat.to(patch.device)).clamp_(-1.0, 1.0).cpu().numpy()
-            maps = [self._make_map(p, smooth_grid(sims[i], self.smoothing_sigma), shape, g2i, vecs[i][1], t0)
+            maps = [self._make_map(p, sims[i], shape, g2i, vecs[i][1], t0)
                     for i, p in enumerate(phrases)]
         per = (time.perf_counter() - t0) / len(maps)
         for m in maps:
@@ -324,8 +373,88 @@ class GroundingEngine:
             gm.latency_s = time.perf_counter() - t0
             return gm
 
-    def ground_image(self, radiograph, phrase: str) -> GroundingMap:
-        """Convenience: ``set_image`` then ``ground`` atomically (no other thread can switch the image between)."""
+
+    # -- public API for interactive front ends ----------------------------------------------------------------------
+    @classmethod
+    def load(cls, model_or_checkpoint_dir: Any, warm_up: bool = True, **kw) -> "GroundingEngine":
+        """Everything a loading worker does: build the engine (checkpoint directory or in-memory model), run one
+        warm-up pass and hash the weights (slow for in-memory models: done here, not on a GUI thread)."""
+        with _LOAD_LOCK:  # transformers' lazy imports are not thread-safe: one load at a time
+            engine = cls(model_or_checkpoint_dir, **kw)
+        if warm_up:
+            engine.warm_up()
+        try:
+            engine.checkpoint_hash
+        except Exception as e:  # an in-memory model that cannot be hashed: say so, keep working
+            engine._hash = f"unhashed ({type(e).__name__})"
+        return engine
+
+    def warm_up(self) -> bool:
+        """One dummy image and text pass, so the first real phrase does not pay torch's first-call set-up (about
+        1 s on 2 CPU cores). Returns False (and stays usable) when the pass fails: the real call will report it."""
+        try:
+            size = int(self.transform.size)
+            with self._lock, torch.inference_mode():
+                self.model.encode_image(torch.zeros(1, 1, size, size, device=self.device))
+                tok = self.model.tokenize(["warm up"])
+                self.model.encode_text(tok["input_ids"].to(self.device), tok["attention_mask"].to(self.device))
+            return True
+        except Exception as e:  # pragma: no cover - depends on the model
+            log.warning("warm-up pass failed: %s", e)
+            return False
+
+    def encode_phrases(self, phrases: Sequence[str], batch_size: int = 64) -> int:
+        """Fill the text cache for ``phrases`` (blank ones skipped) in batched text-encoder calls; returns how many
+        were encoded now (the others were cached already). Grounding one of them is then a matrix-vector product."""
+        texts = list(dict.fromkeys(p.strip() for p in phrases if isinstance(p, str) and p.strip()))
+        texts = texts[-self.text_cache_size:]  # never evict what we are about to use
+        n = 0
+        for i in range(0, len(texts), max(1, int(batch_size))):
+            chunk = texts[i:i + batch_size]
+            with self._lock, torch.inference_mode():
+                missing = [p for p in chunk if p not in self._texts]
+                if missing:
+                    self._text_globals(missing)
+                    n += len(missing)
+        return n
+
+    def has_phrase(self, phrase: str) -> bool:
+        return isinstance(phrase, str) and phrase.strip() in self._texts
+
+    def ground_image(self, radiograph, phrase: str, tokens: bool = False) -> GroundingMap:
+        """``set_image`` then ``ground`` (or ``ground_tokens``) atomically: no other thread switches the image."""
         with self._lock:
             self.set_image(radiograph)
+            return self.ground_tokens(phrase) if tokens else self.ground(phrase)
+
+    def try_ground_cached(self, radiograph, phrase: str) -> Optional[GroundingMap]:
+        """The phrase map when the image and the phrase are both cached and no other thread holds the engine;
+        ``None`` otherwise. Never blocks and never runs an encoder: safe to call from a GUI thread."""
+        if not isinstance(phrase, str) or not phrase.strip():
+            return None
+        key = self.image_key(radiograph)
+        if not self._lock.acquire(blocking=False):
+            return None
+        try:
+            if key not in self._images or phrase.strip() not in self._texts:
+                return None
+            self._images.move_to_end(key)
+            self._current = key
             return self.ground(phrase)
+        finally:
+            self._lock.release()
+
+
+_LOAD_LOCK = threading.Lock()
+
+
+def _read_provenance(path: Path) -> Dict[str, Any]:
+    """The ``provenance`` object of a checkpoint's config.json ({} when absent or unreadable)."""
+    import json
+
+    try:
+        cfg = json.loads((Path(path) / "config.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return {}
+    prov = cfg.get("provenance") if isinstance(cfg, dict) else None
+    return prov if isinstance(prov, dict) else {}

@@ -20,7 +20,6 @@ from elvis_core.grounding.metrics import DEFAULT_THRESHOLDS, cnr, contrast, miou
 from elvis_core.io.annotations import AnnotationSet, Phrase, rescale_boxes
 
 #: image suffixes tried when the annotated path is not found (MS-CXR lists MIMIC-CXR-JPG paths)
-_ALT_SUFFIXES = (".dcm", ".jpg", ".png", ".jpeg")
 
 ProgressFn = Callable[[int, int], None]
 
@@ -32,17 +31,7 @@ def read_any_image(path: os.PathLike | str):
     return read_image(path)
 
 
-def resolve_image(images_root: os.PathLike | str, rel_path: str) -> Optional[Path]:
-    """``images_root / rel_path``, else the same path with another image suffix (.dcm / .jpg / .png)."""
-    root = Path(images_root)
-    p = root / rel_path
-    if p.is_file():
-        return p
-    for suf in _ALT_SUFFIXES:
-        q = p.with_suffix(suf)
-        if q.is_file():
-            return q
-    return None
+from elvis_core.io.paths import resolve_image  # noqa: E402,F401  (the one resolver; re-exported here)
 
 
 @dataclass

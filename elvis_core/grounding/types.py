@@ -7,7 +7,7 @@ from typing import List, Optional, Tuple
 
 import numpy as np
 
-from elvis_core.model.transforms import warp_grid_to_image
+from elvis_core.model.transforms import grid_coverage, warp_grid_to_image
 
 
 @dataclass
@@ -15,7 +15,8 @@ class GroundingMap:
     #: float32 (gh, gw) cosine similarities in [-1, 1] (after the optional Gaussian smoothing on the grid)
     similarity: np.ndarray
     #: 3x3 affine placing the grid on the ORIGINAL image pixels: [x, y, 1] = A @ [gx, gy, 1];
-    #: grid cell (i, j) covers [j, j+1) x [i, i+1); it covers the whole image (padding lies outside it)
+    #: grid cell (i, j) covers [j, j+1) x [i, i+1); with our own transform it covers the whole image (padding lies
+    #: outside it); with an imported model's centre crop it covers only the crop: the rest is *not seen by the model*
     grid_to_image: np.ndarray
     #: original image (rows, cols)
     image_shape: Tuple[int, int]
@@ -28,17 +29,50 @@ class GroundingMap:
     #: seconds spent computing this map (text encoding + similarity), for the viewer's status bar
     latency_s: float = 0.0
     warnings: List[str] = field(default_factory=list)
+    #: the unsmoothed cosine grid (gh, gw) when smoothing was applied or known (None: same as ``similarity``)
+    raw_similarity: Optional[np.ndarray] = None
 
-    def to_image(self, shape: Optional[Tuple[int, int]] = None, interpolation: str = "bilinear") -> np.ndarray:
-        """The map resampled to the original image (or to ``shape``, scaling the affine), float32."""
+    def _affine_for(self, shape: Optional[Tuple[int, int]]):
         a = np.asarray(self.grid_to_image, dtype=np.float64)
         if shape is not None and tuple(shape) != tuple(self.image_shape):
             sy = shape[0] / self.image_shape[0]
             sx = shape[1] / self.image_shape[1]
-            a = np.diag([sx, sy, 1.0]) @ a
-        else:
-            shape = self.image_shape
-        return warp_grid_to_image(self.similarity, a, shape, interpolation)
+            return np.diag([sx, sy, 1.0]) @ a, tuple(shape)
+        return a, tuple(self.image_shape)
+
+    def to_image(self, shape: Optional[Tuple[int, int]] = None, interpolation: str = "bilinear") -> np.ndarray:
+        """The map resampled to the original image (or to ``shape``, scaling the affine), float32.
+
+        Pixels the model did not see (the border a centre crop dropped) are NaN: no data, never 0. Metrics
+        (:mod:`elvis_core.grounding.metrics`) and figures ignore NaN."""
+        a, shape = self._affine_for(shape)
+        out = warp_grid_to_image(self.similarity, a, shape, interpolation)
+        seen = grid_coverage(a, self.similarity.shape, shape)
+        if not seen.all():
+            out[~seen] = np.nan
+        return out
+
+    def seen_mask(self, shape: Optional[Tuple[int, int]] = None) -> np.ndarray:
+        """Bool (rows, cols) of the original image (or ``shape``): True where the model saw the pixel."""
+        a, shape = self._affine_for(shape)
+        return grid_coverage(a, self.similarity.shape, shape)
+
+    def seen_box(self) -> Tuple[float, float, float, float]:
+        """(x0, y0, x1, y1) in original pixels of the part of the image the model saw (the grid clipped to the
+        image)."""
+        gh, gw = self.similarity.shape
+        a = np.asarray(self.grid_to_image, dtype=np.float64)
+        xs = [a[0, 0] * gx + a[0, 1] * gy + a[0, 2] for gx in (0, gw) for gy in (0, gh)]
+        ys = [a[1, 0] * gx + a[1, 1] * gy + a[1, 2] for gx in (0, gw) for gy in (0, gh)]
+        rows, cols = self.image_shape
+        return (max(0.0, min(xs)), max(0.0, min(ys)), min(float(cols), max(xs)), min(float(rows), max(ys)))
+
+    @property
+    def fully_seen(self) -> bool:
+        """True when the model saw the whole image (our own transforms); False when a border was cropped away."""
+        x0, y0, x1, y1 = self.seen_box()
+        rows, cols = self.image_shape
+        return x0 <= 1e-6 and y0 <= 1e-6 and x1 >= cols - 1e-6 and y1 >= rows - 1e-6
 
     def cells_in_image(self) -> np.ndarray:
         """Bool (gh, gw): cells whose centre lies on the image (the others cover only model-input padding)."""

@@ -17,6 +17,9 @@ from typing import Any, Dict, List, Optional, Tuple
 import numpy as np
 
 from elvis_core.errors import DicomReadError, UnsupportedDicomError
+from elvis_core.io.dicom_header import (ImageHeader, codestream_shapes, get_str, image_header, is_fatal, sanitize,
+                                        tag_name)
+from elvis_core.io.limits import check_frame, limits, mib
 from elvis_core.io.radiograph import Radiograph, VoiLut, Window
 
 log = logging.getLogger(__name__)
@@ -147,6 +150,7 @@ def _dcmread(path: str, stop_before_pixels: bool = False, specific_tags=None, de
     import pydicom
     from pydicom.errors import InvalidDicomError
 
+    _check_deflate(path)
     try:
         return pydicom.dcmread(path, stop_before_pixels=stop_before_pixels, specific_tags=specific_tags,
                                defer_size=defer_size)
@@ -156,16 +160,66 @@ def _dcmread(path: str, stop_before_pixels: bool = False, specific_tags=None, de
         try:
             ds = pydicom.dcmread(path, stop_before_pixels=stop_before_pixels, specific_tags=specific_tags,
                                  defer_size=defer_size, force=True)
-        except Exception as err:  # noqa: BLE001
+        except BaseException as err:  # noqa: BLE001
+            if is_fatal(err):
+                raise
             raise DicomReadError(f"not a readable DICOM file ({type(err).__name__})", path) from None
         if len(ds) == 0:
             raise DicomReadError("not a DICOM file (no DICOM elements)", path)
         _set_transfer_syntax_from_encoding(ds)
         return ds
     except (EOFError, OSError) as err:
-        raise DicomReadError(f"truncated or unreadable DICOM file ({type(err).__name__}: {err})", path) from None
-    except Exception as err:  # noqa: BLE001 - pydicom raises many types on corrupt input
-        raise DicomReadError(f"corrupt DICOM header ({type(err).__name__}: {_short(err)})", path) from None
+        raise DicomReadError(f"truncated or unreadable DICOM file ({type(err).__name__}: {_short(err, path=path)})",
+                             path) from None
+    except MemoryError:
+        raise DicomReadError("header too large to read (out of memory)", path) from None
+    except BaseException as err:  # noqa: BLE001 - pydicom raises many types on corrupt input
+        if is_fatal(err):
+            raise
+        raise DicomReadError(f"corrupt DICOM header ({type(err).__name__}: {_short(err, path=path)})", path) from None
+
+
+_DEFLATED = b"1.2.840.10008.1.2.1.99"
+_LONG_VRS = (b"OB", b"OW", b"OF", b"SQ", b"UT", b"UN", b"UC", b"UR", b"OD", b"OL", b"OV", b"SV", b"UV")
+
+
+def _check_deflate(path: str) -> None:
+    """A Deflated Explicit VR Little Endian file is inflated whole by pydicom: measure the inflated size first (in
+    1 MiB steps, nothing kept) and refuse one larger than the decoded-size limit (a 1.4 MB file may inflate to GBs)."""
+    import zlib
+
+    try:
+        with open(path, "rb") as f:
+            head = f.read(4096)
+            if len(head) < 144 or head[128:132] != b"DICM" or _DEFLATED not in head:
+                return
+            pos = 132
+            while pos + 8 <= len(head) and int.from_bytes(head[pos:pos + 2], "little") == 0x0002:
+                vr = head[pos + 4:pos + 6]
+                if vr in _LONG_VRS:
+                    pos += 12 + int.from_bytes(head[pos + 8:pos + 12], "little")
+                else:
+                    pos += 8 + int.from_bytes(head[pos + 6:pos + 8], "little")
+            f.seek(pos)
+            limit = limits().max_decoded_bytes
+            d = zlib.decompressobj(-zlib.MAX_WBITS)
+            total = 0
+            while True:
+                chunk = f.read(1 << 16)
+                if not chunk:
+                    break
+                while chunk:
+                    total += len(d.decompress(chunk, 1 << 20))
+                    chunk = d.unconsumed_tail
+                    if total > limit:
+                        raise DicomReadError(f"deflated data set inflates to more than {mib(limit)} (the decoded-size "
+                                             "limit, ELVIS_MAX_DECODED_MB): refused", path)
+                if d.eof:
+                    break
+    except OSError:
+        return  # the reader proper reports it
+    except zlib.error:
+        raise DicomReadError("deflated data set is corrupt (zlib error)", path) from None
 
 
 def _set_transfer_syntax_from_encoding(ds) -> None:
@@ -190,8 +244,28 @@ def _set_transfer_syntax_from_encoding(ds) -> None:
     )
 
 
-def _short(err: BaseException, n: int = 160) -> str:
-    text = str(err).replace("\n", " ")
+def _short(err: BaseException, n: int = 160, path: Optional[str] = None) -> str:
+    return scrub(str(err), n, path)
+
+
+_LIB_PATH_RE = None
+
+
+def scrub(text: str, n: int = 160, path: Optional[str] = None) -> str:
+    """A library's message fit for a user: one line, at most ``n`` characters, with file system paths other than
+    ``path`` (the user's own file) replaced by ``<path>`` (SimpleITK's build tree, site-packages, ...)."""
+    import re
+
+    global _LIB_PATH_RE
+    if _LIB_PATH_RE is None:
+        _LIB_PATH_RE = re.compile(r"(?:[A-Za-z]:)?(?:[/\\][\w.+\-@]+){2,}(?::\d+)?")
+    text = text.replace("\n", " ").replace("\r", " ")
+    if path:
+        text = text.replace(path, "\x00")
+    text = _LIB_PATH_RE.sub("<path>", text)
+    if path:
+        text = text.replace("\x00", path)
+    text = " ".join(text.split())
     return text if len(text) <= n else text[: n - 3] + "..."
 
 
@@ -229,7 +303,7 @@ def _floats(value) -> List[float]:
     for v in _multi(value):
         try:
             out.append(float(v))
-        except (TypeError, ValueError):
+        except (TypeError, ValueError, OverflowError):
             out.append(float("nan"))
     return out
 
@@ -242,6 +316,7 @@ def read_header(path: os.PathLike | str) -> Dict[str, Any]:
     path = _check_path(path)
     # defer_size: the pixel data element is located (so HasPixelData is true to the file) but never loaded
     ds = _dcmread(path, defer_size=256, specific_tags=list(HEADER_KEYWORDS) + [0x7FE00010])
+    sanitize(ds, path, required=frozenset())
     out: Dict[str, Any] = {}
     for kw in HEADER_KEYWORDS:
         v = ds.get(kw, None)
@@ -251,7 +326,7 @@ def read_header(path: os.PathLike | str) -> Dict[str, Any]:
     if "NumberOfFrames" in out:
         try:
             out["NumberOfFrames"] = int(out["NumberOfFrames"])
-        except (TypeError, ValueError):
+        except (TypeError, ValueError, OverflowError):
             out["NumberOfFrames"] = 1
     uid = _ts_uid(ds)
     out["TransferSyntaxUID"] = uid
@@ -288,23 +363,17 @@ def _plain(v: Any) -> Any:
 # ---------------------------------------------------------------------------------------------------------------- #
 
 
-def _stored_range(ds) -> Tuple[float, float]:
-    bits = int(ds.get("BitsStored", ds.get("BitsAllocated", 16)) or 16)
-    signed = int(ds.get("PixelRepresentation", 0) or 0) == 1
-    if signed:
-        return float(-(2 ** (bits - 1))), float(2 ** (bits - 1) - 1)
-    return 0.0, float(2**bits - 1)
-
-
-def _modality_range(ds, pixels: np.ndarray) -> Tuple[float, float]:
+def _modality_range(ds, hdr: ImageHeader, pixels: np.ndarray) -> Tuple[float, float]:
     """Range of modality values: the Modality LUT's output range, else the stored range through rescale."""
     if "ModalityLUTSequence" in ds and len(ds.ModalityLUTSequence):
-        table = _lut_data(ds.ModalityLUTSequence[0], _big_endian(ds))
+        try:
+            table = _lut_data(ds.ModalityLUTSequence[0], _big_endian(ds))
+        except (TypeError, ValueError, IndexError, OverflowError):
+            table = None
         if table is not None and table.size:
             return float(table.min()), float(table.max())
-    lo, hi = _stored_range(ds)
-    slope = float(ds.get("RescaleSlope", 1) or 1)
-    intercept = float(ds.get("RescaleIntercept", 0) or 0)
+    lo, hi = hdr.stored_range()
+    slope, intercept = hdr.rescale_slope, hdr.rescale_intercept
     a, b = sorted((lo * slope + intercept, hi * slope + intercept))
     pmin, pmax = (float(pixels.min()), float(pixels.max())) if pixels.size else (a, b)
     # a header that lies about BitsStored: fall back to the actual data range so the pivot keeps values in range
@@ -337,7 +406,7 @@ def _lut_first_mapped(item, ds) -> float:
     desc = _multi(item.LUTDescriptor)
     first = int(desc[1])
     # the first mapped value is US or SS by the pixel representation; an unsigned read of a negative value wraps
-    if int(ds.get("PixelRepresentation", 0) or 0) == 1 and first >= 2**15:
+    if get_str(ds, "PixelRepresentation", "0") == "1" and first >= 2**15:
         first -= 2**16
     return float(first)
 
@@ -375,6 +444,37 @@ def _to_grey(arr: np.ndarray, photometric: str, warnings: List[str]) -> np.ndarr
     return arr
 
 
+_ENCAPSULATED_PREFIXES = ("1.2.840.10008.1.2.4.", "1.2.840.10008.1.2.5")
+
+
+def _check_decoded_size(ds, hdr: ImageHeader, path: str, ts: str, decoder: str) -> None:
+    """Refuse before decoding what would pass the limits (:mod:`elvis_core.io.limits`): the header's frame size,
+    and for compressed data the sizes the JPEG / JPEG-LS / JPEG 2000 frame headers claim (a decoder allocates what
+    the codestream says, whatever the DICOM header says)."""
+    try:
+        check_frame(hdr.rows, hdr.cols, hdr.samples, hdr.bytes_per_sample, 1)
+    except ValueError as err:
+        raise DicomReadError(str(err), path) from None
+    if not ts.startswith(_ENCAPSULATED_PREFIXES) or "PixelData" not in ds:
+        return
+    try:
+        data = ds["PixelData"].value
+    except BaseException as err:  # noqa: BLE001
+        if is_fatal(err):
+            raise
+        raise DicomReadError(f"pixel data unreadable ({type(err).__name__})", path) from None
+    if not isinstance(data, (bytes, bytearray)):
+        return
+    for codec, r, c, comps in codestream_shapes(data):
+        try:
+            check_frame(r, c, comps, hdr.bytes_per_sample, 1, what=f"the {codec} frame header's image")
+        except ValueError as err:
+            raise DicomReadError(str(err), path) from None
+        if (r, c) != (hdr.rows, hdr.cols) and r and c:
+            raise DicomReadError(f"the {codec} frame header says {c} x {r} but the DICOM header says "
+                                 f"{hdr.cols} x {hdr.rows} (Columns x Rows): corrupt file", path)
+
+
 def read_radiograph(path: os.PathLike | str, frame: int = 0, decoder: str = "auto") -> Radiograph:
     """Read one frame of a DICOM image into a :class:`Radiograph` (see the contract in ``radiograph.py``).
 
@@ -387,6 +487,7 @@ def read_radiograph(path: os.PathLike | str, frame: int = 0, decoder: str = "aut
     path = _check_path(path)
     ds = _dcmread(path)
     notes: List[str] = []
+    sanitize(ds, path, notes)
 
     kind = _non_image_kind(ds)
     has_pixels = "PixelData" in ds or "FloatPixelData" in ds or "DoubleFloatPixelData" in ds
@@ -398,21 +499,15 @@ def read_radiograph(path: os.PathLike | str, frame: int = 0, decoder: str = "aut
         what = f" ({kind})" if kind else ""
         raise UnsupportedDicomError(f"DICOM without pixel data{what}: nothing to display", path)
 
-    rows = int(ds.get("Rows", 0) or 0)
-    cols = int(ds.get("Columns", 0) or 0)
-    if rows <= 0 or cols <= 0:
-        raise DicomReadError(f"zero-size image (Rows={rows}, Columns={cols})", path)
-    try:
-        n_frames = int(ds.get("NumberOfFrames", 1) or 1)
-    except (TypeError, ValueError):
-        n_frames = 1
-    n_frames = max(n_frames, 1)
+    hdr = image_header(ds, path)
+    rows, cols, n_frames = hdr.rows, hdr.cols, hdr.frames
     frame = int(frame)
     if frame < 0 or frame >= n_frames:
         raise DicomReadError(f"frame {frame} out of range (the file has {n_frames} frame(s))", path)
 
-    photometric = str(ds.get("PhotometricInterpretation", "") or "").strip().upper()
+    photometric = hdr.photometric
     ts = _ts_uid(ds)
+    _check_decoded_size(ds, hdr, path, ts, decoder)
     used = None
     arr = None
     errors: List[str] = []
@@ -422,18 +517,32 @@ def read_radiograph(path: os.PathLike | str, frame: int = 0, decoder: str = "aut
             used = "pydicom"
         except DicomReadError:
             raise
-        except Exception as err:  # noqa: BLE001 - decoders raise anything from ValueError to RuntimeError
-            errors.append(f"pydicom: {type(err).__name__}: {_short(err)}")
+        except MemoryError:
+            raise DicomReadError(f"not enough memory to decode a {rows} x {cols} frame", path) from None
+        except BaseException as err:  # noqa: BLE001 - decoders raise anything, incl. Rust PanicException
+            if is_fatal(err):
+                raise
+            errors.append(f"pydicom: {type(err).__name__}: {_short(err, path=path)}")
             if _looks_truncated(err):
-                raise DicomReadError(f"truncated pixel data ({_short(err, 120)})", path) from None
+                raise DicomReadError(f"truncated pixel data ({_short(err, 120, path)})", path) from None
     if arr is None and decoder in ("auto", "SimpleITK"):
         try:
+            check_frame(rows, cols, hdr.samples, hdr.bytes_per_sample, n_frames,
+                        what="SimpleITK decodes all frames at once: the image")
             arr = _decode_sitk(path, frame)
             used = "SimpleITK"
         except DicomReadError:
             raise
-        except Exception as err:  # noqa: BLE001
-            errors.append(f"SimpleITK: {type(err).__name__}: {_short(err, 100)}")
+        except ValueError as err:
+            if not errors:
+                raise DicomReadError(str(err), path) from None
+            errors.append(f"SimpleITK: not tried ({err})")
+        except MemoryError:
+            raise DicomReadError(f"not enough memory to decode a {rows} x {cols} image", path) from None
+        except BaseException as err:  # noqa: BLE001
+            if is_fatal(err):
+                raise
+            errors.append(f"SimpleITK: {type(err).__name__}: {_short(err, 100, path)}")
     if arr is None:
         name = _ts_name(ts) or "unknown transfer syntax"
         raise UnsupportedDicomError(f"cannot decode pixel data ({name}): " + "; ".join(errors), path)
@@ -446,7 +555,9 @@ def read_radiograph(path: os.PathLike | str, frame: int = 0, decoder: str = "aut
             from pydicom.pixels import apply_color_lut
 
             arr = apply_color_lut(arr, ds)
-        except Exception as err:  # noqa: BLE001
+        except BaseException as err:  # noqa: BLE001
+            if is_fatal(err):
+                raise
             notes.append(f"palette colour lookup table unreadable ({type(err).__name__}): indices shown as grey")
     arr = _to_grey(arr, photometric, notes)
     if arr.ndim != 2:
@@ -454,17 +565,25 @@ def read_radiograph(path: os.PathLike | str, frame: int = 0, decoder: str = "aut
 
     # ---- Modality LUT / rescale (SimpleITK applies rescale itself; it ignores a Modality LUT sequence)
     is_colour = photometric not in ("MONOCHROME1", "MONOCHROME2", "")
-    if used == "pydicom" and not is_colour:
-        from pydicom.pixels import apply_modality_lut
+    has_mlut = "ModalityLUTSequence" in ds
+    if not is_colour and has_mlut and used in ("pydicom", "SimpleITK"):
+        try:
+            from pydicom.pixels import apply_modality_lut
 
-        pixels = np.asarray(apply_modality_lut(arr, ds), dtype=np.float32)
-    elif used == "SimpleITK" and not is_colour and "ModalityLUTSequence" in ds:
-        from pydicom.pixels import apply_modality_lut
-
-        pixels = np.asarray(apply_modality_lut(arr, ds), dtype=np.float32)
+            pixels = np.asarray(apply_modality_lut(arr, ds), dtype=np.float32)
+        except BaseException as err:  # noqa: BLE001
+            if is_fatal(err):
+                raise
+            raise DicomReadError(f"Modality LUT Sequence unreadable ({type(err).__name__}: {_short(err, 80, path)})",
+                                 path) from None
+    elif used == "pydicom" and not is_colour and (hdr.rescale_slope != 1.0 or hdr.rescale_intercept != 0.0):
+        # the rescale in float32 (pydicom's apply_modality_lut would make a float64 copy: twice the memory)
+        pixels = arr.astype(np.float32)
+        pixels *= np.float32(hdr.rescale_slope)
+        pixels += np.float32(hdr.rescale_intercept)
     else:
         pixels = np.asarray(arr, dtype=np.float32)
-    if arr.dtype.kind == "f" and not np.all(np.isfinite(pixels)):
+    if not np.all(np.isfinite(pixels)):
         notes.append("non-finite pixel values replaced by 0")
         pixels = np.nan_to_num(pixels, nan=0.0, posinf=0.0, neginf=0.0)
 
@@ -472,18 +591,18 @@ def read_radiograph(path: os.PathLike | str, frame: int = 0, decoder: str = "aut
     inverted = False
     pivot = 0.0
     if photometric == "MONOCHROME1":
-        lo, hi = _modality_range(ds, pixels if used == "pydicom" else np.empty(0, np.float32))
+        lo, hi = _modality_range(ds, hdr, pixels if used == "pydicom" else np.empty(0, np.float32))
         pivot = lo + hi
         inverted = True
         if used == "pydicom":
             pixels = np.subtract(np.float32(pivot), pixels, dtype=np.float32)
         # SimpleITK (GDCM) already returns maxval - stored (then rescale): with an unsigned stored range this is
         # exactly pivot - value, so nothing more to do. Record it, never invert twice.
-    shape = str(ds.get("PresentationLUTShape", "") or "").strip().upper()
+    shape = get_str(ds, "PresentationLUTShape").upper()
     flip_for_presentation = photometric == "MONOCHROME2" and shape == "INVERSE"
     if flip_for_presentation:
         # MONOCHROME2 with Presentation LUT Shape INVERSE: displayed inverted (PS3.3 C.11.6); neither decoder applies it
-        lo, hi = _modality_range(ds, pixels)
+        lo, hi = _modality_range(ds, hdr, pixels)
         pivot = lo + hi
         inverted = True
         pixels = np.subtract(np.float32(pivot), pixels, dtype=np.float32)

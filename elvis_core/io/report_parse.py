@@ -22,7 +22,7 @@ import re
 from typing import List, Optional, Tuple
 
 from elvis_core.errors import ReportReadError
-from elvis_core.io.report import Report, Section, Sentence
+from elvis_core.io.report_types import Report, Section, Sentence
 
 _HEADER_RE = re.compile(r"(?m)^[ \t]*(?P<name>[A-Z][A-Z0-9 /&(),'\-]*?[A-Z)])[ \t]*:")
 _LIST_RE = re.compile(r"(?m)^[ \t]*(?:\d{1,2}[.)]|[-*\u2022])[ \t]+")
@@ -189,6 +189,10 @@ def read_report(path: os.PathLike | str) -> Report:
         raise ReportReadError(f"cannot read ({err.strerror or type(err).__name__})", path) from None
     if not data.strip():
         raise ReportReadError("empty report", path)
+    if data[128:132] == b"DICM":  # a report stored as a DICOM SR (Basic Text / Enhanced / Comprehensive)
+        from elvis_core.io.sr_report import read_sr_report
+
+        return read_sr_report(path)
     if _looks_binary(data):
         raise ReportReadError("binary file, not a text report (NUL bytes or mostly non-printable)", path)
     warnings: List[str] = []

@@ -30,7 +30,7 @@ CancelFn = Callable[[], bool]
 _STUDY_DIR_RE = re.compile(r"^s\d{6,}$")
 _PATIENT_DIR_RE = re.compile(r"^p\d{6,}$")
 _DICOM_EXTS = (".dcm", ".dicom", ".dic")
-_IMAGE_EXTS = (".jpg", ".jpeg", ".png")
+from elvis_core.io.images import IMAGE_EXTENSIONS as _IMAGE_EXTS  # noqa: E402  (one suffix list)
 _JUNK_NAMES = {".DS_Store", "Thumbs.db", "desktop.ini"}
 
 _SCAN_TAGS = [
@@ -120,7 +120,7 @@ def _mimic_study_key(path: str) -> Optional[str]:
 def _int(v, default=None):
     try:
         return int(v)
-    except (TypeError, ValueError):
+    except (TypeError, ValueError, OverflowError):
         return default
 
 
@@ -298,7 +298,9 @@ def _read_scan_header_pydicom(path: str):
     import pydicom
     from pydicom.errors import InvalidDicomError
 
-    from elvis_core.io.dicom import is_dicom_file
+    from elvis_core.io.dicom import _check_deflate, is_dicom_file
+
+    _check_deflate(path)
 
     try:
         return pydicom.dcmread(path, stop_before_pixels=True, specific_tags=_SCAN_TAGS)
@@ -337,6 +339,7 @@ class _Builder:
         self.reports_root = reports_root
         self.refs: List[Tuple[ImageRef, str, Optional[int], str]] = []  # (ref, series description, series number, key)
         self.reports: Dict[str, List[str]] = {}  # folder -> .txt paths in it
+        self.sr_reports: Dict[str, List[str]] = {}  # StudyInstanceUID -> SR files of that study
 
     def add_report(self, path: str) -> None:
         self.reports.setdefault(os.path.dirname(path), []).append(path)
@@ -349,7 +352,18 @@ class _Builder:
                 errors.append((path, "empty file (0 bytes)"))
                 return
             ds = _read_scan_header(path)
-        except Exception as err:  # noqa: BLE001 - one bad file never stops the scan
+            if not isinstance(ds, dict) and not hasattr(ds, "_fast"):
+                from elvis_core.io.dicom_header import sanitize
+
+                sanitize(ds, path, required=frozenset())
+        except ElvisError as err:
+            errors.append((path, err.problem))
+            return
+        except BaseException as err:  # noqa: BLE001 - one bad file never stops the scan (PanicException included)
+            from elvis_core.io.dicom_header import is_fatal
+
+            if is_fatal(err):
+                raise
             if is_dicom_file(path):
                 errors.append((path, f"corrupt or truncated DICOM header ({type(err).__name__})"))
             else:
@@ -358,6 +372,11 @@ class _Builder:
         kind = _non_image_kind(ds)
         if kind is not None:
             skipped.append((path, f"no image ({kind})"))
+            if str(ds.get("Modality", "") or "") == "SR" or str(ds.get("SOPClassUID", "")).startswith(
+                    "1.2.840.10008.5.1.4.1.1.88."):  # a report may live in an SR of the study (sr_report.py)
+                uid = str(ds.get("StudyInstanceUID", "") or "")
+                if uid:
+                    self.sr_reports.setdefault(uid, []).append(path)
             return
         rows, cols = _int(ds.get("Rows", 0), 0), _int(ds.get("Columns", 0), 0)
         if not rows or not cols:
@@ -422,11 +441,20 @@ class _Builder:
         for st in studies.values():
             dirs = sorted(folders[st.uid])
             st.root = dirs[0] if len(dirs) == 1 else os.path.commonpath(dirs)
-            st.report_path = self._match_report(st, dirs, stems[st.uid])
+            st.report_path = self._match_report(st, dirs, stems[st.uid]) or self._sr_report(st.uid)
             for se in st.series:
                 se.images.sort(key=lambda r: (r.instance_number if r.instance_number is not None else 1 << 30, r.path))
             st.series.sort(key=lambda s: (s.number if s.number is not None else 1 << 30, s.uid))
         return sorted(studies.values(), key=lambda s: (s.key, s.uid))
+
+    def _sr_report(self, study_uid: str) -> Optional[str]:
+        """4. no .txt: a DICOM SR of the same study holding a narrative report (not a measurement report)."""
+        from elvis_core.io.sr_report import is_text_report_sr
+
+        for p in sorted(self.sr_reports.get(study_uid, [])):
+            if is_text_report_sr(p):
+                return p
+        return None
 
     def _match_report(self, st: Study, dirs: List[str], paths: List[str]) -> Optional[str]:
         # 1. MIMIC: sYYYYYYYY.txt beside the study folder
@@ -535,6 +563,14 @@ def _scan_files(work, builder: "_Builder", result: ScanResult, progress, cancel)
                 result.skipped.append((path, "DICOMDIR (open it with read_dicomdir)"))
         except OSError as err:
             result.errors.append((path, f"cannot read ({err.strerror or type(err).__name__})"))
+        except ElvisError as err:
+            result.errors.append((path, err.problem))
+        except BaseException as err:  # noqa: BLE001 - a bad file is listed, the scan goes on
+            from elvis_core.io.dicom_header import is_fatal
+
+            if is_fatal(err):
+                raise
+            result.errors.append((path, f"unreadable ({type(err).__name__})"))
         if progress is not None:
             progress(i + 1, total)
 

@@ -4,21 +4,42 @@ A model config is a JSON-serialisable dict (stored under ``"model"`` in a checkp
 
     {
       "architecture": "elvis-dual-encoder",
-      "image": {"resnet": {...ResNetConfig kwargs...}},          # num_channels is always 1 (grey input)
+      "image": {
+        "resnet": {...ResNetConfig kwargs...},                  # num_channels is always 1 (grey input)
+        "pretrained": null | "/local/resnet/dir",  # transformers ResNet folder (e.g. ImageNet microsoft/resnet-50):
+                                                   # its architecture and weights, RGB stem folded; read only when
+                                                   # a fresh model is built for training
+        "fusion": {"kind": "none" | "biovil-t", "dim": 256, "heads": 8, "blocks": 3, "grid": [14, 14]},
+        "global": "project_pooled" | "mean_projected_patches"
+      },
       "text": {
         "source": "config" | "pretrained",
         "path": null | "/local/bert/dir",      # only read when source == "pretrained" and weights are initialised
         "hf_config": {...},                    # BertConfig kwargs (source "config"); filled in from the dir otherwise
         "tokenizer": {"vocab_size": 2000, "lowercase": true, "min_frequency": 1},  # WordPiece (source "config")
         "pooling": "cls" | "mean",
-        "max_length": 96
+        "max_length": 96,
+        "strip_trailing": ""                   # characters stripped from the end of a phrase (CXR-BERT: "!?.")
       },
-      "projection": {"dim": 128, "hidden": 256, "shared_local_global": true},
+      "projection": {"dim": 128, "hidden": 256, "shared_local_global": true,
+                     "image_head": "linear-gelu-linear", "text_head": "linear-gelu-linear",
+                     "image_hidden": 0, "text_hidden": 0},                      # 0 = "hidden"
       "preprocessing": ModelInputTransform.to_config()
     }
 
 :func:`validate_model_config` fills defaults and raises :class:`~elvis_core.errors.ConfigError` naming the first
 unknown key or wrong type (e.g. ``model.projection.dimm``).
+
+What the sections describe (all of it is architecture: an imported BioViL / BioViL-T model is a config like any
+other, see ``docs/models.md``):
+
+- ``image.global``: the image's global embedding is the projection of the average-pooled grid
+  (``"project_pooled"``, ours) or the mean of the projected patches (``"mean_projected_patches"``, BioViL).
+- ``image.fusion``: ``"biovil-t"`` adds BioViL-T's multi-image head (:class:`~elvis_core.model.heads.TemporalFusion`)
+  between the ResNet and the projection.
+- ``projection.image_head`` / ``text_head``: one of :data:`~elvis_core.model.heads.HEAD_KINDS`; ``image_hidden`` /
+  ``text_hidden`` their hidden width (0 = ``projection.hidden``).
+- ``preprocessing``: a :mod:`~elvis_core.model.transforms` config (``kind`` picks pad-to-square or centre crop).
 """
 
 from __future__ import annotations
@@ -27,6 +48,7 @@ import copy
 from typing import Any, Dict, Mapping
 
 from elvis_core.errors import ConfigError
+from elvis_core.model.heads import HEAD_KINDS
 from elvis_core.model.transforms import ModelInputTransform
 
 ARCHITECTURE = "elvis-dual-encoder"
@@ -35,7 +57,12 @@ ARCHITECTURE = "elvis-dual-encoder"
 #: transformers config classes instead)
 _DEFAULTS: Dict[str, Any] = {
     "architecture": ARCHITECTURE,
-    "image": {"resnet": {}},
+    "image": {
+        "resnet": {},
+        "pretrained": None,
+        "fusion": {"kind": "none", "dim": 256, "heads": 8, "blocks": 3, "grid": [14, 14]},
+        "global": "project_pooled",
+    },
     "text": {
         "source": "config",
         "path": None,
@@ -43,15 +70,18 @@ _DEFAULTS: Dict[str, Any] = {
         "tokenizer": {"vocab_size": 2000, "lowercase": True, "min_frequency": 1},
         "pooling": "cls",
         "max_length": 96,
+        "strip_trailing": "",
     },
-    "projection": {"dim": 128, "hidden": 256, "shared_local_global": True},
+    "projection": {"dim": 128, "hidden": 256, "shared_local_global": True,
+                   "image_head": "linear-gelu-linear", "text_head": "linear-gelu-linear",
+                   "image_hidden": 0, "text_hidden": 0},
     "preprocessing": {},
 }
 
 #: keys whose value is a free-form dict validated elsewhere
 _FREE_FORM = {"model.image.resnet", "model.text.hf_config", "model.preprocessing"}
 #: keys whose default is None and which accept a string
-_OPTIONAL_STR = {"model.text.path"}
+_OPTIONAL_STR = {"model.text.path", "model.image.pretrained"}
 
 
 def _type_name(v: Any) -> str:
@@ -146,7 +176,26 @@ def validate_model_config(config: Mapping[str, Any]) -> Dict[str, Any]:
     for k in ("dim", "hidden"):
         if proj[k] < 1:
             raise ConfigError(f"model.projection.{k} must be >= 1, got {proj[k]}")
-    # normalise preprocessing through the transform (validates keys and values)
+    for k in ("image_hidden", "text_hidden"):
+        if proj[k] < 0:
+            raise ConfigError(f"model.projection.{k} must be >= 0 (0 = projection.hidden), got {proj[k]}")
+    for k in ("image_head", "text_head"):
+        if proj[k] not in HEAD_KINDS:
+            raise ConfigError(f"model.projection.{k} must be one of {', '.join(HEAD_KINDS)}, got {proj[k]!r}")
+    image = cfg["image"]
+    if image["global"] not in ("project_pooled", "mean_projected_patches"):
+        raise ConfigError(f"model.image.global must be 'project_pooled' or 'mean_projected_patches', got "
+                          f"{image['global']!r}")
+    fusion = image["fusion"]
+    if fusion["kind"] not in ("none", "biovil-t"):
+        raise ConfigError(f"model.image.fusion.kind must be 'none' or 'biovil-t', got {fusion['kind']!r}")
+    if fusion["kind"] != "none":
+        if fusion["dim"] < 1 or fusion["heads"] < 1 or fusion["blocks"] < 0 or fusion["dim"] % fusion["heads"]:
+            raise ConfigError("model.image.fusion: dim and heads must be >= 1, dim a multiple of heads, blocks >= 0")
+        if len(fusion["grid"]) != 2 or any(not isinstance(g, int) or g < 1 for g in fusion["grid"]):
+            raise ConfigError(f"model.image.fusion.grid must be [rows, cols] of positive integers, got "
+                              f"{fusion['grid']!r}")
+    # normalise preprocessing through the transform (validates keys and values; "kind" picks the class)
     cfg["preprocessing"] = ModelInputTransform.from_config(cfg["preprocessing"]).to_config()
     return cfg
 

@@ -12,6 +12,11 @@ L tokens, H text hidden size, D joint dimension):
 
 ``patch_emb``, ``token_emb`` and both ``global_emb`` are L2-normalised over D, so a phrase grounding map is simply
 ``einsum("bhwd,bd->bhw", patch_emb, text.global_emb)`` — cosine similarities in [-1, 1].
+
+The config decides the heads (:mod:`elvis_core.model.heads`), the image global embedding (projection of the pooled
+grid, or the mean of the projected patches as BioViL), an optional BioViL-T fusion between the ResNet and the
+projection (``C`` is then ``2 * fusion.dim``) and the input transform, so imported models (``elvis import``) are
+ordinary ``ElvisModel`` objects.
 """
 
 from __future__ import annotations
@@ -28,7 +33,8 @@ from torch import nn
 
 from elvis_core.errors import ConfigError
 from elvis_core.model.config import validate_model_config
-from elvis_core.model.transforms import ModelInputTransform
+from elvis_core.model.heads import ProjectionHead, TemporalFusion
+from elvis_core.model.transforms import transform_from_config
 
 log = logging.getLogger(__name__)
 
@@ -46,18 +52,6 @@ class TextEmbeddings:
     global_emb: torch.Tensor  # [B, D] projected [CLS] / mean-pooled feature, L2-normalised
     token_feats: torch.Tensor  # [B, L, H] before projection
     attention_mask: torch.Tensor  # [B, L] long, 1 = real token
-
-
-class ProjectionHead(nn.Module):
-    """Linear → GELU → Linear, applied on the last dimension (a 1x1 convolution on a channels-last grid)."""
-
-    def __init__(self, in_dim: int, hidden: int, out_dim: int):
-        super().__init__()
-        self.fc1 = nn.Linear(in_dim, hidden)
-        self.fc2 = nn.Linear(hidden, out_dim)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.fc2(F.gelu(self.fc1(x)))
 
 
 def _drop_pooler(model) -> None:
@@ -107,18 +101,31 @@ class ElvisModel(nn.Module):
 
         self._config = config
         self.tokenizer = tokenizer
-        self.transform = ModelInputTransform.from_config(config["preprocessing"])
+        self.transform = transform_from_config(config["preprocessing"])
         rcfg = ResNetConfig(**config["image"]["resnet"])
         self.image_encoder = ResNetModel(rcfg)
         self.text_encoder = text_model
         c_img = rcfg.hidden_sizes[-1]
+        fusion = config["image"].get("fusion", {"kind": "none"})
+        if fusion["kind"] == "biovil-t":
+            self.image_fusion = TemporalFusion(c_img, dim=fusion["dim"], heads=fusion["heads"],
+                                               blocks=fusion["blocks"], grid=fusion["grid"])
+            c_img = self.image_fusion.out_channels
+        else:
+            self.image_fusion = None
+        self._image_global = config["image"].get("global", "project_pooled")
         h_txt = int(getattr(text_model.config, "hidden_size"))
         p = config["projection"]
-        self.image_proj = ProjectionHead(c_img, p["hidden"], p["dim"])
-        self.text_proj = ProjectionHead(h_txt, p["hidden"], p["dim"])
+        ih = p.get("image_hidden") or p["hidden"]
+        th = p.get("text_hidden") or p["hidden"]
+        ik = p.get("image_head", "linear-gelu-linear")
+        tk = p.get("text_head", "linear-gelu-linear")
+        self.image_proj = ProjectionHead(c_img, ih, p["dim"], ik)
+        self.text_proj = ProjectionHead(h_txt, th, p["dim"], tk)
         if not p["shared_local_global"]:
-            self.image_global_proj = ProjectionHead(c_img, p["hidden"], p["dim"])
-            self.text_global_proj = ProjectionHead(h_txt, p["hidden"], p["dim"])
+            if self._image_global == "project_pooled":
+                self.image_global_proj = ProjectionHead(c_img, ih, p["dim"], ik)
+            self.text_global_proj = ProjectionHead(h_txt, th, p["dim"], tk)
         self.image_channels = c_img
         self.text_hidden = h_txt
         self.embed_dim = p["dim"]
@@ -157,7 +164,8 @@ class ElvisModel(nn.Module):
         list[bool] (True where the text did not fit)."""
         if isinstance(texts, str):
             texts = [texts]
-        texts = list(texts)
+        strip = self._config["text"].get("strip_trailing", "")
+        texts = [t.rstrip(strip) if strip else t for t in texts]
         # one token more than fits tells whether a text was truncated (and avoids the over-length warning)
         full = self.tokenizer(texts, add_special_tokens=True, truncation=True,
                               max_length=self.max_text_length + 1)["input_ids"]
@@ -187,16 +195,28 @@ class ElvisModel(nn.Module):
         return self.encode_text(t["input_ids"].to(dev), t["attention_mask"].to(dev))
 
     # -- image ----------------------------------------------------------------------------------------------------
-    def encode_image(self, pixel_values: torch.Tensor) -> ImageEmbeddings:
+    def _backbone(self, pixel_values: torch.Tensor) -> torch.Tensor:
         if pixel_values.ndim != 4 or pixel_values.shape[1] != 1:
             raise ValueError(f"pixel_values must be [B, 1, S, S], got {tuple(pixel_values.shape)}")
-        out = self.image_encoder(pixel_values=pixel_values)
-        grid = out.last_hidden_state  # [B, C, gh, gw]
-        feats = grid.permute(0, 2, 3, 1)  # [B, gh, gw, C]
-        patch_emb = F.normalize(self.image_proj(feats), dim=-1)
-        pooled = grid.mean(dim=(2, 3))
-        head = self.image_proj if self._config["projection"]["shared_local_global"] else self.image_global_proj
-        global_emb = F.normalize(head(pooled), dim=-1)
+        return self.image_encoder(pixel_values=pixel_values).last_hidden_state.permute(0, 2, 3, 1)  # [B, gh, gw, C]
+
+    def encode_image(self, pixel_values: torch.Tensor,
+                     previous_pixel_values: Optional[torch.Tensor] = None) -> ImageEmbeddings:
+        """``previous_pixel_values`` (same shape): a prior study's image, used by a BioViL-T fusion only."""
+        feats = self._backbone(pixel_values)
+        if self.image_fusion is not None:
+            prev = None if previous_pixel_values is None else self._backbone(previous_pixel_values)
+            feats = self.image_fusion(feats, prev)
+        elif previous_pixel_values is not None:
+            raise ValueError("this model has no multi-image (BioViL-T) fusion; it takes no previous image")
+        projected = self.image_proj(feats)
+        patch_emb = F.normalize(projected, dim=-1)
+        if self._image_global == "mean_projected_patches":
+            global_emb = F.normalize(projected.mean(dim=(1, 2)), dim=-1)
+        else:
+            pooled = feats.mean(dim=(1, 2))
+            head = self.image_proj if self._config["projection"]["shared_local_global"] else self.image_global_proj
+            global_emb = F.normalize(head(pooled), dim=-1)
         return ImageEmbeddings(patch_emb=patch_emb, global_emb=global_emb, patch_feats=feats)
 
     def forward(self, pixel_values, input_ids, attention_mask):
@@ -210,7 +230,9 @@ def build_model(config: Mapping[str, Any], tokenizer=None, texts: Optional[List[
     ``tokenizer``: a ``PreTrainedTokenizerFast`` to use; otherwise, for ``text.source == "config"``, a WordPiece
     vocabulary is trained on ``texts`` (e.g. the training reports) + the built-in seed corpus (deterministic), and for
     ``"pretrained"`` the tokenizer of ``text.path`` is loaded. ``init_text_from_path=False`` builds a pretrained-kind
-    text model from ``text.hf_config`` without reading ``text.path`` (used when loading checkpoints).
+    text model from ``text.hf_config`` without reading ``text.path`` and ignores ``image.pretrained`` (used when
+    loading checkpoints); with True, ``image.pretrained`` (a transformers ResNet folder) sets the ResNet's
+    architecture and weights (RGB stem folded to one channel).
     """
     cfg = validate_model_config(config)
     text_cfg = cfg["text"]
@@ -237,8 +259,21 @@ def build_model(config: Mapping[str, Any], tokenizer=None, texts: Optional[List[
         text_cfg["hf_config"].setdefault("pad_token_id", int(tokenizer.pad_token_id or 0))
         mp = int(text_cfg["hf_config"].get("max_position_embeddings", 512))
         text_cfg["max_length"] = min(text_cfg["max_length"], mp)
+    image_state = None
+    if cfg["image"].get("pretrained") and init_text_from_path:
+        from elvis_core.model.importers import load_pretrained_resnet
+
+        rcfg, image_state = load_pretrained_resnet(cfg["image"]["pretrained"])
+        cfg["image"]["resnet"] = rcfg
     text_model, hf = _build_text_model(text_cfg, init_from_path=init_text_from_path)
     if text_cfg["source"] == "pretrained":
         text_cfg["hf_config"] = hf
     model = ElvisModel(cfg, tokenizer, text_model, hf)
+    if image_state is not None:
+        from elvis_core.model.checkpoint import check_state_dict
+
+        expected = model.image_encoder.state_dict()
+        check_state_dict(expected, {k: tuple(v.shape) for k, v in image_state.items()}, cfg["image"]["pretrained"])
+        model.image_encoder.load_state_dict({k: v.to(expected[k].dtype) for k, v in image_state.items()})
+        log.info("image encoder initialised from %s", cfg["image"]["pretrained"])
     return model

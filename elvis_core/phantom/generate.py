@@ -21,12 +21,15 @@ import numpy as np
 
 from elvis_core.errors import ElvisError
 from elvis_core.phantom.anatomy import Anatomy, postprocess, render_anatomy, sample_anatomy
+from elvis_core.phantom.anatomy_boxes import ANATOMY_REGIONS, anatomy_boxes
 from elvis_core.phantom.dicom_writer import Encoding, random_uid, sample_encoding, write_dicom
 from elvis_core.phantom.findings import CATEGORIES, Finding, draw_finding, sample_finding_spec
 from elvis_core.phantom.reports import write_report
 
 CSV_COLUMNS = ("dicom_id", "category_name", "label_text", "path", "x", "y", "w", "h", "image_width",
                "image_height", "split")
+#: columns of ``anatomy.csv`` (one row per region and image; region names as Chest ImaGenome's ``bbox_name``)
+ANATOMY_CSV_COLUMNS = ("dicom_id", "path", "bbox_name", "x", "y", "w", "h", "image_width", "image_height", "split")
 MIN_SIZE, MAX_SIZE = 64, 4096
 #: probabilities of 0, 1, 2, 3 findings per study
 N_FINDINGS_P = (0.25, 0.35, 0.25, 0.15)
@@ -49,6 +52,8 @@ class PhantomStudy:
     anatomy: Anatomy
     #: per-finding density layer on the working canvas (same order as ``findings``); for tests and debugging
     layers: List[np.ndarray] = field(default_factory=list, repr=False)
+    #: anatomy region name (``ANATOMY_REGIONS``) -> (x, y, w, h) in ``image`` pixels
+    anatomy_boxes: Dict[str, Tuple[int, int, int, int]] = field(default_factory=dict)
 
     @property
     def height(self) -> int:
@@ -149,7 +154,8 @@ def render_study(rng_or_seed, size: int = 1024, anatomy: Optional[Anatomy] = Non
     report = write_report(rng, kept, view=view, sex=a.sex)
     for f in kept:  # boxes of a phrase in random order: the drawing order (right lung first) must not tell the side
         f.boxes = [f.boxes[i] for i in rng.permutation(len(f.boxes))]
-    return PhantomStudy(image=image, clean=clean, findings=kept, report=report, view=view, anatomy=a, layers=layers)
+    return PhantomStudy(image=image, clean=clean, findings=kept, report=report, view=view, anatomy=a, layers=layers,
+                        anatomy_boxes=anatomy_boxes(g, height, width))
 
 
 # ------------------------------------------------------------------------------------------------------ on disk
@@ -257,7 +263,10 @@ def _run_job(job: _Job, out_dir: str) -> Tuple[List[Dict[str, object]], str, int
             rows.append({"dicom_id": job.dicom_id, "category_name": f.category, "label_text": f.label_text,
                          "path": job.rel_dcm, "x": x, "y": y, "w": w, "h": h, "image_width": study.width,
                          "image_height": study.height, "split": job.split})
-    return rows, enc.syntax, len(study.findings), [f.category for f in study.findings]
+    arows = [{"dicom_id": job.dicom_id, "path": job.rel_dcm, "bbox_name": name, "x": b[0], "y": b[1], "w": b[2],
+              "h": b[3], "image_width": study.width, "image_height": study.height, "split": job.split}
+             for name, b in ((n, study.anatomy_boxes[n]) for n in ANATOMY_REGIONS if n in study.anatomy_boxes)]
+    return rows, enc.syntax, len(study.findings), [f.category for f in study.findings], arows
 
 
 def _run_chunk(args) -> List:
@@ -289,8 +298,8 @@ def generate(out_dir: os.PathLike | str, n_studies: int, seed: int, size: int = 
     """Write ``n_studies`` phantom studies under ``out_dir`` (must be missing or empty).
 
     Layout: ``files/pXX/pXXXXXXXX/sYYYYYYYY/<dicom_id>.dcm``, the report ``files/pXX/pXXXXXXXX/sYYYYYYYY.txt``,
-    and ``ms_cxr.csv`` (MS-CXR v1.1.0 columns, one row per box, sorted by path; split by patient into
-    train/val/test). Identical bytes for the same arguments, whatever ``workers``.
+    ``ms_cxr.csv`` (MS-CXR v1.1.0 columns, one row per box, sorted by path; split by patient into
+    train/val/test) and ``anatomy.csv`` (one row per anatomy region and image: ``ANATOMY_CSV_COLUMNS``). Identical bytes for the same arguments, whatever ``workers``.
     ``progress(done, total)`` is called after each study.
     """
     t0 = time.perf_counter()
@@ -337,6 +346,12 @@ def generate(out_dir: os.PathLike | str, n_studies: int, seed: int, size: int = 
         wr = csv.DictWriter(fh, fieldnames=CSV_COLUMNS, lineterminator="\n")
         wr.writeheader()
         wr.writerows(rows)
+    arows = [r for res in results for r in res[4]]
+    arows.sort(key=lambda r: (r["path"], ANATOMY_REGIONS.index(r["bbox_name"])))
+    with open(os.path.join(out, "anatomy.csv"), "w", encoding="utf-8", newline="") as fh:
+        wr = csv.DictWriter(fh, fieldnames=ANATOMY_CSV_COLUMNS, lineterminator="\n")
+        wr.writeheader()
+        wr.writerows(arows)
     cat_counts: Dict[str, int] = {}
     for res in results:
         for c in res[3]:

@@ -3,7 +3,9 @@
 Sections EXAMINATION, INDICATION, (TECHNIQUE,) COMPARISON, FINDINGS, IMPRESSION; lines wrapped at 79 columns with a
 leading space as in MIMIC-CXR; ``___`` for removed identifiers. Positive findings name side, zone and size (the only
 text hints to where a box is); absent categories may get negatives ("No pneumothorax."); some sentences hedge; each
-finding is mentioned in FINDINGS and again in IMPRESSION. A finding's phrase never wraps across lines, so its
+finding is mentioned in FINDINGS and again in IMPRESSION. Side-specific negatives teach laterality and negation:
+a one-sided finding often gets the opposite side denied ("Small right pleural effusion.  No left pleural
+effusion."), and an absent pneumothorax or effusion is sometimes denied for one side only ("No left pneumothorax."). A finding's phrase never wraps across lines, so its
 ``label_text`` occurs verbatim in the report text.
 """
 
@@ -144,6 +146,16 @@ _NEG = {
     "Cardiomegaly": ["Heart size is normal.", "The cardiac silhouette is within normal limits.",
                      "Normal heart size.", "The heart is normal in size."],
 }
+#: category -> templates denying it on one side ({o}: "right" / "left"); used for the side opposite a one-sided finding
+_NEG_SIDE = {
+    "Pneumothorax": ["No {o} pneumothorax.", "No {o}-sided pneumothorax.", "There is no {o} pneumothorax."],
+    "Pleural Effusion": ["No {o} pleural effusion.", "No {o} effusion.", "There is no {o} pleural effusion.",
+                         "The {o} costophrenic angle is sharp."],
+    "Consolidation": ["No {o} consolidation.", "No consolidation in the {o} lung.", "The {o} lung is clear."],
+    "Pneumonia": ["No {o} pneumonia.", "No {o}-sided pneumonia.", "The {o} lung is clear."],
+    "Atelectasis": ["No {o} atelectasis.", "The {o} lung is clear."],
+    "Lung Opacity": ["No {o} opacity.", "No opacity in the {o} lung.", "The {o} lung is clear."],
+}
 _NORMAL_LUNGS = ["The lungs are clear.", "Lungs are well expanded and clear.", "The lungs are clear bilaterally.",
                  "Lungs are clear without focal consolidation."]
 _OTHER = ["The mediastinal contours are normal.", "Hilar contours are unremarkable.",
@@ -198,7 +210,19 @@ def write_report(rng: np.random.Generator, findings: List[Finding], view: str = 
         absent = [c for c in absent if c not in ("Consolidation", "Pleural Effusion", "Pneumothorax")]
     for c in absent:
         if rng.random() < 0.6:
-            negs.append(_c(rng, _NEG[c]))
+            if c in ("Pneumothorax", "Pleural Effusion") and rng.random() < 0.3:
+                negs.append(_c(rng, _NEG_SIDE[c]).format(o=_c(rng, ["right", "left"])))
+            else:
+                negs.append(_c(rng, _NEG[c]))
+    for f in findings:  # deny the finding on the other side
+        if f.side in ("right", "left") and f.category in _NEG_SIDE and rng.random() < 0.5:
+            other = "left" if f.side == "right" else "right"
+            neg = _c(rng, _NEG_SIDE[f.category]).format(o=other)
+            if "clear" in neg and any(g.side in (other, "bilateral") and g.category != "Cardiomegaly"
+                                      for g in findings):
+                continue  # that lung is not clear
+            if neg not in negs:
+                negs.append(neg)
     for _ in range(int(rng.integers(0, 3))):
         o = _c(rng, _OTHER)
         if o not in negs:

@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Tuple
 
 from elvis_core.errors import DicomReadError, ElvisError
-from elvis_core.io.images import raster_header_shape
+from elvis_core.io.images import IMAGE_EXTENSIONS, raster_header_shape
 from elvis_core.io.radiograph import Radiograph
 
 def image_size(path: str | Path) -> Tuple[int, int]:
@@ -18,7 +18,7 @@ def image_size(path: str | Path) -> Tuple[int, int]:
     path = Path(path)
     suffix = path.suffix.lower()
     try:
-        if suffix in (".png", ".jpg", ".jpeg"):
+        if suffix in IMAGE_EXTENSIONS:
             rows, cols = raster_header_shape(path)
             return cols, rows
         import pydicom

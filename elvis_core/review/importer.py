@@ -25,7 +25,7 @@ from elvis_core.review.model import ReviewBox, ReviewItem
 
 CSV_REQUIRED = ("dicom_id", "category_name", "label_text", "path", "x", "y", "w", "h", "image_width", "image_height")
 CSV_OPTIONAL = ("split",)
-ALT_SUFFIXES = (".dcm", ".jpg", ".jpeg", ".png")
+from elvis_core.io.paths import IMAGE_SUFFIXES as ALT_SUFFIXES  # noqa: E402
 
 
 @dataclass
@@ -59,17 +59,7 @@ def item_key(path: str, label_text: str) -> str:
     return f"{path}::{label_text}"
 
 
-def resolve_image(images_root: Path, rel: str) -> Optional[Path]:
-    """The image for an annotation path: ``root/rel``, else the same stem with another suffix (MIMIC-CXR-JPG)."""
-    rel = rel.strip().lstrip("/")
-    p = images_root / rel
-    if p.is_file():
-        return p
-    for suf in ALT_SUFFIXES:
-        q = p.with_suffix(suf)
-        if q.is_file():
-            return q
-    return None
+from elvis_core.io.paths import resolve_image  # noqa: E402,F401  (the one resolver; re-exported here)
 
 
 def _parse_box(raw: Dict[str, str]) -> Tuple[Tuple[float, float, float, float], Optional[str]]:

@@ -18,6 +18,7 @@ DEFAULTS: Dict[str, Any] = {
     "model": {
         "preset": "demo",  # a name from elvis_core.model.config.preset_names()
         "overrides": {},  # a model-config table merged over the preset (validated by the model config)
+        "init_from": "",  # an ELVIS checkpoint folder (incl. one made by `elvis import`): its architecture + weights
     },
     "data": {
         "root": "",  # MIMIC-CXR-layout root or phantom folder
@@ -39,10 +40,17 @@ DEFAULTS: Dict[str, Any] = {
         "contrast": 0.1,
     },
     "objectives": {
-        "weights": {"global": 1.0, "local": 0.5, "region_sentence": 0.0, "intra": 0.5},
+        "weights": {"global": 1.0, "local": 0.5, "region_sentence": 0.0, "intra": 0.5, "elvis": 0.0},
+        # "spans": sentences = "."-spans of the one report encoding; "separate": each sentence encoded alone (as a
+        # phrase is at grounding time) for region_sentence / elvis / local with units = "sentences"
+        "sentences": "spans",
         "global": {"temperature": 0.07, "learnable": True, "gather": True},
-        "local": {"temperature": 0.1, "attn_temperature": 0.1, "aggregation": "lse", "gamma": 5.0},
-        "region_sentence": {"temperature": 0.1, "attn_temperature": 0.1, "text_weight": 0.5, "image_weight": 0.5},
+        "local": {"temperature": 0.1, "attn_temperature": 0.1, "aggregation": "lse", "gamma": 5.0,
+                  "units": "tokens"},
+        "region_sentence": {"temperature": 0.3, "attn_temperature": 0.1, "text_weight": 0.5, "image_weight": 0.5,
+                            "distance_threshold": 0.3, "smooth_lambda": 0.0, "weighting": "attention"},
+        "elvis": {"temperature": 0.3, "attn_temperature": 0.1, "target_temperature": 0.1, "text_weight": 0.5,
+                  "image_weight": 0.5, "similarity_source": "pre_projection", "weighting": "attention"},
         "intra": {"distance": "kl", "temperature": 0.1, "target_temperature": 0.1, "detach_target": True,
                   "exclude_self": True, "image_weight": 1.0, "text_weight": 1.0},
     },
@@ -84,7 +92,11 @@ DEFAULTS: Dict[str, Any] = {
 _FREE = {"model.overrides"}
 _ENUMS = {"objectives.local.aggregation": ("lse", "mean"),
           "train.compile_mode": ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs"),
-          "objectives.intra.distance": ("kl", "mse")}
+          "objectives.intra.distance": ("kl", "mse"),
+          "objectives.sentences": ("spans", "separate"), "objectives.local.units": ("tokens", "sentences"),
+          "objectives.elvis.similarity_source": ("pre_projection", "post_projection", "none"),
+          "objectives.elvis.weighting": ("attention", "uniform"),
+          "objectives.region_sentence.weighting": ("attention", "uniform")}
 
 
 def parse_set(item: str) -> tuple:
@@ -164,9 +176,19 @@ def load_config(path: Optional[str], sets: Sequence[str] = ()) -> Dict[str, Any]
 
 
 def model_config_from(cfg: Dict[str, Any]) -> Dict[str, Any]:
-    """The model config: the preset with ``model.overrides`` merged over it (deep), validated."""
+    """The model config: the preset with ``model.overrides`` merged over it (deep), validated; or, with
+    ``model.init_from``, the architecture of that checkpoint."""
     from elvis_core.model.config import preset, validate_model_config
 
+    if cfg["model"].get("init_from"):
+        from elvis_core.model.checkpoint import read_checkpoint_config
+
+        if cfg["model"]["overrides"]:
+            raise ConfigError("model.init_from takes the architecture from the checkpoint; remove model.overrides")
+        try:
+            return validate_model_config(read_checkpoint_config(cfg["model"]["init_from"])["model"])
+        except ConfigError as err:
+            raise ConfigError(f"model.init_from: {err}") from None
     base = preset(cfg["model"]["preset"])
 
     def deep(a, b):

@@ -387,8 +387,7 @@ class PreparedDataset(torch.utils.data.Dataset):
         if self._tok_flat is not None:
             tok = self._tok_of_item
             out["token_ids"] = [self._tok_flat[self._tok_off[tok[i]]:self._tok_off[tok[i] + 1]] for i in idxs]
-        else:
-            out["texts"] = [self.text(int(i)) for i in idxs]
+        out["texts"] = [self.text(int(i)) for i in idxs]
         return out
 
     def __getitem__(self, idx: int):
@@ -398,8 +397,14 @@ class PreparedDataset(torch.utils.data.Dataset):
 class Collate:
     """Stack images, tokenize texts (model.tokenize), build word masks and sentence ids; drops None items."""
 
-    def __init__(self, model, pad_to_max_length: bool = False):
-        from elvis_core.training.objectives import sentence_ids_from_tokens, word_mask
+    def __init__(self, model, pad_to_max_length: bool = False, separate_sentences: bool = False,
+                 max_sentences: int = 16):
+        from elvis_core.training.objectives import sentence_ids_from_tokens, split_sentences, word_mask
+
+        #: also tokenize each report sentence alone (``sent_input_ids`` / ``sent_attention_mask`` / ``sent_owner``)
+        #: for the sentence-level objectives with ``objectives.sentences = "separate"``
+        self.separate_sentences, self.max_sentences = separate_sentences, max_sentences
+        self._split = split_sentences
 
         self.tokenize = model.tokenize
         tok = model.tokenizer
@@ -425,10 +430,11 @@ class Collate:
         if isinstance(items, dict):  # a PreparedDataset batch (__getitems__): uint8 pixels, augmented on the device
             pix, aug = items["pixels"], items["augment"]
             n_in = n_kept = pix.shape[0]
+            texts = items["texts"]
             if "token_ids" in items:
                 t = self._pad(items["token_ids"])
             else:
-                t = self.tokenize(items["texts"])
+                t = self.tokenize(texts)
         else:
             n_in = len(items)
             items = [it for it in items if it is not None]
@@ -436,7 +442,8 @@ class Collate:
                 return None
             pix = torch.stack([it[0] for it in items])
             n_kept = len(items)
-            t = self.tokenize([it[1] for it in items])
+            texts = [it[1] for it in items]
+            t = self.tokenize(texts)
         if self.pad_to and t["input_ids"].shape[1] < self.pad_to:
             extra = self.pad_to - t["input_ids"].shape[1]
             t = {"input_ids": torch.nn.functional.pad(t["input_ids"], (0, extra), value=self.pad_id),
@@ -447,6 +454,15 @@ class Collate:
                "words": words, "sentence_ids": sids, "n_dropped": n_in - n_kept}
         if aug is not None:
             out["augment"] = aug
+        if self.separate_sentences:
+            sents, owner = [], []
+            for b, text in enumerate(texts):
+                for sent in self._split(text, self.max_sentences) or [text]:
+                    sents.append(sent)
+                    owner.append(b)
+            st = self.tokenize(sents)
+            out.update(sent_input_ids=st["input_ids"], sent_attention_mask=st["attention_mask"],
+                       sent_owner=torch.tensor(owner, dtype=torch.long))
         return out
 
 

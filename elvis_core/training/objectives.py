@@ -10,10 +10,14 @@ modules are L2-normalised (as :class:`~elvis_core.model.elvis.ElvisModel` return
 - :class:`LocalTokenPatch` — GLoRIA/BioViL-style word–region alignment: for every (image i, report j) pair each word
   of j attends over i's patches, the attended context is compared (cosine) with the word, word scores aggregate
   (log-sum-exp or mean) into a pair score, and a symmetric contrastive loss runs over the batch. Local to a rank.
-- :class:`RegionSentence` — LoVT-style region–sentence alignment within each sample: sentences attend over patches
-  and patches over sentences; contrastive losses whose negatives are the other sentences (of the batch) and the
-  other patches (of the same image).
-- :class:`IntraModalSimilarity` — the ELVIS objective (our reading of arXiv 2304.05303): the similarity structure
+- :class:`RegionSentence` — LoVT (arXiv 2112.03237) region–sentence alignment within each sample: regions attend
+  over their report's sentences and sentences over their image's regions; LoVT's intra-sample contrastive loss in
+  both directions, spatially smoothed positives for regions, the report's other sentences as negatives,
+  attention-weighted region terms.
+- :class:`ElvisLocal` (``elvis``) — ELVIS (arXiv 2304.05303) as we read the paper: the same region-level loss with
+  SOFT targets from the intra-modal similarity of the pre-projection features (stop-gradient), so similar regions /
+  sentences are not pushed apart after projection.
+- :class:`IntraModalSimilarity` (``intra``) — the other reading, kept for the ablation: the similarity structure
   among a modality's local features BEFORE projection (``patch_feats`` / ``token_feats``) is the target for the
   structure AFTER projection (``patch_emb`` / ``token_emb``), row by row, with KL of softmaxed rows or MSE.
 """
@@ -21,7 +25,9 @@ modules are L2-normalised (as :class:`~elvis_core.model.elvis.ElvisModel` return
 from __future__ import annotations
 
 import math
-from typing import Dict, Optional
+import re
+from dataclasses import dataclass
+from typing import Dict, List, Optional
 
 import torch
 import torch.distributed as dist
@@ -140,16 +146,19 @@ class LocalTokenPatch(nn.Module):
     For image i and report j: ``a[w, k] = softmax_k(t_jw . p_ik / attn_temperature)``, ``c_w = sum_k a[w,k] p_ik``,
     ``r_w = cos(c_w, t_jw)``; pair score ``S[i, j] = (1/gamma) log sum_w exp(gamma r_w)`` (``aggregation="lse"``,
     GLoRIA) or the mean of ``r_w`` (``"mean"``), over the words of j (``token_mask``). Loss: symmetric cross-entropy of
-    ``S / temperature`` with the matching pairs on the diagonal.
+    ``S / temperature`` with the matching pairs on the diagonal. ``units="sentences"``: the report's separately
+    encoded sentences (:class:`Sentences`, ``objectives.sentences = "separate"``) take the words' place.
     """
 
     def __init__(self, temperature: float = 0.1, attn_temperature: float = 0.1, aggregation: str = "lse",
-                 gamma: float = 5.0):
+                 gamma: float = 5.0, units: str = "tokens"):
         super().__init__()
         if aggregation not in ("lse", "mean"):
             raise ValueError("aggregation must be 'lse' or 'mean'")
+        if units not in ("tokens", "sentences"):
+            raise ValueError("units must be 'tokens' or 'sentences'")
         self.temperature, self.attn_temperature = temperature, attn_temperature
-        self.aggregation, self.gamma = aggregation, gamma
+        self.aggregation, self.gamma, self.units = aggregation, gamma, units
 
     def pair_scores(self, patch_emb: torch.Tensor, token_emb: torch.Tensor, token_mask: torch.Tensor) -> torch.Tensor:
         """S [B_img, B_txt]."""
@@ -171,62 +180,268 @@ class LocalTokenPatch(nn.Module):
         return 0.5 * (F.cross_entropy(s, labels) + F.cross_entropy(s.t(), labels))
 
 
-# -- region–sentence (LoVT style) -----------------------------------------------------------------------------------
+# -- region–sentence (LoVT) and ELVIS soft-target local loss ----------------------------------------------------------
 
 def sentence_embeddings(token_emb: torch.Tensor, sentence_ids: torch.Tensor):
     """Mean of the tokens of each sentence, L2-normalised. Returns (emb [S_total, D], owner [S_total] sample index).
     ``sentence_ids`` [B, L]: sentence index per token, -1 for tokens of no sentence ([CLS], [SEP], padding)."""
-    embs, owners = [], []
-    for b in range(token_emb.shape[0]):
-        ids = sentence_ids[b]
-        for s in torch.unique(ids[ids >= 0]).tolist():
-            embs.append(token_emb[b][ids == s].mean(0))
-            owners.append(b)
-    if not embs:
-        return token_emb.new_zeros((0, token_emb.shape[-1])), torch.zeros(0, dtype=torch.long)
-    return F.normalize(torch.stack(embs), dim=-1), torch.tensor(owners, dtype=torch.long, device=token_emb.device)
+    x, valid = sentence_tensors(token_emb, sentence_ids)
+    owner = torch.arange(x.shape[0], device=x.device).unsqueeze(1).expand_as(valid)[valid]
+    return F.normalize(x[valid], dim=-1), owner
 
 
-class RegionSentence(nn.Module):
-    """LoVT-style local alignment between image regions (patches) and report sentences.
+def sentence_tensors(token_x: torch.Tensor, sentence_ids: torch.Tensor):
+    """Per-sample padded sentence means: (x [B, S, D] = mean of the sentence's tokens of ``token_x`` [B, L, D],
+    valid [B, S] bool). S = the largest sentence count of the batch; not normalised."""
+    b = token_x.shape[0]
+    n_s = int(sentence_ids.max().item()) + 1 if sentence_ids.numel() and sentence_ids.max() >= 0 else 0
+    if n_s == 0:
+        return token_x.new_zeros((b, 0, token_x.shape[-1])), torch.zeros(b, 0, dtype=torch.bool,
+                                                                          device=token_x.device)
+    onehot = (sentence_ids.unsqueeze(1) == torch.arange(n_s, device=token_x.device).view(1, -1, 1))  # [B, S, L]
+    cnt = onehot.sum(-1)  # [B, S]
+    x = torch.einsum("bsl,bld->bsd", onehot.to(token_x.dtype), token_x) / cnt.clamp_min(1).unsqueeze(-1)
+    return x, cnt > 0
 
-    Sentence e_s (mean of its token embeddings) attends over its own image's patches:
-    ``z_s = normalize(sum_k softmax_k(e_s . p_k / attn_temperature) p_k)``; text-side loss = cross-entropy of
-    ``z_s . e_s' / temperature`` over ALL sentences s' of the batch, target s. Patch p_k attends over its own report's
-    sentences: ``u_k = normalize(sum_s softmax_s(p_k . e_s / attn_temperature) e_s)``; image-side loss =
-    cross-entropy of ``u_k . p_k' / temperature`` over the patches k' of the SAME image, target k (LoVT's negatives).
-    Loss = ``text_weight * text_side + image_weight * image_side``.
+
+_SENT_SPLIT = re.compile(r"(?<=[.!?])\s+")
+_ENUM = re.compile(r"^\(?\d{1,2}[.)]\s*$")
+
+
+def split_sentences(text: str, max_sentences: int = 16) -> List[str]:
+    """Sentences of a (whitespace-collapsed) report text: split after ``.``/``!``/``?`` + space; list numbers
+    ("1.") are dropped, so are fragments without a letter. At most ``max_sentences`` (the first ones)."""
+    out = []
+    for part in _SENT_SPLIT.split(text.strip()):
+        part = part.strip()
+        if not part or _ENUM.match(part) or not any(ch.isalpha() for ch in part):
+            continue
+        out.append(part)
+        if len(out) >= max_sentences:
+            break
+    return out
+
+
+@dataclass
+class Sentences:
+    """Separately encoded sentences of each report, padded per sample: ``emb`` [B, S, D] (the text encoder's pooled
+    embedding of each sentence alone, projected, L2-normalised: what a phrase gets at grounding time), ``feats``
+    [B, S, H] (the same before projection), ``valid`` [B, S] bool."""
+
+    emb: torch.Tensor
+    feats: torch.Tensor
+    valid: torch.Tensor
+
+    @staticmethod
+    def pack(emb: torch.Tensor, feats: torch.Tensor, owner: torch.Tensor, batch_size: int) -> "Sentences":
+        """From flat per-sentence rows (``owner`` [T] = sample index, rows of a sample in order)."""
+        counts = torch.bincount(owner, minlength=batch_size) if owner.numel() else \
+            torch.zeros(batch_size, dtype=torch.long, device=emb.device)
+        s_max = int(counts.max().item()) if owner.numel() else 0
+        slot = torch.zeros_like(owner)
+        if owner.numel():
+            starts = torch.cumsum(counts, 0) - counts
+            slot = torch.arange(owner.numel(), device=owner.device) - starts[owner]
+        e = emb.new_zeros((batch_size, s_max, emb.shape[-1]))
+        f = feats.new_zeros((batch_size, s_max, feats.shape[-1]))
+        v = torch.zeros(batch_size, s_max, dtype=torch.bool, device=emb.device)
+        e[owner, slot] = emb
+        f[owner, slot] = feats
+        v[owner, slot] = True
+        return Sentences(e, f, v)
+
+
+def intra_sample_contrastive(a: torch.Tensor, b: torch.Tensor, targets: torch.Tensor, valid: torch.Tensor,
+                             temperature: float, weights: Optional[torch.Tensor] = None) -> torch.Tensor:
+    """LoVT's intra-sample local contrastive loss, both directions, with (soft) targets.
+
+    ``a``, ``b`` [B, M, D] L2-normalised (local features and their cross-modal counterparts), ``targets`` [B, M, M]
+    (row i: distribution over the positives j of element i; rows sum to 1 over valid j), ``valid`` [B, M] bool,
+    ``weights`` [B, M] (per-element weight; normalised to sum 1 over the valid elements of each sample; None =
+    uniform). For each valid i: ``l_ab(i) = -sum_j t_ij s_ij + logsumexp_j s_ij`` with ``s_ij = a_i . b_j / tau``
+    over the valid j of the same sample (= cross-entropy of softmax_j(s_i.) against t_i.), ``l_ba`` the same with a
+    and b swapped. Loss = mean over samples with >= 1 valid element of ``sum_i w_i (l_ab(i) + l_ba(i)) / 2``.
+    """
+    v = valid.bool()
+    if not bool(v.any()):
+        return a.sum() * 0.0
+    neg = torch.finfo(torch.float32).min
+    colmask = ~v.unsqueeze(1)  # [B, 1, M]
+    t = targets.float().masked_fill(colmask, 0.0)
+    t = t / t.sum(-1, keepdim=True).clamp_min(1e-12)
+    s_ab = (a.float() @ b.float().transpose(1, 2)) / temperature  # [B, M, M]
+    s_ba = s_ab.transpose(1, 2)
+    l_ab = -(t * s_ab.masked_fill(colmask, 0.0)).sum(-1) + torch.logsumexp(s_ab.masked_fill(colmask, neg), dim=-1)
+    l_ba = -(t * s_ba.masked_fill(colmask, 0.0)).sum(-1) + torch.logsumexp(s_ba.masked_fill(colmask, neg), dim=-1)
+    w = torch.ones_like(l_ab) if weights is None else weights.float()
+    w = w.masked_fill(~v, 0.0)
+    w = w / w.sum(-1, keepdim=True).clamp_min(1e-12)
+    per_sample = (w * 0.5 * (l_ab + l_ba)).sum(-1)  # [B]
+    has = v.any(-1)
+    return per_sample[has].mean()
+
+
+def similarity_targets(feats: torch.Tensor, valid: torch.Tensor, target_temperature: float) -> torch.Tensor:
+    """ELVIS soft targets: row i = softmax_j(cos(f_i, f_j) / target_temperature) over the valid j, stop-gradient.
+
+    Limits (tested): identical features give cos = 1 everywhere, hence the UNIFORM distribution over the valid
+    elements; mutually orthogonal features with ``target_temperature -> 0`` give the ONE-HOT identity, i.e. LoVT's
+    "each element is its own only positive"."""
+    with torch.no_grad():
+        f = F.normalize(feats.detach().float(), dim=-1)
+        sim = f @ f.transpose(1, 2)
+        sim = sim.masked_fill(~valid.bool().unsqueeze(1), torch.finfo(torch.float32).min)
+        return torch.softmax(sim / target_temperature, dim=-1)
+
+
+def spatial_targets(gh: int, gw: int, distance_threshold: float, smooth_lambda: float = 0.0,
+                    device=None) -> torch.Tensor:
+    """LoVT's spatially smoothed positives for regions: [N, N] row-normalised weights, positive where the distance
+    between cell centres divided by the grid diagonal is <= ``distance_threshold`` (0 = only the cell itself);
+    weight ``exp(-smooth_lambda * distance)`` (0 = flat)."""
+    yy, xx = torch.meshgrid(torch.arange(gh, dtype=torch.float32, device=device),
+                            torch.arange(gw, dtype=torch.float32, device=device), indexing="ij")
+    c = torch.stack([yy.reshape(-1), xx.reshape(-1)], dim=1) / math.sqrt(gh ** 2 + gw ** 2)
+    d = torch.cdist(c, c)
+    w = (d <= distance_threshold + 1e-9).float() * torch.exp(-smooth_lambda * d)
+    return w / w.sum(-1, keepdim=True)
+
+
+class _LocalCrossModal(nn.Module):
+    """Shared part of LoVT's region–sentence loss and ELVIS: cross-modal attention within each sample.
+
+    Regions (patches ``p_k``) attend over their own report's sentences (``e_s``, mean of the sentence's token
+    embeddings, normalised): ``u_k = normalize(sum_s softmax_s(p_k . e_s / attn_temperature) e_s)``; sentences attend
+    over their own image's regions: ``z_s = normalize(sum_k softmax_k(e_s . p_k / attn_temperature) p_k)``.
+    Region terms are weighted by the attention each region receives from the report's sentences (detached;
+    ``weighting="attention"``) or uniformly; sentence terms uniformly.
     """
 
-    def __init__(self, temperature: float = 0.1, attn_temperature: float = 0.1, text_weight: float = 0.5,
-                 image_weight: float = 0.5):
+    def __init__(self, temperature: float, attn_temperature: float, text_weight: float, image_weight: float,
+                 weighting: str):
         super().__init__()
+        if temperature <= 0 or attn_temperature <= 0:
+            raise ValueError("temperatures must be > 0")
+        if weighting not in ("attention", "uniform"):
+            raise ValueError("weighting must be 'attention' or 'uniform'")
         self.temperature, self.attn_temperature = temperature, attn_temperature
-        self.text_weight, self.image_weight = text_weight, image_weight
+        self.text_weight, self.image_weight, self.weighting = text_weight, image_weight, weighting
 
-    def forward(self, patch_emb: torch.Tensor, token_emb: torch.Tensor, sentence_ids: torch.Tensor) -> torch.Tensor:
+    def cross(self, p: torch.Tensor, e: torch.Tensor, s_valid: torch.Tensor):
+        """p [B, N, D], e [B, S, D] normalised, s_valid [B, S] → (u [B, N, D], z [B, S, D], region weights [B, N])."""
+        logits = torch.einsum("bnd,bsd->bns", p, e) / self.attn_temperature  # [B, N, S]
+        neg = torch.finfo(logits.dtype).min
+        has = s_valid.any(-1)
+        a_ps = torch.softmax(logits.masked_fill(~s_valid.unsqueeze(1), neg), dim=-1)  # regions over sentences
+        u = F.normalize(torch.einsum("bns,bsd->bnd", a_ps, e), dim=-1)
+        a_sp = torch.softmax(logits.transpose(1, 2), dim=-1)  # sentences over regions [B, S, N]
+        z = F.normalize(torch.einsum("bsn,bnd->bsd", a_sp, p), dim=-1)
+        if self.weighting == "attention":
+            w = (a_sp.detach() * s_valid.unsqueeze(-1)).sum(1)  # attention mass each region receives
+        else:
+            w = torch.ones(p.shape[:2], device=p.device)
+        w = w * has.unsqueeze(-1)
+        return u, z, w
+
+    def combine(self, p, u, w, e, z, s_valid, region_targets, sentence_targets) -> torch.Tensor:
+        n_valid = torch.ones(p.shape[:2], dtype=torch.bool, device=p.device) & s_valid.any(-1, keepdim=True)
+        total = p.new_zeros((), dtype=torch.float32)
+        if self.image_weight:
+            total = total + self.image_weight * intra_sample_contrastive(p, u, region_targets, n_valid,
+                                                                         self.temperature, w)
+        if self.text_weight:
+            total = total + self.text_weight * intra_sample_contrastive(e, z, sentence_targets, s_valid,
+                                                                        self.temperature, None)
+        return total
+
+
+class RegionSentence(_LocalCrossModal):
+    """LoVT (Müller et al., arXiv 2112.03237) local alignment between image regions and report sentences.
+
+    Both directions of the intra-sample contrastive loss (:func:`intra_sample_contrastive`) on each side: region
+    ``p_k`` vs the cross-modal ``u_k`` of the regions of the SAME image (positives: the regions within
+    ``distance_threshold`` of k, relative to the grid diagonal, LoVT's spatial smoothing; optionally weighted
+    ``exp(-smooth_lambda d)``), and sentence ``e_s`` vs ``z_s`` of the sentences of the SAME report (positive: itself,
+    negatives: the report's other sentences). Region terms attention-weighted (see :class:`_LocalCrossModal`).
+    Defaults from the LoVT code's config (similarity temperature 0.3, relative distance threshold 0.3, no smoothing).
+    Where we differ: LoVT's regions are the ResNet's 7x7 grid behind its own projection / attention-pooling heads and
+    its weights come from that pooling; here regions are our patch grid, the weights are the attention each region
+    receives from the report's sentences, and sentences are spans between "." tokens of one encoding of the report.
+    LoVT also subtracts a constant log(#negatives) (no effect on gradients); we do not.
+    """
+
+    def __init__(self, temperature: float = 0.3, attn_temperature: float = 0.1, text_weight: float = 0.5,
+                 image_weight: float = 0.5, distance_threshold: float = 0.3, smooth_lambda: float = 0.0,
+                 weighting: str = "attention"):
+        super().__init__(temperature, attn_temperature, text_weight, image_weight, weighting)
+        self.distance_threshold, self.smooth_lambda = distance_threshold, smooth_lambda
+
+    def forward(self, patch_emb: torch.Tensor, token_emb: torch.Tensor, sentence_ids: torch.Tensor,
+                sentences: Optional["Sentences"] = None) -> torch.Tensor:
+        """``sentences``: separately encoded sentences (:class:`Sentences`) instead of the "."-spans of the report."""
+        gh, gw = (patch_emb.shape[1], patch_emb.shape[2]) if patch_emb.ndim == 4 else (1, patch_emb.shape[1])
         p = patch_emb.flatten(1, -2) if patch_emb.ndim == 4 else patch_emb  # [B, N, D]
-        e, owner = sentence_embeddings(token_emb, sentence_ids)
-        if e.shape[0] == 0:
+        e, s_valid = (sentences.emb, sentences.valid) if sentences is not None \
+            else sentence_tensors(token_emb, sentence_ids)
+        if e.shape[1] == 0:
             return p.sum() * 0.0
-        # text side: sentence -> own image's patches
-        pe = p[owner]  # [S, N, D]
-        a = torch.softmax(torch.einsum("sd,snd->sn", e, pe) / self.attn_temperature, dim=-1)
-        z = F.normalize(torch.einsum("sn,snd->sd", a, pe), dim=-1)
-        logits = (z @ e.t()).float() / self.temperature
-        text_loss = F.cross_entropy(logits, torch.arange(e.shape[0], device=e.device))
-        # image side: patch -> own report's sentences, negatives are the other patches of the same image
-        image_losses = []
-        for b in range(p.shape[0]):
-            eb = e[owner == b]
-            if eb.shape[0] == 0:
-                continue
-            att = torch.softmax(p[b] @ eb.t() / self.attn_temperature, dim=-1)  # [N, Sb]
-            u = F.normalize(att @ eb, dim=-1)  # [N, D]
-            lg = (u @ p[b].t()).float() / self.temperature
-            image_losses.append(F.cross_entropy(lg, torch.arange(p.shape[1], device=p.device)))
-        image_loss = torch.stack(image_losses).mean()
-        return self.text_weight * text_loss + self.image_weight * image_loss
+        e = F.normalize(e, dim=-1)
+        u, z, w = self.cross(p, e, s_valid)
+        rt = spatial_targets(gh, gw, self.distance_threshold, self.smooth_lambda, p.device)
+        rt = rt.unsqueeze(0).expand(p.shape[0], -1, -1)
+        st = torch.eye(e.shape[1], device=p.device).unsqueeze(0).expand(p.shape[0], -1, -1)
+        return self.combine(p, u, w, e, z, s_valid, rt, st)
+
+
+class ElvisLocal(_LocalCrossModal):
+    """ELVIS (arXiv 2304.05303) as we read the paper: LoVT's region-level contrastive loss whose one-hot / spatial
+    targets ("each region matches itself and repels every other region of its image") are replaced by SOFT targets
+    from the intra-modal similarity of the local features BEFORE projection, stop-gradient:
+    ``t_kk' = softmax_k'(cos(f_k, f_k') / target_temperature)`` for the image's regions (``f`` = ``patch_feats``)
+    and for the report's sentences (``f`` = mean of the sentence's pre-projection ``token_feats``), so regions /
+    sentences that the encoder already finds similar are no longer pushed apart after projection.
+
+    ``similarity_source``: ``"pre_projection"`` (the reading above, default), ``"post_projection"`` (the detached
+    projected embeddings, an ablation) or ``"none"`` (one-hot targets: LoVT's loss without spatial smoothing).
+    Limits (tested): identical pre-projection features give uniform targets; orthogonal ones with
+    ``target_temperature -> 0`` give one-hot targets.
+    """
+
+    def __init__(self, temperature: float = 0.3, attn_temperature: float = 0.1, target_temperature: float = 0.1,
+                 text_weight: float = 0.5, image_weight: float = 0.5, similarity_source: str = "pre_projection",
+                 weighting: str = "attention"):
+        super().__init__(temperature, attn_temperature, text_weight, image_weight, weighting)
+        if similarity_source not in ("pre_projection", "post_projection", "none"):
+            raise ValueError("similarity_source must be 'pre_projection', 'post_projection' or 'none'")
+        if target_temperature <= 0:
+            raise ValueError("target_temperature must be > 0")
+        self.target_temperature, self.similarity_source = target_temperature, similarity_source
+
+    def forward(self, patch_feats, patch_emb, token_feats, token_emb, sentence_ids,
+                sentences: Optional["Sentences"] = None) -> torch.Tensor:
+        """``sentences``: separately encoded sentences (:class:`Sentences`: pooled embedding and its pre-projection
+        feature) instead of the "."-spans of the report (mean of token embeddings / of pre-projection features)."""
+        p = patch_emb.flatten(1, -2) if patch_emb.ndim == 4 else patch_emb  # [B, N, D]
+        pf = patch_feats.flatten(1, -2) if patch_feats.ndim == 4 else patch_feats
+        e, s_valid = (sentences.emb, sentences.valid) if sentences is not None \
+            else sentence_tensors(token_emb, sentence_ids)
+        if e.shape[1] == 0:
+            return p.sum() * 0.0
+        e = F.normalize(e, dim=-1)
+        u, z, w = self.cross(p, e, s_valid)
+        n_valid = torch.ones(p.shape[:2], dtype=torch.bool, device=p.device)
+        if self.similarity_source == "none":
+            rt = torch.eye(p.shape[1], device=p.device).expand(p.shape[0], -1, -1)
+            st = torch.eye(e.shape[1], device=p.device).expand(p.shape[0], -1, -1)
+        else:
+            if self.similarity_source == "pre_projection":
+                src_p = pf
+                src_s = sentences.feats if sentences is not None else sentence_tensors(token_feats, sentence_ids)[0]
+            else:
+                src_p, src_s = p, e
+            rt = similarity_targets(src_p, n_valid, self.target_temperature)
+            st = similarity_targets(src_s, s_valid, self.target_temperature)
+        return self.combine(p, u, w, e, z, s_valid, rt, st)
 
 
 # -- ELVIS intra-modal similarity -----------------------------------------------------------------------------------
@@ -294,9 +509,14 @@ class IntraModalSimilarity(nn.Module):
 #: objective name -> (class, default options); weights come from the training config ([objectives] table)
 OBJECTIVES = {
     "global": (GlobalInfoNCE, {"temperature": 0.07, "learnable": True, "gather": True}),
-    "local": (LocalTokenPatch, {"temperature": 0.1, "attn_temperature": 0.1, "aggregation": "lse", "gamma": 5.0}),
-    "region_sentence": (RegionSentence, {"temperature": 0.1, "attn_temperature": 0.1, "text_weight": 0.5,
-                                         "image_weight": 0.5}),
+    "local": (LocalTokenPatch, {"temperature": 0.1, "attn_temperature": 0.1, "aggregation": "lse", "gamma": 5.0,
+                                "units": "tokens"}),
+    "region_sentence": (RegionSentence, {"temperature": 0.3, "attn_temperature": 0.1, "text_weight": 0.5,
+                                         "image_weight": 0.5, "distance_threshold": 0.3, "smooth_lambda": 0.0,
+                                         "weighting": "attention"}),
+    "elvis": (ElvisLocal, {"temperature": 0.3, "attn_temperature": 0.1, "target_temperature": 0.1,
+                           "text_weight": 0.5, "image_weight": 0.5, "similarity_source": "pre_projection",
+                           "weighting": "attention"}),
     "intra": (IntraModalSimilarity, {"distance": "kl", "temperature": 0.1, "target_temperature": 0.1,
                                      "detach_target": True, "exclude_self": True, "image_weight": 1.0,
                                      "text_weight": 1.0}),
@@ -329,9 +549,15 @@ class CombinedObjective(nn.Module):
     :meth:`forward` takes the two embedding objects and the token masks and returns ``(total, {name: value})``.
     """
 
-    def __init__(self, weights: Dict[str, float], options: Optional[Dict[str, dict]] = None):
+    def __init__(self, weights: Dict[str, float], options: Optional[Dict[str, dict]] = None,
+                 sentences: str = "spans"):
         super().__init__()
         options = options or {}
+        if sentences not in ("spans", "separate"):
+            raise ValueError("sentences must be 'spans' or 'separate'")
+        #: "separate": the trainer also encodes each report sentence alone (:class:`Sentences`) for the
+        #: sentence-level objectives (region_sentence, elvis, local with units="sentences")
+        self.sentences = sentences
         unknown = sorted(set(weights) - set(OBJECTIVES))
         if unknown:
             raise ValueError(f"unknown objectives: {unknown}")
@@ -345,16 +571,31 @@ class CombinedObjective(nn.Module):
             kw.update(options.get(name, {}))
             self.terms[name] = cls(**kw)
 
-    def forward(self, img, txt, words: torch.Tensor, sentence_ids: Optional[torch.Tensor] = None):
+    @property
+    def needs_separate_sentences(self) -> bool:
+        return self.sentences == "separate" or any(
+            getattr(t, "units", "") == "sentences" for t in self.terms.values())
+
+    def forward(self, img, txt, words: torch.Tensor, sentence_ids: Optional[torch.Tensor] = None,
+                sentences: Optional[Sentences] = None, anatomy: Optional[dict] = None):
         parts: Dict[str, torch.Tensor] = {}
+        sep = sentences if self.sentences == "separate" else None
         for name, term in self.terms.items():
             if name == "global":
                 parts[name] = term(img.global_emb, txt.global_emb)
             elif name == "local":
-                parts[name] = term(img.patch_emb, txt.token_emb, words)
+                if term.units == "sentences":
+                    if sentences is None:
+                        raise ValueError("local.units = 'sentences' needs the separately encoded sentences")
+                    parts[name] = term(img.patch_emb, sentences.emb, sentences.valid.long())
+                else:
+                    parts[name] = term(img.patch_emb, txt.token_emb, words)
             elif name == "region_sentence":
-                parts[name] = term(img.patch_emb, txt.token_emb, sentence_ids)
+                parts[name] = term(img.patch_emb, txt.token_emb, sentence_ids, sentences=sep)
             elif name == "intra":
                 parts[name] = term(img.patch_feats, img.patch_emb, txt.token_feats, txt.token_emb, words)
+            elif name == "elvis":
+                parts[name] = term(img.patch_feats, img.patch_emb, txt.token_feats, txt.token_emb, sentence_ids,
+                                   sentences=sep)
         total = sum(self.weights[n] * v for n, v in parts.items())
         return total, {n: float(v.detach()) for n, v in parts.items()}

@@ -40,7 +40,7 @@ from elvis_core.training.objectives import CombinedObjective
 log = logging.getLogger(__name__)
 
 LOG_COLUMNS = ["step", "epoch", "lr", "loss", "global", "local", "region_sentence", "intra", "pairs_per_s",
-               "seconds", "val_loss", "val_cnr", "val_miou", "val_pointing"]
+               "seconds", "val_loss", "val_cnr", "val_miou", "val_pointing", "elvis", "anatomy"]
 STATE_JSON, STATE_TENSORS = "trainer_state.json", "trainer_state.safetensors"
 
 
@@ -55,7 +55,18 @@ class TrainModule(nn.Module):
     def forward(self, batch: Dict[str, torch.Tensor]):
         img = self.model.encode_image(batch["pixel_values"])
         txt = self.model.encode_text(batch["input_ids"], batch["attention_mask"])
-        return self.objective(img, txt, batch["words"], batch["sentence_ids"])
+        sentences = None
+        if "sent_input_ids" in batch:  # each report sentence encoded alone (objectives.sentences = "separate")
+            from elvis_core.training.objectives import Sentences
+
+            st = self.model.encode_text(batch["sent_input_ids"], batch["sent_attention_mask"])
+            if self.model.config["text"]["pooling"] == "mean":
+                m = batch["sent_attention_mask"].unsqueeze(-1).to(st.token_feats.dtype)
+                pooled = (st.token_feats * m).sum(1) / m.sum(1).clamp_min(1.0)
+            else:
+                pooled = st.token_feats[:, 0]
+            sentences = Sentences.pack(st.global_emb, pooled, batch["sent_owner"], batch["input_ids"].shape[0])
+        return self.objective(img, txt, batch["words"], batch["sentence_ids"], sentences=sentences)
 
 
 @dataclass
@@ -387,6 +398,10 @@ def train(cfg: Dict[str, Any], out_dir: Optional[str] = None, progress: Optional
         if model.config["image"] != model_cfg["image"] or model.config["projection"] != model_cfg["projection"]:
             raise ConfigError("the run in this output folder used another architecture; use a new --out folder "
                               "or --set train.resume=false", out)
+    elif cfg["model"].get("init_from"):
+        model = load_checkpoint(cfg["model"]["init_from"]).train()
+        if is0:
+            log.info("model initialised from checkpoint %s", cfg["model"]["init_from"])
     else:
         tokenizer = None
         if model_cfg["text"]["source"] == "config":
@@ -436,7 +451,11 @@ def train(cfg: Dict[str, Any], out_dir: Optional[str] = None, progress: Optional
                           f"{tc['batch_size']} x {world} process(es)); lower train.batch_size", dc["root"])
     sampler = torch.utils.data.distributed.DistributedSampler(ds, num_replicas=world, rank=rank, shuffle=True,
                                                               seed=tc["seed"], drop_last=True)
-    collate = Collate(model, pad_to_max_length=tc["static_shapes"])
+    oc = cfg["objectives"]
+    objective = CombinedObjective(oc["weights"], {k: oc[k] for k in oc if k not in ("weights", "sentences")},
+                                  sentences=oc["sentences"])
+    collate = Collate(model, pad_to_max_length=tc["static_shapes"],
+                      separate_sentences=objective.needs_separate_sentences)
     loader = torch.utils.data.DataLoader(ds, batch_size=tc["batch_size"], sampler=sampler, drop_last=True,
                                          num_workers=tc["num_workers"], collate_fn=collate,
                                          pin_memory=device.type == "cuda",
@@ -454,9 +473,7 @@ def train(cfg: Dict[str, Any], out_dir: Optional[str] = None, progress: Optional
                                                              drop_last=False)
         val_loader = torch.utils.data.DataLoader(vds, batch_size=tc["batch_size"], sampler=vs, collate_fn=collate)
 
-    # ---- objectives, optimizer, schedule
-    oc = cfg["objectives"]
-    objective = CombinedObjective(oc["weights"], {k: oc[k] for k in oc if k != "weights"})
+    # ---- objectives (built above, with the data), optimizer, schedule
     module = TrainModule(model, objective).to(device)
     text_lr = tc["text_lr"] if model_cfg["text"]["source"] == "pretrained" else 0.0
     optimizer = torch.optim.AdamW(_param_groups(module, tc["lr"], text_lr, tc["weight_decay"]),
@@ -482,7 +499,7 @@ def train(cfg: Dict[str, Any], out_dir: Optional[str] = None, progress: Optional
         w = objective.weights
         # a head no enabled objective reaches (e.g. separate global heads with global InfoNCE off) has no gradient
         unused = not model_cfg["projection"]["shared_local_global"] and (
-            "global" not in w or not ({"local", "region_sentence", "intra"} & set(w)))
+            "global" not in w or not ({"local", "region_sentence", "intra", "elvis", "anatomy"} & set(w)))
         ddp = nn.parallel.DistributedDataParallel(module, device_ids=[device.index] if device.type == "cuda" else None,
                                                   find_unused_parameters=unused, gradient_as_bucket_view=True)
 
@@ -496,6 +513,7 @@ def train(cfg: Dict[str, Any], out_dir: Optional[str] = None, progress: Optional
                    if prepared is not None else {}),
         "training": {k: tc[k] for k in ("batch_size", "grad_accum", "lr", "weight_decay", "warmup_steps", "seed",
                                         "bf16", "compile")} | {"world_size": world, "device": device.type,
+                                                               "init_from": cfg["model"].get("init_from") or None,
                                                                "total_steps": total_steps,
                                                                "augment": cfg["augment"]},
     }

@@ -21,36 +21,15 @@ from PySide6 import QtCore, QtGui, QtWidgets
 
 from elvis_core.errors import ElvisError
 from elvis_core.review import ITEM_STATUSES, ReviewSession, export_all, find_report, item_figures
-from elvis_core.review.figures import map_on_grid
-from elvis_core.review.imaging import load_image
 from elvis_core.review.store import ReviewStoreError
 from elvis_viewer.image_view import ImageView
 from elvis_viewer.report_view import ReportView
 from elvis_viewer.review.box_layer import STATUS_COLORS, BoxLayer
+from elvis_viewer.review.tasks import _ground, _load_item_data, _preload
 from elvis_viewer.review.dialogs import ask_reject_reason, ask_rescale, ask_reviewer_name, settings_or_default
 from elvis_viewer.workers import Generation, run_task
 
 STATUS_MARK = {"unreviewed": "·", "accepted": "✓", "edited": "✎", "rejected": "✗"}
-
-
-def _load_item_data(key: str, image_path: str, report_path: Optional[str]):
-    """Worker: the image and (when present) the study report."""
-    rad = load_image(image_path)
-    report = None
-    if report_path:
-        from elvis_core.io.report import read_report
-
-        try:
-            report = read_report(report_path)
-        except ElvisError:
-            report = None
-    return key, rad, report
-
-
-def _ground(key: str, engine, rad, phrase: str):
-    """Worker: the phrase's map and its resampled values for live figures."""
-    gmap = engine.ground_image(rad, phrase)
-    return key, gmap, map_on_grid(gmap, rad.shape)
 
 
 class ReviewView(QtWidgets.QWidget):
@@ -75,6 +54,8 @@ class ReviewView(QtWidgets.QWidget):
         self.gmap = None
         self._map_values = None
         self._gen = Generation()
+        self._rad = None  # the image on screen (for a map requested when the model arrives)
+        self._ahead: Dict[str, tuple] = {}  # key -> ((key, rad, report), (gmap, values) | None, engine)
         self.last_error: str = ""
         self._build()
         self._shortcuts()
@@ -371,14 +352,59 @@ class ReviewView(QtWidgets.QWidget):
         self.gmap, self._map_values, self.map_key = None, None, None
         self.boxes.clear()
         self.box_list.clear()
+        ahead = self._ahead.pop(it.key, None)
+        if ahead is not None:  # preloaded: shown now, map included when the same model made it
+            data, mapped, engine = ahead
+            self._on_loaded(n, data, ground=not (mapped is not None and engine is self._engine()))
+            if mapped is not None and engine is self._engine():
+                self._on_map(n, (it.key,) + tuple(mapped))
+            return
         report = find_report(it)
         run_task(_load_item_data, it.key, it.image_path, None if report is None else str(report),
                  on_result=lambda r, n=n: self._on_loaded(n, r), on_error=lambda e, n=n: self._on_load_error(n, e))
 
-    def _on_loaded(self, n: int, result) -> None:
+    def _engine(self):
+        return self.engine_provider() if self.engine_provider else None
+
+    def engine_ready(self) -> None:
+        """The model finished loading: map the item on screen now (not only after the next key), preload on."""
+        self._ahead.clear()
+        it = self.session.item if self.session is not None else None
+        if it is not None and self._rad is not None and self.loaded_key == it.key and self.map_key != it.key:
+            self._request_map(self._gen.current, it, self._rad)
+        self._preload_next()
+
+    def _request_map(self, n: int, it, rad) -> None:
+        engine = self._engine()
+        if engine is not None:
+            run_task(_ground, it.key, engine, rad, it.label_text, on_result=lambda r, n=n: self._on_map(n, r),
+                     on_error=lambda e: self._say(f"no map: {e}"))
+
+    def _preload_next(self) -> None:
+        """Read (and map) the next visible item in the background, so J shows it at once."""
+        s = self.session
+        if s is None or s.current is None:
+            return
+        vis = s.visible()
+        if s.current not in vis or vis.index(s.current) + 1 >= len(vis):
+            return
+        nxt = s.items[vis[vis.index(s.current) + 1]]
+        if nxt.key in self._ahead:
+            return
+        self._ahead = {k: v for k, v in self._ahead.items() if k == nxt.key}
+        report = find_report(nxt)
+
+        def keep(r):
+            key, data, mapped, engine = r
+            self._ahead[key] = (data, mapped, engine)
+        run_task(_preload, nxt.key, nxt.image_path, None if report is None else str(report), self._engine(),
+                 nxt.label_text, on_result=keep, on_error=lambda e: None)
+
+    def _on_loaded(self, n: int, result, ground: bool = True) -> None:
         if not self._gen.is_current(n) or self.session is None:
             return
         key, rad, report = result
+        self._rad = rad
         it = self.session.item
         if it is None or it.key != key:
             return
@@ -394,10 +420,9 @@ class ReviewView(QtWidgets.QWidget):
                 self.report_view.select_span(span[0], span[1], emit=False)
         self.loaded_key = key
         self._refresh_boxes()
-        engine = self.engine_provider() if self.engine_provider else None
-        if engine is not None:
-            run_task(_ground, key, engine, rad, it.label_text, on_result=lambda r, n=n: self._on_map(n, r),
-                     on_error=lambda e: self._say(f"no map: {e}"))
+        if ground:
+            self._request_map(n, it, rad)
+        self._preload_next()
 
     def _on_load_error(self, n: int, err: BaseException) -> None:
         if not self._gen.is_current(n):

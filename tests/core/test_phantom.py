@@ -187,6 +187,56 @@ def test_bad_arguments_raise_elvis_errors(tmp_path):
 
 
 # ------------------------------------------------------------------------------------------------------ on disk
+def test_side_negatives_deny_only_the_other_side(forced_studies):
+    """"No left pneumothorax." appears beside a right pneumothorax, never beside a left one; "The left lung is
+    clear." never when the left lung holds a lung finding."""
+    from elvis_core.phantom.reports import _NEG_SIDE
+
+    denied_other = 0
+    for st in forced_studies + [render_study(2000 + i, size=SIZE, n_findings=2) for i in range(40)]:
+        low = st.report.lower().replace("\n", " ")
+        for f in st.findings:
+            if f.side not in ("right", "left") or f.category not in _NEG_SIDE:
+                continue
+            other = "left" if f.side == "right" else "right"
+            for tpl in _NEG_SIDE[f.category]:
+                assert tpl.format(o=f.side).lower() not in low, (f.category, f.side, st.report)
+                denied_other += tpl.format(o=other).lower() in low
+        for side in ("right", "left"):
+            if any(f.side in (side, "bilateral") and f.category != "Cardiomegaly" for f in st.findings):
+                assert f"the {side} lung is clear" not in low
+    assert denied_other >= 5
+
+
+def test_anatomy_boxes_follow_the_drawn_anatomy(forced_studies):
+    from elvis_core.phantom.anatomy_boxes import ANATOMY_REGIONS
+
+    for st in forced_studies[:8]:
+        b = st.anatomy_boxes
+        assert set(b) == set(ANATOMY_REGIONS)
+        for name, (x, y, w, h) in b.items():
+            assert w >= 1 and h >= 1 and x >= 0 and y >= 0 and x + w <= st.width and y + h <= st.height, name
+        cx = lambda k: b[k][0] + b[k][2] / 2  # noqa: E731
+        cy = lambda k: b[k][1] + b[k][3] / 2  # noqa: E731
+        # the patient's right lung is on the image's left; the heart sits low, bulging to the image right
+        assert cx("right lung") < st.midline_x < cx("left lung")
+        for side in ("right", "left"):
+            assert cy(f"{side} upper lung zone") < cy(f"{side} mid lung zone") < cy(f"{side} lower lung zone")
+            assert b[f"{side} apical zone"][1] == b[f"{side} lung"][1]
+            lx, ly, lw, lh = b[f"{side} lung"]
+            for zone in ("upper lung zone", "mid lung zone", "lower lung zone", "costophrenic angle"):
+                zx, zy, zw, zh = b[f"{side} {zone}"]
+                assert lx <= zx and zx + zw <= lx + lw + 1 and ly <= zy and zy + zh <= ly + lh + 1, zone
+        assert cy("cardiac silhouette") > cy("mediastinum")
+        assert b["cardiac silhouette"][0] < st.midline_x < b["cardiac silhouette"][0] + b["cardiac silhouette"][2]
+        # a pneumothorax / effusion box overlaps its named side's apical zone / costophrenic angle region
+        for f in st.findings:
+            if f.category == "Pneumothorax":
+                ax, ay, aw, ah = b[f"{f.side} lung"]
+                for (x, y, w, h) in f.boxes:
+                    assert ax - 2 <= x + w / 2 <= ax + aw + 2
+
+
 @pytest.fixture(scope="module")
 def dataset(tmp_path_factory):
     out = tmp_path_factory.mktemp("phantom") / "a"
@@ -211,7 +261,7 @@ def test_determinism_identical_bytes(dataset, tmp_path):
     again = tmp_path / "b"
     generate(again, 24, seed=11, size=SIZE, workers=2)  # also: output does not depend on the worker count
     files_a, files_b = _all_files(out), _all_files(again)
-    assert files_a == files_b and len(files_a) == 24 * 2 + 1
+    assert files_a == files_b and len(files_a) == 24 * 2 + 2  # + ms_cxr.csv, anatomy.csv
     for f in files_a:
         assert filecmp.cmp(out / f, again / f, shallow=False), f
     other = tmp_path / "c"
@@ -221,6 +271,16 @@ def test_determinism_identical_bytes(dataset, tmp_path):
 
 def test_layout_and_csv(dataset):
     out, summary, header, rows = dataset
+    from elvis_core.phantom.anatomy_boxes import ANATOMY_REGIONS
+    from elvis_core.phantom.generate import ANATOMY_CSV_COLUMNS
+
+    with open(out / "anatomy.csv", newline="", encoding="utf-8") as fh:
+        arows = list(csv.DictReader(fh))
+    assert tuple(arows[0].keys()) == ANATOMY_CSV_COLUMNS
+    assert len(arows) == summary.n_images * len(ANATOMY_REGIONS)
+    assert {r["path"] for r in arows} >= {r["path"] for r in rows}
+    for r in arows:
+        assert 0 <= int(r["x"]) and int(r["x"]) + int(r["w"]) <= int(r["image_width"])
     assert tuple(header) == CSV_COLUMNS
     assert summary.n_studies == 24 and summary.n_boxes == len(rows)
     dcms = [f for f in _all_files(out) if f.endswith(".dcm")]

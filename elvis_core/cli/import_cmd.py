@@ -1,0 +1,49 @@
+"""`elvis import`: convert a public model you already downloaded (BioViL, BioViL-T + CXR-BERT) into an ELVIS
+checkpoint folder, once. Everything afterwards (viewer, ground, eval, compare, training init) uses that folder."""
+
+from __future__ import annotations
+
+import argparse
+
+EXAMPLE = """examples:
+  elvis import biovil   --image-weights biovil_image_resnet50_proj_size_128.pt \\
+                        --text-model BiomedVLP-CXR-BERT-specialized --out models/biovil
+  elvis import biovil-t --image-weights biovil_t_image_model_proj_size_128.pt \\
+                        --text-model BiomedVLP-BioViL-T --out models/biovil-t
+  elvis-viewer study/ --checkpoint models/biovil --compare resources/demo_model
+
+The .pt/.bin files are read with torch.load(weights_only=True) (plain tensors only; nothing else is unpickled) and
+the text folder's Python code is never run. Default preprocessing is hi-ml's (resize the short side to 512, centre
+crop 480 / 448): the cropped-away border is shown as "not seen by the model". --whole-image stores our
+pad-to-square transform instead (no border lost, but a scale and padding the model was not trained with).
+See docs/models.md."""
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("import", help="convert BioViL / BioViL-T + CXR-BERT weights into an ELVIS checkpoint",
+                       description=__doc__, epilog=EXAMPLE, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("model", choices=("biovil", "biovil-t"), help="which published model the files are")
+    p.add_argument("--image-weights", required=True, help="hi-ml image weights (.pt, or .safetensors)")
+    p.add_argument("--text-model", required=True,
+                   help="Hugging Face folder of the text model (config.json, vocab.txt, tokenizer_config.json, "
+                        "pytorch_model.bin or model.safetensors)")
+    p.add_argument("--out", required=True, help="new checkpoint folder (must not exist, or be empty)")
+    p.add_argument("--whole-image", action="store_true",
+                   help="pad the whole image to a square instead of hi-ml's centre crop (no border lost)")
+    p.add_argument("--resize", type=int, default=None, help="short side before the crop (default 512)")
+    p.add_argument("--crop", type=int, default=None, help="centre crop side (default 480 BioViL, 448 BioViL-T)")
+    p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    from elvis_core.model.checkpoint import read_checkpoint_config
+    from elvis_core.model.importers import import_biovil
+
+    out = import_biovil(args.model, args.image_weights, args.text_model, args.out, whole_image=args.whole_image,
+                        resize=args.resize, crop=args.crop)
+    cfg = read_checkpoint_config(out)
+    pre = cfg["model"]["preprocessing"]
+    how = (f"centre crop {pre['crop']} of the image resized to short side {pre['resize']}"
+           if pre.get("kind") == "resize_short_side_center_crop" else f"whole image padded to {pre['size']}")
+    print(f"{out}: {args.model} imported ({cfg['n_parameters']:,} parameters; preprocessing: {how})")
+    return 0

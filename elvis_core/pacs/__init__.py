@@ -1,0 +1,340 @@
+"""Studies from a PACS over DICOMweb (dicomweb-client): QIDO-RS search, WADO-RS retrieval into a local cache, STOW-RS.
+
+- :class:`PacsClient` wraps ``dicomweb_client.DICOMwebClient`` with a timeout, optional basic auth or bearer token
+  (set on the HTTP session, never in a URL, a header we log, or a file), and turns every failure (timeout, refused
+  connection, 401/403/404/5xx, a server that stops mid-transfer) into one :class:`PacsError` line that names the
+  server (its URL without credentials) and what to do.
+- :meth:`PacsClient.search_studies`: patient ID, accession number, study date range, modality (CR/DX by default).
+- :meth:`PacsClient.fetch_study`: only the instances needed (images of the chosen modalities, and SR documents,
+  which hold the report), each downloaded to a temp file and renamed into place when complete, so the cache holds
+  only whole instances whatever happens; already cached instances are skipped (resume); progress and cancel
+  callbacks. The cache folder of a study then reads like any study folder (``elvis_core.io.studies.scan_folder``).
+- :meth:`PacsClient.store`: STOW-RS of our SR / SEG objects back to the server.
+
+Layout of the cache: ``CACHE/<server key>/<StudyInstanceUID>/<SeriesInstanceUID>/<SOPInstanceUID>.dcm`` where the
+server key is a short hash of the server URL (no credentials in folder names).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, Dict, List, Optional, Sequence, Tuple
+from urllib.parse import urlsplit, urlunsplit
+
+from elvis_core.errors import ElvisError
+
+ProgressFn = Callable[[int, int], None]
+CancelFn = Callable[[], bool]
+
+#: modalities fetched as images by default (chest radiographs)
+IMAGE_MODALITIES = ("CR", "DX")
+#: SR documents are fetched too: a study's report usually lives in one
+REPORT_MODALITIES = ("SR",)
+
+# dicomweb-client logs every URL at INFO/DEBUG; keep our logs to our own messages
+logging.getLogger("dicomweb_client").setLevel(logging.WARNING)
+
+
+class PacsError(ElvisError):
+    """A DICOMweb request failed (one line: server, what happened, what to do)."""
+
+
+class PacsCancelled(PacsError):
+    """The user cancelled a fetch (the instances already complete stay in the cache)."""
+
+
+def redact_url(url: str) -> str:
+    """The URL without user:password@ (safe for messages and settings)."""
+    parts = urlsplit(url)
+    host = parts.hostname or ""
+    if parts.port:
+        host = f"{host}:{parts.port}"
+    return urlunsplit((parts.scheme, host, parts.path, "", ""))
+
+
+def default_cache_dir() -> Path:
+    env = os.environ.get("ELVIS_PACS_CACHE", "").strip()
+    if env:
+        return Path(env)
+    base = os.environ.get("XDG_CACHE_HOME", "").strip() or str(Path.home() / ".cache")
+    return Path(base) / "elvis-viewer" / "pacs"
+
+
+@dataclass
+class StudyHit:
+    """One QIDO-RS study result. ``patient_id`` is shown in the PACS dialog (the user searched for it) but never
+    logged or printed by the command line unless asked (``--show-identifiers``)."""
+
+    study_uid: str
+    patient_id: str = ""
+    accession: str = ""
+    study_date: str = ""
+    modalities: Tuple[str, ...] = ()
+    description: str = ""
+    n_series: int = 0
+    n_instances: int = 0
+
+
+@dataclass
+class FetchResult:
+    study_uid: str
+    folder: Path
+    downloaded: int = 0
+    cached: int = 0  # already complete in the cache (resume)
+    files: List[Path] = field(default_factory=list)
+
+
+def _value(item: Dict, tag: str, default=""):
+    v = item.get(tag, {}).get("Value")
+    if not v:
+        return default
+    first = v[0]
+    if isinstance(first, dict):  # PN
+        return str(first.get("Alphabetic", default))
+    return first
+
+
+def _values(item: Dict, tag: str) -> Tuple[str, ...]:
+    return tuple(str(x) for x in item.get(tag, {}).get("Value", []) or [])
+
+
+def _safe_uid(uid: str, what: str) -> str:
+    uid = str(uid).strip()
+    if not uid or len(uid) > 64 or any(c not in "0123456789." for c in uid):
+        raise PacsError(f"the server returned an invalid {what} ({uid[:70]!r})")
+    return uid
+
+
+class _BearerAuth:
+    """requests auth that adds ``Authorization: Bearer`` (kept off the client's logged per-request headers)."""
+
+    def __init__(self, token: str) -> None:
+        self._token = token
+
+    def __call__(self, r):
+        r.headers["Authorization"] = f"Bearer {self._token}"
+        return r
+
+    def __repr__(self) -> str:  # never print the token
+        return "<bearer token>"
+
+
+class PacsClient:
+    """A DICOMweb server. ``url`` is the DICOMweb root (e.g. ``http://pacs:8042/dicom-web``)."""
+
+    def __init__(self, url: str, *, username: Optional[str] = None, password: Optional[str] = None,
+                 token: Optional[str] = None, timeout: float = 20.0,
+                 cache_dir: Optional[os.PathLike | str] = None) -> None:
+        import requests
+        from dicomweb_client.api import DICOMwebClient
+
+        url = (url or "").strip()
+        parts = urlsplit(url)
+        if parts.scheme not in ("http", "https") or not parts.hostname:
+            raise PacsError(f"not a DICOMweb URL (expected http(s)://host[:port]/path): {redact_url(url) or url!r}")
+        if parts.username and not username:  # credentials in the URL move to the session, out of the URL
+            username, password = parts.username, parts.password or ""
+        if token and username:
+            raise PacsError("give either a user/password or a bearer token, not both")
+        self.url = redact_url(url).rstrip("/")
+        self.timeout = float(timeout)
+        self.cache_dir = Path(cache_dir) if cache_dir is not None else default_cache_dir()
+        session = requests.Session()
+        if username:
+            session.auth = requests.auth.HTTPBasicAuth(username, password or "")
+        elif token:
+            session.auth = _BearerAuth(token)
+        self._client = DICOMwebClient(self.url, session=session, timeout=self.timeout)
+
+    def __repr__(self) -> str:
+        return f"PacsClient({self.url!r})"
+
+    @property
+    def server_key(self) -> str:
+        return hashlib.sha256(self.url.encode()).hexdigest()[:12]
+
+    def study_folder(self, study_uid: str) -> Path:
+        return self.cache_dir / self.server_key / _safe_uid(study_uid, "Study Instance UID")
+
+    # -- errors ---------------------------------------------------------------------------------------------------
+    def _call(self, what: str, fn, *args, **kw):
+        import requests
+
+        try:
+            return fn(*args, **kw)
+        except requests.exceptions.HTTPError as err:
+            raise PacsError(self._http_message(what, err.response)) from None
+        except requests.exceptions.Timeout:
+            raise PacsError(f"{self.url}: {what}: no answer within {self.timeout:g} s (server busy or unreachable; "
+                            "try again or raise the timeout)") from None
+        except requests.exceptions.ConnectionError as err:
+            reason = "connection refused or lost" if "refused" in str(err).lower() or "aborted" in str(err).lower() \
+                or "reset" in str(err).lower() else "cannot connect"
+            raise PacsError(f"{self.url}: {what}: {reason} (is the server running and the URL right?)") from None
+        except requests.exceptions.RequestException as err:
+            raise PacsError(f"{self.url}: {what}: {type(err).__name__}") from None
+        except (ValueError, KeyError) as err:  # malformed multipart / JSON from the server
+            raise PacsError(f"{self.url}: {what}: unreadable answer from the server ({type(err).__name__})") from None
+
+    def _http_message(self, what: str, response) -> str:
+        code = getattr(response, "status_code", 0)
+        hint = {401: "unauthorized: check the user/password or token",
+                403: "forbidden: this account may not do that",
+                404: "not found: no such study/object on this server (or wrong DICOMweb root)",
+                }.get(code)
+        if hint is None:
+            hint = "server error: try again later or ask the PACS administrator" if code >= 500 else "request refused"
+        return f"{self.url}: {what}: HTTP {code} {hint}"
+
+    # -- QIDO-RS --------------------------------------------------------------------------------------------------
+    def search_studies(self, patient_id: str = "", accession: str = "", date_from: str = "", date_to: str = "",
+                       modalities: Sequence[str] = IMAGE_MODALITIES, limit: int = 200) -> List[StudyHit]:
+        """Studies matching all given filters. Dates are YYYYMMDD (or YYYY-MM-DD); an open end is allowed."""
+        filters: Dict[str, str] = {}
+        if patient_id.strip():
+            filters["PatientID"] = patient_id.strip()
+        if accession.strip():
+            filters["AccessionNumber"] = accession.strip()
+        d0, d1 = _date(date_from), _date(date_to)
+        if d0 and d1 and d0 > d1:
+            raise PacsError(f"date range is reversed ({d0} > {d1})")
+        if d0 or d1:
+            filters["StudyDate"] = d0 if d0 == d1 else f"{d0}-{d1}"
+        fields = ["StudyDescription", "ModalitiesInStudy", "NumberOfStudyRelatedSeries",
+                  "NumberOfStudyRelatedInstances", "AccessionNumber", "PatientID", "StudyDate"]
+        hits: Dict[str, StudyHit] = {}
+        mods = [m.strip().upper() for m in modalities if m.strip()] or [None]
+        for mod in mods:  # one query per modality: ModalitiesInStudy matching of a list is not portable
+            f = dict(filters)
+            if mod:
+                f["ModalitiesInStudy"] = mod
+            res = self._call("search for studies", self._client.search_for_studies, search_filters=f, fields=fields,
+                             limit=limit)
+            for item in res or []:
+                uid = str(_value(item, "0020000D"))
+                if not uid or uid in hits:
+                    continue
+                hits[uid] = StudyHit(
+                    study_uid=uid, patient_id=str(_value(item, "00100020")), accession=str(_value(item, "00080050")),
+                    study_date=str(_value(item, "00080020")), modalities=_values(item, "00080061"),
+                    description=str(_value(item, "00081030")), n_series=int(_value(item, "00201206", 0) or 0),
+                    n_instances=int(_value(item, "00201208", 0) or 0))
+        return sorted(hits.values(), key=lambda h: (h.study_date, h.study_uid), reverse=True)
+
+    def list_instances(self, study_uid: str, modalities: Sequence[str] = IMAGE_MODALITIES + REPORT_MODALITIES
+                       ) -> List[Tuple[str, str, str]]:
+        """(series UID, SOP instance UID, modality) of the study's instances of the given modalities."""
+        study_uid = _safe_uid(study_uid, "Study Instance UID")
+        series = self._call("list the study's series", self._client.search_for_series,
+                            study_instance_uid=study_uid, fields=["Modality"])
+        if not series:
+            raise PacsError(f"{self.url}: no series in study {study_uid} (not on this server?)")
+        wanted = {m.upper() for m in modalities}
+        out: List[Tuple[str, str, str]] = []
+        for s in series:
+            mod = str(_value(s, "00080060")).upper()
+            if wanted and mod not in wanted:
+                continue
+            se_uid = _safe_uid(_value(s, "0020000E"), "Series Instance UID")
+            inst = self._call("list the series' instances", self._client.search_for_instances,
+                              study_instance_uid=study_uid, series_instance_uid=se_uid)
+            for i in inst or []:
+                out.append((se_uid, _safe_uid(_value(i, "00080018"), "SOP Instance UID"), mod))
+        return out
+
+    # -- WADO-RS --------------------------------------------------------------------------------------------------
+    def fetch_study(self, study_uid: str, modalities: Sequence[str] = IMAGE_MODALITIES + REPORT_MODALITIES,
+                    progress: Optional[ProgressFn] = None, cancel: Optional[CancelFn] = None) -> FetchResult:
+        """Retrieve the study's needed instances into the cache (resuming); returns the study's cache folder."""
+        todo = self.list_instances(study_uid, modalities)
+        folder = self.study_folder(study_uid)
+        result = FetchResult(study_uid=study_uid, folder=folder)
+        if not todo:
+            raise PacsError(f"{self.url}: study {study_uid} has no instance of modality "
+                            f"{'/'.join(modalities)} to fetch")
+        total = len(todo)
+        if folder.is_dir():
+            clean_partial(folder)  # a process killed mid-write leaves a hidden .part file, never a .dcm
+        for k, (se_uid, sop_uid, _mod) in enumerate(todo):
+            if cancel is not None and cancel():
+                raise PacsCancelled(f"fetch cancelled after {k} of {total} instances (complete ones stay cached; "
+                                    "fetch again to resume)")
+            dest = folder / se_uid / f"{sop_uid}.dcm"
+            if dest.is_file() and dest.stat().st_size > 0:
+                result.cached += 1
+            else:
+                try:
+                    ds = self._call("retrieve an instance", self._client.retrieve_instance, study_uid, se_uid,
+                                    sop_uid)
+                except PacsError as err:
+                    raise PacsError(f"{err} — stopped after {k} of {total} instances; the cache holds only complete "
+                                    "instances, fetch again to resume") from None
+                if str(getattr(ds, "SOPInstanceUID", "")) != sop_uid:
+                    raise PacsError(f"{self.url}: the server sent another instance than asked for ({sop_uid})")
+                _write_instance(ds, dest)
+                result.downloaded += 1
+            result.files.append(dest)
+            if progress is not None:
+                progress(k + 1, total)
+        return result
+
+    # -- STOW-RS --------------------------------------------------------------------------------------------------
+    def store(self, paths: Sequence[os.PathLike | str]) -> int:
+        """Send DICOM files to the server (STOW-RS). Returns how many were stored."""
+        import pydicom
+
+        datasets = []
+        for p in paths:
+            try:
+                datasets.append(pydicom.dcmread(str(p)))
+            except Exception as err:  # noqa: BLE001
+                raise PacsError(f"not a readable DICOM file ({type(err).__name__})", p) from None
+        if not datasets:
+            return 0
+        resp = self._call("store (STOW-RS)", self._client.store_instances, datasets=datasets)
+        failed = resp.get("FailedSOPSequence", []) if resp is not None else []
+        if failed:
+            raise PacsError(f"{self.url}: store (STOW-RS): the server refused {len(failed)} of {len(datasets)} objects")
+        return len(datasets)
+
+
+def _date(s: str) -> str:
+    s = (s or "").strip().replace("-", "")
+    if s and (len(s) != 8 or not s.isdigit()):
+        raise PacsError(f"date must be YYYYMMDD or YYYY-MM-DD, got {s!r}")
+    return s
+
+
+def _write_instance(ds, dest: Path) -> None:
+    """Temp file in the target folder, fsync, atomic rename: the cache never holds a partial instance."""
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{dest.name}.", suffix=".part", dir=str(dest.parent))
+    try:
+        with os.fdopen(fd, "wb") as f:
+            ds.save_as(f, enforce_file_format=True)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, dest)
+    except BaseException:
+        try:
+            os.unlink(tmp)
+        except OSError:
+            pass
+        raise
+
+
+def clean_partial(folder: os.PathLike | str) -> int:
+    """Remove leftover ``.part`` files (a process killed mid-write); returns how many."""
+    n = 0
+    for p in Path(folder).rglob(".*.part"):
+        try:
+            p.unlink()
+            n += 1
+        except OSError:
+            pass
+    return n

@@ -1,0 +1,94 @@
+"""Worker functions of :class:`elvis_viewer.session.ViewerSession` (run on the thread pool; no Qt in here).
+
+torch / transformers are imported only inside :func:`load_engine`, i.e. in a worker when a model is needed.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import List, Optional
+
+import numpy as np
+
+from elvis_core.errors import ElvisError
+
+
+def read_image(path: str):
+    from elvis_core.io.images import read_image as _read
+
+    return _read(path)
+
+
+def read_report(path: str):
+    from elvis_core.io.report import read_report as _read
+
+    return _read(path)
+
+
+def image_and_report(path: str, report_path: Optional[str]):
+    """(Radiograph, Report | None, report error | None); the display pyramid is built here, off the GUI thread."""
+    rad = read_image(path)
+    from elvis_viewer.view_items import build_display_pyramid
+
+    build_display_pyramid(rad)
+    report, err = None, None
+    if report_path:
+        try:
+            report = read_report(report_path)
+        except ElvisError as e:
+            err = str(e)
+    return rad, report, err
+
+
+def thumbnails(paths: List[str], size: int = 96):
+    from elvis_core.io.display import to_uint8
+    from elvis_core.io.radiograph import Radiograph
+
+    out = []
+    for p in paths:
+        try:
+            rad = read_image(p)
+            step = max(1, int(max(rad.shape) // size))
+            small = Radiograph(pixels=np.ascontiguousarray(rad.pixels[::step, ::step]), windows=rad.windows,
+                               voi_lut=rad.voi_lut)
+            out.append((p, np.ascontiguousarray(to_uint8(small, use_voi_lut=not rad.windows))))
+        except Exception:
+            out.append((p, None))
+    return out
+
+
+def load_engine(path: Optional[str], model=None, factory=None):
+    """Build, warm up and hash a GroundingEngine (imports torch on first use, in this worker)."""
+    from elvis_core.grounding.engine import GroundingEngine
+
+    if factory is not None:
+        model = factory()
+    return GroundingEngine.load(model if model is not None else path)
+
+
+def prepare_engine(engine, rad, phrases: List[str]) -> int:
+    """Embed the image, then encode the phrases in one batched text-encoder call."""
+    engine.embed(rad)
+    return engine.encode_phrases(phrases) if phrases else 0
+
+
+def scan_folder(root: str, progress=None, cancel=None):
+    """A folder's images as a flat list of ImageEntry dicts in study order, the problem files, cancelled."""
+    from elvis_core.io.studies import scan
+
+    res = scan(root, progress=progress, cancel=cancel)
+    entries = []
+    for st in res.studies:
+        mods = sorted({(im.modality or se.modality) for se in st.series for im in se.images} - {None, ""})
+        study_label = os.path.basename(str(st.key)) + (f" [{','.join(mods)}]" if mods else "") + \
+            ("" if st.report_path else " (no report)")
+        for se in st.series:
+            for im in se.images:
+                view = f"{im.view_position} " if im.view_position else ""
+                size = f" {im.cols}x{im.rows}" if im.rows and im.cols else ""
+                entries.append({"path": im.path, "label": f"{view}{os.path.basename(im.path)}{size}",
+                                "study_key": str(st.key), "report_path": st.report_path,
+                                "study_label": study_label})
+    errors = [(p, m if p in m else f"{p}: {m}") for p, m in res.errors]
+    errors += [(p, f"{p}: skipped ({m})") for p, m in getattr(res, "skipped", [])]
+    return entries, errors, bool(res.cancelled)

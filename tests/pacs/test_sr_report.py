@@ -1,0 +1,58 @@
+"""Reports from DICOM SR (issue 14): an Enhanced SR in the study reads into a Report with sections and exact
+spans, like a .txt; the study scan finds it; our own measurement SRs are not mistaken for reports."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import pytest
+from pydicom.data import get_testdata_file
+
+from elvis_core.dicom_results import SrBox, read_source, review_sr, write_dataset
+from elvis_core.errors import ReportReadError
+from elvis_core.io.report import read_report
+from elvis_core.io.studies import scan_folder
+from tests.pacs.sr_fixtures import report_sr
+
+FINDINGS = ("PA and lateral views of the chest. There is a small right pleural effusion\nwith adjacent "
+            "atelectasis. The heart size is normal.")
+IMPRESSION = "Small right pleural effusion."
+
+
+def test_enhanced_sr_reads_as_report(tmp_path):
+    p = report_sr(get_testdata_file("RG1_UNCI.dcm"), {"FINDINGS": FINDINGS, "IMPRESSION": IMPRESSION},
+                  tmp_path / "report.dcm")
+    rep = read_report(p)
+    assert [s.name for s in rep.sections] == ["FINDINGS", "IMPRESSION"]
+    f = rep.section("FINDINGS")
+    assert rep.text[f.start:f.end] == FINDINGS  # the exact text of the TEXT item, wrapping kept
+    sents = [rep.sentence_text(s) for s in rep.sentences]
+    assert sents == ["PA and lateral views of the chest.",
+                     "There is a small right pleural effusion\nwith adjacent atelectasis.",
+                     "The heart size is normal.", "Small right pleural effusion."]
+    assert rep.sentences[-1].section == "IMPRESSION"
+    span = rep.find("pleural effusion with adjacent")  # a phrase across the wrap maps back to the text
+    assert span and rep.text[span[0]:span[1]] == "pleural effusion\nwith adjacent"
+    assert any("Enhanced SR" in w for w in rep.warnings)
+
+
+def test_measurement_sr_is_not_a_report(tmp_path):
+    src = read_source(get_testdata_file("RG1_UNCI.dcm"))
+    p = write_dataset(review_sr(src, [SrBox(10, 10, 50, 50, "Edema", "edema", "accepted", "a")]), tmp_path / "m.dcm")
+    with pytest.raises(ReportReadError, match="m.dcm: an imaging measurement report"):
+        read_report(p)
+
+
+def test_scan_finds_the_sr_report_of_a_study(tmp_path):
+    study = tmp_path / "study"
+    study.mkdir()
+    img = study / "image.dcm"
+    shutil.copy(get_testdata_file("RG1_UNCI.dcm"), img)
+    src = read_source(img)  # a measurement SR in the same study must not be taken for the report
+    write_dataset(review_sr(src, [SrBox(10, 10, 50, 50, "Edema", "edema", "accepted", "a")]), study / "a_meas.dcm")
+    report_sr(img, {"FINDINGS": FINDINGS}, study / "b_report.dcm")
+    res = scan_folder(tmp_path)
+    assert len(res.studies) == 1 and len(res.studies[0].images) == 1
+    assert Path(res.studies[0].report_path).name == "b_report.dcm"
+    assert read_report(res.studies[0].report_path).section("FINDINGS") is not None
