@@ -43,7 +43,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from elvis_core.model.transforms import ModelInputTransform
+    from elvis_core.model.transforms import transform_from_config
     from elvis_core.training.config import load_config, model_config_from
     from elvis_core.training.data import read_mimic_views
     from elvis_core.training.prepared import PreparedCache, prepare
@@ -51,7 +51,7 @@ def run(args: argparse.Namespace) -> int:
     if args.workers < 0:
         raise ConfigError(f"--workers must be >= 0, got {args.workers}")
     cfg = load_config(args.config, args.sets)
-    transform = ModelInputTransform.from_config(model_config_from(cfg)["preprocessing"])
+    transform = transform_from_config(model_config_from(cfg)["preprocessing"])
     dc = cfg["data"]
     view_of = read_mimic_views(dc["mimic_metadata"]) if dc["mimic_metadata"] else None
     bar = None

@@ -212,11 +212,11 @@ def _write_shard(args) -> Dict[str, Any]:
     """Worker: decode the shard's images into ``shard-i.npy`` (tmp + fsync + rename), then write ``shard-i.json``."""
     from numpy.lib.format import open_memmap
 
-    from elvis_core.model.transforms import ModelInputTransform
+    from elvis_core.model.transforms import transform_from_config
 
     cache_dir, i, root, paths, tcfg, phash = args
     cache = Path(cache_dir)
-    transform = ModelInputTransform.from_config(tcfg)
+    transform = transform_from_config(tcfg)
     s = int(transform.size)
     name = _shard_name(i)
     tmp = cache / f"{name}.npy.tmp.{os.getpid()}"

@@ -363,9 +363,9 @@ def train(cfg: Dict[str, Any], out_dir: Optional[str] = None, progress: Optional
     if dc["exclude_ms_cxr"]:
         excluded = excluded_patients_from_csv(dc["exclude_ms_cxr"], dc["exclude_splits"])
     if prepared is not None:
-        from elvis_core.model.transforms import ModelInputTransform
+        from elvis_core.model.transforms import transform_from_config
 
-        prepared.check_transform(ModelInputTransform.from_config(model_cfg["preprocessing"]))
+        prepared.check_transform(transform_from_config(model_cfg["preprocessing"]))
         ids = prepared.select(dc["views"], excluded, dc["max_pairs"])
         if len(ids) == 0:
             raise ConfigError("no entries of the prepared cache are left after the view / MS-CXR exclusion filters",

@@ -333,3 +333,26 @@ def test_train_from_prepared_cache_under_torchrun_two_processes(cache, tmp_path)
     prov = json.loads((out / "model" / "config.json").read_text())["provenance"]
     assert prov["training"]["world_size"] == 2 and prov["training"]["steps_done"] == 2
     assert prov["data"]["prepared_cache_hash"] == PreparedCache.open(str(cache)).cache_hash
+
+
+def test_cached_input_equals_the_model_transform_within_quantisation(phantom, cache, tmp_path):
+    """What training feeds the model from the cache is the checkpoint transform's output: within half a uint8 step
+    for the pad-to-square transform, exactly for hi-ml's centre-crop transform (already 8-bit); both kinds hashed."""
+    from elvis_core.io.images import read_image
+    from elvis_core.model.transforms import transform_from_config
+    from elvis_core.training.data import PreparedDataset, batch_model_input
+
+    crop = transform_from_config({"kind": "resize_short_side_center_crop", "resize": 72, "crop": 64})
+    out = tmp_path / "crop"
+    prepare(str(phantom), str(out), crop, workers=1, shard_size=8)
+    for path, tf in ((cache, TINY), (out, crop)):
+        pc = PreparedCache.open(str(path))
+        pc.check_transform(tf)
+        assert pc.transform_config["kind"] == tf.to_config()["kind"]
+        ds = PreparedDataset(pc, np.arange(len(pc)))
+        got = batch_model_input(ds.__getitems__([2])["pixels"], None, tf.mean, tf.std)[0, 0].numpy()
+        want = tf.apply(read_image(os.path.join(pc.root, pc.paths[2])))
+        tol = 0.5 / 255 / tf.std + 1e-5 if tf is TINY else 1e-5
+        assert np.abs(got - want).max() <= tol
+    with pytest.raises(ConfigError, match="kind: cache 'resize_long_side_pad_square' vs config"):
+        PreparedCache.open(str(cache)).check_transform(crop)
