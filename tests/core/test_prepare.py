@@ -356,3 +356,26 @@ def test_cached_input_equals_the_model_transform_within_quantisation(phantom, ca
         assert np.abs(got - want).max() <= tol
     with pytest.raises(ConfigError, match="kind: cache 'resize_long_side_pad_square' vs config"):
         PreparedCache.open(str(cache)).check_transform(crop)
+
+
+def test_thread_prefetcher_keeps_order_raises_and_stops():
+    import threading
+
+    from elvis_core.training.data import ThreadPrefetcher
+
+    assert list(ThreadPrefetcher(range(50), depth=3)) == list(range(50))
+
+    def bad():
+        yield 1
+        raise ValueError("boom in the loader")
+
+    it = ThreadPrefetcher(bad())
+    assert next(it) == 1
+    with pytest.raises(ValueError, match="boom"):
+        next(it)
+    # stopping early while the producer is blocked on a full queue ends its thread
+    n_before = threading.active_count()
+    with ThreadPrefetcher(iter(range(10_000)), depth=2) as p:
+        assert next(p) == 0
+    time.sleep(0.3)
+    assert threading.active_count() <= n_before
