@@ -153,9 +153,16 @@ def test_sigkill_mid_run_then_resume_gives_the_same_cache(phantom, cache, tmp_pa
     proc.send_signal(signal.SIGKILL)
     proc.wait(timeout=30)
     assert not (out / INDEX).exists(), "the run finished before the kill"
-    # the worker died with the parent (PR_SET_PDEATHSIG) and left its half-written shard behind
-    time.sleep(0.5)
-    assert list(out.glob("shard-00001.npy.tmp.*")) or not (out / "shard-00001.json").exists()
+    # the worker dies with the parent (PR_SET_PDEATHSIG, through the fork server's exit): wait until the folder is
+    # still for 3 s (a live worker finishes a shard every ~1.3 s here)
+    snap = None
+    while True:
+        now = sorted((p.name, p.stat().st_size) for p in out.iterdir())
+        if now == snap:
+            break
+        snap = now
+        time.sleep(3.0)
+    assert not (out / INDEX).exists()
     # also a shard .npy without its .json, of the wrong size: never to be used
     (out / "shard-00002.npy").write_bytes(b"\x93NUMPY half-written")
     done_before = sorted(p.name for p in out.glob("shard-*.json"))
