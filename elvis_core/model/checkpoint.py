@@ -97,7 +97,12 @@ def read_checkpoint_config(path: Union[str, os.PathLike]) -> Dict[str, Any]:
     except (UnicodeDecodeError, json.JSONDecodeError) as err:
         raise CheckpointError(f"{CONFIG_NAME} is not valid JSON ({err})", d) from err
     if not isinstance(cfg, dict) or cfg.get("format") != FORMAT:
-        raise CheckpointError(f"{CONFIG_NAME} is not an ELVIS checkpoint config (expected \"format\": \"{FORMAT}\")", d)
+        hint = ""
+        if isinstance(cfg, dict) and (cfg.get("model_type") or cfg.get("architectures")):
+            hint = (f"; this looks like a Hugging Face model folder (model_type {cfg.get('model_type')!r}): convert "
+                    "it once with 'elvis import biovil|biovil-t' (docs/models.md)")
+        raise CheckpointError(f"{CONFIG_NAME} is not an ELVIS checkpoint config (expected \"format\": \"{FORMAT}\")"
+                              + hint, d)
     if int(cfg.get("format_version", 0)) > FORMAT_VERSION:
         raise CheckpointError(f"checkpoint format_version {cfg.get('format_version')} is newer than this code "
                               f"understands ({FORMAT_VERSION})", d)
