@@ -386,3 +386,30 @@ def test_thread_prefetcher_keeps_order_raises_and_stops():
         assert next(p) == 0
     time.sleep(0.3)
     assert threading.active_count() <= n_before
+
+
+def test_training_from_the_cache_resumes_after_a_crash_mid_epoch(cache, tmp_path, monkeypatch):
+    """Crash at step 3 (prefetch thread running), resume from OUT/last at step 2: the batches already done in the
+    epoch are skipped, the run ends at step 5 in epoch 1 (12 pairs / batch 4 = 3 steps per epoch)."""
+    from elvis_core.training import trainer
+
+    out = tmp_path / "crash"
+    real_row = trainer._Logger.row
+
+    def crashing_row(self, **kw):
+        if kw.get("step") == 3:
+            raise RuntimeError("simulated crash")
+        return real_row(self, **kw)
+
+    monkeypatch.setattr(trainer._Logger, "row", crashing_row)
+    cfg = load_config(None, [f"data.cache='prepared:{cache}'", "model.preset='tiny'", "train.batch_size=4",
+                             "train.threads=1", "train.max_steps=5", "train.checkpoint_every=2",
+                             "train.warmup_steps=1", "train.log_every=1", "train.progress=false",
+                             f"output.dir={str(out)!r}"])
+    with pytest.raises(RuntimeError, match="simulated crash"):
+        trainer.train(cfg)
+    monkeypatch.setattr(trainer._Logger, "row", real_row)
+    res = trainer.train(cfg)
+    assert res.resumed_from_step == 2 and res.steps == 5 and len(res.losses) == 3
+    rows = [r.split(",") for r in (out / "log.csv").read_text().strip().splitlines()[1:]]
+    assert [(int(r[0]), int(r[1])) for r in rows if r[3]][-3:] == [(3, 0), (4, 1), (5, 1)]
