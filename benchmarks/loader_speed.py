@@ -154,6 +154,7 @@ def main() -> int:
     ap.add_argument("--file-batches", type=int, default=3, help="batches timed per file-path row")
     ap.add_argument("--cache-seconds", type=float, default=5.0, help="seconds timed per prepared-cache row")
     ap.add_argument("--gen-workers", type=int, default=2)
+    ap.add_argument("--step-ms", type=float, default=20.0, help="simulated training step for the overlap line")
     args = ap.parse_args()
 
     from elvis_core.model import build_model, preset
@@ -201,6 +202,34 @@ def main() -> int:
         rows.append(("prepared cache", w, pps, ppc, ram, f"file-backed RSS {frss / 2**20:.0f} MiB (page cache)"))
         print(f"  prepared, {w} workers: {pps:.1f} pairs/s, {ppc:.1f} pairs per CPU-second", flush=True)
 
+    # the loader overlapped with a training step: a GPU step leaves the CPU idle (sleep stands in for it)
+    from elvis_core.training.data import ThreadPrefetcher
+
+    ds = PreparedDataset(pc, ids, augment=Augment(), seed=0)
+    ds.pretokenize(model.tokenizer, model.max_text_length)
+    step_s, n_steps = args.step_ms / 1000.0, 60
+    overlap = {}
+    for mode in ("in line", "prefetch thread") * 2:  # twice each, the better kept (a shared machine is noisy)
+        dl = torch.utils.data.DataLoader(ds, batch_size=args.batch, shuffle=True, drop_last=True, num_workers=0,
+                                         collate_fn=collate)
+
+        def endless():
+            while True:
+                yield from dl
+
+        src = ThreadPrefetcher(endless()) if mode == "prefetch thread" else endless()
+        next(src)
+        t = time.perf_counter()
+        for _ in range(n_steps):
+            next(src)
+            time.sleep(step_s)
+        overlap[mode] = min(overlap.get(mode, float("inf")), (time.perf_counter() - t) / n_steps * 1000)
+        if mode == "prefetch thread":
+            src.close()
+    overlap_line = (f"with a simulated {args.step_ms:.0f} ms training step per batch of {args.batch}: "
+                    + ", ".join(f"{k} {v:.1f} ms per step" for k, v in overlap.items()))
+    print("  " + overlap_line, flush=True)
+
     # the augmentation that training runs on the device, here on this CPU (1 thread)
     x = torch.from_numpy(np.stack([pc_row for pc_row in np.load(pc.shard_paths()[0], mmap_mode="r")[:args.batch]]))
     x = x[:, None]
@@ -238,6 +267,7 @@ def main() -> int:
     print(f"\nprepared cache on 2 cores (2 x the best per-core rate): {2 * best:.0f} pairs/s (target >= 2000); "
           f"measured wall rate with 2 workers on this shared machine: "
           f"{max([pps for kind, w, pps, ppc, ram, note in rows if kind == 'prepared cache' and w == 2] or [0]):.0f}")
+    print(overlap_line)
     print(f"\nbatch augmentation (affine_grid + grid_sample + contrast/brightness) on this CPU, 1 thread: "
           f"{aug_rate:.0f} pairs/s (training runs it on the GPU when there is one)")
     print(prep_line)
