@@ -381,8 +381,8 @@ class PreparedDataset(torch.utils.data.Dataset):
             pix[j, 0] = self._shard(int(self.shard[i]))[int(self.row[i])]
         aug = None
         if self.augment is not None:
-            aug = torch.from_numpy(np.stack([self.augment.sample(np.random.default_rng([self.seed, self._epoch, int(i)]))
-                                             for i in idxs]))
+            aug = torch.from_numpy(np.stack([
+                self.augment.sample(np.random.default_rng([self.seed, self._epoch, int(i)])) for i in idxs]))
         out = {"pixels": pix_t, "augment": aug}
         if self._tok_flat is not None:
             tok = self._tok_of_item
