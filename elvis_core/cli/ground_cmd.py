@@ -98,8 +98,8 @@ def run(args: argparse.Namespace) -> int:
 
     if not 0.0 <= args.opacity <= 1.0:
         raise ElvisError(f"--opacity must be in [0, 1], got {args.opacity}")
-    if args.sigma < 0:
-        raise ElvisError(f"--sigma must be >= 0, got {args.sigma}")
+    if not 0 <= args.sigma <= 64:  # also refuses nan; a grid is at most a few dozen cells across
+        raise ElvisError(f"--sigma must be 0..64 grid cells, got {args.sigma}")
     try:
         colormap_lut(args.cmap)
     except ValueError as err:
