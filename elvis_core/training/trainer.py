@@ -40,7 +40,7 @@ from elvis_core.training.objectives import CombinedObjective
 log = logging.getLogger(__name__)
 
 LOG_COLUMNS = ["step", "epoch", "lr", "loss", "global", "local", "region_sentence", "intra", "pairs_per_s",
-               "seconds", "val_loss", "val_cnr", "val_miou", "val_pointing", "elvis", "anatomy"]
+               "seconds", "val_loss", "val_cnr", "val_miou", "val_pointing", "elvis", "anatomy", "negation"]
 STATE_JSON, STATE_TENSORS = "trainer_state.json", "trainer_state.safetensors"
 
 
@@ -65,8 +65,18 @@ class TrainModule(nn.Module):
                 pooled = (st.token_feats * m).sum(1) / m.sum(1).clamp_min(1.0)
             else:
                 pooled = st.token_feats[:, 0]
-            sentences = Sentences.pack(st.global_emb, pooled, batch["sent_owner"], batch["input_ids"].shape[0])
-        return self.objective(img, txt, batch["words"], batch["sentence_ids"], sentences=sentences)
+            src = batch.get("sent_neg_src")
+            if src is None:
+                src = torch.full_like(batch["sent_owner"], -1)
+            own = src < 0
+            sentences = Sentences.pack(st.global_emb[own], pooled[own], batch["sent_owner"][own],
+                                       batch["input_ids"].shape[0])
+            if bool((~own).any()):
+                sentences.negations = (st.global_emb[src[~own]], st.global_emb[~own], batch["sent_owner"][~own])
+            elif "negation" in self.objective.terms:
+                sentences.negations = (st.global_emb[:0], st.global_emb[:0], batch["sent_owner"][:0])
+        anatomy = {k: batch[k] for k in ("anatomy_masks", "anatomy_mentions") if k in batch} or None
+        return self.objective(img, txt, batch["words"], batch["sentence_ids"], sentences=sentences, anatomy=anatomy)
 
 
 @dataclass
@@ -429,7 +439,17 @@ def train(cfg: Dict[str, Any], out_dir: Optional[str] = None, progress: Optional
         a = cfg["augment"]
         augment = Augment(scale=tuple(a["scale"]), rotate_deg=a["rotate_deg"], translate=a["translate"],
                           brightness=a["brightness"], contrast=a["contrast"])
+    anatomy = None
+    if dc["anatomy"]:
+        from elvis_core.training.anatomy import read_anatomy
+
+        anatomy = read_anatomy(dc["anatomy"])
+    elif cfg["objectives"]["weights"].get("anatomy", 0):
+        raise ConfigError("the anatomy objective needs anatomy boxes: set data.anatomy (a phantom anatomy.csv or a "
+                          "Chest ImaGenome scene-graph folder)")
     if prepared is not None:
+        if anatomy is not None:
+            raise ConfigError("data.anatomy is not available with a prepared cache yet; train from the folder")
         prepared.check_transform(model.transform)  # refuse a cache made with another transform
         ds = PreparedDataset(prepared, train_ids, augment=augment, seed=tc["seed"])
         ds.pretokenize(model.tokenizer, model.max_text_length)
@@ -437,7 +457,7 @@ def train(cfg: Dict[str, Any], out_dir: Optional[str] = None, progress: Optional
         use_cache = False
         n_unreadable = len(prepared.unreadable)
     else:
-        ds = PairDataset(train_pairs, model.transform, augment=augment, seed=tc["seed"])
+        ds = PairDataset(train_pairs, model.transform, augment=augment, seed=tc["seed"], anatomy=anatomy)
         use_cache = dc["cache"] == "ram" or (dc["cache"] == "auto" and len(train_pairs) <= dc["cache_max_images"])
         if use_cache:
             if is0:
@@ -453,10 +473,12 @@ def train(cfg: Dict[str, Any], out_dir: Optional[str] = None, progress: Optional
     sampler = torch.utils.data.distributed.DistributedSampler(ds, num_replicas=world, rank=rank, shuffle=True,
                                                               seed=tc["seed"], drop_last=True)
     oc = cfg["objectives"]
+    dims = {"image_channels": int(model.image_channels), "embed_dim": int(model.embed_dim)}
     objective = CombinedObjective(oc["weights"], {k: oc[k] for k in oc if k not in ("weights", "sentences")},
-                                  sentences=oc["sentences"])
+                                  sentences=oc["sentences"], dims=dims)
     collate = Collate(model, pad_to_max_length=tc["static_shapes"],
                       separate_sentences=objective.needs_separate_sentences)
+    collate.negations = "negation" in objective.terms
     loader = torch.utils.data.DataLoader(ds, batch_size=tc["batch_size"], sampler=sampler, drop_last=True,
                                          num_workers=tc["num_workers"], collate_fn=collate,
                                          pin_memory=device.type == "cuda",
@@ -467,7 +489,7 @@ def train(cfg: Dict[str, Any], out_dir: Optional[str] = None, progress: Optional
             vds = PreparedDataset(prepared, val_ids, augment=None)
             vds.pretokenize(model.tokenizer, model.max_text_length)
         else:
-            vds = PairDataset(val_pairs, model.transform, augment=None)
+            vds = PairDataset(val_pairs, model.transform, augment=None, anatomy=anatomy)
             if use_cache:
                 vds.build_cache()
         vs = torch.utils.data.distributed.DistributedSampler(vds, num_replicas=world, rank=rank, shuffle=False,
