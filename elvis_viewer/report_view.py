@@ -52,6 +52,7 @@ class ReportView(QtWidgets.QTextEdit):
         f.setStyleHint(QtGui.QFont.StyleHint.Monospace)
         f.setPointSize(10)
         self.setFont(f)
+        self.setWordWrapMode(QtGui.QTextOption.WrapMode.WordWrap)  # never break a word in a narrow pane
         self.report = None
         self.spans = SpanMap("")
         self.current: Optional[Tuple[int, int]] = None

@@ -83,6 +83,7 @@ class StudyBrowser(QtWidgets.QWidget):
         bl.addWidget(self.problem_list)
         split.addWidget(box)
         split.setSizes([600, 120])
+        self.problem_list.setVisible(False)  # shown with the first problem; the title always says how many
         lay = QtWidgets.QVBoxLayout(self)
         lay.setContentsMargins(0, 0, 0, 0)
         lay.addWidget(split)
@@ -119,6 +120,7 @@ class StudyBrowser(QtWidgets.QWidget):
         item.setForeground(QtGui.QColor("#ff8a80"))
         item.setToolTip(message)
         self.problem_list.addItem(item)
+        self.problem_list.setVisible(True)
         self.problem_title.setText(f"Problems ({self.problem_list.count()})")
 
 

@@ -68,13 +68,39 @@ def build_display_pyramid(rad, min_side: int = 1024) -> dict:
     return pyr
 
 
+def prepare_display(rad) -> None:
+    """Everything the first paint needs that costs more than a few ms, computed in the reading worker and kept on
+    the radiograph: the display pyramid, the robust range (W/L drag speed), the default window and the window
+    presets (body region + percentiles). The GUI thread then only hands arrays to Qt."""
+    from elvis_core.io.display import window_presets
+    from elvis_core.io.radiograph import robust_range
+
+    build_display_pyramid(rad)
+    pix = rad.pixels
+    lo, hi = robust_range(pix, 0.5, 99.5)
+    if hi <= lo:
+        lo, hi = float(pix.min()), float(pix.max()) + 1.0
+    try:
+        rad._display_robust = (pix, (lo, hi))
+        rad._display_window = (pix, rad.default_window())
+        rad._display_presets = (pix, window_presets(rad))
+    except AttributeError:
+        pass
+
+
+def prepared(rad, name: str):
+    """A value stored by :func:`prepare_display` when it still belongs to ``rad.pixels``, else None."""
+    v = getattr(rad, name, None)
+    return v[1] if v is not None and v[0] is rad.pixels else None
+
+
 class _CachedDownsampleImageItem(pg.ImageItem):
     """ImageItem that keeps its last auto-downsampled array and starts from a precomputed pyramid level.
 
     pyqtgraph re-downsamples the whole array on every render, and a level change triggers a render. On a fitted
     3000x3000 image that was ~65 ms of every W/L drag step. Here the downsampled array is reused while the image
     and the downsample factors stay the same, so a W/L step only re-applies levels + LUT to the small array; and a
-    new downsample starts from the largest pyramid level (``build_display_pyramid``) that divides the factors.
+    new downsample starts from the largest pyramid level (``build_display_pyramid``) not coarser than needed.
     """
 
     def __init__(self, *a, **kw):
@@ -95,8 +121,8 @@ class _CachedDownsampleImageItem(pg.ImageItem):
         if self._ds_src is not image or self._ds_key != key:
             src, fx, fy = image, xds, yds
             for f in sorted(self.pyramid, reverse=True):
-                if xds % f == 0 and yds % f == 0:
-                    src, fx, fy = self.pyramid[f], xds // f, yds // f
+                if f <= min(xds, yds):  # the largest level not coarser than needed (then at most 2x finer)
+                    src, fx, fy = self.pyramid[f], max(1, xds // f), max(1, yds // f)
                     break
             axes = [1, 0] if self.axisOrder == "row-major" else [0, 1]
             ds = pg.functions.downsample(src, fx, axis=axes[0]) if fx > 1 else src

@@ -519,8 +519,8 @@ def _check_decoded_size(ds, hdr: ImageHeader, path: str, ts: str, decoder: str) 
         check_frame(hdr.rows, hdr.cols, hdr.samples, hdr.bytes_per_sample, 1)
     except ValueError as err:
         raise DicomReadError(str(err), path) from None
-    if not ts.startswith(_ENCAPSULATED_PREFIXES) or "PixelData" not in ds:
-        return
+    if not ts.startswith("1.2.840.10008.1.2.4.") or "PixelData" not in ds:
+        return  # JPEG-family codestreams only: RLE segments have no frame header (and may contain marker-like bytes)
     try:
         data = ds["PixelData"].value
     except BaseException as err:  # noqa: BLE001

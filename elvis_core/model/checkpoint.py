@@ -97,7 +97,12 @@ def read_checkpoint_config(path: Union[str, os.PathLike]) -> Dict[str, Any]:
     except (UnicodeDecodeError, json.JSONDecodeError) as err:
         raise CheckpointError(f"{CONFIG_NAME} is not valid JSON ({err})", d) from err
     if not isinstance(cfg, dict) or cfg.get("format") != FORMAT:
-        raise CheckpointError(f"{CONFIG_NAME} is not an ELVIS checkpoint config (expected \"format\": \"{FORMAT}\")", d)
+        hint = ""
+        if isinstance(cfg, dict) and (cfg.get("model_type") or cfg.get("architectures")):
+            hint = (f"; this looks like a Hugging Face model folder (model_type {cfg.get('model_type')!r}): convert "
+                    "it once with 'elvis import biovil|biovil-t' (docs/models.md)")
+        raise CheckpointError(f"{CONFIG_NAME} is not an ELVIS checkpoint config (expected \"format\": \"{FORMAT}\")"
+                              + hint, d)
     fv = cfg.get("format_version", 0)
     if isinstance(fv, bool) or not isinstance(fv, int):
         raise CheckpointError(f"{CONFIG_NAME}: format_version must be an integer, got {str(fv)[:30]}", d)

@@ -128,7 +128,7 @@ class ReviewView(QtWidgets.QWidget):
         split.setStretchFactor(0, 1)
         split.setStretchFactor(1, 3)
         split.setStretchFactor(2, 1)
-        split.setSizes([260, 700, 320])
+        split.setSizes([240, 660, 380])  # the report column fits a MIMIC line (79 columns wrap)
         lay = QtWidgets.QVBoxLayout(self)
         lay.setContentsMargins(0, 0, 0, 0)
         lay.addWidget(split)
@@ -488,7 +488,9 @@ class ReviewView(QtWidgets.QWidget):
         self._update_figures((bid, x, y, w, h))
 
     def _on_box_edited(self, bid: str, x: float, y: float, w: float, h: float) -> None:
-        self._decide(lambda s: s.edit_box(bid, (x, y, w, h)))
+        # MS-CXR boxes are whole pixels: a drag ends on the nearest one (exports never get fractional pixels)
+        x0, y0, x1, y1 = round(x), round(y), round(x + w), round(y + h)
+        self._decide(lambda s: s.edit_box(bid, (x0, y0, max(1, x1 - x0), max(1, y1 - y0))))
         QtCore.QTimer.singleShot(0, self._show_current)  # not from inside the ROI's own event handler
 
     # ----------------------------------------------------------------------------------------------- actions
