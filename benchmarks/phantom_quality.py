@@ -1,18 +1,24 @@
-"""Grounding quality of the training objectives on phantom studies (issue #8).
+"""Grounding quality of the training objectives on phantom studies, with confidence intervals (issue #12).
 
-Trains the same model preset three times -- global only, global + local, global + local + ELVIS intra-modal -- with
-the same budget (optimizer steps, batch size), seed and phantom training split, evaluates each on the held-out
-phantom test split (CNR, mIoU, pointing game, per category and macro), and prints one table. A randomly initialised
-model of the same preset (no training) is scored too, as the floor.
+Trains the same model once per (objective set, training seed) at the SAME budget (optimizer steps x batch, data,
+config), scores every run on the held-out phrases of a phantom test set of unseen synthetic patients (its own seed,
+all studies in its test split) and prints, per metric, the mean over seeds and phrases with a 95 % confidence interval
+from a paired bootstrap over phrases and seeds, per category and macro (mean of categories), plus the difference of
+each run to ELVIS (``global+elvis``) with its interval. An untrained model of the same preset is the floor.
 
-    python benchmarks/phantom_quality.py --steps 150 --studies 400 --size 256
-    python benchmarks/phantom_quality.py --data /tmp/phantom --steps 300 --json quality.json --markdown
+    python benchmarks/phantom_quality.py --steps 60 --batch-size 16 --seeds 0,1,2 --train-studies 1500 \\
+        --test-studies 400 --json quality.json --markdown
 
-The phantom set is generated with ``elvis_core.phantom.generate`` (``--seed``) unless ``--data`` names an existing
-phantom folder. Everything else comes from ``resources/configs/demo.toml`` (the shipped demo model's config), with
-``--set KEY=VALUE`` overrides applied to all runs; only ``objectives.weights`` differ between the runs. The patients of
-the CSV's val/test splits never enter training (``data.exclude_ms_cxr`` + ``exclude_splits``), and nothing is
-validated during training (the test split is only scored at the end).
+Phantom sets are generated (``--train-seed``, ``--test-seed``) unless ``--train-data`` / ``--test-data`` name
+existing folders (the whole training folder is used for training; the test folder's ``--split`` rows are scored).
+Everything else comes from ``resources/configs/demo.toml`` with ``--set KEY=VALUE`` overrides for all runs; only the
+objective weights differ between runs. All runs share one process: training images are decoded once (the trainer's
+RAM cache is reused across runs) and test images once.
+
+Bootstrap: ``--bootstrap`` resamples (default 2000) draw the seeds with replacement and, independently, the test
+phrases with replacement (the same draw for every run: paired), and recompute each statistic; the interval is the
+2.5-97.5 % percentile range. Metrics: CNR, mIoU, pointing, in>out (share of phrases with a higher map inside the
+boxes than outside) and, over one-sided phrases, laterality (peak on the named side).
 """
 
 from __future__ import annotations
@@ -22,56 +28,75 @@ import json
 import math
 import os
 import platform
+import resource
 import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
 
+import numpy as np
+
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-#: run name -> objective weights (the rest of the config is shared)
+_Z = {"global": 0.0, "local": 0.0, "region_sentence": 0.0, "intra": 0.0, "elvis": 0.0}
+#: run name -> objective weights (the rest of the config is shared; the paper combinations: GLoRIA/BioViL-style
+#: global+local, LoVT = global+region_sentence, ELVIS = global + its local term; `intra` = the other ELVIS reading)
 RUNS = {
-    "global": {"global": 1.0, "local": 0.0, "region_sentence": 0.0, "intra": 0.0},
-    "global+local": {"global": 1.0, "local": 0.5, "region_sentence": 0.0, "intra": 0.0},
-    "global+local+intra (ELVIS)": {"global": 1.0, "local": 0.5, "region_sentence": 0.0, "intra": 0.5},
+    "global": dict(_Z, **{"global": 1.0}),
+    "global+local": dict(_Z, **{"global": 1.0, "local": 0.5}),
+    "global+region_sentence (LoVT)": dict(_Z, **{"global": 1.0, "region_sentence": 0.5}),
+    "global+local+intra": dict(_Z, **{"global": 1.0, "local": 0.5, "intra": 0.5}),
+    "global+elvis": dict(_Z, **{"global": 1.0, "elvis": 0.5}),
+    "global+local+elvis": dict(_Z, **{"global": 1.0, "local": 0.5, "elvis": 0.5}),
+    "global+anatomy (GK-MVLP)": dict(_Z, **{"global": 1.0, "anatomy": 0.5}),
 }
-METRICS = ("cnr", "miou", "pointing", "in_gt_out")
-#: in_gt_out = share of phrases whose map is higher inside the boxes than outside (CNR is unsigned: it is also large
-#: when the map is *lower* on the finding)
+#: extra settings some runs need (anatomy boxes from the phantom's anatomy.csv; sentences encoded alone)
+RUN_SETS = {"global+anatomy (GK-MVLP)": ["objectives.sentences='separate'", "data.anatomy={anatomy}"]}
+REFERENCE = "global+elvis"
+METRICS = ("cnr", "miou", "pointing", "in_gt_out", "laterality")
 
 
 def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                 formatter_class=argparse.RawDescriptionHelpFormatter,
-                                epilog="example: python benchmarks/phantom_quality.py --steps 150 --studies 400")
-    p.add_argument("--steps", type=int, default=150, help="optimizer steps per run (same for every objective)")
-    p.add_argument("--batch-size", type=int, default=32)
-    p.add_argument("--studies", type=int, default=400, help="phantom studies to generate (all splits)")
+                                epilog="example: python benchmarks/phantom_quality.py --steps 60 --seeds 0,1,2")
+    p.add_argument("--steps", type=int, default=60, help="optimizer steps per run (same for every objective)")
+    p.add_argument("--batch-size", type=int, default=16)
+    p.add_argument("--seeds", default="0,1,2", help="training seeds (comma-separated; >= 3 for the intervals)")
+    p.add_argument("--train-studies", type=int, default=1500)
+    p.add_argument("--train-seed", type=int, default=101)
+    p.add_argument("--test-studies", type=int, default=400)
+    p.add_argument("--test-seed", type=int, default=202)
     p.add_argument("--size", type=int, default=256, help="phantom image height in pixels")
-    p.add_argument("--seed", type=int, default=0, help="phantom seed and training seed")
-    p.add_argument("--data", default=None, help="use this existing phantom folder instead of generating one")
+    p.add_argument("--train-data", default=None, help="existing phantom folder to train on (all of it)")
+    p.add_argument("--test-data", default=None, help="existing phantom folder to score (its --split rows)")
+    p.add_argument("--split", default="test")
     p.add_argument("--config", default=str(REPO / "resources" / "configs" / "demo.toml"))
     p.add_argument("--set", dest="sets", action="append", default=[], metavar="KEY=VALUE",
-                   help="extra config override for every run (e.g. train.lr=5e-4)")
+                   help="extra config override for every run (e.g. model.overrides.preprocessing.size=128)")
     p.add_argument("--runs", default=",".join(RUNS), help="comma-separated subset of: " + ", ".join(RUNS))
     p.add_argument("--no-random", action="store_true", help="skip the untrained (random init) column")
+    p.add_argument("--bootstrap", type=int, default=2000)
     p.add_argument("--threads", type=int, default=0, help="torch threads (0: torch default)")
     p.add_argument("--device", default="cpu", help="cpu | cuda | auto")
-    p.add_argument("--split", default="test", help="CSV split to score (default: test)")
     p.add_argument("--work", default=None, help="folder for the data and runs (default: a temporary folder)")
-    p.add_argument("--json", default=None, help="write all figures (per run, per category) to this JSON file")
-    p.add_argument("--markdown", action="store_true", help="print the table as Markdown")
-    p.add_argument("--table-from", default=None, metavar="JSON", help="only print the table of a saved --json run")
+    p.add_argument("--json", default=None, help="write every phrase's figures per run and seed to this JSON file")
+    p.add_argument("--markdown", action="store_true", help="print the tables as Markdown")
+    p.add_argument("--table-from", default=None, metavar="JSON", help="only print the tables of a saved --json run")
     a = p.parse_args(argv)
     names = [r.strip() for r in a.runs.split(",") if r.strip()]
     bad = [r for r in names if r not in RUNS]
     if bad:
         p.error(f"unknown run(s) {bad}; known: {list(RUNS)}")
     a.run_names = names
-    if a.steps < 1:
-        p.error("--steps must be >= 1")
+    try:
+        a.seed_list = [int(s) for s in a.seeds.split(",") if s.strip()]
+    except ValueError:
+        p.error("--seeds must be comma-separated integers")
+    if a.steps < 1 or not a.seed_list:
+        p.error("--steps must be >= 1 and --seeds non-empty")
     return a
 
 
@@ -86,59 +111,191 @@ def git_version() -> str:
         return "unknown"
 
 
-def score(engine, csv_path: Path, root: Path, split: str):
+def cpu_seconds() -> float:
+    r = resource.getrusage(resource.RUSAGE_SELF)
+    return r.ru_utime + r.ru_stime
+
+
+# -- caches shared by all runs of the process -------------------------------------------------------------------------
+
+def install_caches():
+    """Decode each training image once for all runs (PairDataset.build_cache keyed by image list + transform) and
+    each test image once (the evaluator's reader)."""
+    import elvis_core.grounding.evaluate as ev
+    import elvis_core.grounding.sides as sides  # noqa: F401 (uses ev.read_any_image at call time)
+    from elvis_core.training import data as td
+
+    built = {}
+    orig_build = td.PairDataset.build_cache
+
+    def build_cache(self, progress=None):
+        key = (tuple(p.image_path for p in self.pairs), json.dumps(self.transform.to_config(), sort_keys=True))
+        if key in built:
+            self.pairs, self.cache, self.n_unreadable = built[key]
+            return
+        orig_build(self, progress)
+        built[key] = (self.pairs, self.cache, self.n_unreadable)
+
+    td.PairDataset.build_cache = build_cache
+    images = {}
+    orig_read = ev.read_any_image
+
+    def read_any_image(path):
+        k = str(path)
+        if k not in images:
+            images[k] = orig_read(path)
+        return images[k]
+
+    ev.read_any_image = read_any_image
+
+
+# -- scoring ------------------------------------------------------------------------------------------------------------
+
+def score_rows(engine, aset, root, split):
+    """Per-phrase metrics (same phrase order for every run) incl. laterality for one-sided phrases (else NaN)."""
     from elvis_core.grounding.evaluate import evaluate
-    from elvis_core.io.annotations import read_ms_cxr_csv
+    from elvis_core.grounding.sides import phrase_side
 
-    res = evaluate(engine, read_ms_cxr_csv(csv_path), root, split=split)
-    return {"per_category": res.per_category, "macro": res.macro, "overall": res.overall,
-            "n_evaluated": res.n_evaluated, "n_missing_phrases": res.n_missing_phrases}
+    res = evaluate(engine, aset, root, split=split)
+    rows = []
+    for r in res.rows:
+        rows.append({"key": f"{r['path']}|{r['label_text']}", "category": r["category"], "cnr": r["cnr"],
+                     "miou": r["miou"], "pointing": float(r["pointing"]),
+                     "in_gt_out": float(r["contrast"] > 0) if not math.isnan(r["contrast"]) else float("nan"),
+                     "side": phrase_side(r["label_text"])})
+    # laterality: peak on the named side (patient's left = image right), only for one-sided phrases
+    from elvis_core.grounding.sides import side_checks
+
+    sc = side_checks(engine, aset, root, split=split)
+    peak = {f"{x['path']}|{x['label_text']}": x["peak_side"] for x in sc["rows"]}
+    for r in rows:
+        r["laterality"] = float(peak[r["key"]] == r["side"]) if r["side"] and r["key"] in peak else float("nan")
+    return rows, sc["negation_median_r"]
 
 
-def random_model(cfg, seed: int):
-    """The untrained baseline: the same preset and tokenizer recipe as the trainer, weights from ``seed``."""
-    import torch
+# -- statistics ---------------------------------------------------------------------------------------------------------
 
-    from elvis_core.model.elvis import build_model
-    from elvis_core.training.config import model_config_from
-    from elvis_core.training.data import excluded_patients_from_csv, find_pairs
+def _macro(vals: np.ndarray, cat_idx: np.ndarray, n_cat: int) -> float:
+    """Mean over categories of the mean of the non-NaN values of each category."""
+    ms = []
+    for c in range(n_cat):
+        v = vals[cat_idx == c]
+        v = v[~np.isnan(v)]
+        if v.size:
+            ms.append(v.mean())
+    return float(np.mean(ms)) if ms else float("nan")
 
-    dc = cfg["data"]
-    excl = excluded_patients_from_csv(dc["exclude_ms_cxr"], dc["exclude_splits"]) if dc["exclude_ms_cxr"] else set()
-    pairs, _stats = find_pairs(dc["root"], views=dc["views"], exclude_patients=excl)
-    torch.manual_seed(seed)
-    return build_model(model_config_from(cfg), texts=[p.text for p in pairs]).eval()
+
+def summarise(results, n_boot: int, seed: int = 12345):
+    """results[run][seed] = list of phrase rows (same phrases, same order). Returns per run and metric:
+    macro and per-category mean with CI, and differences to REFERENCE."""
+    runs = list(results)
+    seeds0 = list(results[runs[0]])
+    keys = [r["key"] for r in results[runs[0]][seeds0[0]]]
+    cats = sorted({r["category"] for r in results[runs[0]][seeds0[0]]})
+    cat_idx = np.array([cats.index(r["category"]) for r in results[runs[0]][seeds0[0]]])
+    arr = {}  # run -> metric -> [n_seeds, n_phrases]
+    for run in runs:
+        arr[run] = {}
+        for m in METRICS:
+            mat = []
+            for s in results[run]:
+                rows = results[run][s]
+                assert [r["key"] for r in rows] == keys, "runs must score the same phrases"
+                mat.append([float(r[m]) for r in rows])
+            arr[run][m] = np.array(mat, dtype=np.float64)
+    rng = np.random.default_rng(seed)
+    n_ph = len(keys)
+    draws = [(rng.integers(0, 10 ** 9), rng.integers(0, n_ph, n_ph)) for _ in range(n_boot)]
+    out = {"categories": cats, "n_phrases": n_ph, "n_per_category": {c: int((cat_idx == i).sum())
+                                                                        for i, c in enumerate(cats)},
+           "runs": {}}
+
+    def stat(mat, ph_idx, seed_idx, cat=None):
+        sub = mat[seed_idx][:, ph_idx] if seed_idx is not None else mat[:, ph_idx]
+        ci = cat_idx[ph_idx]
+        if cat is None:
+            return np.nanmean([_macro(row, ci, len(cats)) for row in sub])
+        v = sub[:, ci == cat]
+        return float(np.nanmean(v)) if v.size and not np.all(np.isnan(v)) else float("nan")
+
+    all_ph = np.arange(n_ph)
+    for run in runs:
+        rs = {}
+        for m in METRICS:
+            mat = arr[run][m]
+            n_seed = mat.shape[0]
+            point = stat(mat, all_ph, None)
+            boots, diffs = [], []
+            ref = arr.get(REFERENCE, {}).get(m)
+            for sd, ph in draws:
+                si = np.random.default_rng(sd).integers(0, n_seed, n_seed)
+                b = stat(mat, ph, si)
+                boots.append(b)
+                if ref is not None and run != REFERENCE and ref.shape[0] == n_seed:
+                    diffs.append(stat(ref, ph, si) - b)
+            d = {"mean": point, "lo": float(np.nanpercentile(boots, 2.5)), "hi": float(np.nanpercentile(boots, 97.5))}
+            if diffs:
+                d["ref_minus_this"] = {"mean": stat(arr[REFERENCE][m], all_ph, None) - point,
+                                       "lo": float(np.nanpercentile(diffs, 2.5)),
+                                       "hi": float(np.nanpercentile(diffs, 97.5))}
+            d["per_category"] = {c: stat(mat, all_ph, None, i) for i, c in enumerate(cats)}
+            rs[m] = d
+        out["runs"][run] = rs
+    return out
 
 
 def fmt(v) -> str:
     return "nan" if v is None or (isinstance(v, float) and math.isnan(v)) else f"{v:.3f}"
 
 
-def table(results, markdown: bool) -> str:
-    cols = list(results)
-    cats = sorted({c for r in results.values() for c in r["per_category"]})
+def tables(summary, markdown: bool) -> str:
+    runs = list(summary["runs"])
+    lines = []
+    head = ["objectives"] + [f"{m} (95 % CI)" for m in ("CNR", "mIoU", "pointing", "in>out", "laterality")]
     rows = []
-    for cat in cats:
-        n = next(int(r["per_category"][cat]["n"]) for r in results.values() if cat in r["per_category"])
-        rows.append((cat, n, [results[c]["per_category"].get(cat, {}) for c in cols]))
-    n_macro = next(iter(results.values()))["n_evaluated"]
-    rows.append(("macro (mean of categories)", n_macro, [results[c]["macro"] for c in cols]))
-    rows.append(("all phrases", n_macro, [results[c]["overall"] for c in cols]))
-    if markdown:
-        head = "| category | n | " + " | ".join(f"{c}: CNR / mIoU / pointing / in>out" for c in cols) + " |"
-        lines = [head, "|---|---|" + "---|" * len(cols)]
-        for name, n, ds in rows:
-            cells = [" / ".join(fmt(d.get(m)) for m in METRICS) for d in ds]
-            b = "**" if name.startswith("macro") else ""
-            lines.append(f"| {b}{name}{b} | {n} | " + " | ".join(f"{b}{c}{b}" for c in cells) + " |")
-        return "\n".join(lines)
-    w = 29
-    head = f"{'category':<27} {'n':>4} " + " ".join(f"{c[:w]:^{w}}" for c in cols)
-    sub = f"{'':<27} {'':>4} " + " ".join(f"{'CNR':>6} {'mIoU':>6} {'point':>6} {'in>out':>6}  " for _ in cols)
-    lines = [head, sub, "-" * len(head)]
-    for name, n, ds in rows:
-        lines.append(f"{name[:27]:<27} {n:>4} " + " ".join(
-            " ".join(f"{fmt(d.get(m)):>6}" for m in METRICS) + "  " for d in ds))
+    for run in runs:
+        cells = [run]
+        for m in METRICS:
+            d = summary["runs"][run][m]
+            cells.append(f"{fmt(d['mean'])} [{fmt(d['lo'])}, {fmt(d['hi'])}]")
+        rows.append(cells)
+    diff_head = ["objectives"] + [f"{REFERENCE} − this: {m}" for m in ("CNR", "mIoU", "pointing", "in>out",
+                                                                        "laterality")]
+    diff_rows = []
+    for run in runs:
+        if "ref_minus_this" not in summary["runs"][run]["cnr"]:
+            continue
+        cells = [run]
+        for m in METRICS:
+            d = summary["runs"][run][m]["ref_minus_this"]
+            tag = " *" if (d["lo"] > 0 or d["hi"] < 0) else ""
+            cells.append(f"{d['mean']:+.3f} [{d['lo']:+.3f}, {d['hi']:+.3f}]{tag}")
+        diff_rows.append(cells)
+    cats = summary["categories"]
+    cat_head = ["category", "n"] + runs
+    cat_rows = []
+    for c in cats:
+        cells = [c, str(summary["n_per_category"][c])]
+        for run in runs:
+            pc = summary["runs"][run]
+            cells.append(" / ".join(fmt(pc[m]["per_category"][c]) for m in ("cnr", "miou", "pointing")))
+        cat_rows.append(cells)
+
+    def render(h, rs):
+        if markdown:
+            out = ["| " + " | ".join(h) + " |", "|" + "---|" * len(h)]
+            out += ["| " + " | ".join(r) + " |" for r in rs]
+            return out
+        w = [max(len(x) for x in col) for col in zip(h, *rs)] if rs else [len(x) for x in h]
+        return ["  ".join(x.ljust(n) for x, n in zip(r, w)) for r in [h] + rs]
+
+    lines += [f"macro over categories ({summary['n_phrases']} test phrases; mean over seeds and phrases, "
+              f"95 % paired bootstrap CI):"] + render(head, rows)
+    if diff_rows:
+        lines += ["", f"difference {REFERENCE} minus each run (95 % CI; * = interval excludes 0):"]
+        lines += render(diff_head, diff_rows)
+    lines += ["", "per category (mean over seeds): CNR / mIoU / pointing"] + render(cat_head, cat_rows)
     return "\n".join(lines)
 
 
@@ -146,89 +303,114 @@ def main(argv=None) -> int:
     a = parse_args(argv)
     if a.table_from:
         try:
-            saved = json.loads(Path(a.table_from).read_text())["results"]
+            saved = json.loads(Path(a.table_from).read_text())["summary"]
         except (OSError, ValueError, KeyError, TypeError) as err:
             print(f"{a.table_from}: not a phantom_quality.py --json file ({type(err).__name__})", file=sys.stderr)
             return 2
-        print(table(saved, a.markdown))
+        print(tables(saved, a.markdown))
         return 0
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     import torch
 
     from elvis_core.errors import ElvisError
     from elvis_core.grounding.engine import GroundingEngine
+    from elvis_core.io.annotations import read_ms_cxr_csv
     from elvis_core.phantom import generate
     from elvis_core.training.config import load_config
     from elvis_core.training.trainer import train
 
     if a.threads:
         torch.set_num_threads(a.threads)
-    code = git_version()  # at start: the code that runs (HEAD may move while it trains)
+    install_caches()
+    code = git_version()
     work = Path(a.work) if a.work else Path(tempfile.mkdtemp(prefix="elvis_quality_"))
     work.mkdir(parents=True, exist_ok=True)
-    t0 = time.perf_counter()
-    if a.data:
-        data = Path(a.data)
-        if not (data / "ms_cxr.csv").is_file():
-            print(f"{data}: not a phantom folder (no ms_cxr.csv)", file=sys.stderr)
-            return 2
-        print(f"data: {data} (existing)", flush=True)
+    t0, c0 = time.perf_counter(), cpu_seconds()
+    if a.train_data:
+        train_dir = Path(a.train_data)
     else:
-        data = work / "phantom"
-        s = generate(data, a.studies, seed=a.seed, size=a.size)
-        print(f"data: {a.studies} phantom studies, seed {a.seed}, size {a.size}: "
-              f"{s.split_counts} studies per split ({s.seconds:.1f} s)", flush=True)
-    csv = data / "ms_cxr.csv"
-    base_sets = [f"data.root={json.dumps(str(data))}", f"data.exclude_ms_cxr={json.dumps(str(csv))}",
-                 'data.exclude_splits=["val", "test"]', 'validation.annotations=""',
-                 f"train.max_steps={a.steps}", f"train.batch_size={a.batch_size}", f"train.seed={a.seed}",
+        train_dir = work / "train"
+        if not (train_dir / "ms_cxr.csv").is_file():
+            generate(train_dir, a.train_studies, seed=a.train_seed, size=a.size, splits=(100, 0, 0))
+    if a.test_data:
+        test_dir = Path(a.test_data)
+    else:
+        test_dir = work / "test"
+        if not (test_dir / "ms_cxr.csv").is_file():
+            generate(test_dir, a.test_studies, seed=a.test_seed, size=a.size, splits=(0, 0, 100))
+    for d in (train_dir, test_dir):
+        if not (d / "ms_cxr.csv").is_file():
+            print(f"{d}: not a phantom folder (no ms_cxr.csv)", file=sys.stderr)
+            return 2
+    aset = read_ms_cxr_csv(test_dir / "ms_cxr.csv")
+    print(f"train: {train_dir}; test: {test_dir} ({len(aset.filter_split(a.split).phrases)} phrases in split "
+          f"{a.split!r})", flush=True)
+    base_sets = [f"data.root={json.dumps(str(train_dir))}", 'data.exclude_ms_cxr=""', "data.exclude_splits=[]",
+                 'validation.annotations=""', f"train.max_steps={a.steps}", f"train.batch_size={a.batch_size}",
                  f"train.threads={a.threads}", f'train.device="{a.device}"', "train.progress=false",
                  "train.resume=false", f"train.checkpoint_every={max(a.steps, 1)}"] + list(a.sets)
-    results, meta = {}, {}
+    results, meta, negation = {}, {}, {}
+    dev = "cuda" if a.device == "cuda" or (a.device == "auto" and torch.cuda.is_available()) else "cpu"
     try:
         if not a.no_random:
-            cfg = load_config(a.config, base_sets)
-            model = random_model(cfg, a.seed)
-            dev = "cuda" if a.device == "cuda" or (a.device == "auto" and torch.cuda.is_available()) else "cpu"
-            model.to(dev)
-            t = time.perf_counter()
-            results["random init"] = score(GroundingEngine(model, device=dev), csv, data, a.split)
-            meta["random init"] = {"steps": 0, "eval_s": round(time.perf_counter() - t, 1)}
-            print(f"random init: scored {results['random init']['n_evaluated']} phrases", flush=True)
+            from elvis_core.model.elvis import build_model
+            from elvis_core.training.config import model_config_from
+            from elvis_core.training.data import find_pairs
+
+            results["random init"] = {}
+            for s in a.seed_list:
+                cfg = load_config(a.config, base_sets + [f"train.seed={s}"])
+                pairs, _ = find_pairs(cfg["data"]["root"], views=cfg["data"]["views"])
+                torch.manual_seed(s)
+                model = build_model(model_config_from(cfg), texts=[p.text for p in pairs]).eval().to(dev)
+                results["random init"][s], negation.setdefault("random init", {})[s] = score_rows(
+                    GroundingEngine(model, device=dev), aset, test_dir, a.split)
+            print("random init: scored", flush=True)
         for name in a.run_names:
-            sets = base_sets + [f"objectives.weights.{k}={v}" for k, v in RUNS[name].items()]
-            cfg = load_config(a.config, sets)
-            out = work / ("run_" + name.split(" ")[0].replace("+", "_"))
-            res = train(cfg, out_dir=str(out), progress=False)
-            t = time.perf_counter()
-            results[name] = score(GroundingEngine(res.model_dir, device=None if a.device == "auto" else a.device),
-                                  csv, data, a.split)
-            meta[name] = {"steps": res.steps, "train_s": round(res.seconds, 1), "pairs_per_s": round(res.pairs_per_s, 2),
-                          "first_loss": res.first_loss, "last_loss": res.last_loss, "n_train_pairs": res.n_train_pairs,
-                          "eval_s": round(time.perf_counter() - t, 1), "checkpoint": res.model_dir}
-            print(f"{name}: {res.steps} steps in {res.seconds:.0f} s, loss {res.first_loss:.3f} -> "
-                  f"{res.last_loss:.3f}; scored {results[name]['n_evaluated']} phrases", flush=True)
+            results[name] = {}
+            for s in a.seed_list:
+                sets = base_sets + [f"train.seed={s}"] + [f"objectives.weights.{k}={v}"
+                                                          for k, v in RUNS[name].items()]
+                sets += [x.format(anatomy=json.dumps(str(train_dir / "anatomy.csv"))) for x in RUN_SETS.get(name, [])]
+                cfg = load_config(a.config, sets)
+                out = work / f"run_{name.split(' ')[0].replace('+', '_')}_s{s}"
+                tc = cpu_seconds()
+                res = train(cfg, out_dir=str(out), progress=False)
+                results[name][s], negation.setdefault(name, {})[s] = score_rows(
+                    GroundingEngine(res.model_dir, device=dev), aset, test_dir, a.split)
+                meta.setdefault(name, {})[s] = {"steps": res.steps, "train_s": round(res.seconds, 1),
+                                                "cpu_s": round(cpu_seconds() - tc, 1),
+                                                "first_loss": res.first_loss, "last_loss": res.last_loss,
+                                                "n_train_pairs": res.n_train_pairs}
+                print(f"{name} seed {s}: {res.steps} steps in {res.seconds:.0f} s, loss {res.first_loss:.3f} -> "
+                      f"{res.last_loss:.3f}", flush=True)
     except ElvisError as err:
         print(str(err), file=sys.stderr)
         return 2
-    total = time.perf_counter() - t0
-    n_train = next((m["n_train_pairs"] for m in meta.values() if "n_train_pairs" in m), "?")
+    summary = summarise(results, a.bootstrap)
+    total, cpu = time.perf_counter() - t0, cpu_seconds() - c0
+    n_train = next((m["n_train_pairs"] for r in meta.values() for m in r.values()), "?")
     load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
+    budget = (f"budget: {a.steps} steps x batch {a.batch_size} per objective and seed, seeds {a.seed_list}, "
+              f"{n_train} training pairs, config {os.path.relpath(a.config, REPO)}" + (f" + {a.sets}" if a.sets else ""))
     print()
-    print(f"budget: {a.steps} steps x batch {a.batch_size} per objective, seed {a.seed}, {n_train} training pairs "
-          f"(phantom train split), config {os.path.relpath(a.config, REPO)}"
-          + (f" + {a.sets}" if a.sets else ""))
-    print(f"scored on the phantom '{a.split}' split of {csv}; machine: {platform.machine()}, {os.cpu_count()} CPUs, "
-          f"device {a.device}, torch threads {torch.get_num_threads()}, load {load:.1f}; code {code}; "
-          f"total {total / 60:.1f} min")
+    print(budget)
+    print(f"machine: {platform.machine()}, {os.cpu_count()} CPUs, device {a.device}, torch threads "
+          f"{torch.get_num_threads()}, load {load:.1f}; code {code}; wall {total / 60:.1f} min, "
+          f"CPU {cpu / 60:.1f} min")
     print()
-    print(table(results, a.markdown))
+    print(tables(summary, a.markdown))
+    neg = {k: float(np.median(list(v.values()))) for k, v in negation.items()}
+    print("\nnegation: median over seeds of the median Pearson r(map('no P'), map(P)): "
+          + ", ".join(f"{k} {fmt(v)}" for k, v in neg.items()))
     if a.json:
         from elvis_core.grounding.evaluate import _clean
 
-        Path(a.json).write_text(json.dumps(_clean({"args": {k: v for k, v in vars(a).items()}, "results": results,
-                                                   "runs": meta, "total_s": total, "code": code}),
-                                           indent=1))
+        Path(a.json).write_text(json.dumps(_clean({"args": {k: v for k, v in vars(a).items()}, "summary": summary,
+                                                   "runs": meta, "negation": neg, "wall_s": total, "cpu_s": cpu,
+                                                   "code": code, "budget": budget,
+                                                   "phrases": {k: {str(s): rows for s, rows in v.items()}
+                                                               for k, v in results.items()}}), indent=1))
         print(f"\nJSON: {a.json}")
     return 0
 

@@ -92,6 +92,8 @@ class ImageView(QtWidgets.QWidget):
         self.glw.addItem(self.colorbar, row=0, col=1)
         self.colorbar.setVisible(False)
 
+        # the part of the image an imported model's centre crop never saw: hatched, framed and labelled
+        self._unseen_items: List[QtWidgets.QGraphicsItem] = []
         self._box_items: List[QtWidgets.QGraphicsItem] = []
         self._note = ""
         self.measure = MeasureLayer(self)
@@ -304,6 +306,7 @@ class ImageView(QtWidgets.QWidget):
             if iso.scene() is not None:
                 iso.scene().removeItem(iso)
         self._isolines = []
+        self._set_unseen(gmap)
         if gmap is None:
             self.overlay_item.clear()
             self.overlay_item.setVisible(False)
@@ -319,6 +322,51 @@ class ImageView(QtWidgets.QWidget):
         self.overlay_item.setVisible(self._overlay_visible)
         self.colorbar.setVisible(self._overlay_visible)
         self._update_texts()
+
+    def _set_unseen(self, gmap) -> None:
+        """Hatch the border the model did not see (an imported model's centre crop; never for our own transforms),
+        frame the seen part with a dashed line and label the border "not seen by the model"."""
+        for it in self._unseen_items:
+            self.view_box.removeItem(it)
+        self._unseen_items = []
+        if gmap is None or self.rad is None or getattr(gmap, "fully_seen", True):
+            return
+        rows, cols = self.rad.shape
+        x0, y0, x1, y1 = gmap.seen_box()
+        path = QtGui.QPainterPath()
+        path.setFillRule(QtCore.Qt.FillRule.OddEvenFill)
+        path.addRect(QtCore.QRectF(0, 0, cols, rows))
+        path.addRect(QtCore.QRectF(x0, y0, x1 - x0, y1 - y0))
+        hatch = QtWidgets.QGraphicsPathItem(path)
+        hatch.setPen(QtGui.QPen(QtCore.Qt.PenStyle.NoPen))
+        brush = QtGui.QBrush(QtGui.QColor(200, 200, 200, 110), QtCore.Qt.BrushStyle.BDiagPattern)
+        brush.setTransform(QtGui.QTransform.fromScale(max(cols, rows) / 300.0, max(cols, rows) / 300.0))
+        hatch.setBrush(brush)
+        hatch.setZValue(15)
+        frame = QtWidgets.QGraphicsRectItem(x0, y0, x1 - x0, y1 - y0)
+        pen = QtGui.QPen(QtGui.QColor("#d0d0d0"))
+        pen.setStyle(QtCore.Qt.PenStyle.DashLine)
+        pen.setCosmetic(True)
+        pen.setWidthF(1.5)
+        frame.setPen(pen)
+        frame.setZValue(16)
+        bands = [(x0 * rows, (x0 / 2, rows / 2)), ((cols - x1) * rows, ((x1 + cols) / 2, rows / 2)),
+                 (y0 * cols, (cols / 2, y0 / 2)), ((rows - y1) * cols, (cols / 2, (y1 + rows) / 2))]
+        _, (lx, ly) = max(bands)
+        label = pg.TextItem("not seen by the model", color="#f0f0f0", anchor=(0.5, 0.5),
+                            fill=pg.mkBrush(0, 0, 0, 170))
+        label.setPos(lx, ly)
+        label.setZValue(17)
+        label.setToolTip("The model's preprocessing (a centre crop, as in hi-ml) drops this border: the map has no "
+                         "data here. Import with --whole-image to keep the whole image.")
+        for it in (hatch, frame, label):
+            it.setVisible(self._overlay_visible)
+            self.view_box.addItem(it)
+            self._unseen_items.append(it)
+
+    def unseen_label(self) -> str:
+        """The text shown on the unseen border ('' when the model saw the whole image)."""
+        return next((it.textItem.toPlainText() for it in self._unseen_items if isinstance(it, pg.TextItem)), "")
 
     def set_shared_levels(self, levels: Optional[Tuple[float, float]]) -> None:
         """Levels imposed from outside (compare mode on one shared scale); None = this view's own range."""
@@ -393,6 +441,8 @@ class ImageView(QtWidgets.QWidget):
         has = self.gmap is not None
         self.overlay_item.setVisible(has and self._overlay_visible)
         self.colorbar.setVisible(has and self._overlay_visible)
+        for it in self._unseen_items:
+            it.setVisible(self._overlay_visible)
 
     def overlay_visible(self) -> bool:
         return self._overlay_visible

@@ -166,6 +166,12 @@ class ViewerSession(QtCore.QObject):
             self.run(read_report, path, on_result=self._set_report,
                      on_error=lambda e: self.problem(path, err_text(e)))
             return
+        from elvis_core.io.sr_report import is_text_report_sr
+
+        if is_text_report_sr(path):  # a report stored as a DICOM SR (header-only check): the current report
+            self.run(read_report, path, on_result=self._set_report,
+                     on_error=lambda e: self.problem(path, err_text(e)))
+            return
         known = self._find_abs(os.path.abspath(path))
         if known is not None:  # already listed: just show it
             self.select_image(self.entries[known].path)

@@ -58,7 +58,7 @@ def side_checks(engine, annotation_set: AnnotationSet, images_root: os.PathLike 
     """Laterality and negation figures over the one-sided phrases of ``annotation_set`` (see module docstring).
 
     Returns ``{"n_one_sided", "laterality" (share with the peak on the named side), "laterality_per_category",
-    "negation_median_r", "negation_r" (list), "rows" (per phrase: label_text, category, side, peak_side, r),
+    "negation_median_r", "negation_r" (list), "rows" (per phrase: path, label_text, category, side, peak_side, r),
     "n_missing"}``.
     """
     from elvis_core.grounding.evaluate import read_any_image, resolve_image
@@ -75,8 +75,8 @@ def side_checks(engine, annotation_set: AnnotationSet, images_root: os.PathLike 
     rows: List[Dict[str, Any]] = []
     n_missing = 0
     for rel, items in by_path.items():
-        p = resolve_image(root, rel)
         try:
+            p = resolve_image(root, rel)  # raises for a path outside the images folder: counted as missing
             if p is None:
                 raise ElvisError("image not found", rel)
             rad = read_any_image(p)
@@ -91,7 +91,7 @@ def side_checks(engine, annotation_set: AnnotationSet, images_root: os.PathLike 
             m = maps[i].to_image()
             r_, c_ = np.unravel_index(int(np.nanargmax(m)), m.shape)
             peak_side = "left" if c_ + 0.5 > m.shape[1] / 2.0 else "right"  # patient's left = image right
-            rows.append({"label_text": ph.label_text, "category": ph.category, "side": side, "peak_side": peak_side,
+            rows.append({"path": ph.path, "label_text": ph.label_text, "category": ph.category, "side": side, "peak_side": peak_side,
                          "r": pearson(maps[i].similarity, maps[k + i].similarity)})
             if math.isnan(rows[-1]["r"]):
                 rows[-1]["r"] = None  # constant map: no correlation defined (JSON has no NaN)

@@ -91,7 +91,7 @@ def sanitize(ds, path: str, warnings: Optional[List[str]] = None, required=REQUI
 
 _KNOWN_VRS = frozenset(("AE", "AS", "AT", "CS", "DA", "DS", "DT", "FL", "FD", "IS", "LO", "LT", "OB", "OD", "OF",
                         "OL", "OV", "OW", "PN", "SH", "SL", "SQ", "SS", "ST", "SV", "TM", "UC", "UI", "UL", "UN",
-                        "UR", "US", "UT", "UV", "OB or OW", "US or SS", "US or OW", "US or SS or OW", "OB or OW"))
+                        "UR", "US", "UT", "UV", "OB or OW", "US or SS", "US or OW", "US or SS or OW"))
 
 
 def _clip(text: str, n: int) -> str:
@@ -243,7 +243,6 @@ def codestream_shapes(pixel_data: bytes, limit: int = 64) -> List[Tuple[str, int
     """(codec, rows, cols, components) claimed by the JPEG 2000 SIZ and JPEG / JPEG-LS SOF headers found in
     encapsulated pixel data (at most ``limit`` of them). Reads headers only."""
     out: List[Tuple[str, int, int, int]] = []
-    data = memoryview(pixel_data)
     b = bytes(pixel_data) if not isinstance(pixel_data, bytes) else pixel_data
     pos = 0
     while len(out) < limit:
@@ -282,5 +281,4 @@ def codestream_shapes(pixel_data: bytes, limit: int = 64) -> List[Tuple[str, int
                 break
             j += 2 + length
         pos = (j if found else i) + 2
-    del data
     return out

@@ -30,6 +30,7 @@ DEFAULTS: Dict[str, Any] = {
         "cache": "auto",  # "ram" | "none" | "auto" (ram when at most cache_max_images images) | "prepared:PATH"
         "cache_max_images": 20000,
         "val_fraction": 0.0,  # held-out pairs (by patient) for a validation loss
+        "anatomy": "",  # anatomy boxes for the anatomy objective: a phantom anatomy.csv or a Chest ImaGenome folder
     },
     "augment": {
         "enabled": True,
@@ -40,7 +41,8 @@ DEFAULTS: Dict[str, Any] = {
         "contrast": 0.1,
     },
     "objectives": {
-        "weights": {"global": 1.0, "local": 0.5, "region_sentence": 0.0, "intra": 0.5, "elvis": 0.0},
+        "weights": {"global": 1.0, "local": 0.5, "region_sentence": 0.0, "intra": 0.5, "elvis": 0.0, "anatomy": 0.0,
+                    "negation": 0.0},
         # "spans": sentences = "."-spans of the one report encoding; "separate": each sentence encoded alone (as a
         # phrase is at grounding time) for region_sentence / elvis / local with units = "sentences"
         "sentences": "spans",
@@ -51,6 +53,8 @@ DEFAULTS: Dict[str, Any] = {
                             "distance_threshold": 0.3, "smooth_lambda": 0.0, "weighting": "attention"},
         "elvis": {"temperature": 0.3, "attn_temperature": 0.1, "target_temperature": 0.1, "text_weight": 0.5,
                   "image_weight": 0.5, "similarity_source": "pre_projection", "weighting": "attention"},
+        "anatomy": {"temperature": 0.1, "width": 128, "layers": 1, "heads": 4},
+        "negation": {"temperature": 0.1, "attn_temperature": 0.1},
         "intra": {"distance": "kl", "temperature": 0.1, "target_temperature": 0.1, "detach_target": True,
                   "exclude_self": True, "image_weight": 1.0, "text_weight": 1.0},
     },

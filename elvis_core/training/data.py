@@ -195,12 +195,15 @@ class Augment:
             raise ConfigError(f"augment.scale must be > 0 (a negative scale would mirror the image), got {sc}")
         return np.array([sc, ang, tx, ty, c, b], dtype=np.float64)
 
-    def __call__(self, img: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    def __call__(self, img: np.ndarray, rng: np.random.Generator, matrix_out: Optional[list] = None) -> np.ndarray:
+        """``matrix_out``: a list that receives the 2x3 affine used (model pixels -> model pixels)."""
         s = img.shape[0]
         sc, ang, tx, ty, c, b = self.sample(rng)
         m = cv2.getRotationMatrix2D((s / 2.0, s / 2.0), ang, sc)
         m[:, 2] += (tx * s, ty * s)
         assert m[0, 0] > 0, "augmentation must never mirror the image"
+        if matrix_out is not None:
+            matrix_out.append(m.copy())
         out = cv2.warpAffine(img, m, (s, s), flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_CONSTANT, borderValue=0)
         return np.clip((out - 0.5) * c + 0.5 + b, 0.0, 1.0).astype(np.float32)
 
@@ -241,7 +244,10 @@ class PairDataset(torch.utils.data.Dataset):
     """
 
     def __init__(self, pairs: List[Pair], transform: ModelInputTransform, augment: Optional[Augment] = None,
-                 seed: int = 0):
+                 seed: int = 0, anatomy: Optional[dict] = None):
+        #: ``anatomy``: dicom_id (image file stem) -> (image shape, {region: box}) (``training.anatomy.read_anatomy``);
+        #: items then carry a third element, the regions' boxes in model-input pixels ([R, 4], NaN = absent)
+        self.anatomy = anatomy
         self.pairs = list(pairs)
         self.transform = transform
         self.augment = augment
@@ -295,11 +301,25 @@ class PairDataset(torch.utils.data.Dataset):
             except (ElvisError, ValueError, cv2.error) as err:
                 self._count_unreadable(p.image_path, getattr(err, "problem", str(err)))
                 return None
+        mats: list = []
         if self.augment is not None:
             rng = np.random.default_rng([self.seed, self._epoch, idx])
-            img = self.augment(img, rng)
+            img = self.augment(img, rng, matrix_out=mats)
         x = (img - self.transform.mean) / self.transform.std
-        return torch.from_numpy(np.ascontiguousarray(x, dtype=np.float32)).unsqueeze(0), p.text
+        t = torch.from_numpy(np.ascontiguousarray(x, dtype=np.float32)).unsqueeze(0)
+        if self.anatomy is None:
+            return t, p.text
+        return t, p.text, self._anatomy_boxes(p, mats[0] if mats else None)
+
+    def _anatomy_boxes(self, p: Pair, affine) -> Optional[np.ndarray]:
+        from elvis_core.training.anatomy import ANATOMY_REGIONS, boxes_to_model
+
+        entry = self.anatomy.get(os.path.splitext(os.path.basename(p.image_path))[0])
+        if entry is None or entry[0] is None:
+            return None
+        g = self.transform.geometry(entry[0])
+        b = np.array([entry[1].get(n, (np.nan,) * 4) for n in ANATOMY_REGIONS], np.float64)
+        return boxes_to_model(b, g.scale, g.pad_x, g.pad_y, affine)
 
 
 class PreparedDataset(torch.utils.data.Dataset):
@@ -370,14 +390,20 @@ class PreparedDataset(torch.utils.data.Dataset):
 
     def __getitems__(self, idxs: Sequence[int]) -> Dict[str, Any]:
         n, s = len(idxs), self.size
-        pix = np.empty((n, 1, s, s), dtype=np.uint8)
+        if torch.utils.data.get_worker_info() is not None:
+            # in a DataLoader worker: fill shared memory directly (the batch would be copied there to cross over)
+            storage = torch.UntypedStorage._new_shared(n * s * s)
+            pix_t = torch.empty(0, dtype=torch.uint8).set_(storage).view(n, 1, s, s)
+        else:
+            pix_t = torch.empty((n, 1, s, s), dtype=torch.uint8)
+        pix = pix_t.numpy()
         for j, i in enumerate(idxs):
             pix[j, 0] = self._shard(int(self.shard[i]))[int(self.row[i])]
         aug = None
         if self.augment is not None:
-            aug = torch.from_numpy(np.stack([self.augment.sample(np.random.default_rng([self.seed, self._epoch, int(i)]))
-                                             for i in idxs]))
-        out = {"pixels": torch.from_numpy(pix), "augment": aug}
+            aug = torch.from_numpy(np.stack([
+                self.augment.sample(np.random.default_rng([self.seed, self._epoch, int(i)])) for i in idxs]))
+        out = {"pixels": pix_t, "augment": aug}
         if self._tok_flat is not None:
             tok = self._tok_of_item
             out["token_ids"] = [self._tok_flat[self._tok_off[tok[i]]:self._tok_off[tok[i] + 1]] for i in idxs]
@@ -393,7 +419,15 @@ class Collate:
 
     def __init__(self, model, pad_to_max_length: bool = False, separate_sentences: bool = False,
                  max_sentences: int = 16):
-        from elvis_core.training.objectives import sentence_ids_from_tokens, split_sentences, word_mask
+        self.size = model.transform.size
+        self.grid = tuple(model.grid_shape())
+        from elvis_core.training.objectives import (negated_sentence, sentence_ids_from_tokens, split_sentences,
+                                                    word_mask)
+
+        self._negate = negated_sentence
+        #: also add "no <sentence>" copies of affirmative finding sentences (``sent_neg_src``: index of the original
+        #: row, -1 for the report's own sentences), for the ``negation`` objective
+        self.negations = False
 
         #: also tokenize each report sentence alone (``sent_input_ids`` / ``sent_attention_mask`` / ``sent_owner``)
         #: for the sentence-level objectives with ``objectives.sentences = "separate"``
@@ -449,14 +483,29 @@ class Collate:
         if aug is not None:
             out["augment"] = aug
         if self.separate_sentences:
-            sents, owner = [], []
+            sents, owner, per_item = [], [], []
             for b, text in enumerate(texts):
-                for sent in self._split(text, self.max_sentences) or [text]:
+                mine = self._split(text, self.max_sentences) or [text]
+                per_item.append(mine)
+                for sent in mine:
                     sents.append(sent)
                     owner.append(b)
+            src = [-1] * len(sents)
+            if self.negations:
+                for k in range(len(src)):
+                    neg = self._negate(sents[k])
+                    if neg is not None:
+                        sents.append(neg)
+                        owner.append(owner[k])
+                        src.append(k)
             st = self.tokenize(sents)
             out.update(sent_input_ids=st["input_ids"], sent_attention_mask=st["attention_mask"],
-                       sent_owner=torch.tensor(owner, dtype=torch.long))
+                       sent_owner=torch.tensor(owner, dtype=torch.long), sent_neg_src=torch.tensor(src,
+                                                                                              dtype=torch.long))
+            if isinstance(items, list) and len(items[0]) > 2:  # anatomy boxes (data.anatomy; not in prepared caches)
+                from elvis_core.training.anatomy import batch_anatomy
+
+                out.update(batch_anatomy([it[2] for it in items], per_item, self.size, self.grid))
         return out
 
 
@@ -496,3 +545,81 @@ def prepared_texts(cache, entries: Sequence[int]) -> List[str]:
     with open(cache.texts_path(), "rb") as fh:
         blob = fh.read()
     return [blob[int(cache.text_start[i]):int(cache.text_end[i])].decode("utf-8") for i in entries]
+
+
+class _Raised:
+    def __init__(self, err: BaseException):
+        self.err = err
+
+
+class ThreadPrefetcher:
+    """Iterate ``iterable`` (a DataLoader with ``num_workers = 0``) in a background thread, up to ``depth`` batches
+    ahead of the training loop.
+
+    For the prepared cache this beats worker processes: a batch costs ~2 ms of CPU in-process (memory-mapped copy,
+    pre-tokenized text; numpy copies release the GIL), while shipping it from a worker process through shared memory
+    costs several times that (measured in ``benchmarks/loader_speed.py``). Exceptions are re-raised in the consumer;
+    :meth:`close` (or leaving a ``with`` block) stops the thread.
+    """
+
+    _END = object()
+
+    def __init__(self, iterable, depth: int = 4):
+        import queue
+        import threading
+
+        self._q: "queue.Queue" = queue.Queue(maxsize=max(1, depth))
+        self._it = iter(iterable)
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="elvis-prefetch", daemon=True)
+        self._thread.start()
+
+    def _put(self, item) -> bool:
+        import queue
+
+        while not self._stop.is_set():
+            try:
+                self._q.put(item, timeout=0.1)
+                return True
+            except queue.Full:
+                continue
+        return False
+
+    def _run(self) -> None:
+        try:
+            for item in self._it:
+                if not self._put(item):
+                    return
+        except BaseException as err:  # noqa: BLE001 - handed to the consumer
+            self._put(_Raised(err))
+            return
+        self._put(self._END)
+
+    def __iter__(self):
+        return self
+
+    def __next__(self):
+        item = self._q.get()
+        if item is self._END:
+            self._q.put(self._END)  # further next() calls keep raising StopIteration
+            raise StopIteration
+        if isinstance(item, _Raised):
+            raise item.err
+        return item
+
+    def close(self) -> None:
+        import queue
+
+        self._stop.set()
+        while True:
+            try:
+                self._q.get_nowait()
+            except queue.Empty:
+                break
+        self._thread.join(timeout=5)
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()

@@ -160,9 +160,30 @@ class LocalTokenPatch(nn.Module):
         self.temperature, self.attn_temperature = temperature, attn_temperature
         self.aggregation, self.gamma, self.units = aggregation, gamma, units
 
+    #: elements of one block of the [Bi, Bj, L, N] token–patch similarities (2^26 = 256 MiB in fp32). Beyond it the
+    #: scores are computed for a few images at a time and, under autograd, each block is recomputed in the backward
+    #: pass instead of being kept, so the whole [B, B, L, N] tensor (with its softmax and the [B, B, L, D] context:
+    #: ~2.5 GB in fp32 at B = 64, L = 128, N = 256, growing with B²) is never held at once. Same values (tested).
+    block_elements: int = 1 << 26
+
     def pair_scores(self, patch_emb: torch.Tensor, token_emb: torch.Tensor, token_mask: torch.Tensor) -> torch.Tensor:
         """S [B_img, B_txt]."""
         p = patch_emb.flatten(1, -2) if patch_emb.ndim == 4 else patch_emb  # [B, N, D]
+        per_image = max(1, token_emb.shape[0] * token_emb.shape[1] * p.shape[1])
+        rows = max(1, self.block_elements // per_image)
+        if rows >= p.shape[0]:
+            return self._pair_scores_block(p, token_emb, token_mask)
+        from torch.utils.checkpoint import checkpoint
+
+        grad = torch.is_grad_enabled() and (p.requires_grad or token_emb.requires_grad)
+        out = []
+        for a in range(0, p.shape[0], rows):
+            blk = p[a:a + rows]
+            out.append(checkpoint(self._pair_scores_block, blk, token_emb, token_mask, use_reentrant=False)
+                       if grad else self._pair_scores_block(blk, token_emb, token_mask))
+        return torch.cat(out, dim=0)
+
+    def _pair_scores_block(self, p: torch.Tensor, token_emb: torch.Tensor, token_mask: torch.Tensor) -> torch.Tensor:
         sim = torch.einsum("jwd,ikd->ijwk", token_emb, p)  # [Bi, Bj, L, N]
         attn = torch.softmax(sim / self.attn_temperature, dim=-1)
         ctx = torch.einsum("ijwk,ikd->ijwd", attn, p)  # [Bi, Bj, L, D]
@@ -222,6 +243,49 @@ def split_sentences(text: str, max_sentences: int = 16) -> List[str]:
     return out
 
 
+_FINDING_WORDS = ("effusion", "pneumothorax", "opacit", "consolidation", "atelectasis", "pneumonia", "edema",
+                  "cardiomegaly", "enlarge", "airspace")
+_NEG_CUES = re.compile(r"\b(no|not|without|negative|clear|normal|resolved|sharp)\b", re.IGNORECASE)
+_LEAD = re.compile(r"^(there (is|are) (likely )?|findings include |redemonstration of |interval development of |"
+                   r"new |possible |probable )", re.IGNORECASE)
+
+
+def negated_sentence(sentence: str) -> Optional[str]:
+    """"no <finding>" for an affirmative sentence that names a finding ("There is a small left effusion." ->
+    "no a small left effusion"... with the lead-in dropped: "no small left effusion"), else None (already negated,
+    or no finding word). The grounding check negates a phrase the same way (``"no " + phrase``)."""
+    t = sentence.strip().rstrip(".").strip()
+    low = t.lower()
+    if not any(w in low for w in _FINDING_WORDS) or _NEG_CUES.search(low):
+        return None
+    t = _LEAD.sub("", t)
+    t = re.sub(r"^(a|an) ", "", t, flags=re.IGNORECASE)
+    return "no " + t[:1].lower() + t[1:]
+
+
+class NegationContrast(nn.Module):
+    """Negation-aware term (ours; none of the seed papers has it): for an affirmative finding sentence ``s`` of a
+    report and its negated copy ``s'`` = "no <s>" (:func:`negated_sentence`), the image's patches that ``s`` attends to
+    (``a_k = softmax_k(p_k . e_s / attn_temperature)``, detached) must be more similar to ``e_s`` than to ``e_s'``:
+    ``softplus((sum_k a_k p_k . e_s' - sum_k a_k p_k . e_s) / temperature)``, mean over pairs. It makes the map of
+    "no X" differ from the map of "X" where X is (the phantom reports' own negatives, "No left pneumothorax.", are
+    trained by the other terms like any sentence)."""
+
+    def __init__(self, temperature: float = 0.1, attn_temperature: float = 0.1):
+        super().__init__()
+        self.temperature, self.attn_temperature = temperature, attn_temperature
+
+    def forward(self, patch_emb: torch.Tensor, pos: torch.Tensor, neg: torch.Tensor, owner: torch.Tensor):
+        """patch_emb [B, gh, gw, D]; pos / neg [T, D] normalised (sentence, its negated copy); owner [T] image."""
+        if pos.shape[0] == 0:
+            return patch_emb.sum() * 0.0
+        p = patch_emb.flatten(1, -2)[owner]  # [T, N, D]
+        sp = torch.einsum("tnd,td->tn", p, pos)
+        sn = torch.einsum("tnd,td->tn", p, neg)
+        a = torch.softmax(sp.detach() / self.attn_temperature, dim=-1)
+        return F.softplus(((a * sn).sum(-1) - (a * sp).sum(-1)) / self.temperature).mean()
+
+
 @dataclass
 class Sentences:
     """Separately encoded sentences of each report, padded per sample: ``emb`` [B, S, D] (the text encoder's pooled
@@ -231,6 +295,8 @@ class Sentences:
     emb: torch.Tensor
     feats: torch.Tensor
     valid: torch.Tensor
+    #: negated copies of affirmative finding sentences (``negation`` objective): (pos [T, D], neg [T, D], owner [T])
+    negations: Optional[tuple] = None
 
     @staticmethod
     def pack(emb: torch.Tensor, feats: torch.Tensor, owner: torch.Tensor, batch_size: int) -> "Sentences":
@@ -523,6 +589,16 @@ OBJECTIVES = {
 }
 
 
+def _anatomy_cls():
+    from elvis_core.training.anatomy import AnatomyAlignment
+
+    return AnatomyAlignment
+
+
+OBJECTIVES["negation"] = (NegationContrast, {"temperature": 0.1, "attn_temperature": 0.1})
+OBJECTIVES["anatomy"] = (None, {"temperature": 0.1, "width": 128, "layers": 1, "heads": 4})
+
+
 def word_mask(input_ids: torch.Tensor, attention_mask: torch.Tensor, special_ids) -> torch.Tensor:
     """[B, L] long: 1 for real word pieces (not padding, not [CLS]/[SEP]/other special tokens)."""
     m = attention_mask.bool()
@@ -550,7 +626,7 @@ class CombinedObjective(nn.Module):
     """
 
     def __init__(self, weights: Dict[str, float], options: Optional[Dict[str, dict]] = None,
-                 sentences: str = "spans"):
+                 sentences: str = "spans", dims: Optional[Dict[str, int]] = None):
         super().__init__()
         options = options or {}
         if sentences not in ("spans", "separate"):
@@ -569,11 +645,18 @@ class CombinedObjective(nn.Module):
             cls, defaults = OBJECTIVES[name]
             kw = dict(defaults)
             kw.update(options.get(name, {}))
+            if name == "anatomy":  # GK-MVLP-style: needs the model's dimensions and separately encoded sentences
+                if not dims:
+                    raise ValueError("the anatomy objective needs the model dimensions (dims)")
+                if sentences != "separate":
+                    raise ValueError("the anatomy objective needs objectives.sentences = 'separate'")
+                cls = _anatomy_cls()
+                kw.update(in_dim=int(dims["image_channels"]), out_dim=int(dims["embed_dim"]))
             self.terms[name] = cls(**kw)
 
     @property
     def needs_separate_sentences(self) -> bool:
-        return self.sentences == "separate" or any(
+        return self.sentences == "separate" or "anatomy" in self.terms or "negation" in self.terms or any(
             getattr(t, "units", "") == "sentences" for t in self.terms.values())
 
     def forward(self, img, txt, words: torch.Tensor, sentence_ids: Optional[torch.Tensor] = None,
@@ -597,5 +680,15 @@ class CombinedObjective(nn.Module):
             elif name == "elvis":
                 parts[name] = term(img.patch_feats, img.patch_emb, txt.token_feats, txt.token_emb, sentence_ids,
                                    sentences=sep)
+            elif name == "negation":
+                if sentences is None or sentences.negations is None:
+                    raise ValueError("the negation objective needs the separately encoded sentences")
+                parts[name] = term(img.patch_emb, *sentences.negations)
+            elif name == "anatomy":
+                if sentences is None or not anatomy:
+                    raise ValueError("the anatomy objective needs anatomy boxes (data.anatomy) and the separately "
+                                     "encoded sentences")
+                parts[name] = term(img.patch_feats, sentences.emb, sentences.valid, anatomy["anatomy_masks"],
+                                   anatomy["anatomy_mentions"])
         total = sum(self.weights[n] * v for n, v in parts.items())
         return total, {n: float(v.detach()) for n, v in parts.items()}

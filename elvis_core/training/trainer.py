@@ -40,7 +40,7 @@ from elvis_core.training.objectives import CombinedObjective
 log = logging.getLogger(__name__)
 
 LOG_COLUMNS = ["step", "epoch", "lr", "loss", "global", "local", "region_sentence", "intra", "pairs_per_s",
-               "seconds", "val_loss", "val_cnr", "val_miou", "val_pointing", "elvis", "anatomy"]
+               "seconds", "val_loss", "val_cnr", "val_miou", "val_pointing", "elvis", "anatomy", "negation"]
 STATE_JSON, STATE_TENSORS = "trainer_state.json", "trainer_state.safetensors"
 
 
@@ -65,8 +65,18 @@ class TrainModule(nn.Module):
                 pooled = (st.token_feats * m).sum(1) / m.sum(1).clamp_min(1.0)
             else:
                 pooled = st.token_feats[:, 0]
-            sentences = Sentences.pack(st.global_emb, pooled, batch["sent_owner"], batch["input_ids"].shape[0])
-        return self.objective(img, txt, batch["words"], batch["sentence_ids"], sentences=sentences)
+            src = batch.get("sent_neg_src")
+            if src is None:
+                src = torch.full_like(batch["sent_owner"], -1)
+            own = src < 0
+            sentences = Sentences.pack(st.global_emb[own], pooled[own], batch["sent_owner"][own],
+                                       batch["input_ids"].shape[0])
+            if bool((~own).any()):
+                sentences.negations = (st.global_emb[src[~own]], st.global_emb[~own], batch["sent_owner"][~own])
+            elif "negation" in self.objective.terms:
+                sentences.negations = (st.global_emb[:0], st.global_emb[:0], batch["sent_owner"][:0])
+        anatomy = {k: batch[k] for k in ("anatomy_masks", "anatomy_mentions") if k in batch} or None
+        return self.objective(img, txt, batch["words"], batch["sentence_ids"], sentences=sentences, anatomy=anatomy)
 
 
 @dataclass
@@ -330,6 +340,7 @@ def train(cfg: Dict[str, Any], out_dir: Optional[str] = None, progress: Optional
     """Run a training described by a validated config (:func:`elvis_core.training.config.load_config`)."""
     from elvis_core.model.elvis import build_model
     from elvis_core.training.data import (Augment, Collate, PairDataset, PairStats, PreparedDataset,
+                                          ThreadPrefetcher,
                                           excluded_patients_from_csv, find_pairs, prepared_texts, read_mimic_views,
                                           split_val, split_val_ids)
 
@@ -363,9 +374,9 @@ def train(cfg: Dict[str, Any], out_dir: Optional[str] = None, progress: Optional
     if dc["exclude_ms_cxr"]:
         excluded = excluded_patients_from_csv(dc["exclude_ms_cxr"], dc["exclude_splits"])
     if prepared is not None:
-        from elvis_core.model.transforms import ModelInputTransform
+        from elvis_core.model.transforms import transform_from_config
 
-        prepared.check_transform(ModelInputTransform.from_config(model_cfg["preprocessing"]))
+        prepared.check_transform(transform_from_config(model_cfg["preprocessing"]))
         ids = prepared.select(dc["views"], excluded, dc["max_pairs"])
         if len(ids) == 0:
             raise ConfigError("no entries of the prepared cache are left after the view / MS-CXR exclusion filters",
@@ -428,7 +439,17 @@ def train(cfg: Dict[str, Any], out_dir: Optional[str] = None, progress: Optional
         a = cfg["augment"]
         augment = Augment(scale=tuple(a["scale"]), rotate_deg=a["rotate_deg"], translate=a["translate"],
                           brightness=a["brightness"], contrast=a["contrast"])
+    anatomy = None
+    if dc["anatomy"]:
+        from elvis_core.training.anatomy import read_anatomy
+
+        anatomy = read_anatomy(dc["anatomy"])
+    elif cfg["objectives"]["weights"].get("anatomy", 0):
+        raise ConfigError("the anatomy objective needs anatomy boxes: set data.anatomy (a phantom anatomy.csv or a "
+                          "Chest ImaGenome scene-graph folder)")
     if prepared is not None:
+        if anatomy is not None:
+            raise ConfigError("data.anatomy is not available with a prepared cache yet; train from the folder")
         prepared.check_transform(model.transform)  # refuse a cache made with another transform
         ds = PreparedDataset(prepared, train_ids, augment=augment, seed=tc["seed"])
         ds.pretokenize(model.tokenizer, model.max_text_length)
@@ -436,7 +457,7 @@ def train(cfg: Dict[str, Any], out_dir: Optional[str] = None, progress: Optional
         use_cache = False
         n_unreadable = len(prepared.unreadable)
     else:
-        ds = PairDataset(train_pairs, model.transform, augment=augment, seed=tc["seed"])
+        ds = PairDataset(train_pairs, model.transform, augment=augment, seed=tc["seed"], anatomy=anatomy)
         use_cache = dc["cache"] == "ram" or (dc["cache"] == "auto" and len(train_pairs) <= dc["cache_max_images"])
         if use_cache:
             if is0:
@@ -452,10 +473,12 @@ def train(cfg: Dict[str, Any], out_dir: Optional[str] = None, progress: Optional
     sampler = torch.utils.data.distributed.DistributedSampler(ds, num_replicas=world, rank=rank, shuffle=True,
                                                               seed=tc["seed"], drop_last=True)
     oc = cfg["objectives"]
+    dims = {"image_channels": int(model.image_channels), "embed_dim": int(model.embed_dim)}
     objective = CombinedObjective(oc["weights"], {k: oc[k] for k in oc if k not in ("weights", "sentences")},
-                                  sentences=oc["sentences"])
+                                  sentences=oc["sentences"], dims=dims)
     collate = Collate(model, pad_to_max_length=tc["static_shapes"],
                       separate_sentences=objective.needs_separate_sentences)
+    collate.negations = "negation" in objective.terms
     loader = torch.utils.data.DataLoader(ds, batch_size=tc["batch_size"], sampler=sampler, drop_last=True,
                                          num_workers=tc["num_workers"], collate_fn=collate,
                                          pin_memory=device.type == "cuda",
@@ -466,7 +489,7 @@ def train(cfg: Dict[str, Any], out_dir: Optional[str] = None, progress: Optional
             vds = PreparedDataset(prepared, val_ids, augment=None)
             vds.pretokenize(model.tokenizer, model.max_text_length)
         else:
-            vds = PairDataset(val_pairs, model.transform, augment=None)
+            vds = PairDataset(val_pairs, model.transform, augment=None, anatomy=anatomy)
             if use_cache:
                 vds.build_cache()
         vs = torch.utils.data.distributed.DistributedSampler(vds, num_replicas=world, rank=rank, shuffle=False,
@@ -501,7 +524,7 @@ def train(cfg: Dict[str, Any], out_dir: Optional[str] = None, progress: Optional
         unused = not model_cfg["projection"]["shared_local_global"] and (
             "global" not in w or not ({"local", "region_sentence", "intra", "elvis", "anatomy"} & set(w)))
         ddp = nn.parallel.DistributedDataParallel(module, device_ids=[device.index] if device.type == "cuda" else None,
-                                                  find_unused_parameters=unused)
+                                                  find_unused_parameters=unused, gradient_as_bucket_view=True)
 
     provenance = {
         "objectives": {"weights": oc["weights"], **{k: oc[k] for k in oc if k != "weights"}},
@@ -566,7 +589,9 @@ def train(cfg: Dict[str, Any], out_dir: Optional[str] = None, progress: Optional
         micro = 0
         parts_acc: Dict[str, float] = {}
         loss_acc = 0.0
-        for bi, batch in enumerate(loader):
+        # prepared cache in-process: batches come from a background thread, a few ahead of the step
+        batches = ThreadPrefetcher(loader) if (prepared is not None and tc["num_workers"] == 0) else loader
+        for bi, batch in enumerate(batches):
             if bi < skip_batches:
                 continue
             if batch is None:
@@ -616,6 +641,8 @@ def train(cfg: Dict[str, Any], out_dir: Optional[str] = None, progress: Optional
             if step >= total_steps:
                 done = True
                 break
+        if batches is not loader:
+            batches.close()
         skip_batches = 0
         epoch += 1
         if not cfg["validation"]["every"] and (val_loader is not None or cfg["validation"]["annotations"]):

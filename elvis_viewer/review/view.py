@@ -221,8 +221,10 @@ class ReviewView(QtWidgets.QWidget):
         self._fill_filters()
         self._show_current()
         n = len(session.items)
+        where = (f"READ-ONLY, decisions are not saved: {session.read_only_reason}" if session.read_only_reason
+                 else f"decisions saved to {session.store.path.name}")
         self._say(f"{n} phrases loaded from {Path(annotations_path).name}; {len(session.problems)} problem(s) listed; "
-                  f"decisions saved to {session.store.path.name}")
+                  f"{where}")
         return True
 
     def _fail(self, msg: str) -> bool:

@@ -360,3 +360,26 @@ def test_sentences_pack_and_split():
     a = LocalTokenPatch(units="sentences")(P, sent.emb, sent.valid.long())
     b = LocalTokenPatch()(P, e, sent.valid.long())
     assert a.item() == pytest.approx(b.item())
+
+
+def test_negation_contrast_hand_and_negated_sentences():
+    from elvis_core.training.objectives import NegationContrast, negated_sentence
+
+    assert negated_sentence("There is a small left pleural effusion.") == "no small left pleural effusion"
+    assert negated_sentence("Moderate cardiomegaly.") == "no moderate cardiomegaly"
+    assert negated_sentence("No left pneumothorax.") is None and negated_sentence("Heart size is normal.") is None
+    P = F.normalize(torch.tensor([[[[1.0, 0.0], [0.0, 1.0]]], [[[0.6, 0.8], [0.8, -0.6]]]], dtype=torch.float64),
+                    dim=-1)  # [2, 1, 2, 2]
+    pos = unit([1.0, 0.2], [0.1, 1.0])
+    neg = unit([0.9, 0.5], [-0.3, 1.0])
+    owner = torch.tensor([0, 1])
+    ta, tau = 0.2, 0.5
+    loss = NegationContrast(temperature=tau, attn_temperature=ta)(P, pos, neg, owner).item()
+    Pl = P.flatten(1, 2).tolist()
+    terms = []
+    for t in range(2):
+        ps = Pl[int(owner[t])]
+        a = softmax([dot(p, pos[t].tolist()) / ta for p in ps])
+        d = sum(a[k] * (dot(ps[k], neg[t].tolist()) - dot(ps[k], pos[t].tolist())) for k in range(2)) / tau
+        terms.append(math.log1p(math.exp(d)))
+    assert loss == pytest.approx(sum(terms) / 2, rel=1e-6)

@@ -295,12 +295,29 @@ def test_sentence_level_objectives_train_with_separately_encoded_sentences(phant
 
     sets = {"objectives.weights.global": 1.0, "objectives.weights.local": 0.5, "objectives.weights.intra": 0.0,
             "objectives.weights.elvis": 0.5, "objectives.weights.region_sentence": 0.25,
+            "objectives.weights.negation": 0.5,
             "objectives.sentences": "'separate'", "objectives.local.units": "'sentences'", "train.max_steps": 2}
     res = train(_tiny_cfg(phantom, tmp_path / "sep", **sets))
     assert res.steps == 2 and all(torch.isfinite(torch.tensor(res.losses)))
     header = (tmp_path / "sep" / "log.csv").read_text().splitlines()[0].split(",")
     rows = [dict(zip(header, r.split(","))) for r in (tmp_path / "sep" / "log.csv").read_text().splitlines()[1:]]
-    assert rows and all(r["elvis"] and r["region_sentence"] and r["local"] for r in rows if r["loss"])
-    spans = dict(sets, **{"objectives.sentences": "'spans'", "objectives.local.units": "'tokens'"})
+    assert rows and all(r["elvis"] and r["region_sentence"] and r["local"] and r["negation"] for r in rows
+                        if r["loss"])
+    spans = dict(sets, **{"objectives.sentences": "'spans'", "objectives.local.units": "'tokens'",
+                          "objectives.weights.negation": 0.0})
     res2 = train(_tiny_cfg(phantom, tmp_path / "spans", **spans))
     assert res2.first_loss != pytest.approx(res.first_loss, rel=1e-4)
+
+
+def test_anatomy_objective_trains_from_the_phantom_anatomy_csv(phantom, tmp_path):
+    from elvis_core.training.trainer import train
+
+    sets = {"objectives.weights.anatomy": 0.5, "objectives.weights.intra": 0.0, "objectives.sentences": "'separate'",
+            "data.anatomy": repr(str(phantom / "anatomy.csv")), "augment.enabled": "true", "train.max_steps": 2}
+    res = train(_tiny_cfg(phantom, tmp_path / "an", **sets))
+    header = (tmp_path / "an" / "log.csv").read_text().splitlines()[0].split(",")
+    rows = [dict(zip(header, r.split(","))) for r in (tmp_path / "an" / "log.csv").read_text().splitlines()[1:]]
+    assert res.steps == 2 and all(float(r["anatomy"]) > 0 for r in rows if r["loss"])
+    with pytest.raises(ConfigError, match="data.anatomy"):
+        train(_tiny_cfg(phantom, tmp_path / "an2", **{"objectives.weights.anatomy": 0.5,
+                                                      "objectives.sentences": "'separate'"}))
