@@ -160,7 +160,7 @@ class MainWindow(QtWidgets.QMainWindow):
         strip = panels.addAction("Thumbnail strip")
         strip.setCheckable(True)
         strip.setChecked(True)
-        strip.toggled.connect(self.thumb_strip.setVisible)
+        strip.toggled.connect(self.thumb_strip.set_wanted)
         panels.addAction(self.toolbar.toggleViewAction())
         self.presets_menu = self.menus["View"].addMenu("Window presets")
         self.presets_menu.aboutToShow.connect(self._fill_presets_menu)

@@ -58,7 +58,7 @@ class ReportView(QtWidgets.QTextEdit):
         self.current: Optional[Tuple[int, int]] = None
         self.annotated: List[Tuple[int, int, str]] = []
         self.marks: list = []
-        self.setPlaceholderText("No report for this image. Type a phrase below to ground it.")
+        self.setPlaceholderText("No report for this image.")
 
     # ------------------------------------------------------------------------------------------------- content
     def set_report(self, report, annotated_phrases: Iterable[str] = ()) -> None:

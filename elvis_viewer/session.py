@@ -296,7 +296,7 @@ class ViewerSession(QtCore.QObject):
             self._prepare(k)
         if self.phrase.text:
             self.ground_phrase(self.phrase.text, self._span_in_report(self.phrase.text))
-        self._preload_next()
+        QtCore.QTimer.singleShot(150, self._preload_next)  # after this image is drawn (no GIL contention)
 
     def _remember(self, path, result) -> None:
         self._cache[path] = result

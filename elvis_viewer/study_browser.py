@@ -139,7 +139,13 @@ class ThumbnailStrip(_EntryList):
         self.setHorizontalScrollBarPolicy(QtCore.Qt.ScrollBarPolicy.ScrollBarAsNeeded)
         self.setVerticalScrollBarPolicy(QtCore.Qt.ScrollBarPolicy.ScrollBarAlwaysOff)
         self.setTextElideMode(QtCore.Qt.TextElideMode.ElideMiddle)
+        self.wanted = True  # View → Panels → Thumbnail strip; shown only once there are images
+        self.setVisible(False)
         session.studiesChanged.connect(self.rebuild)
+
+    def set_wanted(self, on: bool) -> None:
+        self.wanted = bool(on)
+        self.setVisible(self.wanted and self.count() > 0)
 
     def rebuild(self) -> None:
         self._syncing = True
@@ -153,5 +159,6 @@ class ThumbnailStrip(_EntryList):
             self.addItem(item)
             self.rows[e.path] = item
         self._syncing = False
+        self.setVisible(self.wanted and self.count() > 0)
         if self.session.rad_path:
             self.follow(self.session.rad_path)

@@ -92,6 +92,30 @@ def test_review_flag_opens_review_tab(qtbot, tmp_path, demo_resources):
     workers.wait_all()
 
 
+def test_review_with_checkpoint_maps_the_first_item_once_the_model_loads(qtbot, tmp_path, demo_resources):
+    """`--review --checkpoint`: the model loads after the first item is shown; its map must follow on its own."""
+    studies, model_dir, _ = demo_resources
+    settings = QtCore.QSettings(str(tmp_path / "s.ini"), QtCore.QSettings.Format.IniFormat)
+    settings.setValue("review/reviewer", "T. Ester")
+    win = MainWindow(settings=settings)
+    qtbot.addWidget(win)
+    if win.review_view is None:
+        pytest.skip("elvis_viewer.review is not importable in this build")
+    csv = tmp_path / "ms_cxr.csv"  # its own review store (another test's store may still be open and locked)
+    csv.write_bytes((studies / "ms_cxr.csv").read_bytes())
+    args = app_mod.build_parser().parse_args(["--review", "--annotations", str(csv),
+                                              "--images", str(studies), "--checkpoint", str(model_dir)])
+    app_mod.open_from_args(win, args)
+    rv = win.review_view
+    assert rv.session is not None, rv.last_error
+    qtbot.waitUntil(lambda: win.slots[0].engine is not None, timeout=60000)
+    qtbot.waitUntil(lambda: rv.session.item is not None and rv.map_key == rv.session.item.key, timeout=30000)
+    assert rv.gmap.phrase == rv.session.item.label_text
+    assert not win.study_dock.isVisible() and not win.toolbar.isVisible()  # Review has the whole window
+    rv.close()
+    workers.wait_all()
+
+
 @pytest.mark.skipif(not (app_mod.DEMO_STUDIES.is_dir() and app_mod.DEMO_MODEL.is_dir()),
                     reason="resources/demo or resources/demo_model not built yet")
 def test_shipped_demo_opens_and_grounds(qtbot, tmp_path):

@@ -294,6 +294,18 @@ def test_export_is_what_the_screen_shows(qtbot, win, study_root, tmp_path):
     one = cv2.imread(str(win.export_png(str(tmp_path / "one.png"))))
     vw = win.image_view.grab_view()
     assert one.shape[1] == vw.width() and one.shape[0] > vw.height()  # the view as drawn + header/footer bands
+    # the typed phrase is negated: the header carries the red "NEGATED" line (#ff6e6e; BGR in OpenCV)
+    head = one[:one.shape[0] - vw.height()].astype(int)
+    red = (head[..., 2] > 200) & (head[..., 1] < 150) & (head[..., 0] < 150)
+    assert red.sum() > 50
+    # and the image part is the view pixel for pixel (what the screen shows), between the header and the footer
+    import numpy as np
+
+    rgb = vw.convertToFormat(vw.Format.Format_RGB888)
+    view = np.ndarray((rgb.height(), rgb.bytesPerLine()), np.uint8, rgb.constBits())[:, :3 * rgb.width()]
+    view = view.reshape(rgb.height(), rgb.width(), 3)[..., ::-1]  # RGB -> BGR as cv2 reads it
+    h = vw.height()
+    assert any(np.array_equal(one[r:r + h], view) for r in range(1, one.shape[0] - h))
     # compare mode: both views side by side in one picture
     win.load_checkpoint(None, 1, model=_demo_model(), name="m2")
     win.set_compare_mode(True)
