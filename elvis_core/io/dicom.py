@@ -508,7 +508,9 @@ def _to_grey(arr: np.ndarray, photometric: str, warnings: List[str]) -> np.ndarr
     return arr
 
 
-_ENCAPSULATED_PREFIXES = ("1.2.840.10008.1.2.4.", "1.2.840.10008.1.2.5")
+#: JPEG 2000 (Part 1, Part 2 multi-component) and High-Throughput JPEG 2000 transfer syntaxes; the other
+#: 1.2.840.10008.1.2.4.* syntaxes hold JPEG / JPEG-LS codestreams
+_JPEG2000_SYNTAXES = frozenset("1.2.840.10008.1.2.4." + n for n in ("90", "91", "92", "93", "201", "202", "203"))
 
 
 def _check_decoded_size(ds, hdr: ImageHeader, path: str, ts: str, decoder: str) -> None:
@@ -529,7 +531,8 @@ def _check_decoded_size(ds, hdr: ImageHeader, path: str, ts: str, decoder: str) 
         raise DicomReadError(f"pixel data unreadable ({type(err).__name__})", path) from None
     if not isinstance(data, (bytes, bytearray)):
         return
-    for codec, r, c, comps in codestream_shapes(data):
+    j2k = ts in _JPEG2000_SYNTAXES
+    for codec, r, c, comps in codestream_shapes(data, jpeg2000=j2k, jpeg=not j2k):
         try:
             check_frame(r, c, comps, hdr.bytes_per_sample, 1, what=f"the {codec} frame header's image")
         except ValueError as err:

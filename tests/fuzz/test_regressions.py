@@ -556,3 +556,25 @@ def test_model_limits_estimate_is_close_for_the_presets():
 
 def test_elvis_error_is_the_only_error_type_for_users():
     assert issubclass(CheckpointError, ElvisError) and issubclass(AnnotationError, ElvisError)
+
+
+def test_jpeg_marker_bytes_inside_a_jpeg2000_file_are_not_read_as_a_jpeg_header(tmp_path):
+    """A JPEG 2000 file is checked against its SIZ header only: bytes after its codestream that look like a JPEG SOF
+    claiming a 65535 x 65535 image must not get a valid file refused (only the transfer syntax's codec is parsed)."""
+    import pydicom
+    from pydicom.encaps import encapsulate, generate_frames
+
+    from elvis_core.io.dicom import read_radiograph
+
+    src = next(p for p in sorted(Path(__file__).resolve().parents[2].glob("resources/demo/files/**/*.dcm"))
+               if pydicom.dcmread(p, stop_before_pixels=True).file_meta.TransferSyntaxUID.endswith(".4.90"))
+    ds = pydicom.dcmread(src)
+    (frame,) = list(generate_frames(ds.PixelData, number_of_frames=1))
+    fake_sof = b"\xff\xd8\xff\xc0\x00\x11\x08\xff\xff\xff\xff\x01\x01\x11\x00"
+    ds.PixelData = encapsulate([frame + fake_sof + b"\x00"])
+    out = tmp_path / "j2k_with_marker_bytes.dcm"
+    ds.save_as(out, enforce_file_format=True)
+    ref = read_radiograph(src)
+    rg = read_radiograph(out)
+    assert rg.pixels.shape == ref.pixels.shape
+    assert np.array_equal(rg.pixels, ref.pixels)
