@@ -43,6 +43,12 @@ def _views(w, fn):
             fn(iv)
 
 
+def _pacs():
+    from elvis_viewer import pacs_dialog  # PACS dialog + DICOM exports (issue 14), imported on first use
+
+    return pacs_dialog
+
+
 def _toggle_overlay(w, on: bool):
     w.overlay_panel.change(visible=on)
 
@@ -52,6 +58,8 @@ ACTIONS: List[Action] = [
     Action("file.open", "Open file…", "File", lambda w: w.open_file_dialog(), "Ctrl+O", group="open"),
     Action("file.open_folder", "Open folder…", "File", lambda w: w.open_folder_dialog(), "Ctrl+Shift+O",
            group="open"),
+    Action("file.open_pacs", "Open from PACS…", "File", lambda w: _pacs().open_pacs_dialog(w), "Ctrl+Shift+P",
+           tip="Search a DICOMweb server (QIDO-RS), fetch a study into the local cache and open it", group="open"),
     Action("file.open_checkpoint", "Open checkpoint…", "File", lambda w: w.open_checkpoint_dialog(0), "Ctrl+K",
            group="model"),
     Action("file.open_compare", "Open compare checkpoint…", "File", lambda w: w.open_checkpoint_dialog(1),
@@ -61,6 +69,11 @@ ACTIONS: List[Action] = [
     Action("file.export", "Export view as PNG…", "File", lambda w: w.export_dialog(), "Ctrl+E", toolbar=True,
            tip="What the screen shows: both compare views, markers, colours, fade, phrase and its marks",
            group="export"),
+    Action("file.export_sr", "Export reviewed boxes as DICOM SR…", "File", lambda w: _pacs().export_review_sr(w),
+           tip="One TID 1500 Comprehensive SR per image of the open review (accepted / edited / added boxes)",
+           group="export"),
+    Action("file.export_seg", "Export map as DICOM SEG…", "File", lambda w: _pacs().export_map_seg(w),
+           tip="The current phrase's map as a DICOM Segmentation referencing the image", group="export"),
     Action("file.quit", "Quit", "File", lambda w: w.close(), "Ctrl+Q", group="quit"),
     # View: image
     Action("view.fit", "Fit", "View", lambda w: _views(w, lambda iv: iv.fit()), "F", toolbar=True),
@@ -156,9 +169,10 @@ def build_actions(window, actions: Optional[List[Action]] = None) -> Dict[str, Q
                 m.addSeparator()
             last_group[a.menu] = a.group
             m.addAction(qa)
-        if a.toolbar:
-            tb.addAction(qa)
         out[a.id] = qa
+    # toolbar: the view tools first, file actions (export) at the end
+    for a in sorted((a for a in actions if a.toolbar), key=lambda a: a.id.startswith("file.")):
+        tb.addAction(out[a.id])
     window.menus = menus
     return out
 

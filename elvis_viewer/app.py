@@ -41,6 +41,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--phrase", help="ground this phrase once the first image is shown")
     p.add_argument("--screenshot", metavar="OUT.png", help="render the window after loading, save it, exit")
     p.add_argument("--timeout", type=float, default=120.0, help="seconds --screenshot waits for loading (default 120)")
+    p.add_argument("--size", metavar="WxH", help="window size, e.g. 1280x720 (screenshots; default: the last one)")
     p.add_argument("--install-desktop-entry", action="store_true",
                    help="install the .desktop file and icon for the current user ($XDG_DATA_HOME, default "
                         "~/.local/share) and exit")
@@ -121,7 +122,17 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     if os.environ.get("ELVIS_VIEWER_SETTINGS"):
         settings = QtCore.QSettings(os.environ["ELVIS_VIEWER_SETTINGS"], QtCore.QSettings.Format.IniFormat)
     win = MainWindow(settings=settings)
+    if args.size:
+        try:
+            w, h = (int(v) for v in args.size.lower().split("x"))
+        except ValueError:
+            print(f"--size {args.size}: expected WIDTHxHEIGHT, e.g. 1280x720", file=sys.stderr)
+            return 2
+        win.resize(w, h)
     win.show()
+    timing = os.environ.get("ELVIS_VIEWER_TIMING")
+    if timing:  # benchmarks/viewer_speed.py: wall-clock stamps of the window and the first painted image
+        _report_timing(win, app, exit_after_paint=(timing == "exit"))
     open_from_args(win, args, app)
     if args.screenshot:
         ok = wait_idle(win, app, args.timeout)
@@ -140,6 +151,20 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         print(f"screenshot: {out}")
         return _shutdown(win, app, 0, hard=argv is None)
     return _shutdown(win, app, app.exec(), hard=argv is None)
+
+
+def _report_timing(win, app, exit_after_paint: bool) -> None:
+    app.processEvents()
+    win.repaint()
+    print(f"elvis-timing window {time.time():.6f}", file=sys.stderr, flush=True)
+
+    def painted(_path):
+        win.repaint()  # synchronous paint of the window with the image in it
+        print(f"elvis-timing painted {time.time():.6f} torch_loaded={'torch' in sys.modules}", file=sys.stderr,
+              flush=True)
+        if exit_after_paint:
+            os._exit(0)
+    win.imageShown.connect(painted)
 
 
 def _install_desktop_entry() -> int:

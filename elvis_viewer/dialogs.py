@@ -11,6 +11,23 @@ from elvis_core.errors import ElvisError
 from elvis_viewer.actions import shortcut_rows
 
 
+IDENTITY_KEYWORDS = ("PatientName", "PatientID", "PatientBirthDate", "PatientSex", "AccessionNumber", "StudyDate")
+
+
+def identity_text(path: Optional[str]) -> str:
+    """The patient identifiers of a DICOM file for the corner text; called ONLY while the privacy toggle is on."""
+    if not path:
+        return ""
+    from elvis_core.io.privacy import dicom_tag_rows
+
+    try:
+        vals = {kw: v for _t, kw, _vr, v in dicom_tag_rows(path, reveal_identifiers=True)
+                if kw in IDENTITY_KEYWORDS and v}
+    except ElvisError:
+        return ""  # not DICOM (JPG/PNG): nothing to show
+    return "  ".join(vals[k] for k in IDENTITY_KEYWORDS if k in vals)
+
+
 def tag_inspector(parent, path: str, reveal: bool) -> Optional[QtWidgets.QDialog]:
     from elvis_core.io.privacy import dicom_tag_rows
 

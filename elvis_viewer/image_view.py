@@ -36,7 +36,7 @@ pg.setConfigOptions(imageAxisOrder="row-major", antialias=True)
 
 from elvis_viewer.view_items import (  # noqa: E402  (re-exported: public names of this module)
     _SPACING_SHORT, OVERLAY_COLORMAPS, OVERLAY_SMOOTH_FACTOR, _CachedDownsampleImageItem, _num, _overlay_colormap,
-    _shadow, _WLViewBox, affine_to_qtransform)
+    _shadow, _WLViewBox, affine_to_qtransform, layout_corner_texts, prepared, unseen_items)
 
 
 class ImageView(QtWidgets.QWidget):
@@ -92,6 +92,8 @@ class ImageView(QtWidgets.QWidget):
         self.glw.addItem(self.colorbar, row=0, col=1)
         self.colorbar.setVisible(False)
 
+        # the part of the image an imported model's centre crop never saw: hatched, framed and labelled
+        self._unseen_items: List[QtWidgets.QGraphicsItem] = []
         self._box_items: List[QtWidgets.QGraphicsItem] = []
         self._note = ""
         self.measure = MeasureLayer(self)
@@ -140,18 +142,21 @@ class ImageView(QtWidgets.QWidget):
             self._update_texts()
             return
         pix = rad.pixels
-        step = max(1, int(max(pix.shape) // 512))
-        sub = pix[::step, ::step]
-        lo, hi = (float(v) for v in np.percentile(sub, [0.5, 99.5]))
-        if hi <= lo:
-            lo, hi = float(sub.min()), float(sub.max()) + 1.0
-        self._robust = (lo, hi)
+        robust = prepared(rad, "_display_robust")  # computed in the reading worker (session_tasks)
+        if robust is None:
+            step = max(1, int(max(pix.shape) // 512))
+            sub = pix[::step, ::step]
+            lo, hi = (float(v) for v in np.percentile(sub, [0.5, 99.5]))
+            if hi <= lo:
+                lo, hi = float(sub.min()), float(sub.max()) + 1.0
+            robust = (lo, hi)
+        self._robust = robust
         self.overlay_clip.setRect(0, 0, float(pix.shape[1]), float(pix.shape[0]))
         pyr = getattr(rad, "_display_pyramid", None)
         self.image_item.pyramid = pyr[1] if pyr is not None and pyr[0] is pix else {}
         self.image_item.setImage(pix, autoLevels=False)
         self._use_voi_lut = rad.voi_lut is not None and not rad.windows
-        w = rad.default_window()
+        w = prepared(rad, "_display_window") or rad.default_window()
         self._center, self._width = float(w.center), max(float(w.width), 1e-6)
         self._apply_levels()
         self._apply_lut()
@@ -212,7 +217,8 @@ class ImageView(QtWidgets.QWidget):
         if self.rad is None:
             return []
         if getattr(self, "_presets_for", None) is not self.rad:
-            self._presets_cache, self._presets_for = window_presets(self.rad), self.rad
+            pre = prepared(self.rad, "_display_presets")
+            self._presets_cache, self._presets_for = (pre if pre is not None else window_presets(self.rad)), self.rad
         return list(self._presets_cache)
 
     def apply_preset(self, name: str) -> None:
@@ -300,6 +306,7 @@ class ImageView(QtWidgets.QWidget):
             if iso.scene() is not None:
                 iso.scene().removeItem(iso)
         self._isolines = []
+        self._set_unseen(gmap)
         if gmap is None:
             self.overlay_item.clear()
             self.overlay_item.setVisible(False)
@@ -315,6 +322,23 @@ class ImageView(QtWidgets.QWidget):
         self.overlay_item.setVisible(self._overlay_visible)
         self.colorbar.setVisible(self._overlay_visible)
         self._update_texts()
+
+    def _set_unseen(self, gmap) -> None:
+        """Hatch the border the model did not see (an imported model's centre crop; never for our own transforms),
+        frame the seen part with a dashed line and label it (:func:`elvis_viewer.view_items.unseen_items`)."""
+        for it in self._unseen_items:
+            self.view_box.removeItem(it)
+        self._unseen_items = []
+        if gmap is None or self.rad is None or getattr(gmap, "fully_seen", True):
+            return
+        for it in unseen_items(gmap, self.rad.shape):
+            it.setVisible(self._overlay_visible)
+            self.view_box.addItem(it)
+            self._unseen_items.append(it)
+
+    def unseen_label(self) -> str:
+        """The text shown on the unseen border ('' when the model saw the whole image)."""
+        return next((it.textItem.toPlainText() for it in self._unseen_items if isinstance(it, pg.TextItem)), "")
 
     def set_shared_levels(self, levels: Optional[Tuple[float, float]]) -> None:
         """Levels imposed from outside (compare mode on one shared scale); None = this view's own range."""
@@ -389,6 +413,8 @@ class ImageView(QtWidgets.QWidget):
         has = self.gmap is not None
         self.overlay_item.setVisible(has and self._overlay_visible)
         self.colorbar.setVisible(has and self._overlay_visible)
+        for it in self._unseen_items:
+            it.setVisible(self._overlay_visible)
 
     def overlay_visible(self) -> bool:
         return self._overlay_visible
@@ -498,7 +524,7 @@ class ImageView(QtWidgets.QWidget):
         view = m.get("ViewPosition") or "view ?"
         modality = m.get("Modality") or ""
         tl = [x for x in (self._caption, f"{modality} {view}".strip()) if x]
-        if self.gmap is not None and getattr(self.gmap, "phrase", ""):
+        if self.gmap is not None and getattr(self.gmap, "phrase", "") and self.gmap.phrase != self._caption:
             phrase = self.gmap.phrase
             tl.append("“" + (phrase if len(phrase) < 60 else phrase[:57] + "…") + "”")
         if self._note and self.gmap is not None:
@@ -530,33 +556,7 @@ class ImageView(QtWidgets.QWidget):
         self._layout_texts()
 
     def _layout_texts(self, *_):
-        size = self.view_box.size()
-        w, h = size.width(), size.height()
-        pad = 6
-        c = self._corners
-        c["tl"].setPos(pad, pad)
-        br = c["tr"].boundingRect()
-        tl_b = c["tl"].boundingRect()
-        if tl_b.width() + br.width() + 3 * pad > w:  # narrow view: stack the top-right text under the top-left one
-            c["tr"].setPos(w - br.width() - pad, pad + tl_b.height())
-        else:
-            c["tr"].setPos(w - br.width() - pad, pad)
-        br = c["bl"].boundingRect()
-        c["bl"].setPos(pad, h - br.height() - pad)
-        br = c["br"].boundingRect()
-        c["br"].setPos(w - br.width() - pad, h - br.height() - pad)
-        mk = self._markers
-        b = mk["left"].boundingRect()
-        mk["left"].setPos(pad, (h - b.height()) / 2)
-        b = mk["right"].boundingRect()
-        mk["right"].setPos(w - b.width() - pad, (h - b.height()) / 2)
-        # top/bottom markers sit below/above the corner texts so they never overlap in narrow (compare) views
-        top_h = max(c["tl"].boundingRect().height(), c["tr"].pos().y() - pad + c["tr"].boundingRect().height())
-        bot_h = max(c["bl"].boundingRect().height(), c["br"].boundingRect().height())
-        b = mk["top"].boundingRect()
-        mk["top"].setPos((w - b.width()) / 2, pad + top_h)
-        b = mk["bottom"].boundingRect()
-        mk["bottom"].setPos((w - b.width()) / 2, h - b.height() - pad - bot_h)
+        layout_corner_texts(self.view_box.size(), self._corners, self._markers, narrow_ok=self.rad is not None)
 
     # ------------------------------------------------------------------------------------------------- keyboard
     def keyPressEvent(self, ev: QtGui.QKeyEvent) -> None:

@@ -128,8 +128,8 @@ class MainWindow(QtWidgets.QMainWindow):
             rl.addWidget(w, 1 if w is self.report_view else 0)
         self.report_dock = self._dock("Report", "dock_report", right, R)
         self.overlay_panel = OverlayPanel(OverlaySettings())
-        self.overlay_dock = self._dock("Overlay", "dock_overlay", self.overlay_panel, R)
-        self.resizeDocks([self.study_dock, self.report_dock], [280, 420], QtCore.Qt.Orientation.Horizontal)
+        self.overlay_dock = self._dock("Overlay", "dock_overlay", self.overlay_panel, L)  # under the studies
+        self.resizeDocks([self.study_dock, self.report_dock], [270, 400], QtCore.Qt.Orientation.Horizontal)
         self.docks = {"viewer": [self.study_dock, self.report_dock, self.overlay_dock]}
 
     def _build_status(self):
@@ -160,7 +160,7 @@ class MainWindow(QtWidgets.QMainWindow):
         strip = panels.addAction("Thumbnail strip")
         strip.setCheckable(True)
         strip.setChecked(True)
-        strip.toggled.connect(self.thumb_strip.setVisible)
+        strip.toggled.connect(self.thumb_strip.set_wanted)
         panels.addAction(self.toolbar.toggleViewAction())
         self.presets_menu = self.menus["View"].addMenu("Window presets")
         self.presets_menu.aboutToShow.connect(self._fill_presets_menu)
@@ -183,6 +183,9 @@ class MainWindow(QtWidgets.QMainWindow):
         s.compareChanged.connect(self._on_compare)
         self.report_view.phraseSelected.connect(lambda a, b, t: s.ground_phrase(t, (a, b)))
         self.phrase_edit.returnPressed.connect(self._on_typed)
+        self._typing = QtCore.QTimer(self, singleShot=True, interval=150)  # a pause in typing: encode ahead
+        self._typing.timeout.connect(lambda: s.preencode(self.phrase_edit.text()))
+        self.phrase_edit.textEdited.connect(lambda _t: self._typing.start())
         self.annot_combo.activated.connect(self._on_annot_combo)
         self.overlay_panel.settingsChanged.connect(self._apply_overlay_settings)
         self.overlay_panel.tokenChosen.connect(self._on_token_choice)
@@ -221,6 +224,10 @@ class MainWindow(QtWidgets.QMainWindow):
     def annotations(self):
         return self.session.annotations
 
+    @property
+    def last_latency_s(self):
+        return self.session.last_latency_s
+
     def views(self):
         return (self.image_view, self.compare_view)
 
@@ -233,7 +240,8 @@ class MainWindow(QtWidgets.QMainWindow):
         self.open_paths([path])
 
     def open_folder(self, path) -> None:
-        self.open_paths([path])
+        self._add_recent(os.fspath(path))
+        self.session.open_folder(path)
 
     def select_image(self, path: str) -> None:
         self.session.select_image(path)
@@ -251,7 +259,10 @@ class MainWindow(QtWidgets.QMainWindow):
         self.actions_by_id["view.compare"].setChecked(bool(on))
 
     def busy(self) -> bool:
-        return self.session.busy()
+        """Work in flight anywhere in the window (the session's, the Review tab's, thumbnails)."""
+        from elvis_viewer import workers
+
+        return self.session.busy() or workers.pending() > 0
 
     def cancel_scan(self) -> None:
         self.session.cancel_scan()
@@ -268,10 +279,8 @@ class MainWindow(QtWidgets.QMainWindow):
         return self.image_view.measure.add(kind)
 
     def apply_preset(self, name: str) -> None:
-        if name:
-            for iv in self.views():
-                if iv.rad is not None:
-                    iv.apply_preset(name)
+        if name and self.image_view.rad is not None:
+            self.image_view.apply_preset(name)  # the compare view follows through the link (compare mode only)
 
     def select_annotated_phrase(self, phrase) -> None:
         span = self.report.find(phrase.label_text) if self.report is not None else None
@@ -306,8 +315,9 @@ class MainWindow(QtWidgets.QMainWindow):
         rad = self.session.rad
         self.message_label.setVisible(False)
         self.view_stack.setCurrentWidget(self.view_splitter)
-        for iv in self.views():
-            iv.set_radiograph(rad)
+        self.image_view.set_radiograph(rad)
+        if self.session.compare:  # the hidden compare view gets the image when compare mode turns on
+            self.compare_view.set_radiograph(rad)
         self.preset_combo.clear()
         self.preset_combo.addItems([w.name for w in self.image_view.presets()])
         self._update_identity()
@@ -385,7 +395,7 @@ class MainWindow(QtWidgets.QMainWindow):
             if i <= 0 or g.token_maps is None or i - 1 >= len(g.token_maps):
                 view.set_overlay(g)
             else:
-                view.set_overlay(replace(g, similarity=g.token_maps[i - 1], phrase=f"{g.phrase} | “{g.tokens[i - 1]}”"))
+                view.set_overlay(replace(g, similarity=g.token_maps[i - 1], phrase=f"{g.phrase} | token “{g.tokens[i - 1]}”"))
         self._apply_levels()
 
     def _on_model(self, slot: int) -> None:
@@ -437,15 +447,25 @@ class MainWindow(QtWidgets.QMainWindow):
         if 0 < index <= len(phrases):
             self.select_annotated_phrase(phrases[index - 1])
 
+    def resizeEvent(self, ev) -> None:
+        super().resizeEvent(ev)
+        if not getattr(self, "_docks_sized", False) and self.isVisible():
+            # side panels in proportion to the window (at 1280 px: 240 + 350, the image keeps the rest)
+            self._docks_sized = True
+            w = self.width()
+            self.resizeDocks([self.study_dock, self.report_dock], [max(200, int(0.19 * w)), max(300, int(0.27 * w))],
+                             QtCore.Qt.Orientation.Horizontal)
+
     def _on_tab(self, index: int) -> None:
-        """Each tab keeps its own panel layout: the Review tab gets the whole window."""
+        """Each tab keeps its own panel layout: the Review tab gets the whole window (no side panels, no toolbar)."""
         name = "viewer" if self.tabs.widget(index) is self.viewer_page else "review"
         if name == "review":
-            self._tab_layouts["viewer"] = {d: d.isVisible() for d in self.docks["viewer"]}
-            for d in self.docks["viewer"]:
+            self._tab_layouts["viewer"] = {d: d.isVisible() for d in self.docks["viewer"] + [self.toolbar]}
+            for d in self.docks["viewer"] + [self.toolbar]:
                 d.hide()
         else:
-            for d, vis in self._tab_layouts.get("viewer", {d: True for d in self.docks["viewer"]}).items():
+            default = {d: True for d in self.docks["viewer"] + [self.toolbar]}
+            for d, vis in self._tab_layouts.get("viewer", default).items():
                 d.setVisible(vis)
         for aid, qa in self.actions_by_id.items():
             qa.setEnabled(name == "viewer" or not aid.startswith(VIEWER_ONLY_PREFIXES))
@@ -456,8 +476,6 @@ class MainWindow(QtWidgets.QMainWindow):
             self.presets_menu.addAction(w.name).triggered.connect(lambda *_, n=w.name: self.apply_preset(n))
 
     # ============================================================================================ privacy + dialogs
-    IDENTITY_KEYWORDS = ("PatientName", "PatientID", "PatientBirthDate", "PatientSex", "AccessionNumber", "StudyDate")
-
     def set_reveal_identifiers(self, on: bool) -> None:
         """The privacy toggle (off by default, never saved): identifiers in the tag inspector and the corner text."""
         self.reveal_identifiers = bool(on)
@@ -475,18 +493,7 @@ class MainWindow(QtWidgets.QMainWindow):
         return self.actions_by_id["overlay.show"]
 
     def _update_identity(self) -> None:
-        from elvis_core.errors import ElvisError
-
-        text = ""
-        if self.reveal_identifiers and self.session.rad_path:
-            try:
-                from elvis_core.io.privacy import dicom_tag_rows
-
-                vals = {kw: v for _t, kw, _vr, v in dicom_tag_rows(self.session.rad_path, reveal_identifiers=True)
-                        if kw in self.IDENTITY_KEYWORDS and v}
-                text = "  ".join(vals[k] for k in self.IDENTITY_KEYWORDS if k in vals)
-            except ElvisError:
-                text = ""
+        text = dialogs.identity_text(self.session.rad_path) if self.reveal_identifiers else ""
         for iv in self.views():
             iv.set_identity_text(text)
 

@@ -19,7 +19,7 @@ CTR_COLORS = ("#ff80ab", "#80d8ff")
 
 
 def _pts(roi) -> list:
-    return [(p.x(), p.y()) for p in (roi.mapToParent(q) for q in roi.listPoints())]
+    return [(p.x(), p.y()) for p in (roi.mapToParent(h.pos()) for h in roi.getHandles())]
 
 
 class _Tool:

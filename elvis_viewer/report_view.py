@@ -52,12 +52,13 @@ class ReportView(QtWidgets.QTextEdit):
         f.setStyleHint(QtGui.QFont.StyleHint.Monospace)
         f.setPointSize(10)
         self.setFont(f)
+        self.setWordWrapMode(QtGui.QTextOption.WrapMode.WordWrap)  # never break a word in a narrow pane
         self.report = None
         self.spans = SpanMap("")
         self.current: Optional[Tuple[int, int]] = None
         self.annotated: List[Tuple[int, int, str]] = []
         self.marks: list = []
-        self.setPlaceholderText("No report for this image. Type a phrase below to ground it.")
+        self.setPlaceholderText("No report for this image.")
 
     # ------------------------------------------------------------------------------------------------- content
     def set_report(self, report, annotated_phrases: Iterable[str] = ()) -> None:

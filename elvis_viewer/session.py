@@ -22,8 +22,8 @@ from PySide6 import QtCore
 
 from elvis_core.errors import ElvisError
 from elvis_viewer import workers
-from elvis_viewer.session_tasks import (image_and_report, load_engine, prepare_engine, read_report, scan_folder,
-                                        thumbnails)
+from elvis_viewer.session_tasks import (encode_typed, ground, image_and_report, load_engine, prepare_engine,
+                                        read_report, report_beside, scan_folder, thumbnails)
 
 
 def err_text(exc: BaseException) -> str:
@@ -166,13 +166,19 @@ class ViewerSession(QtCore.QObject):
             self.run(read_report, path, on_result=self._set_report,
                      on_error=lambda e: self.problem(path, err_text(e)))
             return
+        from elvis_core.io.sr_report import is_text_report_sr
+
+        if is_text_report_sr(path):  # a report stored as a DICOM SR (header-only check): the current report
+            self.run(read_report, path, on_result=self._set_report,
+                     on_error=lambda e: self.problem(path, err_text(e)))
+            return
         known = self._find_abs(os.path.abspath(path))
         if known is not None:  # already listed: just show it
             self.select_image(self.entries[known].path)
             return
         # listed only once it reads: a broken file goes to Problems, never into the study list
         self.select_image(path, entry=ImageEntry(path=path, label=os.path.basename(path), study_key=path,
-                                                 report_path=_report_beside(path),
+                                                 report_path=report_beside(path),
                                                  study_label=os.path.basename(os.path.dirname(path))))
 
     def open_folder(self, root: str) -> None:
@@ -290,7 +296,7 @@ class ViewerSession(QtCore.QObject):
             self._prepare(k)
         if self.phrase.text:
             self.ground_phrase(self.phrase.text, self._span_in_report(self.phrase.text))
-        self._preload_next()
+        QtCore.QTimer.singleShot(150, self._preload_next)  # after this image is drawn (no GIL contention)
 
     def _remember(self, path, result) -> None:
         self._cache[path] = result
@@ -379,6 +385,9 @@ class ViewerSession(QtCore.QObject):
                  on_error=lambda e: self._on_engine_error(slot, e))
 
     def _on_engine(self, slot: int, engine) -> None:
+        from elvis_viewer.session_tasks import limit_torch_threads
+
+        limit_torch_threads()  # the GUI thread runs the cached matrix-vector products (try_ground_cached)
         s = self.slots[slot]
         s.engine, s.loading, s.hash = engine, False, str(engine.checkpoint_hash)
         self.modelChanged.emit(slot)
@@ -402,6 +411,27 @@ class ViewerSession(QtCore.QObject):
         self.run(prepare_engine, eng, self.rad, self.report_phrases(),
                  on_error=lambda e: self.message.emit(err_text(e), False))
 
+    def preencode(self, text: str) -> None:
+        """Encode a phrase being typed, in the background (the line edit calls this after a short pause), so that
+        Enter finds it cached. At most one such task runs; the latest text wins."""
+        text = " ".join(str(text).split())
+        if not text or self.rad is None:
+            return
+        self._typed = text
+        if getattr(self, "_typing_task", False):
+            return
+        engines = [self.slots[k].engine for k in self.active_slots()]
+        engines = [e for e in engines if not e.has_phrase(text)]
+        if not engines:
+            return
+        self._typing_task = True
+
+        def done(*_):
+            self._typing_task = False
+            if self._typed != text:
+                self.preencode(self._typed)
+        self.run(encode_typed, engines, text, on_result=done, on_error=done)
+
     def active_slots(self) -> List[int]:
         return [k for k in (0, 1) if self.slots[k].engine is not None and (k == 0 or self.compare)]
 
@@ -411,6 +441,7 @@ class ViewerSession(QtCore.QObject):
             return
         self.compare = on
         self.compareChanged.emit(on)
+        self._update_provenance()  # the compare model's provenance counts only while it is shown
         if on and self.slots[1].engine is None and not self.slots[1].loading:
             self.message.emit("Compare mode: open a second checkpoint (File → Open compare checkpoint, or "
                               "--compare DIR)", False)
@@ -469,7 +500,7 @@ class ViewerSession(QtCore.QObject):
                 if gm is not None:
                     self._on_map(gen, k, gm)
                     continue
-            self.run(_ground, eng, rad, text, tokens, on_result=lambda g, k=k: self._on_map(gen, k, g),
+            self.run(ground, eng, rad, text, tokens, on_result=lambda g, k=k: self._on_map(gen, k, g),
                      on_error=lambda e: self._ground_gen.is_current(gen) and self.message.emit(err_text(e), False))
 
     def _on_map(self, gen: int, slot: int, gmap) -> None:
@@ -494,12 +525,3 @@ class ViewerSession(QtCore.QObject):
         return -m, m
 
 
-def _ground(engine, rad, phrase: str, tokens: bool):
-    return engine.ground_image(rad, phrase, tokens=tokens)
-
-
-def _report_beside(path: str) -> Optional[str]:
-    """MIMIC-CXR layout: ``.../sYYYY/img.dcm`` has its report at ``.../sYYYY.txt``."""
-    d = os.path.dirname(os.path.abspath(path))
-    cand = d.rstrip(os.sep) + ".txt"
-    return cand if os.path.isfile(cand) else None

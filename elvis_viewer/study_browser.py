@@ -83,6 +83,7 @@ class StudyBrowser(QtWidgets.QWidget):
         bl.addWidget(self.problem_list)
         split.addWidget(box)
         split.setSizes([600, 120])
+        self.problem_list.setVisible(False)  # shown with the first problem; the title always says how many
         lay = QtWidgets.QVBoxLayout(self)
         lay.setContentsMargins(0, 0, 0, 0)
         lay.addWidget(split)
@@ -119,6 +120,7 @@ class StudyBrowser(QtWidgets.QWidget):
         item.setForeground(QtGui.QColor("#ff8a80"))
         item.setToolTip(message)
         self.problem_list.addItem(item)
+        self.problem_list.setVisible(True)
         self.problem_title.setText(f"Problems ({self.problem_list.count()})")
 
 
@@ -137,7 +139,13 @@ class ThumbnailStrip(_EntryList):
         self.setHorizontalScrollBarPolicy(QtCore.Qt.ScrollBarPolicy.ScrollBarAsNeeded)
         self.setVerticalScrollBarPolicy(QtCore.Qt.ScrollBarPolicy.ScrollBarAlwaysOff)
         self.setTextElideMode(QtCore.Qt.TextElideMode.ElideMiddle)
+        self.wanted = True  # View → Panels → Thumbnail strip; shown only once there are images
+        self.setVisible(False)
         session.studiesChanged.connect(self.rebuild)
+
+    def set_wanted(self, on: bool) -> None:
+        self.wanted = bool(on)
+        self.setVisible(self.wanted and self.count() > 0)
 
     def rebuild(self) -> None:
         self._syncing = True
@@ -151,5 +159,6 @@ class ThumbnailStrip(_EntryList):
             self.addItem(item)
             self.rows[e.path] = item
         self._syncing = False
+        self.setVisible(self.wanted and self.count() > 0)
         if self.session.rad_path:
             self.follow(self.session.rad_path)

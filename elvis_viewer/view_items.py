@@ -68,13 +68,39 @@ def build_display_pyramid(rad, min_side: int = 1024) -> dict:
     return pyr
 
 
+def prepare_display(rad) -> None:
+    """Everything the first paint needs that costs more than a few ms, computed in the reading worker and kept on
+    the radiograph: the display pyramid, the robust range (W/L drag speed), the default window and the window
+    presets (body region + percentiles). The GUI thread then only hands arrays to Qt."""
+    from elvis_core.io.display import window_presets
+    from elvis_core.io.radiograph import robust_range
+
+    build_display_pyramid(rad)
+    pix = rad.pixels
+    lo, hi = robust_range(pix, 0.5, 99.5)
+    if hi <= lo:
+        lo, hi = float(pix.min()), float(pix.max()) + 1.0
+    try:
+        rad._display_robust = (pix, (lo, hi))
+        rad._display_window = (pix, rad.default_window())
+        rad._display_presets = (pix, window_presets(rad))
+    except AttributeError:
+        pass
+
+
+def prepared(rad, name: str):
+    """A value stored by :func:`prepare_display` when it still belongs to ``rad.pixels``, else None."""
+    v = getattr(rad, name, None)
+    return v[1] if v is not None and v[0] is rad.pixels else None
+
+
 class _CachedDownsampleImageItem(pg.ImageItem):
     """ImageItem that keeps its last auto-downsampled array and starts from a precomputed pyramid level.
 
     pyqtgraph re-downsamples the whole array on every render, and a level change triggers a render. On a fitted
     3000x3000 image that was ~65 ms of every W/L drag step. Here the downsampled array is reused while the image
     and the downsample factors stay the same, so a W/L step only re-applies levels + LUT to the small array; and a
-    new downsample starts from the largest pyramid level (``build_display_pyramid``) that divides the factors.
+    new downsample starts from the largest pyramid level (``build_display_pyramid``) not coarser than needed.
     """
 
     def __init__(self, *a, **kw):
@@ -95,8 +121,8 @@ class _CachedDownsampleImageItem(pg.ImageItem):
         if self._ds_src is not image or self._ds_key != key:
             src, fx, fy = image, xds, yds
             for f in sorted(self.pyramid, reverse=True):
-                if xds % f == 0 and yds % f == 0:
-                    src, fx, fy = self.pyramid[f], xds // f, yds // f
+                if f <= min(xds, yds):  # the largest level not coarser than needed (then at most 2x finer)
+                    src, fx, fy = self.pyramid[f], max(1, xds // f), max(1, yds // f)
                     break
             axes = [1, 0] if self.axisOrder == "row-major" else [0, 1]
             ds = pg.functions.downsample(src, fx, axis=axes[0]) if fx > 1 else src
@@ -133,3 +159,71 @@ class _WLViewBox(pg.ViewBox):
 
     def raiseContextMenu(self, ev):  # right button is W/L; no context menu
         return
+
+
+def unseen_items(gmap, shape) -> list:
+    """Graphics items for the border a model did not see (issue 11): a hatch over it, a dashed frame around the
+    seen part, and a "not seen by the model" label on the widest band. ``shape`` = the image's (rows, cols)."""
+    rows, cols = shape
+    x0, y0, x1, y1 = gmap.seen_box()
+    path = QtGui.QPainterPath()
+    path.setFillRule(QtCore.Qt.FillRule.OddEvenFill)
+    path.addRect(QtCore.QRectF(0, 0, cols, rows))
+    path.addRect(QtCore.QRectF(x0, y0, x1 - x0, y1 - y0))
+    hatch = QtWidgets.QGraphicsPathItem(path)
+    hatch.setPen(QtGui.QPen(QtCore.Qt.PenStyle.NoPen))
+    brush = QtGui.QBrush(QtGui.QColor(200, 200, 200, 110), QtCore.Qt.BrushStyle.BDiagPattern)
+    brush.setTransform(QtGui.QTransform.fromScale(max(cols, rows) / 300.0, max(cols, rows) / 300.0))
+    hatch.setBrush(brush)
+    hatch.setZValue(15)
+    frame = QtWidgets.QGraphicsRectItem(x0, y0, x1 - x0, y1 - y0)
+    pen = QtGui.QPen(QtGui.QColor("#d0d0d0"))
+    pen.setStyle(QtCore.Qt.PenStyle.DashLine)
+    pen.setCosmetic(True)
+    pen.setWidthF(1.5)
+    frame.setPen(pen)
+    frame.setZValue(16)
+    bands = [(x0 * rows, (x0 / 2, rows / 2)), ((cols - x1) * rows, ((x1 + cols) / 2, rows / 2)),
+             (y0 * cols, (cols / 2, y0 / 2)), ((rows - y1) * cols, (cols / 2, (y1 + rows) / 2))]
+    _, (lx, ly) = max(bands)
+    label = pg.TextItem("not seen by the model", color="#f0f0f0", anchor=(0.5, 0.5), fill=pg.mkBrush(0, 0, 0, 170))
+    label.setPos(lx, ly)
+    label.setZValue(17)
+    label.setToolTip("The model's preprocessing (a centre crop, as in hi-ml) drops this border: the map has no "
+                     "data here. Import with --whole-image to keep the whole image.")
+    return [hatch, frame, label]
+
+
+def layout_corner_texts(size, corners: dict, markers: dict, narrow_ok: bool = True) -> None:
+    """Place the four corner texts and the orientation markers of an ImageView of ``size`` (QSizeF): corners never
+    overlap (in a narrow view the top-right text goes under the top-left one and drops the spacing source), and
+    the top/bottom markers sit clear of the corner texts."""
+    w, h = size.width(), size.height()
+    pad = 6
+    c = corners
+    c["tl"].setPos(pad, pad)
+    br = c["tr"].boundingRect()
+    if br.width() > w - 2 * pad and narrow_ok and " (" in c["tr"].text():
+        c["tr"].setText(c["tr"].text().split(" (")[0])  # narrow (compare) view: spacing without its source
+        br = c["tr"].boundingRect()
+    tl_b = c["tl"].boundingRect()
+    if tl_b.width() + br.width() + 3 * pad > w:  # narrow view: stack the top-right text under the top-left one
+        c["tr"].setPos(w - br.width() - pad, pad + tl_b.height())
+    else:
+        c["tr"].setPos(w - br.width() - pad, pad)
+    br = c["bl"].boundingRect()
+    c["bl"].setPos(pad, h - br.height() - pad)
+    br = c["br"].boundingRect()
+    c["br"].setPos(w - br.width() - pad, h - br.height() - pad)
+    mk = markers
+    b = mk["left"].boundingRect()
+    mk["left"].setPos(pad, (h - b.height()) / 2)
+    b = mk["right"].boundingRect()
+    mk["right"].setPos(w - b.width() - pad, (h - b.height()) / 2)
+    # top/bottom markers sit below/above the corner texts so they never overlap in narrow (compare) views
+    top_h = max(c["tl"].boundingRect().height(), c["tr"].pos().y() - pad + c["tr"].boundingRect().height())
+    bot_h = max(c["bl"].boundingRect().height(), c["br"].boundingRect().height())
+    b = mk["top"].boundingRect()
+    mk["top"].setPos((w - b.width()) / 2, pad + top_h)
+    b = mk["bottom"].boundingRect()
+    mk["bottom"].setPos((w - b.width()) / 2, h - b.height() - pad - bot_h)

@@ -96,6 +96,11 @@ def run_task(fn: Callable[..., Any], *args, on_result: Optional[Callable[[Any], 
     return task
 
 
+def pending() -> int:
+    """How many tasks started by :func:`run_task` have not delivered their results yet (all owners)."""
+    return len(_LIVE)
+
+
 def wait_all(timeout_ms: int = 30000) -> bool:
     """Block until every pooled task finished (used on close and in tests)."""
     return pool().waitForDone(timeout_ms)

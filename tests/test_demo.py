@@ -145,9 +145,10 @@ def test_viewer_demo_screenshot(tmp_path):
     img = cv2.imread(str(out), cv2.IMREAD_COLOR)
     assert img is not None and img.shape[0] >= 300 and img.shape[1] >= 400
     # the film is grey; the map tints it red/blue. In the middle of the window (the image view, away from the colour
-    # bar and the side panels) most pixels must be tinted (measured: 60 % with |R - B| > 20; a grey film gives ~0)
+    # bar and the side panels) the map must tint the film (|R - B| > 20; a grey film gives ~0)
     h, w = img.shape[:2]
     centre = img[int(0.2 * h):int(0.8 * h), int(0.3 * w):int(0.6 * w)].astype(int)
     tinted = np.abs(centre[..., 2] - centre[..., 0]) > 20
-    assert tinted.mean() > 0.2, f"only {tinted.mean():.3f} of the image view is tinted: no overlay?"
+    # "Fade near 0" is on by default: cells near similarity 0 leave the film clear (measured: 18.5 % tinted)
+    assert tinted.mean() > 0.08, f"only {tinted.mean():.3f} of the image view is tinted: no overlay?"
     assert float(img.std()) > 20.0

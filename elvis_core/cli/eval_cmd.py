@@ -32,6 +32,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--json", dest="json_out", default=None, help="write every phrase's figures + provenance here")
     p.add_argument("--sigma", type=float, default=0.0, help="Gaussian smoothing of the grid map, in grid cells "
                                                             "(hi-ml uses 1.5; default 0 = none)")
+    p.add_argument("--allow-paths-outside-images", action="store_true",
+                   help="accept annotation paths that are absolute or climb out of --images with '..'")
     p.add_argument("--clamp-negative", action="store_true", help="clamp negative similarities to 0 before CNR")
     p.add_argument("--phrase-map", choices=("global", "token-mean"), default="global",
                    help="global: cosine(patch, phrase embedding) (default, BioViL-style); token-mean: mean over the "
@@ -78,8 +80,8 @@ def run(args: argparse.Namespace) -> int:
     from elvis_core.grounding.evaluate import evaluate
     from elvis_core.io.annotations import read_ms_cxr_csv
 
-    if args.sigma < 0:
-        raise ElvisError(f"--sigma must be >= 0, got {args.sigma}")
+    if not 0 <= args.sigma <= 64:  # also refuses nan; a grid is at most a few dozen cells across
+        raise ElvisError(f"--sigma must be 0..64 grid cells, got {args.sigma}")
     if args.json_out and not Path(args.json_out).resolve().parent.exists():
         raise ElvisError("output folder does not exist", Path(args.json_out).resolve().parent)
     aset = read_ms_cxr_csv(args.annotations)
@@ -107,7 +109,8 @@ def run(args: argparse.Namespace) -> int:
     t0 = time.perf_counter()
     try:
         result = evaluate(engine, aset, args.images, split=args.split, progress=progress,
-                          clamp_negative=args.clamp_negative)
+                          clamp_negative=args.clamp_negative,
+                          allow_outside=getattr(args, "allow_paths_outside_images", False))
     finally:
         if bar is not None:
             bar.close()
@@ -116,6 +119,10 @@ def run(args: argparse.Namespace) -> int:
         print(f"{rel}: {msg}", file=sys.stderr)
     if len(result.missing) > 20:
         print(f"... {len(result.missing) - 20} more missing/unreadable images", file=sys.stderr)
+    for rel, label, msg in result.unscored[:20]:
+        print(f"{rel}: phrase {label[:60]!r} not scored: {msg}", file=sys.stderr)
+    if len(result.unscored) > 20:
+        print(f"... {len(result.unscored) - 20} more phrases not scored", file=sys.stderr)
     print(f"checkpoint {engine.checkpoint_name} (sha256 {engine.checkpoint_hash}) on {engine.device_name}; "
           f"sigma {args.sigma}; phrase map {args.phrase_map}; split {args.split or 'all'}; "
           f"{result.n_evaluated} phrases in {elapsed:.1f}s")

@@ -20,8 +20,9 @@ With one phrase the figure goes to --out; with several, to OUT_STEM_1.png, OUT_S
   S.grid.npy  the raw patch grid: float32 (gh, gw) cosine similarities in [-1, 1] between each patch embedding and
               the phrase embedding, before any --sigma smoothing (15 x 15 for BioViL at 480, 14 x 14 for
               BioViL-T at 448; row 0 = top of the model input);
-  S.grid.npz  similarity (the grid as drawn, after --sigma), raw_similarity, grid_to_image (3x3 affine from grid
-              cell coordinates to original pixels), image_shape, seen_box (x0, y0, x1, y1 the model saw);
+  S.grid.npz  similarity (the grid as drawn, after --sigma), raw_similarity, similarity_sigma_1_5 (the raw grid
+              smoothed as hi-ml smooths its maps), grid_to_image (3x3 affine from grid cell coordinates to
+              original pixels), image_shape, seen_box (x0, y0, x1, y1 the model saw);
   S.npy       the map resampled to the original image pixels (float32, rows x cols); NaN where the model saw
               nothing (the border an imported model's centre crop drops), never 0.
 hi-ml's own maps are smoothed with sigma 1.5: --sigma 1.5 gives the same smoothed grid. --annotations draws the boxes of the image's matching phrases (same label
@@ -90,15 +91,15 @@ def _save_npy(path: Path, array, **arrays) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from elvis_core.grounding.engine import GroundingEngine
+    from elvis_core.grounding.engine import GroundingEngine, smooth_grid
     from elvis_core.grounding.figure import colormap_lut, render_overlay, write_png
     from elvis_core.grounding.metrics import cnr, miou, pointing_game
     from elvis_core.io.annotations import read_ms_cxr_csv, rescale_boxes
 
     if not 0.0 <= args.opacity <= 1.0:
         raise ElvisError(f"--opacity must be in [0, 1], got {args.opacity}")
-    if args.sigma < 0:
-        raise ElvisError(f"--sigma must be >= 0, got {args.sigma}")
+    if not 0 <= args.sigma <= 64:  # also refuses nan; a grid is at most a few dozen cells across
+        raise ElvisError(f"--sigma must be 0..64 grid cells, got {args.sigma}")
     try:
         colormap_lut(args.cmap)
     except ValueError as err:
@@ -169,7 +170,8 @@ def run(args: argparse.Namespace) -> int:
             _save_npy(stem.with_name(stem.name + ".grid.npy"), raw.astype(np.float32))
             _save_npy(stem.with_name(stem.name + ".npy"), gm.to_image().astype(np.float32))
             _save_npy(stem.with_name(stem.name + ".grid.npz"), None, similarity=gm.similarity,
-                      raw_similarity=raw.astype(np.float32), grid_to_image=gm.grid_to_image,
+                      raw_similarity=raw.astype(np.float32),
+                      similarity_sigma_1_5=smooth_grid(raw, 1.5), grid_to_image=gm.grid_to_image,
                       image_shape=np.array(gm.image_shape), seen_box=np.array(gm.seen_box()))
         if source is not None:
             import highdicom as hd

@@ -24,23 +24,35 @@ already cached (resume), and prints the study's cache folder, which opens like a
 
 
 def register(sub: argparse._SubParsersAction) -> None:
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--url", default=os.environ.get("ELVIS_PACS_URL"),
+                        help="DICOMweb root (default $ELVIS_PACS_URL)")
+    common.add_argument("--user", help="basic-auth user (password from $ELVIS_PACS_PASSWORD or a prompt)")
+    common.add_argument("--token-env", default="ELVIS_PACS_TOKEN", help="environment variable holding a bearer token")
+    common.add_argument("--timeout", type=float, default=20.0, help="seconds per request (default 20)")
+    common.add_argument("--cache", help="cache folder (default $ELVIS_PACS_CACHE or ~/.cache/elvis-viewer/pacs)")
     p = sub.add_parser("pacs", help="DICOMweb: search studies, fetch them into the local cache, store results",
                        description=__doc__, epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("action", choices=("search", "fetch", "store"))
-    p.add_argument("items", nargs="*", metavar="UID|FILE", help="fetch: Study Instance UID(s); store: DICOM files")
-    p.add_argument("--url", default=os.environ.get("ELVIS_PACS_URL"), help="DICOMweb root (default $ELVIS_PACS_URL)")
-    p.add_argument("--user", help="basic-auth user (password from $ELVIS_PACS_PASSWORD or a prompt)")
-    p.add_argument("--token-env", default="ELVIS_PACS_TOKEN", help="environment variable holding a bearer token")
-    p.add_argument("--timeout", type=float, default=20.0, help="seconds per request (default 20)")
-    p.add_argument("--cache", help="cache folder (default $ELVIS_PACS_CACHE or ~/.cache/elvis-viewer/pacs)")
-    p.add_argument("--patient-id", default="", help="search: Patient ID")
-    p.add_argument("--accession", default="", help="search: accession number")
-    p.add_argument("--from", dest="date_from", default="", help="search: study date from (YYYY-MM-DD)")
-    p.add_argument("--to", dest="date_to", default="", help="search: study date to (YYYY-MM-DD)")
-    p.add_argument("--modality", action="append", default=None,
-                   help="search: modality in study (repeatable; default CR and DX)")
-    p.add_argument("--show-identifiers", action="store_true", help="search: also print the Patient ID column")
-    p.set_defaults(func=run)
+    acts = p.add_subparsers(dest="action", metavar="ACTION")
+    acts.required = True
+    s = acts.add_parser("search", parents=[common], help="QIDO-RS study search", epilog=EPILOG,
+                        formatter_class=argparse.RawDescriptionHelpFormatter)
+    s.add_argument("--patient-id", default="", help="Patient ID")
+    s.add_argument("--accession", default="", help="accession number")
+    s.add_argument("--from", dest="date_from", default="", help="study date from (YYYY-MM-DD)")
+    s.add_argument("--to", dest="date_to", default="", help="study date to (YYYY-MM-DD)")
+    s.add_argument("--modality", action="append", default=None,
+                   help="modality in study (repeatable; default CR and DX)")
+    s.add_argument("--show-identifiers", action="store_true", help="also print the Patient ID column")
+    s.set_defaults(func=run, items=[])
+    f = acts.add_parser("fetch", parents=[common], help="WADO-RS: fetch studies into the cache (resumable)",
+                        epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
+    f.add_argument("items", nargs="+", metavar="STUDY_UID", help="Study Instance UID(s)")
+    f.set_defaults(func=run)
+    t = acts.add_parser("store", parents=[common], help="STOW-RS: send DICOM files (SR, SEG) to the server",
+                        epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
+    t.add_argument("items", nargs="+", metavar="FILE", help="DICOM files")
+    t.set_defaults(func=run)
 
 
 def client_from_args(args):

@@ -43,7 +43,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from elvis_core.model.transforms import ModelInputTransform
+    from elvis_core.model.transforms import transform_from_config
     from elvis_core.training.config import load_config, model_config_from
     from elvis_core.training.data import read_mimic_views
     from elvis_core.training.prepared import PreparedCache, prepare
@@ -51,28 +51,38 @@ def run(args: argparse.Namespace) -> int:
     if args.workers < 0:
         raise ConfigError(f"--workers must be >= 0, got {args.workers}")
     cfg = load_config(args.config, args.sets)
-    transform = ModelInputTransform.from_config(model_config_from(cfg)["preprocessing"])
+    transform = transform_from_config(model_config_from(cfg)["preprocessing"])
     dc = cfg["data"]
     view_of = read_mimic_views(dc["mimic_metadata"]) if dc["mimic_metadata"] else None
-    bar = None
-    progress = None
+    bars = {}
+    progress = scan_progress = None
     if not args.no_progress:
         from tqdm import tqdm
 
+        def _bar(name: str, unit: str, done: int, total: int) -> None:
+            if name == "decode" and "scan" in bars:
+                bars.pop("scan").close()
+            if name not in bars:
+                bars[name] = tqdm(total=total, unit=unit, desc=f"elvis prepare: {name}", file=sys.stderr,
+                                  dynamic_ncols=True)
+            b = bars[name]
+            b.total = total
+            b.n = done
+            b.refresh()
+
+        def scan_progress(done: int, total: int) -> None:
+            _bar("scan", "file", done, total)
+
         def progress(done: int, total: int) -> None:
-            nonlocal bar
-            if bar is None:
-                bar = tqdm(total=total, initial=0, unit="img", desc="elvis prepare", file=sys.stderr,
-                           dynamic_ncols=True)
-            bar.n = done
-            bar.refresh()
+            _bar("decode", "img", done, total)
 
     try:
         summary = prepare(args.root, args.out, transform, views=dc["views"], workers=args.workers,
-                          shard_size=args.shard_size, view_of=view_of, progress=progress)
+                          shard_size=args.shard_size, view_of=view_of, progress=progress,
+                          scan_progress=scan_progress)
     finally:
-        if bar is not None:
-            bar.close()
+        for b in bars.values():
+            b.close()
     for line in summary.lines():
         print(line)
     if args.verify:

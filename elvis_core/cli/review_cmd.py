@@ -33,6 +33,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--stem", help="export: file name stem (default: <annotations stem>.reviewed)")
     p.add_argument("--include-rejected", action="store_true", help="export: keep rejected boxes in the COCO JSON")
     p.add_argument("--json", action="store_true", help="status: print the summary as JSON")
+    p.add_argument("--allow-paths-outside-images", action="store_true",
+                   help="accept annotation paths that are absolute or climb out of --images with '..'")
     p.set_defaults(func=run)
 
 
@@ -48,7 +50,10 @@ def run(args: argparse.Namespace) -> int:
     if not review_path_for(ann).exists():
         print(f"note: no review file yet ({review_path_for(ann).name}); every phrase is unreviewed", file=sys.stderr)
         store_path = ":memory:"  # do not create a review file just to read it
-    s = ReviewSession.open(ann, args.images, store_path=store_path)
+    # reading never writes: a read-only snapshot, so a review open in the viewer (which holds the writer's lock)
+    # can still be summarised or exported
+    s = ReviewSession.open(ann, args.images, store_path=store_path, read_only=store_path is None,
+                           allow_outside=args.allow_paths_outside_images)
     try:
         for p in s.problems:
             print(str(p), file=sys.stderr)

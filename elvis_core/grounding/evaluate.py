@@ -34,6 +34,25 @@ def read_any_image(path: os.PathLike | str):
 from elvis_core.io.paths import resolve_image  # noqa: E402,F401  (the one resolver; re-exported here)
 
 
+def boxes_in_image(boxes, shape) -> Tuple[list, List[str]]:
+    """Boxes clipped to an image of ``shape`` = (rows, cols); a box with no area inside is dropped. Returns
+    (kept boxes, notes about dropped / clipped boxes)."""
+    from elvis_core.io.annotations import Box
+
+    rows, cols = int(shape[0]), int(shape[1])
+    kept, notes = [], []
+    for b in boxes:
+        x0, y0 = max(0.0, b.x), max(0.0, b.y)
+        x1, y1 = min(float(cols), b.x + b.w), min(float(rows), b.y + b.h)
+        if x1 <= x0 or y1 <= y0:
+            notes.append(f"box ({b.x:g}, {b.y:g}, {b.w:g}, {b.h:g}) lies outside the {cols}x{rows} image: not scored")
+            continue
+        if (x0, y0, x1, y1) != (b.x, b.y, b.x + b.w, b.y + b.h):
+            notes.append(f"box ({b.x:g}, {b.y:g}, {b.w:g}, {b.h:g}) clipped to the {cols}x{rows} image")
+        kept.append(Box(x0, y0, x1 - x0, y1 - y0))
+    return kept, notes
+
+
 @dataclass
 class EvalResult:
     #: one dict per evaluated phrase: path, dicom_id, category, label_text, n_boxes, cnr, miou, pointing, contrast
@@ -52,6 +71,14 @@ class EvalResult:
     #: (CSV line, message) of rows skipped while reading the annotations
     csv_errors: List[Tuple[int, str]]
     settings: Dict[str, Any] = field(default_factory=dict)
+    #: (image path as annotated, label_text, reason) of each phrase whose image was read but that could not be
+    #: scored (every box outside the image, grounding failed)
+    unscored: List[Tuple[str, str, str]] = field(default_factory=list)
+
+    @property
+    def n_not_scored(self) -> int:
+        """Phrases not scored for any reason: missing/unreadable image + unscored."""
+        return self.n_missing_phrases + len(self.unscored)
 
     @property
     def n_evaluated(self) -> int:
@@ -74,6 +101,13 @@ class EvalResult:
         if self.n_missing_phrases:
             lines.append(f"missing/unreadable images: {len(self.missing)} ({self.n_missing_phrases} phrases not "
                          f"evaluated)")
+        if self.unscored:
+            reasons: Dict[str, int] = {}
+            for _p, _t, why in self.unscored:
+                key = why.split(":")[0]
+                reasons[key] = reasons.get(key, 0) + 1
+            lines.append(f"phrases not scored: {len(self.unscored)} (" + "; ".join(
+                f"{n} {k}" for k, n in sorted(reasons.items())) + ")")
         if self.csv_errors:
             lines.append(f"CSV rows skipped: {len(self.csv_errors)}")
         return "\n".join(lines)
@@ -83,6 +117,8 @@ class EvalResult:
         return _clean({"settings": self.settings, "per_category": self.per_category, "macro": self.macro,
                 "overall": self.overall, "n_evaluated": self.n_evaluated, "n_missing_phrases": self.n_missing_phrases,
                 "missing_images": [{"path": p, "problem": m} for p, m in self.missing],
+                "n_not_scored": self.n_not_scored,
+                "unscored": [{"path": p, "label_text": t, "problem": m} for p, t, m in self.unscored],
                 "csv_errors": [{"line": ln, "problem": m} for ln, m in self.csv_errors],
                 "phrases": list(self.rows)})
 
@@ -140,11 +176,16 @@ def aggregate(rows: Sequence[Dict[str, Any]]) -> Tuple[Dict[str, Dict[str, float
 
 def evaluate(engine, annotation_set: AnnotationSet, images_root: os.PathLike | str, split: Optional[str] = None,
              progress: Optional[ProgressFn] = None, clamp_negative: bool = False,
-             thresholds: Sequence[float] = DEFAULT_THRESHOLDS) -> EvalResult:
+             thresholds: Sequence[float] = DEFAULT_THRESHOLDS, allow_outside: bool = False) -> EvalResult:
     """Ground and score every phrase of ``annotation_set`` (optionally one split) on images under ``images_root``.
 
+    A bad item never stops the batch: an image that is missing, outside ``images_root`` (unless ``allow_outside``),
+    unreadable or that the engine rejects goes to ``missing``; a phrase whose boxes all lie outside its image (or
+    whose grounding fails) goes to ``unscored`` with the reason; boxes partly outside are clipped, with a warning.
     ``progress(done_phrases, total_phrases)`` is called after each image.
     """
+    from elvis_core.io.dicom_header import is_fatal
+
     root = Path(images_root)
     if not root.is_dir():
         raise ElvisError("images folder not found", root)
@@ -155,28 +196,52 @@ def evaluate(engine, annotation_set: AnnotationSet, images_root: os.PathLike | s
     total = len(aset.phrases)
     rows: List[Dict[str, Any]] = []
     missing: List[Tuple[str, str]] = []
+    unscored: List[Tuple[str, str, str]] = []
     n_missing = 0
     done = 0
     for rel, phrases in by_path.items():
-        img_path = resolve_image(root, rel)
         rad = None
-        if img_path is None:
-            missing.append((rel, "image not found under the images folder"))
+        try:
+            img_path = resolve_image(root, rel, allow_outside)
+        except ElvisError as err:
+            img_path = None
+            missing.append((rel, err.problem))
         else:
+            if img_path is None:
+                missing.append((rel, "image not found under the images folder"))
+        if img_path is not None:
             try:
                 rad = read_any_image(img_path)
                 engine.set_image(rad)
             except ElvisError as err:
                 missing.append((rel, f"unreadable: {err.problem}"))
                 rad = None
+            except BaseException as err:  # noqa: BLE001 - one image never stops the evaluation
+                if is_fatal(err):
+                    raise
+                missing.append((rel, f"cannot be embedded ({type(err).__name__})"))
+                rad = None
         if rad is None:
             n_missing += len(phrases)
         else:
-            maps = engine.ground_many([ph.label_text for ph in phrases])
-            for ph, gm in zip(phrases, maps):
+            scorable = []
+            for ph in phrases:
                 boxes, note = rescale_boxes(ph, rad.shape)
+                kept, box_notes = boxes_in_image(boxes, rad.shape)
+                if not kept:
+                    unscored.append((ph.path, ph.label_text, "boxes outside the image: " + "; ".join(box_notes)))
+                else:
+                    scorable.append((ph, kept, ([note] if note else []) + box_notes))
+            try:
+                maps = engine.ground_many([ph.label_text for ph, _b, _n in scorable]) if scorable else []
+            except ElvisError as err:
+                unscored.extend((ph.path, ph.label_text, f"grounding failed: {err.problem}")
+                                for ph, _b, _n in scorable)
+                maps = []
+                scorable = []
+            for (ph, boxes, notes), gm in zip(scorable, maps):
                 m = gm.to_image()
-                warnings = list(gm.warnings) + ([note] if note else [])
+                warnings = list(gm.warnings) + notes
                 rows.append({"path": ph.path, "dicom_id": ph.dicom_id, "category": ph.category,
                              "label_text": ph.label_text, "split": ph.split, "n_boxes": len(boxes),
                              "cnr": cnr(m, boxes, clamp_negative=clamp_negative),
@@ -196,4 +261,5 @@ def evaluate(engine, annotation_set: AnnotationSet, images_root: os.PathLike | s
         settings["checkpoint_hash"] = engine.checkpoint_hash
         settings["checkpoint"] = getattr(engine, "checkpoint_path", None) or getattr(engine, "checkpoint_name", "")
     return EvalResult(rows=rows, per_category=per, macro=macro, overall=overall, missing=missing,
-                      n_missing_phrases=n_missing, csv_errors=list(aset.errors), settings=settings)
+                      n_missing_phrases=n_missing, csv_errors=list(aset.errors), settings=settings,
+                      unscored=unscored)

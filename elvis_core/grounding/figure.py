@@ -133,6 +133,26 @@ def render_overlay(radiograph, gmap, boxes: Optional[Iterable] = None, phrase: s
     (_, th), _ = cv2.getTextSize("Ag", cv2.FONT_HERSHEY_SIMPLEX, font_scale, thickness)
     line_h = int(th * 1.9) + 2
 
+    if not getattr(gmap, "fully_seen", True):  # an imported model's centre crop: frame what it saw, label the rest
+        x0, y0, x1, y1 = gmap.seen_box()
+        p0, p1 = (int(round(x0 * sx)), int(round(y0 * sy))), (int(round(x1 * sx)) - 1, int(round(y1 * sy)) - 1)
+        lt = max(1, int(round(2 * scale)))
+        for i in range(p0[0], p1[0], 12 * lt):  # dashed frame
+            cv2.line(img, (i, p0[1]), (min(i + 6 * lt, p1[0]), p0[1]), (220, 220, 220), lt)
+            cv2.line(img, (i, p1[1]), (min(i + 6 * lt, p1[0]), p1[1]), (220, 220, 220), lt)
+        for j in range(p0[1], p1[1], 12 * lt):
+            cv2.line(img, (p0[0], j), (p0[0], min(j + 6 * lt, p1[1])), (220, 220, 220), lt)
+            cv2.line(img, (p1[0], j), (p1[0], min(j + 6 * lt, p1[1])), (220, 220, 220), lt)
+        label = "not seen by the model"
+        fs = font_scale * 0.8
+        (tw, th2), _ = cv2.getTextSize(label, cv2.FONT_HERSHEY_SIMPLEX, fs, thickness)
+        bands = [(p0[1], ((cols - tw) // 2, max(th2 + 2, p0[1] // 2 + th2 // 2))),
+                 (rows - p1[1], ((cols - tw) // 2, min(rows - 2, (p1[1] + rows) // 2 + th2 // 2))),
+                 (p0[0], (2, rows // 2)), (cols - p1[0], (max(2, cols - tw - 2), rows // 2))]
+        _, org = max(bands, key=lambda b: b[0])
+        cv2.putText(img, label, org, cv2.FONT_HERSHEY_SIMPLEX, fs, (0, 0, 0), thickness + 2, cv2.LINE_AA)
+        cv2.putText(img, label, org, cv2.FONT_HERSHEY_SIMPLEX, fs, (240, 240, 240), thickness, cv2.LINE_AA)
+
     if boxes is not None:
         bt = max(1, int(round(3 * scale)))
         for b in boxes:

@@ -75,8 +75,8 @@ def side_checks(engine, annotation_set: AnnotationSet, images_root: os.PathLike 
     rows: List[Dict[str, Any]] = []
     n_missing = 0
     for rel, items in by_path.items():
-        p = resolve_image(root, rel)
         try:
+            p = resolve_image(root, rel)  # raises for a path outside the images folder: counted as missing
             if p is None:
                 raise ElvisError("image not found", rel)
             rad = read_any_image(p)

@@ -33,6 +33,51 @@ REQUIRED_COLUMNS = ("dicom_id", "category_name", "label_text", "path", "x", "y",
 V110_COLUMNS = REQUIRED_COLUMNS + ("split",)
 
 _PATIENT_RE = re.compile(r"(?:^|/)files/p\d{2}/(p\d+)/")
+#: largest image side an annotation may claim (DICOM Rows/Columns are 16-bit)
+MAX_IMAGE_SIDE = 65535
+#: largest box coordinate accepted (far outside any image, small enough for every float computation)
+MAX_COORDINATE = 1e7
+
+
+def check_annotation_size(path: os.PathLike | str) -> None:
+    """Refuse an annotation file larger than ``limits().max_annotation_bytes`` before reading it."""
+    from elvis_core.io.limits import limits, mib
+
+    try:
+        n = os.path.getsize(path)
+    except OSError:
+        return
+    if n > limits().max_annotation_bytes:
+        raise AnnotationError(f"is {mib(n)}, larger than the annotation file limit of "
+                              f"{mib(limits().max_annotation_bytes)} (ELVIS_MAX_ANNOTATION_MB)", path)
+
+
+from elvis_core.io.paths import OutsideImagesError  # noqa: E402,F401  (re-exported)
+
+
+def resolve_annotation_image(images_root: os.PathLike | str, rel: str, allow_outside: bool = False,
+                             suffixes: Sequence[str] = (".dcm", ".jpg", ".jpeg", ".png")) -> Optional[Path]:
+    """:func:`elvis_core.io.paths.resolve_image` (the one resolver, with the ``--images`` containment check)."""
+    from elvis_core.io.paths import resolve_image
+
+    return resolve_image(images_root, rel, allow_outside=allow_outside, suffixes=tuple(suffixes))
+    is_abs = text.startswith("/") or re.match(r"^[A-Za-z]:", text) is not None
+    norm = os.path.normpath(text)
+    escapes = is_abs or norm == ".." or norm.startswith("../")
+    if escapes and not allow_outside:
+        raise OutsideImagesError(f"path {text[:200]!r} points outside the images folder (absolute or '..'); "
+                                 "pass --allow-paths-outside-images to allow it", None)
+    p = Path(text) if is_abs else root / norm
+    try:
+        if p.is_file():
+            return p
+        for suf in suffixes:
+            q = p.with_suffix(suf)
+            if q.is_file():
+                return q
+    except (OSError, ValueError):  # a name too long for the file system, a NUL byte
+        return None
+    return None
 
 
 @dataclass(frozen=True)
@@ -122,7 +167,7 @@ def _parse_float(value: str, name: str) -> float:
     try:
         v = float(value)
     except (TypeError, ValueError):
-        raise ValueError(f"column {name!r} is not a number: {value!r}") from None
+        raise ValueError(f"column {name!r} is not a number: {value[:40]!r}") from None
     if math.isnan(v) or math.isinf(v):
         raise ValueError(f"column {name!r} is {value!r}")
     return v
@@ -135,6 +180,7 @@ def read_ms_cxr_csv(path: os.PathLike | str) -> AnnotationSet:
         raise AnnotationError("annotation file not found", p)
     if p.is_dir():
         raise AnnotationError("is a folder, expected an MS-CXR CSV file", p)
+    check_annotation_size(p)
     try:
         with open(p, "r", encoding="utf-8-sig", newline="") as fh:
             text = fh.read()
@@ -149,6 +195,8 @@ def read_ms_cxr_csv(path: os.PathLike | str) -> AnnotationSet:
         header = next(reader)
     except StopIteration:
         raise AnnotationError("is empty, expected an MS-CXR CSV with a header row", p) from None
+    except csv.Error as err:
+        raise AnnotationError(f"header row is not valid CSV ({err})", p) from None
     header = [h.strip() for h in header]
     missing = [c for c in REQUIRED_COLUMNS if c not in header]
     if missing:
@@ -158,7 +206,14 @@ def read_ms_cxr_csv(path: os.PathLike | str) -> AnnotationSet:
 
     phrases: Dict[Tuple[str, str], Phrase] = {}
     errors: List[Tuple[int, str]] = []
-    for row in reader:
+    while True:
+        try:
+            row = next(reader)
+        except StopIteration:
+            break
+        except csv.Error as err:  # e.g. a field longer than csv.field_size_limit(): that row is skipped
+            errors.append((reader.line_num, f"not valid CSV ({err})"))
+            continue
         line = reader.line_num
         if not row or all(not c.strip() for c in row):
             continue
@@ -171,9 +226,12 @@ def read_ms_cxr_csv(path: os.PathLike | str) -> AnnotationSet:
             iw, ih = (_parse_float(get[c], c) for c in ("image_width", "image_height"))
             if w <= 0 or h <= 0:
                 raise ValueError(f"box width/height must be > 0, got w={get['w']} h={get['h']}")
-            if iw <= 0 or ih <= 0:
-                raise ValueError(f"image_width/image_height must be > 0, got {get['image_width']}x"
-                                 f"{get['image_height']}")
+            if not (1 <= round(iw) <= MAX_IMAGE_SIDE and 1 <= round(ih) <= MAX_IMAGE_SIDE):
+                raise ValueError(f"image_width/image_height must be 1..{MAX_IMAGE_SIDE} pixels, got "
+                                 f"{get['image_width'][:20]}x{get['image_height'][:20]}")
+            for c, v in (("x", x), ("y", y), ("w", w), ("h", h)):
+                if abs(v) > MAX_COORDINATE:
+                    raise ValueError(f"column {c!r} is {get[c][:20]}: beyond +-{MAX_COORDINATE:g} pixels")
             if not get["path"]:
                 raise ValueError("empty 'path'")
             if not get["label_text"]:

@@ -185,7 +185,7 @@ _LONG_VRS = (b"OB", b"OW", b"OF", b"SQ", b"UT", b"UN", b"UC", b"UR", b"OD", b"OL
 
 def _check_deflate(path: str) -> None:
     """A Deflated Explicit VR Little Endian file is inflated whole by pydicom: measure the inflated size first (in
-    1 MiB steps, nothing kept) and refuse one larger than the decoded-size limit (a 1.4 MB file may inflate to GBs)."""
+    1 MiB steps, nothing kept) and refuse one larger than ``max_inflated_bytes`` (a 1.4 MB file may inflate to GBs)."""
     import zlib
 
     try:
@@ -201,20 +201,21 @@ def _check_deflate(path: str) -> None:
                 else:
                     pos += 8 + int.from_bytes(head[pos + 6:pos + 8], "little")
             f.seek(pos)
-            limit = limits().max_decoded_bytes
+            limit = min(limits().max_decoded_bytes, limits().max_inflated_bytes)
             d = zlib.decompressobj(-zlib.MAX_WBITS)
             total = 0
-            while True:
-                chunk = f.read(1 << 16)
+            chunk = b""
+            while not d.eof:
                 if not chunk:
-                    break
-                while chunk:
-                    total += len(d.decompress(chunk, 1 << 20))
-                    chunk = d.unconsumed_tail
-                    if total > limit:
-                        raise DicomReadError(f"deflated data set inflates to more than {mib(limit)} (the decoded-size "
-                                             "limit, ELVIS_MAX_DECODED_MB): refused", path)
-                if d.eof:
+                    chunk = f.read(1 << 16)
+                # with nothing left to read, keep asking: zlib may still hold output for input it has consumed
+                out = d.decompress(chunk, 1 << 20)
+                chunk = d.unconsumed_tail
+                total += len(out)
+                if total > limit:
+                    raise DicomReadError(f"deflated data set inflates to more than {mib(limit)} (the limit, "
+                                         "ELVIS_MAX_INFLATED_MB): refused", path)
+                if not out and not chunk and f.tell() >= os.fstat(f.fileno()).st_size:
                     break
     except OSError:
         return  # the reader proper reports it
@@ -337,7 +338,21 @@ def read_header(path: os.PathLike | str) -> Dict[str, Any]:
 
 
 def _plain(v: Any) -> Any:
-    """A JSON-friendly plain value (pydicom IS/DS/UID/PersonName subclasses → int/float/str)."""
+    """A JSON-friendly plain value (pydicom IS/DS/UID/PersonName subclasses → int/float/str); a damaged value
+    (a sequence where a value belongs, items that cannot be decoded) becomes a short placeholder."""
+    try:
+        return _plain_value(v)
+    except BaseException as err:  # noqa: BLE001
+        if is_fatal(err):
+            raise
+        return "<unreadable>"
+
+
+def _plain_value(v: Any) -> Any:
+    from pydicom.sequence import Sequence
+
+    if isinstance(v, Sequence):
+        return f"<sequence of {len(v)} item(s)>"
     if v is None or isinstance(v, bool):
         return v
     if isinstance(v, int):
@@ -352,7 +367,7 @@ def _plain(v: Any) -> Any:
         from pydicom.multival import MultiValue
 
         if isinstance(v, (MultiValue, list, tuple)):
-            return [_plain(x) for x in v]
+            return [_plain_value(x) for x in v]
     except ImportError:  # pragma: no cover
         pass
     return str(v)
@@ -420,19 +435,68 @@ def _decode_pydicom(ds, path: str, frame: int, n_frames: int) -> np.ndarray:
     return arr
 
 
-def _decode_sitk(path: str, frame: int) -> np.ndarray:
-    import SimpleITK as sitk
-
+#: the SimpleITK fallback, run in a child process: GDCM allocates without bound on some corrupt streams (a
+#: bit-flipped 256 x 1024 JPEG took 860 MB), and nothing in its API caps that. The child sets RLIMIT_AS first.
+_SITK_CHILD = r"""
+import resource, sys
+vsz = int(open("/proc/self/statm").read().split()[0]) * resource.getpagesize()
+extra = int(sys.argv[4])
+try:
+    resource.setrlimit(resource.RLIMIT_AS, (vsz + extra, vsz + extra))
+except (ValueError, OSError):
+    pass
+import numpy as np
+import SimpleITK as sitk
+vsz = int(open("/proc/self/statm").read().split()[0]) * resource.getpagesize()
+try:
+    resource.setrlimit(resource.RLIMIT_AS, (vsz + extra, vsz + extra))
+except (ValueError, OSError):
+    pass
+path, frame, out = sys.argv[1], int(sys.argv[2]), sys.argv[3]
+try:
     reader = sitk.ImageFileReader()
     reader.SetFileName(path)
     img = reader.Execute()
     arr = sitk.GetArrayFromImage(img)
-    # (frames, rows, cols[, comps]) or (rows, cols[, comps])
     if img.GetDimension() == 3:
         if frame >= arr.shape[0]:
-            raise DicomReadError(f"frame {frame} out of range (the file has {arr.shape[0]} frames)", path)
+            sys.stdout.write("FRAMES %d" % arr.shape[0])
+            sys.exit(3)
         arr = arr[frame]
-    return arr
+    np.save(out, np.ascontiguousarray(arr))
+except MemoryError:
+    sys.stdout.write("MEMORY")
+    sys.exit(4)
+except Exception as err:
+    sys.stdout.write("ERROR %s: %s" % (type(err).__name__, str(err)[-300:]))
+    sys.exit(2)
+"""
+
+
+def _decode_sitk(path: str, frame: int, expected_bytes: int = 0) -> np.ndarray:
+    """Decode with SimpleITK in a child process whose address space is capped (see ``_SITK_CHILD``)."""
+    import subprocess
+    import sys
+    import tempfile
+
+    headroom = 768 << 20
+    extra = headroom + 4 * max(0, int(expected_bytes))
+    with tempfile.TemporaryDirectory(prefix="elvis-sitk-") as tmp:
+        out = os.path.join(tmp, "frame.npy")
+        try:
+            proc = subprocess.run([sys.executable, "-c", _SITK_CHILD, path, str(int(frame)), out, str(extra)],
+                                  capture_output=True, text=True, timeout=300)
+        except subprocess.TimeoutExpired:
+            raise RuntimeError("SimpleITK did not finish within 300 s") from None
+        msg = (proc.stdout or "").strip()
+        if proc.returncode == 3 and msg.startswith("FRAMES "):
+            raise DicomReadError(f"frame {frame} out of range (the file has {msg.split()[1]} frames)", path)
+        if proc.returncode == 4 or (proc.returncode != 0 and "bad_alloc" in (proc.stderr or "")):
+            raise RuntimeError(f"SimpleITK needed more than {mib(extra)} of memory for this file (refused)")
+        if proc.returncode != 0 or not os.path.isfile(out):
+            why = msg[6:] if msg.startswith("ERROR ") else f"decoder process ended with status {proc.returncode}"
+            raise RuntimeError(why)
+        return np.load(out)
 
 
 def _to_grey(arr: np.ndarray, photometric: str, warnings: List[str]) -> np.ndarray:
@@ -444,7 +508,9 @@ def _to_grey(arr: np.ndarray, photometric: str, warnings: List[str]) -> np.ndarr
     return arr
 
 
-_ENCAPSULATED_PREFIXES = ("1.2.840.10008.1.2.4.", "1.2.840.10008.1.2.5")
+#: JPEG 2000 (Part 1, Part 2 multi-component) and High-Throughput JPEG 2000 transfer syntaxes; the other
+#: 1.2.840.10008.1.2.4.* syntaxes hold JPEG / JPEG-LS codestreams
+_JPEG2000_SYNTAXES = frozenset("1.2.840.10008.1.2.4." + n for n in ("90", "91", "92", "93", "201", "202", "203"))
 
 
 def _check_decoded_size(ds, hdr: ImageHeader, path: str, ts: str, decoder: str) -> None:
@@ -465,7 +531,8 @@ def _check_decoded_size(ds, hdr: ImageHeader, path: str, ts: str, decoder: str) 
         raise DicomReadError(f"pixel data unreadable ({type(err).__name__})", path) from None
     if not isinstance(data, (bytes, bytearray)):
         return
-    for codec, r, c, comps in codestream_shapes(data):
+    j2k = ts in _JPEG2000_SYNTAXES
+    for codec, r, c, comps in codestream_shapes(data, jpeg2000=j2k, jpeg=not j2k):
         try:
             check_frame(r, c, comps, hdr.bytes_per_sample, 1, what=f"the {codec} frame header's image")
         except ValueError as err:
@@ -529,7 +596,7 @@ def read_radiograph(path: os.PathLike | str, frame: int = 0, decoder: str = "aut
         try:
             check_frame(rows, cols, hdr.samples, hdr.bytes_per_sample, n_frames,
                         what="SimpleITK decodes all frames at once: the image")
-            arr = _decode_sitk(path, frame)
+            arr = _decode_sitk(path, frame, hdr.rows * hdr.cols * hdr.samples * hdr.bytes_per_sample * n_frames)
             used = "SimpleITK"
         except DicomReadError:
             raise

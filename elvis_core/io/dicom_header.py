@@ -91,7 +91,7 @@ def sanitize(ds, path: str, warnings: Optional[List[str]] = None, required=REQUI
 
 _KNOWN_VRS = frozenset(("AE", "AS", "AT", "CS", "DA", "DS", "DT", "FL", "FD", "IS", "LO", "LT", "OB", "OD", "OF",
                         "OL", "OV", "OW", "PN", "SH", "SL", "SQ", "SS", "ST", "SV", "TM", "UC", "UI", "UL", "UN",
-                        "UR", "US", "UT", "UV", "OB or OW", "US or SS", "US or OW", "US or SS or OW", "OB or OW"))
+                        "UR", "US", "UT", "UV", "OB or OW", "US or SS", "US or OW", "US or SS or OW"))
 
 
 def _clip(text: str, n: int) -> str:
@@ -239,14 +239,16 @@ def image_header(ds, path: str) -> ImageHeader:
 _JPEG_SOF = {0xC0, 0xC1, 0xC2, 0xC3, 0xC5, 0xC6, 0xC7, 0xC9, 0xCA, 0xCB, 0xCD, 0xCE, 0xCF, 0xF7}
 
 
-def codestream_shapes(pixel_data: bytes, limit: int = 64) -> List[Tuple[str, int, int, int]]:
+def codestream_shapes(pixel_data: bytes, limit: int = 64, jpeg2000: bool = True,
+                      jpeg: bool = True) -> List[Tuple[str, int, int, int]]:
     """(codec, rows, cols, components) claimed by the JPEG 2000 SIZ and JPEG / JPEG-LS SOF headers found in
-    encapsulated pixel data (at most ``limit`` of them). Reads headers only."""
+    encapsulated pixel data (at most ``limit`` of them). Reads headers only. ``jpeg2000`` / ``jpeg``: which
+    codestreams to look for (the transfer syntax says which one the data holds; looking for the other could take
+    marker-like bytes inside the compressed data for a header)."""
     out: List[Tuple[str, int, int, int]] = []
-    data = memoryview(pixel_data)
     b = bytes(pixel_data) if not isinstance(pixel_data, bytes) else pixel_data
     pos = 0
-    while len(out) < limit:
+    while jpeg2000 and len(out) < limit:
         i = b.find(b"\xff\x4f\xff\x51", pos)
         if i < 0 or i + 4 + 2 + 2 + 16 + 2 > len(b):
             break
@@ -256,7 +258,7 @@ def codestream_shapes(pixel_data: bytes, limit: int = 64) -> List[Tuple[str, int
         out.append(("JPEG 2000", max(0, ys - yo), max(0, xs - xo), csiz))
         pos = i + 4
     pos = 0
-    while len(out) < limit:
+    while jpeg and len(out) < limit:
         i = b.find(b"\xff\xd8", pos)
         if i < 0:
             break
@@ -282,5 +284,4 @@ def codestream_shapes(pixel_data: bytes, limit: int = 64) -> List[Tuple[str, int
                 break
             j += 2 + length
         pos = (j if found else i) + 2
-    del data
     return out

@@ -93,8 +93,21 @@ def read_plain_image(path: os.PathLike | str) -> Radiograph:
         raise DicomReadError("no such file", path)
     if os.path.getsize(path) == 0:
         raise DicomReadError("empty file (0 bytes)", path)
+    try:  # the size the header claims, checked before OpenCV allocates it
+        rows, cols = raster_header_shape(path)
+    except ElvisError as err:
+        raise DicomReadError(f"not a readable JPG/PNG image ({err.problem})", path) from None
+    from elvis_core.io.limits import check_frame
+
+    try:
+        check_frame(rows, cols, 4, 2, what="image")  # worst case: 16-bit RGBA
+    except ValueError as err:
+        raise DicomReadError(str(err), path) from None
     data = np.fromfile(path, dtype=np.uint8)
-    img = cv2.imdecode(data, cv2.IMREAD_UNCHANGED)
+    try:
+        img = cv2.imdecode(data, cv2.IMREAD_UNCHANGED)
+    except cv2.error as err:
+        raise DicomReadError(f"not a readable JPG/PNG image ({str(err).splitlines()[-1][:120]})", path) from None
     if img is None or img.size == 0:
         raise DicomReadError("not a readable JPG/PNG image (corrupt or truncated)", path)
     warnings = []

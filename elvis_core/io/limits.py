@@ -12,6 +12,8 @@ limit                       environment variable         default
 ``max_frame_pixels``        ``ELVIS_MAX_FRAME_PIXELS``   40 000 000 pixels per frame (rows x columns)
 ``max_decoded_bytes``       ``ELVIS_MAX_DECODED_MB``     256 MiB produced by one decoder call (one frame for
                                                          pydicom; all frames for SimpleITK; a deflated data set)
+``max_inflated_bytes``      ``ELVIS_MAX_INFLATED_MB``    64 MiB for a deflated data set (pydicom holds it whole,
+                                                         with copies: ~4x that in memory)
 ``max_report_bytes``        ``ELVIS_MAX_REPORT_MB``      1 MiB per report file (MIMIC-CXR reports are < 10 kB)
 ``max_annotation_bytes``    ``ELVIS_MAX_ANNOTATION_MB``  256 MiB per annotation CSV / JSON (MS-CXR is ~0.2 MB)
 ==========================  ===========================  ===========================================================
@@ -35,18 +37,17 @@ def _env_int(name: str, default: int, scale: int = 1) -> int:
 class Limits:
     max_frame_pixels: int = 40_000_000
     max_decoded_bytes: int = 256 << 20
+    max_inflated_bytes: int = 64 << 20
     max_report_bytes: int = 1 << 20
     max_annotation_bytes: int = 256 << 20
 
 
 _limits = Limits(
     max_frame_pixels=_env_int("ELVIS_MAX_FRAME_PIXELS", Limits.max_frame_pixels),
-    max_decoded_bytes=_env_int("ELVIS_MAX_DECODED_MB", Limits.max_decoded_bytes, 1 << 20)
-    if os.environ.get("ELVIS_MAX_DECODED_MB") else Limits.max_decoded_bytes,
-    max_report_bytes=_env_int("ELVIS_MAX_REPORT_MB", Limits.max_report_bytes, 1 << 20)
-    if os.environ.get("ELVIS_MAX_REPORT_MB") else Limits.max_report_bytes,
-    max_annotation_bytes=_env_int("ELVIS_MAX_ANNOTATION_MB", Limits.max_annotation_bytes, 1 << 20)
-    if os.environ.get("ELVIS_MAX_ANNOTATION_MB") else Limits.max_annotation_bytes,
+    max_decoded_bytes=_env_int("ELVIS_MAX_DECODED_MB", Limits.max_decoded_bytes, 1 << 20),
+    max_inflated_bytes=_env_int("ELVIS_MAX_INFLATED_MB", Limits.max_inflated_bytes, 1 << 20),
+    max_report_bytes=_env_int("ELVIS_MAX_REPORT_MB", Limits.max_report_bytes, 1 << 20),
+    max_annotation_bytes=_env_int("ELVIS_MAX_ANNOTATION_MB", Limits.max_annotation_bytes, 1 << 20),
 )
 
 

@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import os
+import re
 from pathlib import Path
 from typing import Optional
 
+from elvis_core.errors import AnnotationError
 from elvis_core.io.images import IMAGE_EXTENSIONS
 
 #: raster images read by PIL (JPG/PNG); DICOM files may have any name
@@ -14,14 +16,37 @@ RASTER_SUFFIXES = tuple(IMAGE_EXTENSIONS)
 IMAGE_SUFFIXES = (".dcm",) + RASTER_SUFFIXES
 
 
-def resolve_image(images_root: os.PathLike | str, rel_path: str) -> Optional[Path]:
-    """``images_root / rel_path``, else the same path with another image suffix (:data:`IMAGE_SUFFIXES`)."""
-    rel = str(rel_path).strip().lstrip("/")
-    p = Path(images_root) / rel
-    if p.is_file():
-        return p
-    for suf in IMAGE_SUFFIXES:
-        q = p.with_suffix(suf)
-        if q.is_file():
-            return q
+class OutsideImagesError(AnnotationError):
+    """An annotation path points outside the images folder."""
+
+
+def resolve_image(images_root: os.PathLike | str, rel_path: str, allow_outside: bool = False,
+                  suffixes=IMAGE_SUFFIXES) -> Optional[Path]:
+    """``images_root / rel_path``, else the same path with another image suffix (:data:`IMAGE_SUFFIXES`); None when
+    no such file exists.
+
+    ``rel_path`` must stay under ``images_root``: an absolute path, a drive letter or ``..`` that climbs out raises
+    :class:`OutsideImagesError` unless ``allow_outside`` (the user's explicit choice, CLI
+    ``--allow-paths-outside-images``). The check is on the path as written (lexical), so a data tree that is itself
+    reached through symbolic links keeps working.
+    """
+    text = str(rel_path).strip().replace("\\", "/")
+    if not text:
+        return None
+    is_abs = text.startswith("/") or re.match(r"^[A-Za-z]:", text) is not None
+    norm = os.path.normpath(text)
+    escapes = is_abs or norm == ".." or norm.startswith("../")
+    if escapes and not allow_outside:
+        raise OutsideImagesError(f"path {text[:200]!r} points outside the images folder (absolute or '..'); "
+                                 "pass --allow-paths-outside-images to allow it", None)
+    p = Path(text) if is_abs else Path(images_root) / norm
+    try:
+        if p.is_file():
+            return p
+        for suf in suffixes:
+            q = p.with_suffix(suf)
+            if q.is_file():
+                return q
+    except (OSError, ValueError):  # a name too long for the file system, a NUL byte
+        return None
     return None

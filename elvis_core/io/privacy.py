@@ -85,6 +85,8 @@ def mask_uid_value(value) -> str:
 
 
 MASK = "***"
+#: characters no DICOM text value holds (besides TAB/LF/FF/CR and ESC for ISO 2022 character sets)
+_CONTROL = __import__("re").compile("[\x00-\x08\x0b\x0e-\x1a\x1c-\x1f\x7f]")
 
 _UID_CHARS = frozenset("0123456789.")
 
@@ -115,6 +117,21 @@ def mask_uid_text(text: str) -> str:
 
 def is_identifying(keyword: str) -> bool:
     return keyword in IDENTIFYING_KEYWORDS
+
+
+def _damaged_text(elem) -> bool:
+    """A text value holding control bytes (see ``_CONTROL``), single or multi-valued."""
+    try:
+        v = elem.value
+        items = [v] if isinstance(v, (str, bytes)) else (list(v) if isinstance(v, (list, tuple)) or
+                                                          type(v).__name__ == "MultiValue" else [v])
+        return any(isinstance(x, str) and _CONTROL.search(x) for x in items)
+    except BaseException as err:  # noqa: BLE001
+        from elvis_core.io.dicom_header import is_fatal
+
+        if is_fatal(err):
+            raise
+        return True
 
 
 def _value_text(elem, limit: int = 200) -> str:
@@ -150,8 +167,8 @@ def dicom_tag_rows(path: os.PathLike | str, reveal_identifiers: bool = False) ->
     ``(tag "(gggg,eeee)", keyword, VR, value text)``.
 
     Unless ``reveal_identifiers`` is true, every attribute of the DICOM PS3.15 basic confidentiality profile
-    (:data:`BASIC_PROFILE`, Table E.1-1 of the standard as shipped by ``dicom-anonymizer``), every private tag and
-    any other person-name (PN) value is shown as ``"***"``; the profile's UIDs (action U) are replaced by a
+    (:data:`BASIC_PROFILE`, Table E.1-1 of the standard as shipped by ``dicom-anonymizer``), every private tag,
+    every tag that is not in the DICOM dictionary and any other person-name (PN) value is shown as ``"***"``; the profile's UIDs (action U) are replaced by a
     consistent pseudonym UID (:func:`pseudonym_uid`). An element whose value cannot be decoded is listed as
     ``<unreadable>``. Raises :class:`DicomReadError` when the file is not DICOM."""
     from elvis_core.io.dicom import _check_path, _dcmread
@@ -186,9 +203,15 @@ def dicom_tag_rows(path: os.PathLike | str, reveal_identifiers: bool = False) ->
                     if is_fatal(err):
                         raise
                     value = MASK
-            elif is_identifying_tag(t) or vr == "PN" or keyword in IDENTIFYING_KEYWORDS:
+            elif is_identifying_tag(t) or vr == "PN" or keyword in IDENTIFYING_KEYWORDS or not keyword:
+                # no keyword: a tag not in the DICOM dictionary (often a damaged tag number, e.g. PatientName's
+                # value under a corrupted tag): its content cannot be vetted, so it is masked too
                 value = MASK
             else:
                 value = _value_text(elem)
+                if _damaged_text(elem):
+                    # control bytes in a text value: a damaged length swallowed the following elements (and perhaps
+                    # a patient's name with them): not shown
+                    value = MASK + " (damaged value)"
             rows.append((tag_text, keyword, vr, value))
     return rows

@@ -29,7 +29,9 @@ _LIST_RE = re.compile(r"(?m)^[ \t]*(?:\d{1,2}[.)]|[-*\u2022])[ \t]+")
 _MARKER_AT_RE = re.compile(r"(?:\d{1,2}[.)]|[-*\u2022])[ \t]+")
 _INLINE_MARKER_RE = re.compile(r"\d{1,2}[.)]")
 _BLANK_RE = re.compile(r"\n[ \t]*\n")
-_END_RE = re.compile(r"[.!?]+(?=[\s\"')\]]|$)")
+# a run of terminal punctuation is matched only from its first character (the look-behind) and possessively, so a
+# run that is not followed by whitespace fails once, not once per start position (100 kB of dots: linear, not n^2)
+_END_RE = re.compile(r"(?<![.!?])[.!?]++(?=[\s\"')\]]|$)")
 _ABBREVIATIONS = {
     "e.g", "i.e", "eg", "ie", "dr", "mr", "mrs", "ms", "vs", "approx", "cf", "fig", "al", "resp", "incl", "esp",
     "viz", "a.m", "p.m", "etc.",
@@ -164,43 +166,91 @@ def parse_report(text: str, source_path: Optional[os.PathLike | str] = None) -> 
     return Report(text=text, sections=sections, sentences=sentences, source_path=src)
 
 
-def _looks_binary(data: bytes) -> bool:
-    if b"\x00" in data[:65536]:
-        return True
-    sample = data[:65536]
+def _looks_binary(text: str) -> bool:
+    sample = text[:65536]
     if not sample:
         return False
-    bad = sum(1 for b in sample if b < 9 or (13 < b < 32) or b == 127)
+    if "\x00" in sample:
+        return True
+    bad = sum(1 for c in sample if (c < "\t") or ("\r" < c < " ") or c == "\x7f" or ("\x80" <= c <= "\x9f"))
     return bad / len(sample) > 0.05
 
 
+_BOMS = ((b"\xef\xbb\xbf", "utf-8-sig"), (b"\xff\xfe\x00\x00", "utf-32"), (b"\x00\x00\xfe\xff", "utf-32"),
+         (b"\xff\xfe", "utf-16"), (b"\xfe\xff", "utf-16"))
+
+
+def decode_report_bytes(data: bytes, path: Optional[str] = None) -> Tuple[str, List[str]]:
+    """Bytes of a report file → (text, warnings). A byte-order mark selects UTF-8 / UTF-16 / UTF-32; else UTF-8;
+    else Windows-1252 / latin-1 **only when the result reads as text** (mostly ASCII, letters for the high bytes):
+    random high bytes or binary are a :class:`ReportReadError`, not a report."""
+    for bom, enc in _BOMS:
+        if data.startswith(bom):
+            try:
+                return data.decode(enc), []
+            except UnicodeDecodeError:
+                raise ReportReadError(f"starts with a {enc.upper()} byte-order mark but is not valid {enc.upper()}",
+                                      path) from None
+    try:
+        return data.decode("utf-8"), []
+    except UnicodeDecodeError:
+        pass
+    if b"\x00" in data[:65536]:
+        raise ReportReadError("binary file, not a text report (NUL bytes)", path)
+    high = sum(1 for b in data[:65536] if b >= 0x80)
+    n = min(len(data), 65536)
+    if n and high / n > 0.3:
+        raise ReportReadError(f"not text in a known encoding ({100 * high // n}% of bytes are non-ASCII and not "
+                              "valid UTF-8)", path)
+    for enc in ("cp1252", "latin-1"):
+        try:
+            text = data.decode(enc)
+        except UnicodeDecodeError:
+            continue
+        odd = sum(1 for c in text[:65536] if ord(c) >= 0x80 and not (c.isalpha() or c in "°±µ·×÷–—‘’“”„•…€£§©®¼½¾²³"))
+        if high and odd / high > 0.5:
+            raise ReportReadError("not text in a known encoding (its non-ASCII bytes are not letters in UTF-8, "
+                                  "Windows-1252 or latin-1)", path)
+        return text, [f"not valid UTF-8: read as {'Windows-1252 (latin-1 superset)' if enc == 'cp1252' else 'latin-1'}"]
+    raise ReportReadError("not text in a known encoding", path)  # pragma: no cover - latin-1 decodes anything
+
+
 def read_report(path: os.PathLike | str) -> Report:
-    """Read and parse a report file: UTF-8 (BOM tolerated), else latin-1 with a warning.
-    Raises :class:`ReportReadError` for a missing, unreadable, empty or binary file."""
+    """Read and parse a report file: a BOM's encoding, else UTF-8, else Windows-1252/latin-1 with a warning when it
+    reads as text. Raises :class:`ReportReadError` for a missing, unreadable, empty, binary or too large file
+    (``limits().max_report_bytes``, checked before reading)."""
+    from elvis_core.io.limits import limits, mib
+
     path = os.fspath(path)
     if not os.path.exists(path):
         raise ReportReadError("no such file", path)
     if os.path.isdir(path):
         raise ReportReadError("is a folder, not a report", path)
+    limit = limits().max_report_bytes
     try:
         with open(path, "rb") as f:
-            data = f.read()
+            head = f.read(132)
+        if head[128:132] == b"DICM":  # a report stored as a DICOM SR (Basic Text / Enhanced / Comprehensive)
+            from elvis_core.io.sr_report import read_sr_report
+
+            return read_sr_report(path)
+        size = os.path.getsize(path)
+        if size > limit:
+            raise ReportReadError(f"is {mib(size)}, larger than the report limit of {mib(limit)} "
+                                  "(ELVIS_MAX_REPORT_MB): not a radiology report?", path)
+        with open(path, "rb") as f:
+            data = f.read(limit + 1)
     except OSError as err:
         raise ReportReadError(f"cannot read ({err.strerror or type(err).__name__})", path) from None
+    if len(data) > limit:
+        raise ReportReadError(f"is larger than the report limit of {mib(limit)} (ELVIS_MAX_REPORT_MB)", path)
     if not data.strip():
         raise ReportReadError("empty report", path)
-    if data[128:132] == b"DICM":  # a report stored as a DICOM SR (Basic Text / Enhanced / Comprehensive)
-        from elvis_core.io.sr_report import read_sr_report
-
-        return read_sr_report(path)
-    if _looks_binary(data):
+    text, warnings = decode_report_bytes(data, path)
+    if not text.strip():
+        raise ReportReadError("empty report", path)
+    if _looks_binary(text):
         raise ReportReadError("binary file, not a text report (NUL bytes or mostly non-printable)", path)
-    warnings: List[str] = []
-    try:
-        text = data.decode("utf-8-sig")
-    except UnicodeDecodeError:
-        text = data.decode("latin-1")
-        warnings.append("not valid UTF-8: read as latin-1")
     report = parse_report(text, path)
     report.warnings.extend(warnings)
     return report

@@ -97,8 +97,16 @@ def read_checkpoint_config(path: Union[str, os.PathLike]) -> Dict[str, Any]:
     except (UnicodeDecodeError, json.JSONDecodeError) as err:
         raise CheckpointError(f"{CONFIG_NAME} is not valid JSON ({err})", d) from err
     if not isinstance(cfg, dict) or cfg.get("format") != FORMAT:
-        raise CheckpointError(f"{CONFIG_NAME} is not an ELVIS checkpoint config (expected \"format\": \"{FORMAT}\")", d)
-    if int(cfg.get("format_version", 0)) > FORMAT_VERSION:
+        hint = ""
+        if isinstance(cfg, dict) and (cfg.get("model_type") or cfg.get("architectures")):
+            hint = (f"; this looks like a Hugging Face model folder (model_type {cfg.get('model_type')!r}): convert "
+                    "it once with 'elvis import biovil|biovil-t' (docs/models.md)")
+        raise CheckpointError(f"{CONFIG_NAME} is not an ELVIS checkpoint config (expected \"format\": \"{FORMAT}\")"
+                              + hint, d)
+    fv = cfg.get("format_version", 0)
+    if isinstance(fv, bool) or not isinstance(fv, int):
+        raise CheckpointError(f"{CONFIG_NAME}: format_version must be an integer, got {str(fv)[:30]}", d)
+    if fv > FORMAT_VERSION:
         raise CheckpointError(f"checkpoint format_version {cfg.get('format_version')} is newer than this code "
                               f"understands ({FORMAT_VERSION})", d)
     if not isinstance(cfg.get("model"), dict):
@@ -156,11 +164,20 @@ def load_checkpoint(path: Union[str, os.PathLike], device: Union[str, torch.devi
     wpath = d / WEIGHTS_NAME
     if not wpath.is_file():
         raise CheckpointError(f"missing {WEIGHTS_NAME}", d)
+    from elvis_core.model.limits import check_model_config
+
+    try:  # sizes and memory checked before anything is built (elvis_core/model/limits.py)
+        check_model_config(cfg["model"], weights=wpath)
+    except ConfigError as err:
+        raise CheckpointError(f"config.json describes an invalid model: {err}", d) from None
     tokenizer = _load_tokenizer(d)
     try:
         model = build_model(cfg["model"], tokenizer=tokenizer, init_text_from_path=False)
     except ConfigError as err:
         raise CheckpointError(f"config.json describes an invalid model: {err}", d) from err
+    except Exception as err:  # noqa: BLE001 - transformers' own checks raise many types (StrictDataclass..., ...)
+        raise CheckpointError(f"config.json describes a model that cannot be built ({type(err).__name__}: "
+                              f"{str(err).splitlines()[0][:160] if str(err) else ''})", d) from None
     expected = model.state_dict()
     try:
         with safe_open(str(wpath), framework="pt", device="cpu") as f:
@@ -174,6 +191,10 @@ def load_checkpoint(path: Union[str, os.PathLike], device: Union[str, torch.devi
     bad_dtype = [k for k, v in state.items() if v.dtype.is_floating_point != expected[k].dtype.is_floating_point]
     if bad_dtype:
         raise CheckpointError(f"tensor(s) of the wrong kind (float vs integer): {_list(bad_dtype)}", d)
+    bad_values = [k for k, v in state.items() if v.dtype.is_floating_point and not bool(torch.isfinite(v).all())]
+    if bad_values:
+        raise CheckpointError(f"tensor(s) with NaN or infinite values (a diverged training run?): {_list(bad_values)}",
+                              d)
     model.load_state_dict(state, strict=True)
     model.checkpoint_dir = str(d)
     model.checkpoint_config = cfg

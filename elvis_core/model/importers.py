@@ -223,6 +223,8 @@ def convert_biovil_image(state: Dict[str, torch.Tensor], variant: str, where) ->
         used.add("encoder.missing_previous_emb")
         blocks = set()
         for k, v in state.items():
+            if k == "encoder.vit_pooler.pos_embed":
+                continue  # a fixed sine table (not saved by current hi-ml); ours is recomputed, so it is dropped
             if k.startswith("encoder.vit_pooler."):
                 used.add(k)
                 out["image_fusion.vit_pooler." + k[len("encoder.vit_pooler."):]] = v
@@ -300,9 +302,10 @@ def read_text_folder(folder: os.PathLike | str) -> Dict[str, Any]:
         raise ModelImportError("text model folder has no model.safetensors or pytorch_model.bin", d)
     bert = {k: conf[k] for k in _BERT_KEYS if k in conf}
     bert["model_type"] = "bert"
-    if int(bert.get("vocab_size", n_vocab)) != n_vocab:
+    bert.setdefault("vocab_size", n_vocab)
+    if n_vocab > int(bert["vocab_size"]):  # fewer is fine (a padded embedding matrix); more would index past it
         raise ModelImportError(f"vocab.txt has {n_vocab} entries but config.json says vocab_size "
-                               f"{bert.get('vocab_size')}", d)
+                               f"{bert['vocab_size']}: not this model's vocabulary", d)
     return {"folder": d, "bert": bert, "projection_size": int(conf.get("projection_size", 128)),
             "vocab": vocab, "lowercase": bool(tok_conf.get("do_lower_case", True)), "weights": weights,
             "model_type": mt, "n_vocab": n_vocab}
@@ -334,14 +337,30 @@ def convert_cxr_bert(state: Dict[str, torch.Tensor], where) -> Tuple[Dict[str, t
 
 
 def make_tokenizer(info: Dict[str, Any], max_length: int):
-    from transformers import BertTokenizerFast
+    """BERT's WordPiece tokenizer from ``vocab.txt`` (line order = ids) and ``do_lower_case``, built with
+    ``tokenizers`` (the same normaliser, pre-tokeniser and [CLS] ... [SEP] template as ``BertTokenizer``), so it does
+    not depend on how a transformers version reads vocab files."""
+    from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, processors
+    from transformers import PreTrainedTokenizerFast
 
-    try:
-        return BertTokenizerFast(vocab_file=str(info["vocab"]), do_lower_case=info["lowercase"],
-                                 model_max_length=int(max_length))
-    except Exception as err:  # tokenizers raises its own exception types
-        raise ModelImportError(f"cannot build the tokenizer from vocab.txt ({str(err).splitlines()[0]})",
-                               info["vocab"]) from None
+    vocab: Dict[str, int] = {}
+    with open(info["vocab"], encoding="utf-8") as fh:
+        for i, line in enumerate(fh):
+            vocab[line.rstrip("\n")] = i
+    missing = [t for t in ("[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]") if t not in vocab]
+    if missing:
+        raise ModelImportError(f"vocab.txt lacks the special token(s) {', '.join(missing)}: not a BERT vocabulary",
+                               info["vocab"])
+    tok = Tokenizer(models.WordPiece(vocab, unk_token="[UNK]", max_input_chars_per_word=100))
+    tok.normalizer = normalizers.BertNormalizer(clean_text=True, handle_chinese_chars=True, strip_accents=None,
+                                                lowercase=bool(info["lowercase"]))
+    tok.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
+    tok.post_processor = processors.TemplateProcessing(
+        single="[CLS]:0 $A:0 [SEP]:0", pair="[CLS]:0 $A:0 [SEP]:0 $B:1 [SEP]:1",
+        special_tokens=[("[CLS]", vocab["[CLS]"]), ("[SEP]", vocab["[SEP]"])])
+    tok.decoder = decoders.WordPiece(prefix="##")
+    return PreTrainedTokenizerFast(tokenizer_object=tok, unk_token="[UNK]", pad_token="[PAD]", cls_token="[CLS]",
+                                   sep_token="[SEP]", mask_token="[MASK]", model_max_length=int(max_length))
 
 
 # ---------------------------------------------------------------------------------------------------- import

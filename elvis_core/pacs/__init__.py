@@ -36,8 +36,10 @@ IMAGE_MODALITIES = ("CR", "DX")
 #: SR documents are fetched too: a study's report usually lives in one
 REPORT_MODALITIES = ("SR",)
 
-# dicomweb-client logs every URL at INFO/DEBUG; keep our logs to our own messages
-logging.getLogger("dicomweb_client").setLevel(logging.WARNING)
+# dicomweb-client and urllib3 log every request URL at INFO/DEBUG, and QIDO query strings carry the patient ID:
+# keep them quiet even under --verbose (no patient identifiers in logs)
+for _name in ("dicomweb_client", "urllib3.connectionpool"):
+    logging.getLogger(_name).setLevel(logging.WARNING)
 
 
 class PacsError(ElvisError):
@@ -150,6 +152,11 @@ class PacsClient:
         elif token:
             session.auth = _BearerAuth(token)
         self._client = DICOMwebClient(self.url, session=session, timeout=self.timeout)
+        # dicomweb-client retries up to 5 times with exponential back-off, on every exception too: a refused
+        # connection or a timeout would take half a minute to report. We fail fast with a clear message; the user
+        # (or the viewer's Retry) decides, and a fetch resumes where it stopped.
+        self._client.set_http_retry_params(retry=False)
+        self._any_syntax = True
 
     def __repr__(self) -> str:
         return f"PacsClient({self.url!r})"
@@ -176,6 +183,11 @@ class PacsClient:
             reason = "connection refused or lost" if "refused" in str(err).lower() or "aborted" in str(err).lower() \
                 or "reset" in str(err).lower() else "cannot connect"
             raise PacsError(f"{self.url}: {what}: {reason} (is the server running and the URL right?)") from None
+        except (requests.exceptions.ChunkedEncodingError, requests.exceptions.ContentDecodingError):
+            raise PacsError(f"{self.url}: {what}: the transfer broke off (connection lost mid-answer)") from None
+        except requests.exceptions.InvalidJSONError:
+            raise PacsError(f"{self.url}: {what}: unreadable answer from the server (not DICOM JSON; is this the "
+                            "DICOMweb root?)") from None
         except requests.exceptions.RequestException as err:
             raise PacsError(f"{self.url}: {what}: {type(err).__name__}") from None
         except (ValueError, KeyError) as err:  # malformed multipart / JSON from the server
@@ -269,8 +281,7 @@ class PacsClient:
                 result.cached += 1
             else:
                 try:
-                    ds = self._call("retrieve an instance", self._client.retrieve_instance, study_uid, se_uid,
-                                    sop_uid)
+                    ds = self._retrieve(study_uid, se_uid, sop_uid)
                 except PacsError as err:
                     raise PacsError(f"{err} — stopped after {k} of {total} instances; the cache holds only complete "
                                     "instances, fetch again to resume") from None
@@ -282,6 +293,19 @@ class PacsClient:
             if progress is not None:
                 progress(k + 1, total)
         return result
+
+    def _retrieve(self, study_uid: str, se_uid: str, sop_uid: str):
+        """One instance in its stored transfer syntax (``transfer-syntax=*``: no server-side transcoding, which
+        would decompress, or worse, recompress); a server that refuses ``*`` (406) is asked for its default."""
+        if self._any_syntax:
+            try:
+                return self._call("retrieve an instance", self._client.retrieve_instance, study_uid, se_uid,
+                                  sop_uid, media_types=(("application/dicom", "*"),))
+            except PacsError as err:
+                if "HTTP 406" not in str(err) and "HTTP 400" not in str(err):
+                    raise
+                self._any_syntax = False
+        return self._call("retrieve an instance", self._client.retrieve_instance, study_uid, se_uid, sop_uid)
 
     # -- STOW-RS --------------------------------------------------------------------------------------------------
     def store(self, paths: Sequence[os.PathLike | str]) -> int:
@@ -312,11 +336,16 @@ def _date(s: str) -> str:
 
 def _write_instance(ds, dest: Path) -> None:
     """Temp file in the target folder, fsync, atomic rename: the cache never holds a partial instance."""
+    import pydicom
+
     dest.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{dest.name}.", suffix=".part", dir=str(dest.parent))
     try:
         with os.fdopen(fd, "wb") as f:
-            ds.save_as(f, enforce_file_format=True)
+            if int(pydicom.__version__.split(".")[0]) >= 3:
+                ds.save_as(f, enforce_file_format=True)
+            else:  # pragma: no cover - pydicom 2.x
+                ds.save_as(f, write_like_original=False)
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, dest)

@@ -9,11 +9,11 @@ from elvis_core.review.figures import ItemFigures, box_iou, item_figures
 from elvis_core.review.importer import ImportProblem, ImportResult, import_annotations
 from elvis_core.review.model import BOX_STATUSES, ITEM_STATUSES, ReviewBox, ReviewItem
 from elvis_core.review.session import REJECT_REASONS, ReviewSession, find_report
-from elvis_core.review.store import ReviewStore, ReviewStoreError, review_path_for
+from elvis_core.review.store import ReviewInUseError, ReviewStore, ReviewStoreError, review_path_for
 
 __all__ = [
     "BOX_STATUSES", "ITEM_STATUSES", "ImportProblem", "ImportResult", "ItemFigures", "REJECT_REASONS", "ReviewBox",
-    "ReviewItem", "ReviewSession", "ReviewStore", "ReviewStoreError", "box_iou", "export_all", "export_coco",
+    "ReviewInUseError", "ReviewItem", "ReviewSession", "ReviewStore", "ReviewStoreError", "box_iou", "export_all", "export_coco",
     "export_csv", "export_summary", "find_report", "import_annotations", "item_figures", "review_path_for",
     "summarize", "summary_table",
 ]

@@ -21,17 +21,20 @@ def image_size(path: str | Path) -> Tuple[int, int]:
         if suffix in IMAGE_EXTENSIONS:
             rows, cols = raster_header_shape(path)
             return cols, rows
-        import pydicom
+        from elvis_core.io.dicom import read_header
 
-        ds = pydicom.dcmread(str(path), stop_before_pixels=True)
-        if "Rows" not in ds or "Columns" not in ds:
-            raise DicomReadError("DICOM has no Rows/Columns (not an image)", path)
-        return int(ds.Columns), int(ds.Rows)
+        hdr = read_header(path)  # validated, deflate-guarded, header only
+        rows, cols = hdr.get("Rows"), hdr.get("Columns")
+        if not isinstance(rows, int) or not isinstance(cols, int) or isinstance(rows, bool):
+            raise DicomReadError("DICOM has no usable Rows/Columns (not an image)", path)
+        if not (1 <= rows <= 65535 and 1 <= cols <= 65535):
+            raise DicomReadError(f"DICOM Rows/Columns {rows} x {cols} out of range", path)
+        return cols, rows
     except ElvisError:
         raise
     except OSError as err:
         raise ElvisError(f"cannot read image: {err.strerror or err}", path) from None
-    except Exception as err:  # pydicom raises many types for non-DICOM input
+    except Exception as err:  # noqa: BLE001 - pydicom raises many types for non-DICOM input
         raise DicomReadError(f"not a readable DICOM file ({type(err).__name__})", path) from None
 
 

@@ -69,9 +69,9 @@ def _parse_box(raw: Dict[str, str]) -> Tuple[Tuple[float, float, float, float], 
         try:
             v = float(s)
         except ValueError:
-            return (0, 0, 0, 0), f"box {k}={s!r} is not a number"
-        if not math.isfinite(v):
-            return (0, 0, 0, 0), f"box {k}={s!r} is not finite"
+            return (0, 0, 0, 0), f"box {k}={s[:30]!r} is not a number"
+        if not math.isfinite(v) or abs(v) > 1e7:
+            return (0, 0, 0, 0), f"box {k}={s[:30]!r} is not finite or beyond +-1e7 pixels"
         vals.append(v)
     x, y, w, h = vals
     if x < 0 or y < 0:
@@ -89,6 +89,8 @@ def _parse_size(raw: Dict[str, str]) -> Tuple[Optional[Tuple[int, int]], Optiona
         return None, f"image_width/image_height ({raw.get('image_width')!r}, {raw.get('image_height')!r}) not numbers"
     if not (math.isfinite(w) and math.isfinite(h)) or w <= 0 or h <= 0:
         return None, f"image_width/image_height must be positive, got ({w:g}, {h:g})"
+    if not (1 <= round(w) <= 65535 and 1 <= round(h) <= 65535):
+        return None, f"image_width/image_height must be 1..65535 pixels, got ({w:g}, {h:g})"
     return (int(round(w)), int(round(h))), None
 
 
@@ -107,12 +109,17 @@ def _build_items(
     rescale: bool,
     src: str,
     result: ImportResult,
+    allow_outside: bool = False,
 ) -> None:
     size_cache: Dict[str, Tuple[int, int]] = {}
     for key, rows in groups.items():
         m = meta[key]
         lines = ", ".join(str(r.line) for r in rows)
-        img = resolve_image(images_root, m["path"])
+        try:
+            img = resolve_image(images_root, m["path"], allow_outside)
+        except AnnotationError as err:
+            result.problems.append(ImportProblem(src, rows[0].line, f"{err.problem} (lines {lines})", key=key))
+            continue
         if img is None:
             result.problems.append(
                 ImportProblem(src, rows[0].line, f"image not found under {images_root}: {m['path']} (lines {lines})",
@@ -124,7 +131,8 @@ def _build_items(
                 size_cache[str(img)] = image_size(img)
             iw, ih = size_cache[str(img)]
         except ElvisError as err:
-            result.problems.append(ImportProblem(src, rows[0].line, f"image unreadable: {err} (lines {lines})", key=key))
+            result.problems.append(ImportProblem(src, rows[0].line, f"image unreadable: {err.problem} (lines {lines})",
+                                                 key=key))
             continue
         fw, fh = rows[0].size
         item = ReviewItem(
@@ -143,7 +151,7 @@ def _build_items(
             item.file_size = (fw, fh)
             result.size_mismatch_keys.append(key)
             if rescale:
-                sx, sy = iw / fw, ih / fh
+                sx, sy = iw / max(fw, 1), ih / max(fh, 1)
                 item.rescaled = True
                 item.warnings.append(f"boxes rescaled from {fw}x{fh} (annotation) to {iw}x{ih} (image)")
             else:
@@ -180,7 +188,8 @@ def _build_items(
         result.items.append(item)
 
 
-def read_csv_for_review(path: str | Path, images_root: str | Path, rescale: bool = False) -> ImportResult:
+def read_csv_for_review(path: str | Path, images_root: str | Path, rescale: bool = False,
+                        allow_outside: bool = False) -> ImportResult:
     """MS-CXR CSV via :func:`elvis_core.io.annotations.read_ms_cxr_csv` (column checks, per-row errors), then the
     review's own checks against the images (negative corner, outside the image, missing/unreadable image)."""
     from elvis_core.io.annotations import read_ms_cxr_csv
@@ -199,31 +208,51 @@ def read_csv_for_review(path: str | Path, images_root: str | Path, rescale: bool
             rows.append(_Row(line, {}, (b.x, b.y, b.w, b.h), (ph.image_width, ph.image_height)))
         meta[key] = {"dicom_id": ph.dicom_id, "category": ph.category, "label_text": ph.label_text,
                      "path": ph.path, "split": ph.split or ""}
-    _build_items(groups, meta, Path(images_root), rescale, src, result)
+    _build_items(groups, meta, Path(images_root), rescale, src, result, allow_outside)
     return result
 
 
-def read_json_for_review(path: str | Path, images_root: str | Path, rescale: bool = False) -> ImportResult:
+def read_json_for_review(path: str | Path, images_root: str | Path, rescale: bool = False,
+                         allow_outside: bool = False) -> ImportResult:
     """MS-CXR / COCO JSON: ``images`` (id, file_name|path, width, height[, dicom_id, split]), ``annotations``
     (image_id, bbox [x, y, w, h], category_id, label_text|caption|phrase[, split]), ``categories`` (id, name)."""
+    from elvis_core.io.annotations import check_annotation_size
+
     path = Path(path)
     src = str(path)
+    if not path.is_file():
+        raise AnnotationError("annotation file not found" if not path.exists() else "is not a file", path)
+    check_annotation_size(path)
     try:
-        data = json.loads(path.read_text(encoding="utf-8"))
+        data = json.loads(path.read_text(encoding="utf-8-sig"))
     except FileNotFoundError:
         raise AnnotationError("annotation file not found", path) from None
+    except OSError as err:
+        raise AnnotationError(f"cannot be read ({err.strerror or type(err).__name__})", path) from None
     except (UnicodeDecodeError, json.JSONDecodeError) as err:
         raise AnnotationError(f"not valid JSON ({err.__class__.__name__})", path) from None
+    except RecursionError:
+        raise AnnotationError("not usable JSON: nested too deeply", path) from None
     if not isinstance(data, dict) or not isinstance(data.get("images"), list) or not isinstance(
         data.get("annotations"), list
     ):
         raise AnnotationError("not COCO-style JSON: needs 'images' and 'annotations' lists", path)
-    cats = {c.get("id"): str(c.get("name", "")) for c in data.get("categories", []) if isinstance(c, dict)}
-    images = {}
-    for im in data["images"]:
-        if isinstance(im, dict) and "id" in im:
-            images[im["id"]] = im
     result = ImportResult(source=src, format="coco-json", columns=list(CSV_REQUIRED) + ["split"])
+    cats: Dict = {}
+    raw_cats = data.get("categories", [])
+    for i, c in enumerate(raw_cats if isinstance(raw_cats, list) else []):
+        if isinstance(c, dict) and _hashable_id(c.get("id")):
+            cats[c.get("id")] = _text(c.get("name", ""))
+        else:
+            result.problems.append(ImportProblem(src, None, f"categories[{i}]: not an object with a number or text "
+                                                 "'id': ignored", severity="warning"))
+    images = {}
+    for i, im in enumerate(data["images"]):
+        if isinstance(im, dict) and _hashable_id(im.get("id")):
+            images[im["id"]] = im
+        else:
+            result.problems.append(ImportProblem(src, None, f"images[{i}]: not an object with a number or text "
+                                                 "'id': ignored", severity="warning"))
     groups: Dict[str, List[_Row]] = {}
     meta: Dict[str, Dict[str, str]] = {}
     for i, ann in enumerate(data["annotations"]):
@@ -231,31 +260,34 @@ def read_json_for_review(path: str | Path, images_root: str | Path, rescale: boo
         if not isinstance(ann, dict):
             result.problems.append(ImportProblem(src, line, "annotation is not an object"))
             continue
-        im = images.get(ann.get("image_id"))
+        image_id = ann.get("image_id")
+        im = images.get(image_id) if _hashable_id(image_id) else None
         if im is None:
-            result.problems.append(ImportProblem(src, line, f"image_id {ann.get('image_id')!r} not in 'images'"))
+            result.problems.append(ImportProblem(src, line, f"image_id {_text(image_id)[:40]} not in 'images'"))
             continue
-        rel = str(im.get("path") or im.get("file_name") or "").strip()
-        text = str(ann.get("label_text") or ann.get("caption") or ann.get("phrase") or "").strip()
+        rel = _text(im.get("path") or im.get("file_name") or "").strip()
+        text = _text(ann.get("label_text") or ann.get("caption") or ann.get("phrase") or "").strip()
         if not rel or not text:
             result.problems.append(ImportProblem(src, line, "annotation without image path or label_text"))
             continue
         bbox = ann.get("bbox")
         if not isinstance(bbox, (list, tuple)) or len(bbox) != 4:
-            result.problems.append(ImportProblem(src, line, f"bbox must be [x, y, w, h], got {bbox!r}"))
+            result.problems.append(ImportProblem(src, line, f"bbox must be [x, y, w, h], got {_text(bbox)[:60]}"))
             continue
+        cid = ann.get("category_id")
         raw = {
-            "dicom_id": str(im.get("dicom_id") or Path(rel).stem),
-            "category_name": cats.get(ann.get("category_id"), str(ann.get("category_id", ""))),
+            "dicom_id": _text(im.get("dicom_id") or Path(rel).stem),
+            "category_name": cats.get(cid, _text(cid if cid is not None else "")) if _hashable_id(cid)
+            else _text(cid)[:40],
             "label_text": text,
             "path": rel,
-            "x": str(bbox[0]),
-            "y": str(bbox[1]),
-            "w": str(bbox[2]),
-            "h": str(bbox[3]),
-            "image_width": str(im.get("width", "")),
-            "image_height": str(im.get("height", "")),
-            "split": str(ann.get("split") or im.get("split") or ""),
+            "x": _num_text(bbox[0]) or _text(bbox[0])[:30],
+            "y": _num_text(bbox[1]) or _text(bbox[1])[:30],
+            "w": _num_text(bbox[2]) or _text(bbox[2])[:30],
+            "h": _num_text(bbox[3]) or _text(bbox[3])[:30],
+            "image_width": _num_text(im.get("width", "")),
+            "image_height": _num_text(im.get("height", "")),
+            "split": _text(ann.get("split") or im.get("split") or ""),
         }
         key = item_key(rel, text)
         box, err = _parse_box(raw)
@@ -269,15 +301,37 @@ def read_json_for_review(path: str | Path, images_root: str | Path, rescale: boo
         groups.setdefault(key, []).append(_Row(line, raw, box, size))
         meta.setdefault(key, {"dicom_id": raw["dicom_id"], "category": raw["category_name"], "label_text": text,
                               "path": rel, "split": raw["split"]})
-    _build_items(groups, meta, Path(images_root), rescale, src, result)
+    _build_items(groups, meta, Path(images_root), rescale, src, result, allow_outside)
     return result
 
 
-def import_annotations(path: str | Path, images_root: str | Path, rescale: bool = False) -> ImportResult:
-    """Read an MS-CXR CSV or MS-CXR/COCO JSON for review (by suffix; ``.json`` → JSON, anything else → CSV)."""
+def _hashable_id(v) -> bool:
+    return isinstance(v, (int, str)) and not isinstance(v, bool) or (isinstance(v, float) and math.isfinite(v))
+
+
+def _text(v) -> str:
+    """A JSON value as short text (a list or object where text belongs is shown, not trusted)."""
+    if isinstance(v, str):
+        return v
+    if v is None:
+        return ""
+    try:
+        return json.dumps(v)[:200]
+    except (TypeError, ValueError, RecursionError):
+        return type(v).__name__
+
+
+def _num_text(v) -> str:
+    return str(v) if isinstance(v, (int, float)) and not isinstance(v, bool) else (v if isinstance(v, str) else "")
+
+
+def import_annotations(path: str | Path, images_root: str | Path, rescale: bool = False,
+                       allow_outside: bool = False) -> ImportResult:
+    """Read an MS-CXR CSV or MS-CXR/COCO JSON for review (by suffix; ``.json`` → JSON, anything else → CSV).
+    Annotation paths must stay under ``images_root`` unless ``allow_outside`` (each one that does not is listed)."""
     path = Path(path)
     if not Path(images_root).is_dir():
         raise AnnotationError("images root is not a folder", images_root)
     if path.suffix.lower() == ".json":
-        return read_json_for_review(path, images_root, rescale)
-    return read_csv_for_review(path, images_root, rescale)
+        return read_json_for_review(path, images_root, rescale, allow_outside)
+    return read_csv_for_review(path, images_root, rescale, allow_outside)

@@ -27,7 +27,7 @@ from elvis_core.review.model import (
     ReviewItem,
     utc_now_iso,
 )
-from elvis_core.review.store import ReviewStore, review_path_for
+from elvis_core.review.store import ReviewStore, ReviewStoreError, review_path_for
 
 #: reasons offered by the reject dialog (free text is allowed too)
 REJECT_REASONS = (
@@ -62,6 +62,8 @@ class ReviewSession:
         self.filters: Dict[str, Optional[str]] = {"category": None, "split": None, "status": None}
         #: keys present in the review file but not in the annotations (kept in the file, listed here)
         self.orphan_keys: List[str] = []
+        #: why the last queue position could not be written (None when it was)
+        self.position_warning: Optional[str] = None
         stored = store.items()
         for key, st in stored.items():
             i = self._index.get(key)
@@ -77,23 +79,31 @@ class ReviewSession:
     # -- opening -------------------------------------------------------------------------------------------------
     @classmethod
     def open(cls, annotations: str | os.PathLike, images_root: str | os.PathLike, rescale: Optional[bool] = None,
-             reviewer: str = "", store_path: Optional[str | os.PathLike] = None) -> "ReviewSession":
+             reviewer: str = "", store_path: Optional[str | os.PathLike] = None, read_only: bool = False,
+             allow_outside: bool = False) -> "ReviewSession":
         """Import the annotations and resume from the review file beside them (created when absent).
 
         ``rescale=None`` uses the choice stored in the review file (default: no rescaling); an explicit value is
-        stored for the next time.
+        stored for the next time. Raises :class:`~elvis_core.review.store.ReviewInUseError` when another process has
+        the review file open, unless ``read_only`` (then ``session.read_only_reason`` says so and decisions are
+        refused). A review file in a read-only folder opens read-only by itself.
         """
-        store = ReviewStore(store_path or review_path_for(annotations))
+        store = ReviewStore(store_path or review_path_for(annotations), read_only=read_only)
         try:
             if rescale is None:
                 rescale = store.get_meta("rescale", "0") == "1"
-            else:
+            elif not store.read_only:
                 store.set_meta("rescale", "1" if rescale else "0")
-            result = import_annotations(annotations, images_root, rescale=rescale)
+            result = import_annotations(annotations, images_root, rescale=rescale, allow_outside=allow_outside)
         except ElvisError:
             store.close()
             raise
         return cls(result.items, store, reviewer=reviewer, problems=result.problems, import_result=result)
+
+    @property
+    def read_only_reason(self) -> Optional[str]:
+        """Why decisions cannot be saved (read-only folder, opened read-only), else None."""
+        return self.store.read_only_reason
 
     def close(self) -> None:
         self.store.close()
@@ -136,7 +146,13 @@ class ReviewSession:
     def _move_to(self, i: Optional[int]) -> Optional[ReviewItem]:
         if i is not None:
             self.current = i
-            self.store.set_position(self.items[i].key)
+            try:
+                self.store.set_position(self.items[i].key)
+                self.position_warning = None
+            except ReviewStoreError as err:
+                # navigation never fails because the position could not be written (disk full): it is kept in
+                # memory, and the next decision (which stores the position too) says what is wrong
+                self.position_warning = str(err)
         return self.item
 
     def go_to(self, key_or_index) -> Optional[ReviewItem]:

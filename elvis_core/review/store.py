@@ -6,14 +6,28 @@ state in ``items`` and (3) records the queue position. :meth:`ReviewStore.save` 
 been fsync'ed (WAL + synchronous=FULL), so a caller that acknowledges a decision after ``save`` returns never loses
 it; a kill at any instant leaves either the previous or the new state, never a mix (SQLite's atomic commit).
 
+One writer per review file: opening for writing takes an exclusive ``flock`` on ``<review file>.lock`` (released by
+the kernel when the process ends, even on SIGKILL, so a crash never leaves a stale lock) and writes who holds it
+there. A second process gets :class:`ReviewInUseError` ("in use by reviewer@host, pid N, since ...") or, when it asks
+for ``read_only=True``, a read-only snapshot. A review file in a folder that cannot be written (read-only mount,
+no permission) opens read-only by itself with the reason in :attr:`ReviewStore.read_only_reason`; a decision then
+fails with that reason, and navigation keeps working. Write failures name their true cause (disk full, read-only,
+locked) instead of SQLite's follow-up errors.
+
 This module imports only the standard library so a reviewing process starts fast (see the SIGKILL test).
 """
 
 from __future__ import annotations
 
+import errno
+import getpass
 import json
 import os
+import shutil
+import socket
 import sqlite3
+import tempfile
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Dict, List, Optional
@@ -43,7 +57,44 @@ CREATE TABLE IF NOT EXISTS log (
 
 
 class ReviewStoreError(ElvisError):
-    """The review file is unreadable, corrupt or from an unknown version."""
+    """The review file is unreadable, corrupt or from an unknown version, or a decision could not be saved."""
+
+
+class ReviewInUseError(ReviewStoreError):
+    """Another process has the review file open for writing."""
+
+
+def lock_path_for(review_file: str | os.PathLike) -> Path:
+    p = Path(review_file)
+    return p.with_name(p.name + ".lock")
+
+
+def _holder_text(lock: Path) -> str:
+    try:
+        text = lock.read_text(encoding="utf-8", errors="replace").strip()
+    except OSError:
+        text = ""
+    return text[:200] or "another process"
+
+
+def _true_cause(err: BaseException, folder: Path) -> str:
+    """What a SQLite / OS write error means for the user: disk full, read-only, locked, ..."""
+    text = str(err)
+    low = text.lower()
+    try:
+        free = shutil.disk_usage(folder).free
+    except OSError:
+        free = None
+    if "full" in low or getattr(err, "errno", None) == errno.ENOSPC or (free is not None and free < (256 << 10)):
+        return f"the disk holding {folder} is full ({free or 0} bytes free): free some space and try again"
+    if "readonly" in low or "read-only" in low or getattr(err, "errno", None) in (errno.EROFS, errno.EACCES,
+                                                                                    errno.EPERM):
+        return f"the review file or its folder {folder} is read-only"
+    if "locked" in low or "busy" in low:
+        return "the review file is locked by another process"
+    if "i/o" in low:
+        return f"disk I/O error on {folder} (disk removed or failing?)"
+    return text
 
 
 def review_path_for(annotations: str | os.PathLike) -> Path:
@@ -65,30 +116,145 @@ class ReviewStore:
     """One open review file. Not thread-safe: use it from one thread (the viewer saves on the GUI thread; a save is
     a few milliseconds)."""
 
-    def __init__(self, path: str | os.PathLike):
+    def __init__(self, path: str | os.PathLike, read_only: bool = False):
+        """Open (create) a review file for writing, or ``read_only`` (a consistent snapshot of what is committed).
+
+        Raises :class:`ReviewInUseError` when another process has it open for writing (unless ``read_only``),
+        :class:`ReviewStoreError` when it is not a readable review file or cannot be created."""
         self.path = Path(path)
         #: sequence number of the last decision this object committed (0 = none yet)
         self.last_seq = 0
+        #: why this store is read-only (None when writable): shown to the user, and the message of a refused save
+        self.read_only_reason: Optional[str] = None
+        self._lock_fd: Optional[int] = None
+        memory = str(path) == ":memory:"
+        if not memory and not read_only:
+            self.read_only_reason = self._acquire_lock()
+        elif read_only:
+            self.read_only_reason = "opened read-only"
         try:
-            self.path.parent.mkdir(parents=True, exist_ok=True)
-            self._db = sqlite3.connect(str(self.path), isolation_level=None, timeout=10.0)
-            self._db.execute("PRAGMA journal_mode=WAL")
-            self._db.execute("PRAGMA synchronous=FULL")
+            if self.read_only_reason is not None and not memory:
+                self._db = self._snapshot()
+            else:
+                if not memory:
+                    self.path.parent.mkdir(parents=True, exist_ok=True)
+                self._db = sqlite3.connect(str(self.path), isolation_level=None, timeout=10.0)
+                self._db.execute("PRAGMA journal_mode=WAL")
+                self._db.execute("PRAGMA synchronous=FULL")
             ok = self._db.execute("PRAGMA quick_check").fetchone()
             if not ok or ok[0] != "ok":
                 raise ReviewStoreError(f"review file failed its integrity check ({ok[0] if ok else 'no answer'})",
                                        self.path)
-            self._db.executescript(_SCHEMA)
-            row = self._db.execute("SELECT v FROM meta WHERE k='schema'").fetchone()
-            if row is None:
-                self._db.execute("INSERT OR IGNORE INTO meta VALUES ('schema', ?)", (str(SCHEMA_VERSION),))
-            elif int(row[0]) > SCHEMA_VERSION:
+            if self.read_only_reason is None:
+                self._db.executescript(_SCHEMA)
+                row = self._db.execute("SELECT v FROM meta WHERE k='schema'").fetchone()
+                if row is None:
+                    self._db.execute("INSERT OR IGNORE INTO meta VALUES ('schema', ?)", (str(SCHEMA_VERSION),))
+            else:
+                row = self._db.execute("SELECT v FROM meta WHERE k='schema'").fetchone()
+            if row is not None and int(row[0]) > SCHEMA_VERSION:
                 raise ReviewStoreError(f"review file schema {row[0]} is newer than this program ({SCHEMA_VERSION})",
                                        self.path)
+        except ReviewStoreError:
+            self._release_lock()
+            raise
         except sqlite3.DatabaseError as err:
+            self._release_lock()
+            if self.read_only_reason is None and ("full" in str(err).lower() or "readonly" in str(err).lower()):
+                raise ReviewStoreError(f"cannot open review file: {_true_cause(err, self.path.parent)}",
+                                       self.path) from None
             raise ReviewStoreError(f"not a readable review file ({err})", self.path) from None
         except OSError as err:
-            raise ReviewStoreError(f"cannot open review file ({err.strerror or err})", self.path) from None
+            self._release_lock()
+            raise ReviewStoreError(f"cannot open review file ({_true_cause(err, self.path.parent)})",
+                                   self.path) from None
+
+    @property
+    def read_only(self) -> bool:
+        return self.read_only_reason is not None
+
+    # -- locking and read-only snapshots ---------------------------------------------------------------------------
+    def _acquire_lock(self) -> Optional[str]:
+        """Take the writer's lock; None when taken, else why this store must be read-only (folder not writable).
+        Raises ReviewInUseError when another process holds it."""
+        import fcntl
+
+        lock = lock_path_for(self.path)
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            fd = os.open(str(lock), os.O_RDWR | os.O_CREAT, 0o666)
+        except OSError as err:
+            if err.errno in (errno.EROFS, errno.EACCES, errno.EPERM):
+                if self.path.is_file():
+                    return f"the folder {self.path.parent} is read-only: review file opened read-only"
+                raise ReviewStoreError(f"cannot create a review file: the folder {self.path.parent} is read-only",
+                                       self.path) from None
+            raise ReviewStoreError(f"cannot create the review lock file ({_true_cause(err, self.path.parent)})",
+                                   self.path) from None
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(fd)
+            raise ReviewInUseError(f"in use by {_holder_text(lock)}; close it there, or open this review read-only",
+                                   self.path) from None
+        self._lock_fd = fd
+        try:
+            who = (f"{getpass.getuser()}@{socket.gethostname()} (pid {os.getpid()}, since "
+                   f"{time.strftime('%Y-%m-%d %H:%M:%S UTC', time.gmtime())})")
+        except Exception:  # noqa: BLE001 - no user name in a container
+            who = f"pid {os.getpid()}"
+        try:
+            os.ftruncate(fd, 0)
+            os.pwrite(fd, who.encode("utf-8"), 0)
+        except OSError:
+            pass  # a full disk: the lock itself still holds
+        if not os.access(self.path.parent, os.W_OK) or (self.path.exists() and not os.access(self.path, os.W_OK)):
+            self._release_lock()
+            if self.path.is_file():
+                return f"the review file or its folder {self.path.parent} is read-only: opened read-only"
+            raise ReviewStoreError(f"cannot create a review file: the folder {self.path.parent} is read-only",
+                                   self.path)
+        return None
+
+    def _release_lock(self) -> None:
+        if self._lock_fd is not None:
+            try:
+                os.close(self._lock_fd)  # closing releases the flock
+            except OSError:
+                pass
+            self._lock_fd = None
+
+    def _snapshot(self) -> sqlite3.Connection:
+        """An in-memory copy of everything committed in the review file (WAL included), read without writing
+        anything beside it: directly when the folder allows SQLite's shared-memory file, else through a private
+        temporary copy of the file and its WAL."""
+        if not self.path.is_file():
+            raise ReviewStoreError("no review file", self.path)
+        mem = sqlite3.connect(":memory:", isolation_level=None)
+        try:
+            src = sqlite3.connect(f"file:{self.path}?mode=ro", uri=True, timeout=10.0)
+            try:
+                src.backup(mem)
+                return mem
+            finally:
+                src.close()
+        except sqlite3.Error:
+            pass
+        tmp = Path(tempfile.mkdtemp(prefix="elvis-review-"))
+        try:
+            copy = tmp / self.path.name
+            shutil.copyfile(self.path, copy)
+            wal = self.path.with_name(self.path.name + "-wal")
+            if wal.is_file():
+                shutil.copyfile(wal, copy.with_name(copy.name + "-wal"))
+            src = sqlite3.connect(str(copy), timeout=10.0)
+            try:
+                src.backup(mem)
+            finally:
+                src.close()
+            return mem
+        finally:
+            shutil.rmtree(tmp, ignore_errors=True)
 
     # -- writing -------------------------------------------------------------------------------------------------
     def save(
@@ -102,6 +268,8 @@ class ReviewStore:
         position: Optional[str] = None,
     ) -> int:
         """Persist one decision durably; returns its sequence number once committed."""
+        if self.read_only_reason is not None:
+            raise ReviewStoreError(f"decision not saved: {self.read_only_reason}", self.path)
         blob = json.dumps(state, separators=(",", ":"))
         try:
             cur = self._db.cursor()
@@ -120,16 +288,26 @@ class ReviewStore:
                     cur.execute("INSERT OR REPLACE INTO meta VALUES ('position', ?)", (position,))
                 cur.execute("COMMIT")
             except BaseException:
-                cur.execute("ROLLBACK")
+                # SQLite may already have rolled back (SQLITE_FULL ends the transaction): roll back only what is
+                # open, so the real cause is reported, not "cannot rollback - no transaction is active"
+                if self._db.in_transaction:
+                    try:
+                        cur.execute("ROLLBACK")
+                    except sqlite3.Error:
+                        pass
                 raise
         except sqlite3.DatabaseError as err:
-            raise ReviewStoreError(f"cannot save decision ({err})", self.path) from None
+            raise ReviewStoreError(f"decision not saved: {_true_cause(err, self.path.parent)}", self.path) from None
+        except OSError as err:
+            raise ReviewStoreError(f"decision not saved: {_true_cause(err, self.path.parent)}", self.path) from None
         self.last_seq = seq
         return seq
 
     def set_position(self, key: str) -> None:
         """Record the queue position on navigation. Atomic but not fsync'ed (synchronous=NORMAL for this write):
         after a power cut the position may be one step behind; decisions are always fsync'ed."""
+        if self.read_only_reason is not None:
+            return  # the position lives in memory only
         try:
             self._db.execute("PRAGMA synchronous=NORMAL")
             try:
@@ -137,13 +315,16 @@ class ReviewStore:
             finally:
                 self._db.execute("PRAGMA synchronous=FULL")
         except sqlite3.DatabaseError as err:
-            raise ReviewStoreError(f"cannot write ({err})", self.path) from None
+            raise ReviewStoreError(f"queue position not saved: {_true_cause(err, self.path.parent)}",
+                                   self.path) from None
 
     def set_meta(self, k: str, v: str) -> None:
+        if self.read_only_reason is not None:
+            raise ReviewStoreError(f"setting not saved: {self.read_only_reason}", self.path)
         try:
             self._db.execute("INSERT OR REPLACE INTO meta VALUES (?, ?)", (k, v))
         except sqlite3.DatabaseError as err:
-            raise ReviewStoreError(f"cannot write ({err})", self.path) from None
+            raise ReviewStoreError(f"setting not saved: {_true_cause(err, self.path.parent)}", self.path) from None
 
     # -- reading -------------------------------------------------------------------------------------------------
     def get_meta(self, k: str, default: Optional[str] = None) -> Optional[str]:
@@ -174,6 +355,7 @@ class ReviewStore:
             self._db.close()
         except sqlite3.Error:
             pass
+        self._release_lock()
 
     def __enter__(self) -> "ReviewStore":
         return self

@@ -201,4 +201,8 @@ def model_config_from(cfg: Dict[str, Any]) -> Dict[str, Any]:
             out[k] = deep(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else copy.deepcopy(v)
         return out
 
-    return validate_model_config(deep(base, cfg["model"]["overrides"]))
+    model_cfg = validate_model_config(deep(base, cfg["model"]["overrides"]))
+    from elvis_core.model.limits import check_model_config
+
+    check_model_config(model_cfg)  # parameter / input-size limits before anything is built (model/limits.py)
+    return model_cfg

@@ -160,9 +160,30 @@ class LocalTokenPatch(nn.Module):
         self.temperature, self.attn_temperature = temperature, attn_temperature
         self.aggregation, self.gamma, self.units = aggregation, gamma, units
 
+    #: elements of one block of the [Bi, Bj, L, N] token–patch similarities (2^26 = 256 MiB in fp32). Beyond it the
+    #: scores are computed for a few images at a time and, under autograd, each block is recomputed in the backward
+    #: pass instead of being kept, so the whole [B, B, L, N] tensor (with its softmax and the [B, B, L, D] context:
+    #: ~2.5 GB in fp32 at B = 64, L = 128, N = 256, growing with B²) is never held at once. Same values (tested).
+    block_elements: int = 1 << 26
+
     def pair_scores(self, patch_emb: torch.Tensor, token_emb: torch.Tensor, token_mask: torch.Tensor) -> torch.Tensor:
         """S [B_img, B_txt]."""
         p = patch_emb.flatten(1, -2) if patch_emb.ndim == 4 else patch_emb  # [B, N, D]
+        per_image = max(1, token_emb.shape[0] * token_emb.shape[1] * p.shape[1])
+        rows = max(1, self.block_elements // per_image)
+        if rows >= p.shape[0]:
+            return self._pair_scores_block(p, token_emb, token_mask)
+        from torch.utils.checkpoint import checkpoint
+
+        grad = torch.is_grad_enabled() and (p.requires_grad or token_emb.requires_grad)
+        out = []
+        for a in range(0, p.shape[0], rows):
+            blk = p[a:a + rows]
+            out.append(checkpoint(self._pair_scores_block, blk, token_emb, token_mask, use_reentrant=False)
+                       if grad else self._pair_scores_block(blk, token_emb, token_mask))
+        return torch.cat(out, dim=0)
+
+    def _pair_scores_block(self, p: torch.Tensor, token_emb: torch.Tensor, token_mask: torch.Tensor) -> torch.Tensor:
         sim = torch.einsum("jwd,ikd->ijwk", token_emb, p)  # [Bi, Bj, L, N]
         attn = torch.softmax(sim / self.attn_temperature, dim=-1)
         ctx = torch.einsum("ijwk,ikd->ijwd", attn, p)  # [Bi, Bj, L, D]

@@ -163,8 +163,24 @@ def _n_shards(n_items: int, shard_size: int) -> int:
 
 # -- workers ----------------------------------------------------------------------------------------------------------
 
-def _worker_init(parent_pid: int) -> None:
-    """Die with the parent (a SIGKILLed ``elvis prepare`` must not leave workers writing), one OpenCV thread."""
+def _mp_context():
+    """``forkserver`` (else ``spawn``), never a plain ``fork``: forking a process whose OpenCV / OpenMP thread pools
+    have run can deadlock the child (seen: ``cv2.setNumThreads`` hanging in a forked worker after the parent resized
+    images with OpenCV threads). The server imports the decoding modules (and torch, through ``elvis_core.model``)
+    once; each worker is forked from it, clean."""
+    import multiprocessing as mp
+
+    if "forkserver" in mp.get_all_start_methods():
+        ctx = mp.get_context("forkserver")
+        ctx.set_forkserver_preload(["elvis_core.training.prepared", "elvis_core.model.transforms",
+                                    "elvis_core.io.images", "elvis_core.io.dicom"])
+        return ctx
+    return mp.get_context("spawn")
+
+
+def _worker_init(parent_pid: Optional[int]) -> None:
+    """Die with the parent (a SIGKILLed ``elvis prepare`` must not leave workers writing), one OpenCV thread.
+    Under ``forkserver`` the parent is the server, which exits when ``elvis prepare`` does."""
     try:
         import ctypes
 
@@ -172,7 +188,7 @@ def _worker_init(parent_pid: int) -> None:
         libc.prctl(1, int(signal.SIGKILL))  # PR_SET_PDEATHSIG
     except (OSError, AttributeError):
         pass
-    if os.getppid() != parent_pid:  # the parent died before prctl took effect
+    if parent_pid is not None and os.getppid() != parent_pid:  # the parent died before prctl took effect
         os._exit(1)
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is handled by the parent
     import cv2
@@ -212,11 +228,11 @@ def _write_shard(args) -> Dict[str, Any]:
     """Worker: decode the shard's images into ``shard-i.npy`` (tmp + fsync + rename), then write ``shard-i.json``."""
     from numpy.lib.format import open_memmap
 
-    from elvis_core.model.transforms import ModelInputTransform
+    from elvis_core.model.transforms import transform_from_config
 
     cache_dir, i, root, paths, tcfg, phash = args
     cache = Path(cache_dir)
-    transform = ModelInputTransform.from_config(tcfg)
+    transform = transform_from_config(tcfg)
     s = int(transform.size)
     name = _shard_name(i)
     tmp = cache / f"{name}.npy.tmp.{os.getpid()}"
@@ -262,8 +278,6 @@ def prepare(root: str, cache_dir: str, transform, views: Sequence[str] = ("PA", 
 
     ``workers``: processes (0 = one per available CPU core). ``progress(done_images, total_images)`` after each shard.
     """
-    import multiprocessing as mp
-
     from elvis_core.training.data import find_pairs
 
     t0 = time.perf_counter()
@@ -354,16 +368,19 @@ def prepare(root: str, cache_dir: str, transform, views: Sequence[str] = ("PA", 
     n_workers = workers or len(os.sched_getaffinity(0))
     n_workers = max(1, min(n_workers, len(jobs))) if jobs else 0
     if jobs:
-        # fork: workers inherit the imported modules (spawn would re-import torch via elvis_core.model, seconds per
-        # worker); they only decode images (numpy, OpenCV, pydicom), never touch torch
-        ctx = mp.get_context("fork" if "fork" in mp.get_all_start_methods() else "spawn")
-        with ctx.Pool(n_workers, initializer=_worker_init, initargs=(os.getpid(),)) as pool:
-            for rec in pool.imap_unordered(_write_shard, jobs, chunksize=1):
-                records[rec["shard"]] = rec
-                summary.shards_written += 1
-                done_images += rec["n"]
-                if progress:
-                    progress(done_images, len(items))
+        ctx = _mp_context()
+        parent = None if ctx.get_start_method() == "forkserver" else os.getpid()
+        try:
+            with ctx.Pool(n_workers, initializer=_worker_init, initargs=(parent,)) as pool:
+                for rec in pool.imap_unordered(_write_shard, jobs, chunksize=1):
+                    records[rec["shard"]] = rec
+                    summary.shards_written += 1
+                    done_images += rec["n"]
+                    if progress:
+                        progress(done_images, len(items))
+        except OSError as err:  # disk full, permissions, ...: finished shards stay for the next run
+            raise ElvisError(f"cannot write the cache ({err}); finished shards are kept, run again to resume",
+                             cache) from err
 
     index = _build_index(plan, phash, records, n_sh)
     atomic_write_bytes(index_path, json.dumps(index).encode("utf-8"))

@@ -340,6 +340,7 @@ def train(cfg: Dict[str, Any], out_dir: Optional[str] = None, progress: Optional
     """Run a training described by a validated config (:func:`elvis_core.training.config.load_config`)."""
     from elvis_core.model.elvis import build_model
     from elvis_core.training.data import (Augment, Collate, PairDataset, PairStats, PreparedDataset,
+                                          ThreadPrefetcher,
                                           excluded_patients_from_csv, find_pairs, prepared_texts, read_mimic_views,
                                           split_val, split_val_ids)
 
@@ -373,9 +374,9 @@ def train(cfg: Dict[str, Any], out_dir: Optional[str] = None, progress: Optional
     if dc["exclude_ms_cxr"]:
         excluded = excluded_patients_from_csv(dc["exclude_ms_cxr"], dc["exclude_splits"])
     if prepared is not None:
-        from elvis_core.model.transforms import ModelInputTransform
+        from elvis_core.model.transforms import transform_from_config
 
-        prepared.check_transform(ModelInputTransform.from_config(model_cfg["preprocessing"]))
+        prepared.check_transform(transform_from_config(model_cfg["preprocessing"]))
         ids = prepared.select(dc["views"], excluded, dc["max_pairs"])
         if len(ids) == 0:
             raise ConfigError("no entries of the prepared cache are left after the view / MS-CXR exclusion filters",
@@ -523,7 +524,7 @@ def train(cfg: Dict[str, Any], out_dir: Optional[str] = None, progress: Optional
         unused = not model_cfg["projection"]["shared_local_global"] and (
             "global" not in w or not ({"local", "region_sentence", "intra", "elvis", "anatomy"} & set(w)))
         ddp = nn.parallel.DistributedDataParallel(module, device_ids=[device.index] if device.type == "cuda" else None,
-                                                  find_unused_parameters=unused)
+                                                  find_unused_parameters=unused, gradient_as_bucket_view=True)
 
     provenance = {
         "objectives": {"weights": oc["weights"], **{k: oc[k] for k in oc if k != "weights"}},
@@ -588,7 +589,9 @@ def train(cfg: Dict[str, Any], out_dir: Optional[str] = None, progress: Optional
         micro = 0
         parts_acc: Dict[str, float] = {}
         loss_acc = 0.0
-        for bi, batch in enumerate(loader):
+        # prepared cache in-process: batches come from a background thread, a few ahead of the step
+        batches = ThreadPrefetcher(loader) if (prepared is not None and tc["num_workers"] == 0) else loader
+        for bi, batch in enumerate(batches):
             if bi < skip_batches:
                 continue
             if batch is None:
@@ -638,6 +641,8 @@ def train(cfg: Dict[str, Any], out_dir: Optional[str] = None, progress: Optional
             if step >= total_steps:
                 done = True
                 break
+        if batches is not loader:
+            batches.close()
         skip_batches = 0
         epoch += 1
         if not cfg["validation"]["every"] and (val_loader is not None or cfg["validation"]["annotations"]):

@@ -12,6 +12,9 @@ from elvis_core.review.imaging import load_image
 def _load_item_data(key: str, image_path: str, report_path: Optional[str]):
     """Worker: the image and (when present) the study report."""
     rad = load_image(image_path)
+    from elvis_viewer.view_items import prepare_display
+
+    prepare_display(rad)  # pyramid, robust range, window, presets: off the GUI thread
     report = None
     if report_path:
         from elvis_core.io.report import read_report
@@ -25,6 +28,9 @@ def _load_item_data(key: str, image_path: str, report_path: Optional[str]):
 
 def _ground(key: str, engine, rad, phrase: str):
     """Worker: the phrase's map and its resampled values for live figures."""
+    from elvis_viewer.session_tasks import limit_torch_threads
+
+    limit_torch_threads()
     gmap = engine.ground_image(rad, phrase)
     return key, gmap, map_on_grid(gmap, rad.shape)
 

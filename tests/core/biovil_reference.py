@@ -244,7 +244,7 @@ VOCAB_WORDS = ["the", "left", "right", "lower", "upper", "lobe", "lung", "opacit
 def write_vocab(path: Path) -> int:
     toks = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"] + VOCAB_WORDS
     toks += list("abcdefghijklmnopqrstuvwxyz0123456789.,;:!?-()")
-    toks += ["##" + c for c in "abcdefghijklmnopqrstuvwxyz"]
+    toks += ["##" + c for c in "abcdefghijklmnopqrstuvwxyz0123456789"] + ["##ing", "##s", "##al"]
     path.write_text("\n".join(toks) + "\n", encoding="utf-8")
     return len(toks)
 
@@ -263,7 +263,7 @@ class ProjectionHead(nn.Module):
 
 
 def make_cxr_bert_folder(folder: Path, projection_size=128, hidden=32, layers=2, heads=2, seed=0,
-                         safetensors=False):
+                         safetensors=False, max_positions=64):
     """A CXR-BERT-layout folder (config.json with model_type cxr-bert + auto_map, vocab.txt, tokenizer_config.json,
     pytorch_model.bin) with random weights; returns (BertForMaskedLM, head) to compute reference embeddings."""
     from transformers import BertConfig, BertForMaskedLM
@@ -272,7 +272,7 @@ def make_cxr_bert_folder(folder: Path, projection_size=128, hidden=32, layers=2,
     n_vocab = write_vocab(folder / "vocab.txt")
     torch.manual_seed(seed)
     conf = BertConfig(vocab_size=n_vocab, hidden_size=hidden, num_hidden_layers=layers, num_attention_heads=heads,
-                      intermediate_size=hidden * 2, max_position_embeddings=64)
+                      intermediate_size=hidden * 2, max_position_embeddings=max_positions)
     mlm = BertForMaskedLM(conf).eval()
     head = ProjectionHead(hidden, projection_size).eval()
     with torch.no_grad():
@@ -300,7 +300,8 @@ def reference_text_embedding(folder: Path, mlm, head, phrases):
     """hi-ml's TextInferenceEngine: strip trailing !?., BertTokenizer, CLS of the last hidden state → head → L2."""
     from transformers import BertTokenizer
 
-    tok = BertTokenizer(vocab_file=str(folder / "vocab.txt"), do_lower_case=True)
+    tok = BertTokenizer.from_pretrained(str(folder))  # vocab.txt + tokenizer_config.json, as hi-ml loads it
+    assert tok.convert_tokens_to_ids("lung") != tok.unk_token_id  # the vocabulary was really read
     enc = tok([p.rstrip("!?.") for p in phrases], add_special_tokens=True, padding="longest", return_tensors="pt")
     out = mlm(input_ids=enc.input_ids, attention_mask=enc.attention_mask, output_hidden_states=True)
     return F.normalize(head(out.hidden_states[-1][:, 0, :]), dim=1)

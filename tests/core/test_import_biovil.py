@@ -13,8 +13,10 @@ import torch
 
 from tests.core import biovil_reference as ref
 
+_TEXT_DIRS = {}  # checkpoint parent folder -> text folder name
 TSV = Path(__file__).resolve().parents[1] / "data" / "biovil_image_state_dict.tsv"
-PHRASES = ["Right lower lobe opacity.", "small left pleural effusion", "no pneumothorax!"]
+PHRASES = ["Right lower lobe opacity.", "small left pleural effusion", "no pneumothorax!",
+           "Moderate cardiomegaly, increasing (12 cm)"]
 
 
 def _layout(state):
@@ -30,6 +32,7 @@ def biovil(tmp_path_factory):
     mlm, head = ref.make_cxr_bert_folder(d / "BiomedVLP-CXR-BERT-specialized")
     png = d / "cxr.png"
     cv2.imwrite(str(png), ref.sample_image(512, 512))
+    _TEXT_DIRS[d] = "BiomedVLP-CXR-BERT-specialized"
     return {"dir": d, "image": image_model, "mlm": mlm, "head": head, "png": png,
             "weights": d / "biovil_image_resnet50_proj_size_128.pt", "text": d / "BiomedVLP-CXR-BERT-specialized"}
 
@@ -53,6 +56,13 @@ def _grid_and_text(ckpt, png, phrases):
     from elvis_core.io.images import read_image
 
     eng = GroundingEngine(str(ckpt), device="cpu")
+    # the converted tokenizer gives hi-ml's token ids (vocab.txt really read: few [UNK])
+    from transformers import BertTokenizer
+
+    hf = BertTokenizer.from_pretrained(str(Path(ckpt).parent / _TEXT_DIRS[Path(ckpt).parent]))
+    ours = eng.model.tokenize([p.rstrip("!?.") for p in phrases])["input_ids"].tolist()
+    want = hf([p.rstrip("!?.") for p in phrases], padding="longest")["input_ids"]
+    assert ours == want and sum(i == hf.unk_token_id for row in want for i in row) <= 2
     eng.set_image(read_image(png))
     maps = eng.ground_many(phrases)
     text = torch.stack([v for v, _ in eng._text_globals(phrases)])
@@ -100,6 +110,7 @@ def test_biovil_map_marks_the_cropped_border_not_seen(biovil, biovil_ckpt):
     assert g2.fully_seen and np.isfinite(g2.to_image()).all()
 
 
+@pytest.mark.slow
 def test_biovil_t_maps_text_and_two_image_pooler_match_reference(tmp_path):
     from elvis_core.model.checkpoint import load_checkpoint
     from elvis_core.model.importers import import_biovil
@@ -111,6 +122,7 @@ def test_biovil_t_maps_text_and_two_image_pooler_match_reference(tmp_path):
     assert {"encoder.backbone_to_vit.weight", "encoder.missing_previous_emb", "encoder.vit_pooler.type_embed",
             "encoder.vit_pooler.blocks.2.attn.proj_q.weight", "encoder.encoder.fc.weight"} <= names
     mlm, head = ref.make_cxr_bert_folder(tmp_path / "BiomedVLP-BioViL-T", seed=3, safetensors=True)
+    _TEXT_DIRS[tmp_path] = "BiomedVLP-BioViL-T"
     png = tmp_path / "cxr.png"
     cv2.imwrite(str(png), ref.sample_image(512, 512, seed=4))
     ckpt = import_biovil("biovil-t", w, tmp_path / "BiomedVLP-BioViL-T", tmp_path / "ckpt")
@@ -132,6 +144,7 @@ def test_biovil_t_maps_text_and_two_image_pooler_match_reference(tmp_path):
     assert float((want - patches).abs().max()) > 1e-3  # the previous image does change the map
 
 
+@pytest.mark.slow
 def test_ground_cli_writes_the_reference_grid(biovil, biovil_ckpt, tmp_path):
     out = tmp_path / "m.png"
     r = subprocess.run([sys.executable, "-m", "elvis_core", "ground", "--checkpoint", str(biovil_ckpt),
@@ -145,6 +158,7 @@ def test_ground_cli_writes_the_reference_grid(biovil, biovil_ckpt, tmp_path):
     assert grid.shape == (15, 15) and float(np.abs(grid - want).max()) <= 1e-4
     z = np.load(tmp_path / "m.grid.npz")
     assert np.array_equal(z["raw_similarity"], grid)
+    assert np.allclose(z["similarity_sigma_1_5"], _scipy_like_gaussian(grid.astype(np.float64), 1.5), atol=1e-6)
     full = np.load(tmp_path / "m.npy")
     assert full.shape == (512, 512) and np.isnan(full[:16]).all() and np.isfinite(full[16:496, 16:496]).all()
     # hi-ml's smoothed map (sigma 1.5, scipy.ndimage.gaussian_filter) is --sigma 1.5
@@ -223,6 +237,12 @@ def test_bad_inputs_one_line_nonzero_nothing_written(biovil, tmp_path, capsys):
     assert rc != 0 and "not a BioViL-T" in err
     assert not out.exists()
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".out.")]  # no temporary folder left
+    # opening the raw download as a checkpoint says how to convert it
+    from elvis_core.errors import CheckpointError
+    from elvis_core.model.checkpoint import load_checkpoint
+
+    with pytest.raises(CheckpointError, match="elvis import"):
+        load_checkpoint(text)
 
 
 def test_bad_input_from_a_real_process(biovil, tmp_path):
@@ -233,3 +253,92 @@ def test_bad_input_from_a_real_process(biovil, tmp_path):
                        capture_output=True, text=True, cwd=Path(__file__).resolve().parents[2])
     assert r.returncode == 2 and len(r.stderr.strip().splitlines()) == 1 and "Traceback" not in r.stderr
     assert not (tmp_path / "o").exists()
+
+
+# -- training from an imported checkpoint ------------------------------------------------------------------------------
+@pytest.mark.slow
+def test_train_from_imported_checkpoint_loss_falls(tmp_path):
+    """A small ResNet in BioViL's layout + tiny CXR-BERT, imported, then `elvis train` with model.init_from on
+    phantom studies: a few CPU steps, the loss falls and the result is again a loadable checkpoint."""
+    from elvis_core.model.checkpoint import load_checkpoint, read_checkpoint_config
+    from elvis_core.model.importers import import_biovil
+    from elvis_core.phantom import generate
+    from elvis_core.training.config import load_config
+    from elvis_core.training.trainer import train
+
+    image_model = ref.randomise(ref.ImageModel(multi=False, joint=16, layers=(1, 1), widths=(4, 8), stem=8,
+                                               num_classes=10), seed=7)
+    w = tmp_path / "small.pt"
+    torch.save(image_model.state_dict(), w)
+    ref.make_cxr_bert_folder(tmp_path / "text", projection_size=16, max_positions=512)
+    ckpt = import_biovil("biovil", w, tmp_path / "text", tmp_path / "ckpt", resize=64, crop=64)
+    cfg = read_checkpoint_config(ckpt)
+    assert cfg["model"]["image"]["resnet"]["depths"] == [1, 1]
+    root = tmp_path / "ph"
+    generate(root, 16, seed=3, size=128)
+    sets = [f"data.root={str(root)!r}", f"model.init_from={str(ckpt)!r}", "train.batch_size=8", "train.threads=1",
+            "train.lr=3e-3", "train.text_lr=3e-4", "train.warmup_steps=0", "train.max_steps=16", "train.log_every=1",
+            "train.progress=false", "augment.enabled=false", f"output.dir={str(tmp_path / 'run')!r}"]
+    res = train(load_config(None, sets))
+    assert res.steps == 16
+    first, last = np.mean(res.losses[:4]), np.mean(res.losses[-4:])
+    assert last < first - 0.3, res.losses  # measured: 5.65 -> 3.8 (global + local + intra)
+    m = load_checkpoint(res.model_dir)
+    start = load_checkpoint(ckpt)
+    for name in ("image_encoder.embedder.embedder.convolution.weight", "image_proj.fc1.weight", "text_proj.ln.weight",
+                 "text_encoder.encoder.layer.0.attention.self.query.weight"):
+        assert not torch.equal(m.state_dict()[name], start.state_dict()[name]), name
+    assert m.config["projection"]["image_head"] == "linear-bn-relu-linear"
+    assert m.checkpoint_config["provenance"]["training"]["init_from"] == str(ckpt)
+
+
+def test_image_pretrained_imagenet_resnet_folder(tmp_path):
+    """image.pretrained = a transformers ResNetForImageClassification folder: its architecture and weights, RGB stem
+    folded (grey x gives the RGB network's features of (x, x, x)), classifier dropped; read only for training."""
+    from transformers import ResNetConfig, ResNetForImageClassification
+
+    from elvis_core.model import build_model, preset
+    from elvis_core.model.checkpoint import load_checkpoint, save_checkpoint
+    from elvis_core.training.config import load_config, model_config_from
+
+    torch.manual_seed(0)
+    rgb = ResNetForImageClassification(ResNetConfig(num_channels=3, embedding_size=8, hidden_sizes=[16, 32],
+                                                    depths=[1, 1], layer_type="bottleneck", num_labels=5)).eval()
+    rgb.save_pretrained(tmp_path / "resnet")
+    cfg = model_config_from(load_config(None, ["model.preset='tiny'",
+                                               f"model.overrides.image.pretrained={str(tmp_path / 'resnet')!r}"]))
+    m = build_model(cfg).eval()
+    assert m.config["image"]["resnet"]["hidden_sizes"] == [16, 32]
+    x = torch.rand(2, 1, 64, 64)
+    with torch.no_grad():
+        want = rgb.resnet(pixel_values=x.repeat(1, 3, 1, 1)).last_hidden_state
+        got = m.image_encoder(pixel_values=x).last_hidden_state
+    assert float((got - want).abs().max()) < 1e-4
+    # a saved checkpoint does not read the folder again
+    save_checkpoint(m, tmp_path / "ck")
+    (tmp_path / "resnet" / "model.safetensors").unlink()
+    assert torch.equal(load_checkpoint(tmp_path / "ck").image_encoder.embedder.embedder.convolution.weight,
+                       m.image_encoder.embedder.embedder.convolution.weight)
+
+
+def test_whole_image_variant_sees_everything(tmp_path):
+    """--whole-image: our pad-to-square transform with hi-ml's intensity mapping (min-max, no mean/std)."""
+    from elvis_core.grounding.engine import GroundingEngine
+    from elvis_core.io.images import read_image
+    from elvis_core.model.checkpoint import read_checkpoint_config
+    from elvis_core.model.importers import import_biovil
+
+    im = ref.randomise(ref.ImageModel(multi=False, joint=16, layers=(1, 1), widths=(4, 8), stem=8, num_classes=10),
+                       seed=2)
+    torch.save(im.state_dict(), tmp_path / "w.pt")
+    ref.make_cxr_bert_folder(tmp_path / "text", projection_size=16)
+    ck = import_biovil("biovil", tmp_path / "w.pt", tmp_path / "text", tmp_path / "ck", whole_image=True, resize=96)
+    pre = read_checkpoint_config(ck)["model"]["preprocessing"]
+    assert pre["kind"] == "resize_long_side_pad_square" and pre["size"] == 96 and pre["normalization"] == "minmax"
+    assert (pre["mean"], pre["std"]) == (0.0, 1.0)
+    png = tmp_path / "x.png"
+    cv2.imwrite(str(png), ref.sample_image(128, 160))
+    eng = GroundingEngine(str(ck), device="cpu")
+    eng.set_image(read_image(png))
+    gm = eng.ground("left lower lobe opacity")
+    assert gm.fully_seen and np.isfinite(gm.to_image()).all() and gm.similarity.shape == (12, 12)

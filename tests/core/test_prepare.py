@@ -153,9 +153,16 @@ def test_sigkill_mid_run_then_resume_gives_the_same_cache(phantom, cache, tmp_pa
     proc.send_signal(signal.SIGKILL)
     proc.wait(timeout=30)
     assert not (out / INDEX).exists(), "the run finished before the kill"
-    # the worker died with the parent (PR_SET_PDEATHSIG) and left its half-written shard behind
-    time.sleep(0.5)
-    assert list(out.glob("shard-00001.npy.tmp.*")) or not (out / "shard-00001.json").exists()
+    # the worker dies with the parent (PR_SET_PDEATHSIG, through the fork server's exit): wait until the folder is
+    # still for 3 s (a live worker finishes a shard every ~1.3 s here)
+    snap = None
+    while True:
+        now = sorted((p.name, p.stat().st_size) for p in out.iterdir())
+        if now == snap:
+            break
+        snap = now
+        time.sleep(3.0)
+    assert not (out / INDEX).exists()
     # also a shard .npy without its .json, of the wrong size: never to be used
     (out / "shard-00002.npy").write_bytes(b"\x93NUMPY half-written")
     done_before = sorted(p.name for p in out.glob("shard-*.json"))
@@ -313,3 +320,96 @@ def test_train_from_prepared_cache(phantom, cache, tmp_path):
     # views filter: the cache holds PA/AP; asking for LATERAL is refused with a clear message
     with pytest.raises(ConfigError, match="LATERAL"):
         train(load_config(None, sets + ["data.views=['LATERAL']"]))
+
+
+@pytest.mark.slow
+def test_train_from_prepared_cache_under_torchrun_two_processes(cache, tmp_path):
+    """The real trainer under torchrun (gloo) reading the prepared cache: each rank its DistributedSampler shard,
+    augmentation on the batch, rank 0 writes."""
+    cfg = tmp_path / "t.toml"
+    cfg.write_text(f"[model]\npreset = 'tiny'\n[data]\ncache = 'prepared:{cache}'\n"
+                   "[train]\nmax_steps = 2\nbatch_size = 4\nthreads = 1\nlog_every = 1\nprogress = false\n"
+                   "warmup_steps = 1\nnum_workers = 1\n")
+    out = tmp_path / "run"
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    proc = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+                           "-m", "elvis_core", "train", str(cfg), "--out", str(out)], cwd=str(REPO),
+                          capture_output=True, text=True, timeout=300, env=env)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert proc.stdout.count("checkpoint:") == 1
+    prov = json.loads((out / "model" / "config.json").read_text())["provenance"]
+    assert prov["training"]["world_size"] == 2 and prov["training"]["steps_done"] == 2
+    assert prov["data"]["prepared_cache_hash"] == PreparedCache.open(str(cache)).cache_hash
+
+
+def test_cached_input_equals_the_model_transform_within_quantisation(phantom, cache, tmp_path):
+    """What training feeds the model from the cache is the checkpoint transform's output: within half a uint8 step
+    for the pad-to-square transform, exactly for hi-ml's centre-crop transform (already 8-bit); both kinds hashed."""
+    from elvis_core.io.images import read_image
+    from elvis_core.model.transforms import transform_from_config
+    from elvis_core.training.data import PreparedDataset, batch_model_input
+
+    crop = transform_from_config({"kind": "resize_short_side_center_crop", "resize": 72, "crop": 64})
+    out = tmp_path / "crop"
+    prepare(str(phantom), str(out), crop, workers=1, shard_size=8)
+    for path, tf in ((cache, TINY), (out, crop)):
+        pc = PreparedCache.open(str(path))
+        pc.check_transform(tf)
+        assert pc.transform_config["kind"] == tf.to_config()["kind"]
+        ds = PreparedDataset(pc, np.arange(len(pc)))
+        got = batch_model_input(ds.__getitems__([2])["pixels"], None, tf.mean, tf.std)[0, 0].numpy()
+        want = tf.apply(read_image(os.path.join(pc.root, pc.paths[2])))
+        tol = 0.5 / 255 / tf.std + 1e-5 if tf is TINY else 1e-5
+        assert np.abs(got - want).max() <= tol
+    with pytest.raises(ConfigError, match="kind: cache 'resize_long_side_pad_square' vs config"):
+        PreparedCache.open(str(cache)).check_transform(crop)
+
+
+def test_thread_prefetcher_keeps_order_raises_and_stops():
+    import threading
+
+    from elvis_core.training.data import ThreadPrefetcher
+
+    assert list(ThreadPrefetcher(range(50), depth=3)) == list(range(50))
+
+    def bad():
+        yield 1
+        raise ValueError("boom in the loader")
+
+    it = ThreadPrefetcher(bad())
+    assert next(it) == 1
+    with pytest.raises(ValueError, match="boom"):
+        next(it)
+    # stopping early while the producer is blocked on a full queue ends its thread
+    n_before = threading.active_count()
+    with ThreadPrefetcher(iter(range(10_000)), depth=2) as p:
+        assert next(p) == 0
+    time.sleep(0.3)
+    assert threading.active_count() <= n_before
+
+
+def test_training_from_the_cache_resumes_after_a_crash_mid_epoch(cache, tmp_path, monkeypatch):
+    """Crash at step 3 (prefetch thread running), resume from OUT/last at step 2: the batches already done in the
+    epoch are skipped, the run ends at step 5 in epoch 1 (12 pairs / batch 4 = 3 steps per epoch)."""
+    from elvis_core.training import trainer
+
+    out = tmp_path / "crash"
+    real_row = trainer._Logger.row
+
+    def crashing_row(self, **kw):
+        if kw.get("step") == 3:
+            raise RuntimeError("simulated crash")
+        return real_row(self, **kw)
+
+    monkeypatch.setattr(trainer._Logger, "row", crashing_row)
+    cfg = load_config(None, [f"data.cache='prepared:{cache}'", "model.preset='tiny'", "train.batch_size=4",
+                             "train.threads=1", "train.max_steps=5", "train.checkpoint_every=2",
+                             "train.warmup_steps=1", "train.log_every=1", "train.progress=false",
+                             f"output.dir={str(out)!r}"])
+    with pytest.raises(RuntimeError, match="simulated crash"):
+        trainer.train(cfg)
+    monkeypatch.setattr(trainer._Logger, "row", real_row)
+    res = trainer.train(cfg)
+    assert res.resumed_from_step == 2 and res.steps == 5 and len(res.losses) == 3
+    rows = [r.split(",") for r in (out / "log.csv").read_text().strip().splitlines()[1:]]
+    assert [(int(r[0]), int(r[1])) for r in rows if r[3]][-3:] == [(3, 0), (4, 1), (5, 1)]

@@ -96,6 +96,18 @@ def test_model_overrides_validated(tmp_path):
         model_config_from(cfg)
 
 
+def test_training_model_config_checked_against_limits_before_building():
+    """A training config asking for a huge model is refused before anything is built (model/limits.py)."""
+    from elvis_core.training.config import model_config_from
+
+    cfg = load_config(None, ["model.overrides={text={hf_config={num_hidden_layers=1000000}}}"])
+    with pytest.raises(ConfigError, match="num_hidden_layers"):
+        model_config_from(cfg)
+    cfg = load_config(None, ["model.overrides={text={hf_config={hidden_size=60000, intermediate_size=60000}}}"])
+    with pytest.raises(ConfigError, match="parameters, more than the limit"):
+        model_config_from(cfg)
+
+
 # -- CLI bad input: one line, exit 2, no traceback -------------------------------------------------------------------
 
 def test_cli_bad_config_is_one_line(tmp_path, capsys):

@@ -131,7 +131,8 @@ class Seeds:
         self.csv_text = self.csv_path.read_text(encoding="utf-8")
         self.images_root = _images_root_of(set_dir, self.csv_text)
         self.coco = _csv_to_coco(self.csv_text)
-        # a tiny checkpoint
+    def make_checkpoint(self) -> Path:
+        """A tiny checkpoint (built on first use: it needs torch)."""
         if not (self.checkpoint / "config.json").exists():
             from elvis_core.model.checkpoint import save_checkpoint
             from elvis_core.model.config import preset
@@ -141,6 +142,7 @@ class Seeds:
             torch.manual_seed(0)
             model = build_model(preset("tiny"), texts=self.reports)
             save_checkpoint(model, self.checkpoint)
+        return self.checkpoint
 
 
 def _images_root_of(set_dir: Path, csv_text: str) -> Path:
@@ -303,7 +305,7 @@ def _deflate_bomb(out: Path, r: random.Random) -> str:
         body += struct.pack("<HH", *tag) + vr + struct.pack("<H", len(val)) + val
     n = n_mb << 20
     body += struct.pack("<HH", 0x7FE0, 0x0010) + b"OB\x00\x00" + struct.pack("<I", n)
-    comp = zlib.compressobj(9, zlib.DEFLATED, -zlib.MAX_WBITS)
+    comp = zlib.compressobj(1, zlib.DEFLATED, -zlib.MAX_WBITS)
     chunks = [comp.compress(bytes(body))]
     zero = bytes(1 << 20)
     for _ in range(n_mb):
@@ -481,6 +483,8 @@ _JSON_VALUES: Tuple = (None, -1, 0, 0.4, 1e308, -1e308, 10**30, "x", "", [], {},
 
 def _json_paths(obj, prefix=()) -> List[tuple]:
     out = [prefix]
+    if len(prefix) > 8:
+        return out
     if isinstance(obj, dict):
         for k, v in obj.items():
             out.extend(_json_paths(v, prefix + (k,)))
@@ -578,7 +582,7 @@ def make_checkpoint(seeds: Seeds, seed: int, out_dir: Path) -> Case:
     out = out_dir / f"fuzz_{seed}_ckpt"
     if out.exists():
         shutil.rmtree(out)
-    shutil.copytree(seeds.checkpoint, out)
+    shutil.copytree(seeds.make_checkpoint(), out)
     cfg = json.loads((out / "config.json").read_text())
     m = r.random()
     if m < 0.6:
@@ -642,9 +646,18 @@ MAKERS: Dict[str, Callable] = {"dicom": make_dicom, "report": make_report, "csv"
 def make_case(kind: str, seeds: Seeds, seed: int, out_dir: Path, big: bool = True) -> Case:
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    if kind in ("report", "csv"):
-        return MAKERS[kind](seeds, seed, out_dir, big=big)
-    return MAKERS[kind](seeds, seed, out_dir)
+    try:
+        if kind in ("report", "csv"):
+            return MAKERS[kind](seeds, seed, out_dir, big=big)
+        return MAKERS[kind](seeds, seed, out_dir)
+    except Exception as err:  # noqa: BLE001 - a structured mutation pydicom cannot write: flip bits instead
+        if kind != "dicom":
+            raise
+        r = random.Random(seed)
+        src = r.choice(seeds.dicoms)
+        out = out_dir / f"fuzz_{seed}.dcm"
+        out.write_bytes(flip_bits(src.read_bytes(), r, lo=132))
+        return Case("dicom", seed, out, f"{src.name}: bit flips (structured mutation failed: {type(err).__name__})")
 
 
 # ---------------------------------------------------------------------------------------------------------------- #
@@ -724,7 +737,7 @@ def _engine(seeds: Seeds):
     if "e" not in _ENGINE:
         from elvis_core.grounding.engine import GroundingEngine
 
-        _ENGINE["e"] = GroundingEngine(str(seeds.checkpoint), device="cpu")
+        _ENGINE["e"] = GroundingEngine(str(seeds.make_checkpoint()), device="cpu")
     return _ENGINE["e"]
 
 

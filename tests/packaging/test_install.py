@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 import venv
@@ -36,9 +37,18 @@ def test_non_editable_install_runs_the_demo(tmp_path):
     env = _clean_env(tmp_path)
     # the wheel of the checkout, built by this interpreter's setuptools (the venv's bundled one is too old), then
     # installed by the venv's pip as `pip install .` would; --no-deps: torch, PySide6 & co. from the system site
+    # built from a clean copy of what a checkout holds: a stale build/ folder in the repo could otherwise slip
+    # files into the wheel that the packaging config no longer ships
+    src = tmp_path / "src"
+    src.mkdir()
+    junk = shutil.ignore_patterns("__pycache__", "*.pyc", "build", "*.egg-info", ".pytest_cache")
+    for name in ("pyproject.toml", "setup.py", "README.md"):
+        shutil.copy2(REPO / name, src / name)
+    for name in ("elvis_core", "elvis_viewer", "resources"):
+        shutil.copytree(REPO / name, src / name, ignore=junk)
     wheels = tmp_path / "wheels"
     r = subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-w", str(wheels),
-                        str(REPO)], capture_output=True, text=True, env=env, cwd=str(tmp_path), timeout=300)
+                        str(src)], capture_output=True, text=True, env=env, cwd=str(tmp_path), timeout=300)
     assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-2000:]
     (wheel,) = wheels.glob("elvis_viewer-*.whl")
     r = subprocess.run([str(pip), "install", "--no-deps", "--no-compile", str(wheel)],

@@ -18,7 +18,7 @@ from pydicom.data import get_testdata_file
 from elvis_core.dicom_results import (CATEGORY_CODES, DicomExportError, SrBox, default_threshold, export_review_sr,
                                       grounding_seg, read_source, review_sr, write_dataset)
 from elvis_core.errors import ElvisError
-from elvis_core.review.model import ACCEPTED, ADDED, EDITED, REJECTED, ReviewBox
+from elvis_core.review.model import ACCEPTED, ADDED, REJECTED, ReviewBox
 from elvis_core.review.session import ReviewSession
 from tests.pacs.dicom_checks import assert_dciodvfy_clean, needs_dciodvfy
 
@@ -104,13 +104,10 @@ def test_seg_of_a_map_on_real_cr(tmp_path, capsys):
     path = write_dataset(seg, tmp_path / "map.seg.dcm")
     assert_dciodvfy_clean(path, capsys)
     back = hd.seg.segread(str(path))
-    mask = back.get_segment_mask(segment_number=1) if hasattr(back, "get_segment_mask") else None
     arr = pydicom.dcmread(str(path)).pixel_array
     np.testing.assert_array_equal(arr.astype(bool), sim >= thr)
     assert back.SegmentSequence[0].SegmentLabel == "right lower lobe opacity"
     assert "sha256:abababab" in back.ContentDescription and "right lower lobe opacity" in back.ContentDescription
-    assert back.SourceImageSequence[0].ReferencedSOPInstanceUID == src.SOPInstanceUID \
-        if "SourceImageSequence" in back else True
     refs = [r.ReferencedSOPInstanceUID for r in back.ReferencedSeriesSequence[0].ReferencedInstanceSequence]
     assert refs == [src.SOPInstanceUID]
     assert back.PatientID == src.PatientID
@@ -118,7 +115,6 @@ def test_seg_of_a_map_on_real_cr(tmp_path, capsys):
         grounding_seg(src, sim, "p", "m", "h", threshold=1.5)
     with pytest.raises(DicomExportError, match="map is 10x10"):
         grounding_seg(src, np.zeros((10, 10)), "p", "m", "h")
-    del mask
 
 
 def _copy_demo(tmp_path) -> Path:
@@ -179,9 +175,9 @@ def test_review_export_dicom_sr_skips_non_dicom(tmp_path):
     assert len(res.written) == 1 and len(res.problems) == 1 and "a.png" in res.problems[0]
     _, groups = _groups(res.written[0])
     assert len(groups) == 1  # the rejected box is not a finding
-    assert EDITED  # (statuses imported for readability)
 
 
+@pytest.mark.slow
 @needs_dciodvfy
 @pytest.mark.skipif(not (DEMO_MODEL / "model.safetensors").is_file(), reason="demo model not built")
 def test_ground_dicom_out_cli(tmp_path, capsys):

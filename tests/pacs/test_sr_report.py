@@ -56,3 +56,36 @@ def test_scan_finds_the_sr_report_of_a_study(tmp_path):
     assert len(res.studies) == 1 and len(res.studies[0].images) == 1
     assert Path(res.studies[0].report_path).name == "b_report.dcm"
     assert read_report(res.studies[0].report_path).section("FINDINGS") is not None
+
+
+def test_basic_text_sr_and_a_single_text_item_with_its_own_headers(tmp_path):
+    import pydicom
+
+    p = report_sr(get_testdata_file("RG1_UNCI.dcm"), {"FINDINGS": FINDINGS}, tmp_path / "r.dcm")
+    ds = pydicom.dcmread(str(p))
+    ds.SOPClassUID = ds.file_meta.MediaStorageSOPClassUID = "1.2.840.10008.5.1.4.1.1.88.11"  # Basic Text SR
+    # a whole report pasted into one TEXT item (common in RIS exports): its own headers are kept, not doubled
+    whole = "FINDINGS: Heart size is normal.\n\nIMPRESSION: No acute process."
+    ds.ContentSequence[0].ContentSequence[0].TextValue = whole
+    ds.save_as(str(tmp_path / "basic.dcm"), enforce_file_format=True)
+    rep = read_report(tmp_path / "basic.dcm")
+    assert rep.text == whole + "\n"
+    assert [s.name for s in rep.sections] == ["FINDINGS", "IMPRESSION"]
+    assert any("Basic Text SR" in w for w in rep.warnings)
+    ds.ContentSequence = []
+    ds.save_as(str(tmp_path / "empty.dcm"), enforce_file_format=True)
+    with pytest.raises(ReportReadError, match="empty.dcm: structured report holds no text"):
+        read_report(tmp_path / "empty.dcm")
+
+
+def test_viewer_session_opens_an_sr_report_file(qtbot, tmp_path):
+    from elvis_viewer.session import ViewerSession
+
+    s = ViewerSession()
+    s.open_paths([get_testdata_file("RG1_UNCI.dcm")])
+    qtbot.waitUntil(lambda: s.rad is not None, timeout=30000)
+    sr = report_sr(get_testdata_file("RG1_UNCI.dcm"), {"FINDINGS": FINDINGS, "IMPRESSION": IMPRESSION},
+                   tmp_path / "report.dcm")
+    s.open_paths([str(sr)])  # like dropping the SR on the window: it becomes the report, not a broken image
+    qtbot.waitUntil(lambda: s.report is not None and s.report.section("IMPRESSION") is not None, timeout=30000)
+    assert s.rad is not None and not s.problems

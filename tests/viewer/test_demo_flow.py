@@ -53,8 +53,8 @@ def test_demo_selects_first_annotated_phrase_and_draws_map_and_boxes(qtbot, tmp_
     # the drawn overlay: its hottest cell lands where the core's GroundingMap says, and it covers the image
     iv = win.image_view
     g = iv.gmap
-    # --demo opens with the overlay range on auto, symmetric about 0 (white = similarity 0)
-    assert win.range_combo.currentIndex() == 1
+    # the overlay range is auto for every model, symmetric about 0 (white = similarity 0), with the fade on
+    assert win.overlay_panel.settings().range == "auto" and win.overlay_panel.settings().fade
     lo, hi = iv.overlay_levels()
     assert lo == -hi and hi == pytest.approx(float(np.abs(g.similarity).max()))
     i, j = g.peak_cell()
@@ -65,6 +65,10 @@ def test_demo_selects_first_annotated_phrase_and_draws_map_and_boxes(qtbot, tmp_
     rows, cols = win.rad.shape
     assert rows != cols  # phantom films are not square: the grid also covers the padding
     assert br.left() <= 0.01 and br.top() <= 0.01 and br.right() >= cols - 0.01 and br.bottom() >= rows - 0.01
+    # ... but nothing is drawn outside the image: the overlay's parent clips it to the image rectangle
+    clip = iv.overlay_clip
+    assert iv.overlay_item.parentItem() is clip and clip.flags() & clip.GraphicsItemFlag.ItemClipsChildrenToShape
+    assert (clip.rect().width(), clip.rect().height()) == (cols, rows)
     # the core's bilinear map and the drawn grid agree at the peak pixel
     full = g.to_image()
     x, y = g.peak_xy()
@@ -88,6 +92,30 @@ def test_review_flag_opens_review_tab(qtbot, tmp_path, demo_resources):
     workers.wait_all()
 
 
+def test_review_with_checkpoint_maps_the_first_item_once_the_model_loads(qtbot, tmp_path, demo_resources):
+    """`--review --checkpoint`: the model loads after the first item is shown; its map must follow on its own."""
+    studies, model_dir, _ = demo_resources
+    settings = QtCore.QSettings(str(tmp_path / "s.ini"), QtCore.QSettings.Format.IniFormat)
+    settings.setValue("review/reviewer", "T. Ester")
+    win = MainWindow(settings=settings)
+    qtbot.addWidget(win)
+    if win.review_view is None:
+        pytest.skip("elvis_viewer.review is not importable in this build")
+    csv = tmp_path / "ms_cxr.csv"  # its own review store (another test's store may still be open and locked)
+    csv.write_bytes((studies / "ms_cxr.csv").read_bytes())
+    args = app_mod.build_parser().parse_args(["--review", "--annotations", str(csv),
+                                              "--images", str(studies), "--checkpoint", str(model_dir)])
+    app_mod.open_from_args(win, args)
+    rv = win.review_view
+    assert rv.session is not None, rv.last_error
+    qtbot.waitUntil(lambda: win.slots[0].engine is not None, timeout=60000)
+    qtbot.waitUntil(lambda: rv.session.item is not None and rv.map_key == rv.session.item.key, timeout=30000)
+    assert rv.gmap.phrase == rv.session.item.label_text
+    assert not win.study_dock.isVisible() and not win.toolbar.isVisible()  # Review has the whole window
+    rv.close()
+    workers.wait_all()
+
+
 @pytest.mark.skipif(not (app_mod.DEMO_STUDIES.is_dir() and app_mod.DEMO_MODEL.is_dir()),
                     reason="resources/demo or resources/demo_model not built yet")
 def test_shipped_demo_opens_and_grounds(qtbot, tmp_path):
@@ -99,7 +127,7 @@ def test_shipped_demo_opens_and_grounds(qtbot, tmp_path):
         app_mod.open_from_args(win, app_mod.build_parser().parse_args(["--demo"]))
     qtbot.waitUntil(lambda: not win.busy(), timeout=60000)
     assert not win.problems, win.problems
-    labels = [" ".join(p.label_text.split()) for p in win._annotated_phrases()]
+    labels = [" ".join(p.label_text.split()) for p in win.session.annotated_phrases()]
     assert win.phrase in labels and win.image_view.box_items()
     br = win.image_view.overlay_item.mapRectToParent(win.image_view.overlay_item.boundingRect())
     rows, cols = win.rad.shape

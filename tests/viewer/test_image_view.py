@@ -63,7 +63,7 @@ def test_presets_invert_and_voi_lut(view):
     rad = _rad()
     view.set_radiograph(rad)
     names = [w.name for w in view.presets()]
-    assert names[0] == "file" and {"Lung", "Mediastinum", "Bone", "Auto"} <= set(names)
+    assert names[0] == "file" and {"Lung", "Mediastinum", "Bone", "Full"} <= set(names)
     view.apply_preset("Bone")
     bone = view.window()
     view.apply_preset("Lung")
@@ -114,6 +114,14 @@ def test_overlay_covers_the_image_exactly(view):
     assert tuple(view.overlay_item.getLevels()) == pytest.approx((-0.2, 0.2))
     view.set_isolines(True)
     assert len(view._isolines) == 3
+    top = float(view.gmap.display_grid(view.overlay_factor())[0].max())
+    assert [iso.level for iso in view._isolines] == pytest.approx([0.5 * top, 0.75 * top, 0.9 * top])  # > 0 only
+    view.set_overlay(GroundingMap(similarity=-np.abs(sim) * 0.2 - 0.01, grid_to_image=a, image_shape=(300, 200)))
+    assert view._isolines == []  # no positive similarity: no isolines tracing noise around 0
+    view.set_shared_levels((-0.5, 0.5))  # compare mode's one scale overrides the map's own auto range
+    assert view.overlay_levels() == (-0.5, 0.5)
+    view.set_shared_levels(None)
+    view.set_overlay(gm2)
     view.toggle_overlay()
     assert not view.overlay_item.isVisible()
     view.toggle_overlay()
@@ -147,7 +155,7 @@ def test_boxes_and_ruler_in_mm_or_px(view):
     view.set_ruler_endpoints((0, 0), (30, 40))
     val, unit = view.ruler_length()
     assert unit == "px" and val == pytest.approx(50.0, rel=1e-3)
-    assert "px" in view._ruler_label.textItem.toPlainText()
+    assert "px" in view.measure.last("ruler").label.textItem.toPlainText()
 
 
 def test_linked_views_share_zoom_and_window(qtbot):

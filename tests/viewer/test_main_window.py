@@ -72,18 +72,14 @@ def test_open_folder_lists_images_and_the_corrupt_file(qtbot, win, study_root):
     assert win.rad is not None and win.rad_path.endswith("a_ct.dcm")
     # the broken file is listed with its name and a reason, the two good ones are in the browser
     assert any("c_broken.dcm" in msg for _, msg in win.problems)
-    assert win.problem_list.count() >= 1
-    assert sorted(os.path.basename(p) for p in win.images) == ["a_ct.dcm", "b_mr.dcm"]
+    assert win.study_browser.problem_list.count() >= 1
+    assert sorted(os.path.basename(e.path) for e in win.session.entries) == ["a_ct.dcm", "b_mr.dcm"]
     # the report beside the study folder was found and parsed, sections styled
     assert win.report is not None and "left basal opacity" in win.report_view.toPlainText()
     # thumbnails arrived
-    it = QtWidgets.QTreeWidgetItemIterator(win.study_tree)
-    icons = 0
-    while it.value():
-        if it.value().data(0, QtCore.Qt.ItemDataRole.UserRole) and not it.value().icon(0).isNull():
-            icons += 1
-        it += 1
-    assert icons == 2
+    qtbot.waitUntil(lambda: sum(not it.icon().isNull() for it in win.study_browser.list.rows.values()) == 2,
+                    timeout=10000)
+    assert sum(not it.icon().isNull() for it in win.thumb_strip.rows.values()) == 2
     # no patient name anywhere in the window's visible texts
     texts = " ".join(w.text() for w in win.findChildren(QtWidgets.QLabel))
     texts += win.report_view.toPlainText() + " ".join(v for _, v in win.problems)
@@ -145,9 +141,9 @@ def test_click_sentence_grounds_and_overlay_covers_image(qtbot, win, study_root)
     assert win.phrase.startswith("The heart size")
     # per-token maps on request
     with qtbot.waitSignal(win.overlayUpdated, timeout=30000):
-        win.token_check.setChecked(True)
-    assert win.token_combo.count() > 1
-    win.token_combo.setCurrentIndex(1)
+        win.overlay_panel.tokens.setChecked(True)
+    assert win.overlay_panel.token_combo.count() > 1
+    win.overlay_panel.token_combo.setCurrentIndex(1)
     assert "token" in iv.gmap.phrase
 
 
@@ -202,7 +198,7 @@ def test_annotated_phrases_underlined_and_boxes_drawn(qtbot, win, study_root, tm
 def test_preset_combo_sets_window(qtbot, win, study_root):
     _open_study(qtbot, win, study_root)
     names = [win.preset_combo.itemText(i) for i in range(win.preset_combo.count())]
-    assert {"Lung", "Mediastinum", "Bone", "Auto"} <= set(names)
+    assert {"Lung", "Mediastinum", "Bone", "Full"} <= set(names)
     i = names.index("Bone")
     win.preset_combo.setCurrentIndex(i)
     win.preset_combo.activated.emit(i)
@@ -215,7 +211,7 @@ def test_wl_drag_in_window_changes_levels(qtbot, win, study_root):
     _open_study(qtbot, win, study_root)
     iv = win.image_view
     before = tuple(iv.image_item.getLevels())
-    win.wl_act.setChecked(True)  # W/L mode: left drag
+    win.actions_by_id["view.wl_mode"].setChecked(True)  # W/L mode: left drag
     vp = iv.glw.viewport()
     c = vp.rect().center()
     qtbot.mousePress(vp, QtCore.Qt.MouseButton.LeftButton, pos=c)
@@ -253,6 +249,10 @@ def test_compare_mode_two_maps_synchronised(qtbot, win, study_root):
     a.view_box.setRange(QtCore.QRectF(20, 20, 40, 40), padding=0)
     assert b.view_box.viewRect().center().x() == pytest.approx(a.view_box.viewRect().center().x(), abs=1e-3)
     assert "baseline" in a.corner_text("tl") and "elvis" in b.corner_text("tl")
+    # one shared scale (±max over both maps) by default; split on request
+    assert a.overlay_levels() == b.overlay_levels() == win.session.shared_levels()
+    win.overlay_panel.change(shared_scale=False)
+    assert a.overlay_levels() != b.overlay_levels()
 
 
 def test_tag_inspector_masks_identifiers_unless_toggled(qtbot, win, study_root):
@@ -279,31 +279,42 @@ def test_tag_inspector_masks_identifiers_unless_toggled(qtbot, win, study_root):
     assert win.settings.value("reveal_identifiers") is None  # never persisted
 
 
-def test_export_png_full_resolution(qtbot, win, study_root, tmp_path, monkeypatch):
+def test_export_is_what_the_screen_shows(qtbot, win, study_root, tmp_path):
+    """Export = the visible views (both in compare mode) with a header and footer; Unicode text; default name from
+    the study and the phrase."""
     import cv2
+
+    from elvis_viewer.export import default_name
 
     _open_study(qtbot, win, study_root)
     win.load_checkpoint(None, 0, model=_demo_model(), name="m")
     qtbot.waitUntil(lambda: win.slots[0].engine is not None, timeout=60000)
     with qtbot.waitSignal(win.overlayUpdated, timeout=30000):
-        win.ground_phrase("left basal opacity")
-    seen = {}
-    import elvis_core.grounding.figure as fig
+        win.ground_phrase("no pneumothorax — épanchement")
+    one = cv2.imread(str(win.export_png(str(tmp_path / "one.png"))))
+    vw = win.image_view.grab_view()
+    assert one.shape[1] == vw.width() and one.shape[0] > vw.height()  # the view as drawn + header/footer bands
+    # the typed phrase is negated: the header carries the red "NEGATED" line (#ff6e6e; BGR in OpenCV)
+    head = one[:one.shape[0] - vw.height()].astype(int)
+    red = (head[..., 2] > 200) & (head[..., 1] < 150) & (head[..., 0] < 150)
+    assert red.sum() > 50
+    # and the image part is the view pixel for pixel (what the screen shows), between the header and the footer
+    import numpy as np
 
-    real = fig.render_overlay
-
-    def spy(*a, **kw):
-        seen.update(kw)
-        return real(*a, **kw)
-    monkeypatch.setattr(fig, "render_overlay", spy)
-    out = win.export_png(str(tmp_path / "view.png"))
-    img = cv2.imread(str(out))
-    assert img is not None and img.shape[0] >= 128 and img.shape[1] >= 128  # figure = image + bands + colour bar
-    # the view's settings go into the figure: W/L, opacity, range, checkpoint hash (ASCII: the figure font is ASCII)
-    c, w = win.image_view.window()
-    assert seen["window"].center == pytest.approx(c) and seen["window"].width == pytest.approx(w)
-    assert seen["opacity"] == pytest.approx(0.5) and tuple(seen["vrange"]) == (-1.0, 1.0)
-    assert win.slots[0].hash[:12] in seen["footer"] and seen["footer"].isascii()
+    rgb = vw.convertToFormat(vw.Format.Format_RGB888)
+    view = np.ndarray((rgb.height(), rgb.bytesPerLine()), np.uint8, rgb.constBits())[:, :3 * rgb.width()]
+    view = view.reshape(rgb.height(), rgb.width(), 3)[..., ::-1]  # RGB -> BGR as cv2 reads it
+    h = vw.height()
+    assert any(np.array_equal(one[r:r + h], view) for r in range(1, one.shape[0] - h))
+    # compare mode: both views side by side in one picture
+    win.load_checkpoint(None, 1, model=_demo_model(), name="m2")
+    win.set_compare_mode(True)
+    qtbot.waitUntil(lambda: win.compare_view.gmap is not None, timeout=60000)
+    two = cv2.imread(str(win.export_png(str(tmp_path / "two.png"))))
+    widths = sum(v.grab_view().width() for v in win.views())
+    assert two.shape[1] == widths + 4
+    assert default_name("s50000001", "Left basal opacity, possibly") == "s50000001_Left-basal-opacity-possibly.png"
+    assert default_name("s5", "épanchement pleural") == "s5_épanchement-pleural.png"
 
 
 def test_settings_recent_and_geometry_restored(qtbot, study_root, tmp_path):
@@ -311,12 +322,12 @@ def test_settings_recent_and_geometry_restored(qtbot, study_root, tmp_path):
     s1 = QtCore.QSettings(ini, QtCore.QSettings.Format.IniFormat)
     w1 = MainWindow(settings=s1)
     qtbot.addWidget(w1)
-    w1.resize(641, 477)  # fits the offscreen screen
+    w1.resize(761, 611)  # above the panels minimum size, within the ~800 px offscreen screen
     w1.show()
     w1.open_paths([str(study_root / "files/p10/p10000001/s50000001/b_mr.dcm")])
     _wait_idle(qtbot, w1)
     saved = w1.size()
-    assert saved.height() == 477
+    assert saved.height() == 611
     w1.close()
     s2 = QtCore.QSettings(ini, QtCore.QSettings.Format.IniFormat)
     w2 = MainWindow(settings=s2)
@@ -330,7 +341,8 @@ def test_shortcut_sheet(qtbot, win):
     dlg = win.show_shortcuts()
     qtbot.addWidget(dlg)
     lab = dlg.findChild(QtWidgets.QLabel)
-    assert "Show / hide the grounding overlay" in lab.text()
+    # built from the actions table: every action with a shortcut is listed with it
+    assert "Show overlay" in lab.text() and "Next study" in lab.text() and "Cardiothoracic ratio" in lab.text()
 
 
 def test_no_gui_stall_while_model_loads_and_image_embeds(qtbot, win, study_root, tmp_path):
@@ -346,9 +358,6 @@ def test_no_gui_stall_while_model_loads_and_image_embeds(qtbot, win, study_root,
     torch.manual_seed(0)
     ckpt = save_checkpoint(build_model(preset("demo")), tmp_path / "ckpt")
 
-    from elvis_viewer.app import preload_heavy_modules
-
-    preload_heavy_modules()  # what elvis-viewer does before showing its window
     import gc
 
     gc.collect()  # collect the garbage of earlier tests now, so a full collection cannot land inside the measurement
@@ -372,7 +381,7 @@ def test_no_gui_stall_while_model_loads_and_image_embeds(qtbot, win, study_root,
 
 def test_scan_progress_and_cancel(qtbot, win, monkeypatch):
     """A long scan shows progress and stops when the user clicks Cancel (what it found so far stays)."""
-    import elvis_viewer.main_window as mw
+    import elvis_viewer.session as mw
 
     def slow_scan(root, progress=None, cancel=None):
         for k in range(10000):
@@ -382,7 +391,7 @@ def test_scan_progress_and_cancel(qtbot, win, monkeypatch):
             time.sleep(0.005)
         return [], [], False
 
-    monkeypatch.setattr(mw, "_scan", slow_scan)
+    monkeypatch.setattr(mw, "scan_folder", slow_scan)
     with qtbot.waitSignal(win.scanFinished, timeout=20000):
         win.open_folder("/some/folder")
         assert win.progress.isVisible() and win.cancel_button.isVisible()
