@@ -224,3 +224,21 @@ def test_in_memory_resnet_model_hash():
     m = build_model(preset("tiny"), texts=["opacity"])
     h = GroundingEngine(m, device="cpu").checkpoint_hash
     assert len(h) == 12 and h == GroundingEngine(m, device="cpu").checkpoint_hash
+
+
+def test_cli_eval_side_checks(tiny_ckpt, tmp_path, capsys):
+    """--side-checks prints laterality and negation lines and puts them in the JSON."""
+    import json
+
+    from elvis_core.phantom.generate import generate
+
+    root = tmp_path / "ph"
+    generate(root, n_studies=10, seed=8, size=128)
+    out = tmp_path / "e.json"
+    assert main(["eval", "--checkpoint", str(tiny_ckpt), "--annotations", str(root / "ms_cxr.csv"), "--images",
+                 str(root), "--side-checks", "--json", str(out), "--no-progress"]) == 0
+    text = capsys.readouterr().out
+    assert "laterality: peak on the named side for" in text and "negation: median Pearson r" in text
+    doc = json.loads(out.read_text())
+    sc = doc["side_checks"]
+    assert sc["n_one_sided"] == len(sc["rows"]) > 0 and 0.0 <= sc["laterality"] <= 1.0
