@@ -23,7 +23,8 @@ from PySide6 import QtCore
 from elvis_core.errors import ElvisError
 from elvis_viewer import workers
 from elvis_viewer.session_tasks import (encode_typed, ground, image_and_report, load_engine, prepare_engine,
-                                        read_report, report_beside, scan_folder, thumbnails)
+                                        read_report, report_beside, scan_folder, thumbnail_of,
+                                        thumbnails)
 
 
 def err_text(exc: BaseException) -> str:
@@ -279,9 +280,11 @@ class ViewerSession(QtCore.QObject):
         if not self._image_gen.is_current(gen):
             return
         self._remember(path, result)
-        if entry is not None:
-            self._add_entries([entry])
         rad, report, report_err = result
+        if entry is not None and self._add_entries([entry]):
+            # a file opened on its own (no folder scan): its thumbnail from the image just read
+            self.run(thumbnail_of, rad, on_result=lambda arr, p=path: self.thumbnailReady.emit(p, arr),
+                     on_error=lambda e: None)
         self.rad, self.rad_path = rad, path
         for s in self.slots:
             s.gmap = None

@@ -100,6 +100,21 @@ def test_open_single_corrupt_file_shows_error_not_crash(qtbot, win, study_root, 
     assert win.rad.shape == (64, 64)
 
 
+
+def test_single_opened_files_get_thumbnails_too(qtbot, win, study_root):
+    """A file opened on its own (command line, File → Open, drop) has a thumbnail in the list and the strip, as the
+    images of a scanned folder do (the strip used to show just a text label), and opening another one keeps the
+    thumbnails already there (each rebuild of the lists used to drop them)."""
+    sdir = study_root / "files/p10/p10000001/s50000001"
+    for name in ("a_ct.dcm", "b_mr.dcm"):
+        with qtbot.waitSignal(win.imageShown, timeout=30000):
+            win.open_paths([str(sdir / name)])
+    qtbot.waitUntil(lambda: sum(not it.icon().isNull() for it in win.thumb_strip.rows.values()) == 2, timeout=10000)
+    assert sum(not it.icon().isNull() for it in win.study_browser.list.rows.values()) == 2
+    icon = win.thumb_strip.rows[str(sdir / "b_mr.dcm")].icon().pixmap(72, 72).toImage()
+    colours = {icon.pixelColor(x, y).name() for x in range(0, icon.width(), 5) for y in range(0, icon.height(), 5)}
+    assert len(colours) > 5  # a picture of the image, not a blank square
+
 def test_click_sentence_grounds_and_overlay_covers_image(qtbot, win, study_root):
     _open_study(qtbot, win, study_root)
     win.load_checkpoint(None, 0, factory=_demo_model, name="demo-test")
