@@ -352,6 +352,29 @@ def test_settings_recent_and_geometry_restored(qtbot, study_root, tmp_path):
     assert w2.height() == saved.height() and abs(w2.width() - saved.width()) <= 10
 
 
+
+def test_closing_on_the_review_tab_keeps_the_viewer_panels(qtbot, tmp_path):
+    """The Review tab hides the Viewer's panels and toolbar; closing the window there must not save that as the
+    Viewer's layout (the next start showed no studies, no report and no toolbar)."""
+    ini = str(tmp_path / "s.ini")
+    w1 = MainWindow(settings=QtCore.QSettings(ini, QtCore.QSettings.Format.IniFormat))
+    qtbot.addWidget(w1)
+    w1.show()
+    qtbot.waitExposed(w1)
+    if w1.review_view is None:
+        pytest.skip("elvis_viewer.review is not importable in this build")
+    w1.overlay_dock.hide()  # a panel the user closed on purpose stays closed
+    w1.tabs.setCurrentWidget(w1.review_view)
+    assert not w1.study_dock.isVisible() and not w1.toolbar.isVisible()
+    w1.close()
+    w2 = MainWindow(settings=QtCore.QSettings(ini, QtCore.QSettings.Format.IniFormat))
+    qtbot.addWidget(w2)
+    w2.show()
+    qtbot.waitExposed(w2)
+    assert w2.tabs.currentWidget() is w2.viewer_page
+    assert w2.study_dock.isVisible() and w2.report_dock.isVisible() and w2.toolbar.isVisible()
+    assert not w2.overlay_dock.isVisible()
+
 def test_shortcut_sheet(qtbot, win):
     dlg = win.show_shortcuts()
     qtbot.addWidget(dlg)
