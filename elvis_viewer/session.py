@@ -273,18 +273,24 @@ class ViewerSession(QtCore.QObject):
             self._on_read(gen, path, entry, self._cache[path])
             return
         self.message.emit(f"Reading {os.path.basename(path)} …", False)
+        # a newly opened file (``entry``) is reported even when a later request superseded it (several files opened)
         self.run(image_and_report, path, report_path, on_result=lambda r: self._on_read(gen, path, entry, r),
-                 on_error=lambda exc: self._image_gen.is_current(gen) and self.problem(path, err_text(exc)))
+                 on_error=lambda exc: (entry is not None or self._image_gen.is_current(gen))
+                 and self.problem(path, err_text(exc)))
 
     def _on_read(self, gen, path, entry, result) -> None:
-        if not self._image_gen.is_current(gen):
+        current = self._image_gen.is_current(gen)
+        if not current and entry is None:
             return
         self._remember(path, result)
         rad, report, report_err = result
         if entry is not None and self._add_entries([entry]):
-            # a file opened on its own (no folder scan): its thumbnail from the image just read
+            # a file opened on its own (no folder scan), listed once it reads (also when another file opened with
+            # it is the one shown); its thumbnail from the image just read
             self.run(thumbnail_of, rad, on_result=lambda arr, p=path: self.thumbnailReady.emit(p, arr),
                      on_error=lambda e: None)
+        if not current:
+            return
         self.rad, self.rad_path = rad, path
         for s in self.slots:
             s.gmap = None

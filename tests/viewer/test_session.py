@@ -185,3 +185,18 @@ def test_a_phrase_being_typed_is_encoded_ahead(qtbot, session, two_studies):
     session.mapReady.connect(got.append)
     session.ground_phrase("right upper lobe mass")
     assert got == [0]  # Enter: already encoded, the map is drawn without a worker
+
+
+def test_several_files_opened_at_once_are_all_listed(qtbot, session, two_studies, tmp_path):
+    """`elvis-viewer a.dcm b.dcm`, a multi-file drop or File → Open: every file that reads is listed (each read used
+    to be superseded by the next one, so only the last file appeared) and a broken one is reported."""
+    s1 = two_studies / "files" / "p10" / "p10000001" / "s50000001"
+    bad = tmp_path / "bad.dcm"
+    bad.write_bytes(b"not a dicom file at all")
+    paths = [str(s1 / "a_ct.dcm"), str(bad), str(s1 / "b_mr.dcm")]
+    session.open_paths(paths)
+    qtbot.waitUntil(lambda: len(session.entries) == 2 and any("bad.dcm" in m for _, m in session.problems),
+                    timeout=30000)
+    _idle(qtbot, session)
+    assert sorted(os.path.basename(e.path) for e in session.entries) == ["a_ct.dcm", "b_mr.dcm"]
+    assert session.rad_path == paths[-1]  # the last one opened is shown
