@@ -31,6 +31,15 @@ def err_text(exc: BaseException) -> str:
     return str(exc) if isinstance(exc, ElvisError) else f"{type(exc).__name__}: {exc}"
 
 
+def _is_report_file(path: str) -> bool:
+    """A .txt report or a report stored as a DICOM SR (header-only check)."""
+    if path.lower().endswith(".txt"):
+        return True
+    from elvis_core.io.sr_report import is_text_report_sr
+
+    return bool(is_text_report_sr(path))
+
+
 @dataclass
 class ModelSlot:
     """One checkpoint (slot 0 = main, slot 1 = compare)."""
@@ -148,28 +157,29 @@ class ViewerSession(QtCore.QObject):
         return self._abs.get(abspath)
 
     def open_paths(self, paths: Sequence[str]) -> None:
+        paths = [os.fspath(p) for p in paths]
+        files = [p for p in paths if os.path.isfile(p) and not p.lower().endswith(".csv")]
+        reports = [p for p in files if _is_report_file(p)]
+        # one report opened together with image files (`elvis-viewer img.dcm report.txt`, a drop): it is theirs
+        with_report = reports[0] if len(reports) == 1 and len(files) > 1 else None
         for p in paths:
-            p = os.fspath(p)
             if os.path.isdir(p):
                 self.open_folder(p)
+            elif p == with_report:
+                continue
             elif os.path.exists(p):
-                self.open_file(p)
+                self.open_file(p, report_path=with_report)
             else:
                 self.problem(p, f"{p}: no such file or folder")
 
-    def open_file(self, path: str) -> None:
+    def open_file(self, path: str, report_path: Optional[str] = None) -> None:
+        """Open one file: annotations (.csv), a report (.txt or a report SR: the current image's report), or an
+        image (listed once it reads), whose report is ``report_path`` or the one beside its study folder."""
         path = os.fspath(path)
-        low = path.lower()
-        if low.endswith(".csv"):
+        if path.lower().endswith(".csv"):
             self.load_annotations(path)
             return
-        if low.endswith(".txt"):
-            self.run(read_report, path, on_result=self._set_report,
-                     on_error=lambda e: self.problem(path, err_text(e)))
-            return
-        from elvis_core.io.sr_report import is_text_report_sr
-
-        if is_text_report_sr(path):  # a report stored as a DICOM SR (header-only check): the current report
+        if _is_report_file(path):
             self.run(read_report, path, on_result=self._set_report,
                      on_error=lambda e: self.problem(path, err_text(e)))
             return
@@ -179,7 +189,7 @@ class ViewerSession(QtCore.QObject):
             return
         # listed only once it reads: a broken file goes to Problems, never into the study list
         self.select_image(path, entry=ImageEntry(path=path, label=os.path.basename(path), study_key=path,
-                                                 report_path=report_beside(path),
+                                                 report_path=report_path or report_beside(path),
                                                  study_label=os.path.basename(os.path.dirname(path))))
 
     def open_folder(self, root: str) -> None:

@@ -200,3 +200,37 @@ def test_several_files_opened_at_once_are_all_listed(qtbot, session, two_studies
     _idle(qtbot, session)
     assert sorted(os.path.basename(e.path) for e in session.entries) == ["a_ct.dcm", "b_mr.dcm"]
     assert session.rad_path == paths[-1]  # the last one opened is shown
+
+
+def test_an_image_opened_with_its_report_file_shows_that_report(qtbot, session, tmp_path):
+    """`elvis-viewer image.dcm report.txt` (either order, or both dropped together): the report belongs to the image
+    (the image's read used to replace it with "no report"), and stays with it when the image is opened again."""
+    img = tmp_path / "a" / "img.dcm"
+    img.parent.mkdir()
+    shutil.copy(get_testdata_file("CT_small.dcm"), img)
+    other = tmp_path / "b" / "other.dcm"
+    other.parent.mkdir()
+    shutil.copy(get_testdata_file("MR_small.dcm"), other)
+    rep = tmp_path / "notes" / "report.txt"
+    rep.parent.mkdir()
+    rep.write_text(REPORT)
+    for order in ([img, rep], [rep, img]):
+        s = ViewerSession()
+        s.open_paths([str(p) for p in order])
+        _idle(qtbot, s)
+        assert s.rad_path == str(img)
+        assert s.report is not None and "left basal opacity" in s.report.text, order
+        s.open_paths([str(other)])
+        _idle(qtbot, s)
+        assert s.report is None  # another image: its own (no) report
+        s.select_image(str(img))
+        _idle(qtbot, s)
+        assert s.report is not None and "left basal opacity" in s.report.text
+    # a report opened on its own still becomes the current image's report
+    s = ViewerSession()
+    s.open_paths([str(other)])
+    _idle(qtbot, s)
+    s.open_paths([str(rep)])
+    _idle(qtbot, s)
+    assert s.report is not None and s.rad_path == str(other)
+    workers.wait_all(30000)
