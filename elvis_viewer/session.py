@@ -40,6 +40,14 @@ def _is_report_file(path: str) -> bool:
     return bool(is_text_report_sr(path))
 
 
+def _label_from_image(entry: "ImageEntry", rad) -> None:
+    """A file opened on its own is labelled like a scanned one: "PA name.dcm 1841x1955" under "folder [CR]"."""
+    view, modality = rad.meta.get("ViewPosition"), rad.meta.get("Modality")
+    entry.label = f"{view + ' ' if view else ''}{os.path.basename(entry.path)} {rad.cols}x{rad.rows}"
+    if modality and not entry.study_label.endswith("]"):
+        entry.study_label = f"{entry.study_label} [{modality}]"
+
+
 @dataclass
 class ModelSlot:
     """One checkpoint (slot 0 = main, slot 1 = compare)."""
@@ -294,6 +302,8 @@ class ViewerSession(QtCore.QObject):
             return
         self._remember(path, result)
         rad, report, report_err = result
+        if entry is not None and self._find_abs(os.path.abspath(path)) is None:
+            _label_from_image(entry, rad)
         if entry is not None and self._add_entries([entry]):
             # a file opened on its own (no folder scan), listed once it reads (also when another file opened with
             # it is the one shown); its thumbnail from the image just read

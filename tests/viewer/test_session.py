@@ -234,3 +234,15 @@ def test_an_image_opened_with_its_report_file_shows_that_report(qtbot, session, 
     _idle(qtbot, s)
     assert s.report is not None and s.rad_path == str(other)
     workers.wait_all(30000)
+
+
+def test_a_file_opened_on_its_own_is_labelled_like_a_scanned_one(qtbot, session, tmp_path):
+    """View, name and size in the list, modality in the study header, as for the images of a scanned folder."""
+    img = tmp_path / "rg1" / "chest.dcm"
+    img.parent.mkdir()
+    shutil.copy(get_testdata_file("RG1_UNCI.dcm"), img)
+    session.open_paths([str(img)])
+    _idle(qtbot, session)
+    (e,) = session.entries
+    assert e.label == f"PA chest.dcm {session.rad.cols}x{session.rad.rows}"
+    assert e.study_label == "rg1 [CR]"
