@@ -16,5 +16,6 @@ setup(
         "elvis_viewer": ["*.qss"],
         "elvis_resources": ["demo/**/*", "demo_model/*", "configs/*", "icons/*", "*.desktop"],
     },
-    exclude_package_data={"elvis_resources": ["make_demo.py"]},
+    # review stores beside the demo CSV (elvis-viewer --demo --review in a checkout) are user data, not the demo
+    exclude_package_data={"elvis_resources": ["make_demo.py", "demo/*.review.sqlite*"]},
 )

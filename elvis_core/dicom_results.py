@@ -29,6 +29,7 @@ here logs them. :func:`dciodvfy` runs dicom3tools' validator on a written file.
 
 from __future__ import annotations
 
+import logging
 import os
 import shutil
 import subprocess
@@ -39,6 +40,10 @@ from typing import Dict, Iterable, List, Optional, Sequence, Tuple
 import numpy as np
 
 from elvis_core.errors import ElvisError
+
+# highdicom logs every module it copies from the source at INFO ("copy Patient-related attributes from dataset
+# <SOP Instance UID>", nine lines per object): not for the command line's output, nor for its logs
+logging.getLogger("highdicom").setLevel(logging.WARNING)
 
 MANUFACTURER = "ELVIS Viewer"
 MODEL_NAME = "elvis-viewer"

@@ -200,7 +200,7 @@ def _shutdown(win, app, code: int, hard: bool) -> int:
 def open_from_args(win, args, app=None) -> None:
     """Apply the command line to a window (also used by tests)."""
     paths = list(args.paths)
-    checkpoint, annotations = args.checkpoint, args.annotations
+    checkpoint, annotations, images = args.checkpoint, args.annotations, args.images
     if args.demo:
         missing = [str(p) for p in (DEMO_STUDIES, DEMO_MODEL) if not p.exists()]
         if missing:
@@ -211,11 +211,12 @@ def open_from_args(win, args, app=None) -> None:
         checkpoint = checkpoint or str(DEMO_MODEL)
         if annotations is None and DEMO_ANNOTATIONS.exists():
             annotations = str(DEMO_ANNOTATIONS)
+            images = images or str(DEMO_STUDIES)  # the demo CSV's paths are relative to the demo folder
     overlay_range = getattr(args, "overlay_range", None)
     if overlay_range:
         win.overlay_panel.change(range=overlay_range)
     if annotations:
-        win.load_annotations(annotations, images_root=args.images)
+        win.load_annotations(annotations, images_root=images)
     if checkpoint:
         win.load_checkpoint(checkpoint, 0)
     if args.compare:
@@ -224,12 +225,12 @@ def open_from_args(win, args, app=None) -> None:
     if args.review:
         if win.review_view is None:
             win.show_message("Review mode is not available in this build (elvis_viewer.review missing)")
-        elif not (annotations and args.images):
+        elif not (annotations and images):
             win.show_message("--review needs --annotations CSV and --images ROOT")
         else:
             win.tabs.setCurrentWidget(win.review_view)
             try:
-                win.review_view.load(annotations, args.images)
+                win.review_view.load(annotations, images)
             except Exception as e:  # shown, not a traceback
                 win.show_message(f"Review: {e}")
     if paths:

@@ -570,16 +570,18 @@ class MainWindow(QtWidgets.QMainWindow):
             self.recent_menu.addAction("(none)").setEnabled(False)
 
     def _restore_state(self):
-        g = self.settings.value("geometry")
-        if g is not None:
-            self.restoreGeometry(g)
-        st = self.settings.value("state")
-        if st is not None:
-            self.restoreState(st)
+        for key, restore in (("geometry", self.restoreGeometry), ("state", self.restoreState)):
+            if self.settings.value(key) is not None:
+                restore(self.settings.value(key))
 
-    def save_state(self):
+    def save_state(self):  # saves the Viewer's own panel layout, not the Review tab's (which hides them all)
         self.settings.setValue("geometry", self.saveGeometry())
+        layout = self._tab_layouts.get("viewer", {}) if self.tabs.currentWidget() is not self.viewer_page else {}
+        for d, vis in layout.items():
+            d.setVisible(vis)
         self.settings.setValue("state", self.saveState())
+        for d in layout:
+            d.hide()
         self.settings.sync()
 
     def closeEvent(self, ev):

@@ -71,6 +71,9 @@ class ReportView(QtWidgets.QTextEdit):
             self.annotated = []
             return
         self.spans = SpanMap(report.text)
+        # setPlainText inserts with the text cursor's current format: after a phrase inside a negated / uncertain
+        # scope was selected, that is the scope's underline, and it would spill over the whole new report
+        self.setCurrentCharFormat(QtGui.QTextCharFormat())
         self.setPlainText(report.text)
         cur = QtGui.QTextCursor(self.document())
         hdr = QtGui.QTextCharFormat()

@@ -23,11 +23,29 @@ from PySide6 import QtCore
 from elvis_core.errors import ElvisError
 from elvis_viewer import workers
 from elvis_viewer.session_tasks import (encode_typed, ground, image_and_report, load_engine, prepare_engine,
-                                        read_report, report_beside, scan_folder, thumbnails)
+                                        read_report, report_beside, scan_folder, thumbnail_of,
+                                        thumbnails)
 
 
 def err_text(exc: BaseException) -> str:
     return str(exc) if isinstance(exc, ElvisError) else f"{type(exc).__name__}: {exc}"
+
+
+def _is_report_file(path: str) -> bool:
+    """A .txt report or a report stored as a DICOM SR (header-only check)."""
+    if path.lower().endswith(".txt"):
+        return True
+    from elvis_core.io.sr_report import is_text_report_sr
+
+    return bool(is_text_report_sr(path))
+
+
+def _label_from_image(entry: "ImageEntry", rad) -> None:
+    """A file opened on its own is labelled like a scanned one: "PA name.dcm 1841x1955" under "folder [CR]"."""
+    view, modality = rad.meta.get("ViewPosition"), rad.meta.get("Modality")
+    entry.label = f"{view + ' ' if view else ''}{os.path.basename(entry.path)} {rad.cols}x{rad.rows}"
+    if modality and not entry.study_label.endswith("]"):
+        entry.study_label = f"{entry.study_label} [{modality}]"
 
 
 @dataclass
@@ -147,28 +165,29 @@ class ViewerSession(QtCore.QObject):
         return self._abs.get(abspath)
 
     def open_paths(self, paths: Sequence[str]) -> None:
+        paths = [os.fspath(p) for p in paths]
+        files = [p for p in paths if os.path.isfile(p) and not p.lower().endswith(".csv")]
+        reports = [p for p in files if _is_report_file(p)]
+        # one report opened together with image files (`elvis-viewer img.dcm report.txt`, a drop): it is theirs
+        with_report = reports[0] if len(reports) == 1 and len(files) > 1 else None
         for p in paths:
-            p = os.fspath(p)
             if os.path.isdir(p):
                 self.open_folder(p)
+            elif p == with_report:
+                continue
             elif os.path.exists(p):
-                self.open_file(p)
+                self.open_file(p, report_path=with_report)
             else:
                 self.problem(p, f"{p}: no such file or folder")
 
-    def open_file(self, path: str) -> None:
+    def open_file(self, path: str, report_path: Optional[str] = None) -> None:
+        """Open one file: annotations (.csv), a report (.txt or a report SR: the current image's report), or an
+        image (listed once it reads), whose report is ``report_path`` or the one beside its study folder."""
         path = os.fspath(path)
-        low = path.lower()
-        if low.endswith(".csv"):
+        if path.lower().endswith(".csv"):
             self.load_annotations(path)
             return
-        if low.endswith(".txt"):
-            self.run(read_report, path, on_result=self._set_report,
-                     on_error=lambda e: self.problem(path, err_text(e)))
-            return
-        from elvis_core.io.sr_report import is_text_report_sr
-
-        if is_text_report_sr(path):  # a report stored as a DICOM SR (header-only check): the current report
+        if _is_report_file(path):
             self.run(read_report, path, on_result=self._set_report,
                      on_error=lambda e: self.problem(path, err_text(e)))
             return
@@ -178,7 +197,7 @@ class ViewerSession(QtCore.QObject):
             return
         # listed only once it reads: a broken file goes to Problems, never into the study list
         self.select_image(path, entry=ImageEntry(path=path, label=os.path.basename(path), study_key=path,
-                                                 report_path=report_beside(path),
+                                                 report_path=report_path or report_beside(path),
                                                  study_label=os.path.basename(os.path.dirname(path))))
 
     def open_folder(self, root: str) -> None:
@@ -272,16 +291,26 @@ class ViewerSession(QtCore.QObject):
             self._on_read(gen, path, entry, self._cache[path])
             return
         self.message.emit(f"Reading {os.path.basename(path)} …", False)
+        # a newly opened file (``entry``) is reported even when a later request superseded it (several files opened)
         self.run(image_and_report, path, report_path, on_result=lambda r: self._on_read(gen, path, entry, r),
-                 on_error=lambda exc: self._image_gen.is_current(gen) and self.problem(path, err_text(exc)))
+                 on_error=lambda exc: (entry is not None or self._image_gen.is_current(gen))
+                 and self.problem(path, err_text(exc)))
 
     def _on_read(self, gen, path, entry, result) -> None:
-        if not self._image_gen.is_current(gen):
+        current = self._image_gen.is_current(gen)
+        if not current and entry is None:
             return
         self._remember(path, result)
-        if entry is not None:
-            self._add_entries([entry])
         rad, report, report_err = result
+        if entry is not None and self._find_abs(os.path.abspath(path)) is None:
+            _label_from_image(entry, rad)
+        if entry is not None and self._add_entries([entry]):
+            # a file opened on its own (no folder scan), listed once it reads (also when another file opened with
+            # it is the one shown); its thumbnail from the image just read
+            self.run(thumbnail_of, rad, on_result=lambda arr, p=path: self.thumbnailReady.emit(p, arr),
+                     on_error=lambda e: None)
+        if not current:
+            return
         self.rad, self.rad_path = rad, path
         for s in self.slots:
             s.gmap = None

@@ -47,18 +47,22 @@ def image_and_report(path: str, report_path: Optional[str]):
     return rad, report, err
 
 
-def thumbnails(paths: List[str], size: int = 96):
+def thumbnail_of(rad, size: int = 96) -> np.ndarray:
+    """A small uint8 picture of a Radiograph (its default window / VOI LUT), about ``size`` pixels on the long side."""
     from elvis_core.io.display import to_uint8
     from elvis_core.io.radiograph import Radiograph
 
+    step = max(1, int(max(rad.shape) // size))
+    small = Radiograph(pixels=np.ascontiguousarray(rad.pixels[::step, ::step]), windows=rad.windows,
+                       voi_lut=rad.voi_lut)
+    return np.ascontiguousarray(to_uint8(small, use_voi_lut=not rad.windows))
+
+
+def thumbnails(paths: List[str], size: int = 96):
     out = []
     for p in paths:
         try:
-            rad = read_image(p)
-            step = max(1, int(max(rad.shape) // size))
-            small = Radiograph(pixels=np.ascontiguousarray(rad.pixels[::step, ::step]), windows=rad.windows,
-                               voi_lut=rad.voi_lut)
-            out.append((p, np.ascontiguousarray(to_uint8(small, use_voi_lut=not rad.windows))))
+            out.append((p, thumbnail_of(read_image(p), size)))
         except Exception:
             out.append((p, None))
     return out

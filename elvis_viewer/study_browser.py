@@ -25,6 +25,7 @@ class _EntryList(QtWidgets.QListWidget):
         super().__init__(parent)
         self.session = session
         self.rows: Dict[str, QtWidgets.QListWidgetItem] = {}
+        self.icons: Dict[str, QtGui.QIcon] = {}  # kept across rebuilds (opening more files rebuilds the list)
         self._syncing = False
         self.currentItemChanged.connect(self._on_current)
         session.imageChanged.connect(self.follow)
@@ -46,9 +47,13 @@ class _EntryList(QtWidgets.QListWidget):
             self._syncing = False
 
     def set_thumbnail(self, path: str, arr) -> None:
-        item = self.rows.get(path)
-        if item is not None:
-            item.setIcon(_icon(arr))
+        self.icons[path] = _icon(arr)
+        self._apply_icon(path)
+
+    def _apply_icon(self, path: str) -> None:
+        item, icon = self.rows.get(path), self.icons.get(path)
+        if item is not None and icon is not None:
+            item.setIcon(icon)
             item.setData(ROLE + 1, True)
 
     def rebuild(self) -> None:  # the owner fills the list
@@ -111,6 +116,7 @@ class StudyBrowser(QtWidgets.QWidget):
             item.setToolTip(e.path)
             lst.addItem(item)
             lst.rows[e.path] = item
+            lst._apply_icon(e.path)
         lst._syncing = False
         if self.session.rad_path:
             lst.follow(self.session.rad_path)
@@ -158,6 +164,7 @@ class ThumbnailStrip(_EntryList):
             item.setTextAlignment(QtCore.Qt.AlignmentFlag.AlignHCenter)
             self.addItem(item)
             self.rows[e.path] = item
+            self._apply_icon(e.path)
         self._syncing = False
         self.setVisible(self.wanted and self.count() > 0)
         if self.session.rad_path:

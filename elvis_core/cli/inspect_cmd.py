@@ -58,6 +58,12 @@ def _kind(path: str) -> str:
     return "report"
 
 
+def _is_report_sr(path: str) -> bool:
+    from elvis_core.io.sr_report import is_text_report_sr
+
+    return bool(is_text_report_sr(path))
+
+
 def radiograph_summary(path: str, frame: int = 0) -> Dict[str, Any]:
     import numpy as np
 
@@ -227,6 +233,8 @@ def run(args: argparse.Namespace) -> int:
         info: Dict[str, Any] = {"kind": "tags", "path": path, "rows": dicom_tag_rows(path)}
     elif kind in ("folder", "dicomdir"):
         info = scan_summary(path, progress=not args.json, reports_root=args.reports)
+    elif kind == "dicom" and _is_report_sr(path):
+        info = report_summary(path)  # a report stored as a DICOM SR (as a PACS holds it): summarised like a .txt
     elif kind in ("dicom", "image"):
         info = radiograph_summary(path, args.frame)
     else:

@@ -101,6 +101,7 @@ def read_weights(path: os.PathLike | str) -> Dict[str, torch.Tensor]:
             raise ModelImportError(f"truncated or damaged PyTorch file ({type(err).__name__})", p) from None
         except (RuntimeError, OSError, ValueError, TypeError, AttributeError, KeyError, IndexError) as err:
             msg = str(err).splitlines()[0] if str(err) else type(err).__name__
+            msg = re.split(r"(?<=[a-z])\. ", msg)[0]  # torch's first sentence; the rest is advice for its developers
             kind = "truncated or damaged" if re.search(r"zip|archive|central directory|EOF|corrupt|failed finding",
                                                        msg, re.I) else "unreadable"
             raise ModelImportError(f"{kind} PyTorch file ({msg[:160]})", p) from None

@@ -200,6 +200,9 @@ def test_bad_inputs_one_line_nonzero_nothing_written(biovil, tmp_path, capsys):
     trunc.write_bytes(data[: len(data) // 2])
     rc, err = _import_cli(capsys, "biovil", "--image-weights", trunc, "--text-model", text, "--out", out)
     assert rc != 0 and "\n" not in err and "trunc.pt" in err and "truncated" in err and "Traceback" not in err
+    trunc.write_bytes(data[:1000])  # cut inside the zip: torch's long miniz message, only its first sentence
+    rc, err = _import_cli(capsys, "biovil", "--image-weights", trunc, "--text-model", text, "--out", out)
+    assert rc != 0 and "\n" not in err and "truncated" in err and "internal miniz" not in err and err.endswith(")")
     # a pickle holding something besides tensors: refused by weights-only loading
     evil = tmp_path / "evil.pt"
     torch.save({"encoder.encoder.conv1.weight": torch.zeros(1), "x": NotATensor()}, evil)

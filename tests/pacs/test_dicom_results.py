@@ -208,3 +208,19 @@ def test_ground_dicom_out_cli(tmp_path, capsys):
                         "x", "--out", str(out / "n.png"), "--dicom-out", str(out / "d2")], capture_output=True,
                        text=True, cwd=str(REPO), timeout=120)
     assert r.returncode == 2 and "x.png: not a readable DICOM file" in r.stderr and "Traceback" not in r.stderr
+
+
+def test_building_objects_logs_nothing_at_info(caplog):
+    """`elvis` logs at INFO: highdicom's per-module "copy Patient-related attributes from dataset <UID>" lines must
+    not flood the command line (nine lines per SEG/SR, with the source's UIDs)."""
+    import logging
+
+    caplog.set_level(logging.INFO)
+    src = read_source(RG1)
+    sim = np.full((src.Rows, src.Columns), -0.1, np.float32)
+    sim[800:1000, 500:700] = 0.3
+    grounding_seg(src, sim, "right lower lobe opacity", "demo_model", "ab" * 32)
+    review_sr(src, [SrBox(x=500, y=800, w=200, h=200, category="Lung Opacity", phrase="opacity",
+                          decision="accepted", reviewer="QA")])
+    noisy = [r for r in caplog.records if r.name.startswith("highdicom") and r.levelno < logging.WARNING]
+    assert not noisy, [r.getMessage() for r in noisy[:3]]

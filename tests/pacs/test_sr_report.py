@@ -89,3 +89,26 @@ def test_viewer_session_opens_an_sr_report_file(qtbot, tmp_path):
     s.open_paths([str(sr)])  # like dropping the SR on the window: it becomes the report, not a broken image
     qtbot.waitUntil(lambda: s.report is not None and s.report.section("IMPRESSION") is not None, timeout=30000)
     assert s.rad is not None and not s.problems
+
+
+def test_inspect_summarises_an_sr_report_like_a_text_report(tmp_path, capsys):
+    """`elvis inspect report.dcm` (a report SR from a PACS) prints the sections and sentences, as for a .txt; a
+    measurement SR stays a one-line error; no identifier of the source is printed."""
+    import pydicom
+
+    from elvis_core.cli import main
+
+    rg1 = get_testdata_file("RG1_UNCI.dcm")
+    p = report_sr(rg1, {"FINDINGS": FINDINGS, "IMPRESSION": IMPRESSION}, tmp_path / "report.dcm")
+    assert main(["inspect", str(p)]) == 0
+    out = capsys.readouterr().out
+    assert "2 sections, 4 sentences" in out and "[IMPRESSION]" in out and "Small right pleural effusion." in out
+    src = pydicom.dcmread(rg1, stop_before_pixels=True)
+    assert str(src.PatientName) not in out and str(src.PatientID) not in out
+    assert main(["inspect", str(p), "--json"]) == 0
+    assert '"kind": "report"' in capsys.readouterr().out
+    src = read_source(rg1)
+    m = write_dataset(review_sr(src, [SrBox(10, 10, 50, 50, "Edema", "edema", "accepted", "a")]), tmp_path / "m.dcm")
+    assert main(["inspect", str(m)]) == 2
+    err = capsys.readouterr().err
+    assert "m.dcm" in err and len(err.strip().splitlines()) == 1

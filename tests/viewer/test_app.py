@@ -95,3 +95,26 @@ def test_report_view_click_and_keys(qtbot):
     cur = QtGui.QTextCursor(rv.document())
     cur.setPosition(rv.spans.to_qt(rep.text.index("FINDINGS")) + 1)
     assert cur.charFormat().fontWeight() == QtGui.QFont.Weight.Bold
+
+
+def test_next_report_does_not_inherit_the_previous_marks(qtbot):
+    """Opening another report after a phrase inside a negated / uncertain scope was selected: the new text must not
+    take that scope's underline (the text cursor's format used to spill over the whole next report)."""
+    from elvis_core.io.report import parse_report
+
+    first = parse_report("FINDINGS:\nModerate perihilar edema is likely present. No pneumothorax.\n")
+    second = parse_report("FINDINGS:\nHeart size is normal.\n\nIMPRESSION:\nStable chest.\n")
+    rv = ReportView()
+    qtbot.addWidget(rv)
+    rv.show()
+    for phrase in ("Moderate perihilar edema", "pneumothorax"):
+        rv.set_report(first)
+        start = first.text.index(phrase)
+        rv.select_span(start, start + len(phrase), emit=False)
+        rv.set_report(second)
+        for word in ("FINDINGS", "Heart size", "normal", "Stable chest"):
+            cur = QtGui.QTextCursor(rv.document())
+            cur.setPosition(rv.spans.to_qt(second.text.index(word)) + 1)
+            fmt = cur.charFormat()
+            assert fmt.underlineStyle() == QtGui.QTextCharFormat.UnderlineStyle.NoUnderline, (phrase, word)
+            assert fmt.foreground().color().name() != QtGui.QColor(ReportView.NEGATED_COLOR).name()

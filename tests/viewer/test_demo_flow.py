@@ -1,6 +1,8 @@
 """--demo end to end on a phantom study folder and a saved checkpoint: the first annotated phrase is selected, its
 map is drawn where the core says (peak cell), its boxes where the CSV says; --review opens the Review tab."""
 
+import shutil
+
 import numpy as np
 import pytest
 from PySide6 import QtCore
@@ -91,6 +93,31 @@ def test_review_flag_opens_review_tab(qtbot, tmp_path, demo_resources):
     assert "Review" not in win.message_label.text()
     workers.wait_all()
 
+
+
+def test_demo_review_opens_the_demo_queue(qtbot, tmp_path, monkeypatch, demo_resources):
+    """`elvis-viewer --demo --review`: the review of the demo's own annotations over the demo images (it used to
+    stay on the Viewer tab with "--review needs --annotations CSV and --images ROOT")."""
+    studies, model_dir, _ = demo_resources
+    demo = tmp_path / "demo"  # a copy: the review store is written beside the CSV
+    shutil.copytree(studies, demo)
+    monkeypatch.setattr(app_mod, "DEMO_STUDIES", demo)
+    monkeypatch.setattr(app_mod, "DEMO_MODEL", model_dir)
+    monkeypatch.setattr(app_mod, "DEMO_ANNOTATIONS", demo / "ms_cxr.csv")
+    settings = QtCore.QSettings(str(tmp_path / "s.ini"), QtCore.QSettings.Format.IniFormat)
+    settings.setValue("review/reviewer", "T. Ester")
+    win = MainWindow(settings=settings)
+    qtbot.addWidget(win)
+    if win.review_view is None:
+        pytest.skip("elvis_viewer.review is not importable in this build")
+    app_mod.open_from_args(win, app_mod.build_parser().parse_args(["--demo", "--review"]))
+    rv = win.review_view
+    assert win.tabs.currentWidget() is rv
+    assert rv.session is not None and len(rv.session.items) > 0 and not rv.session.problems, rv.last_error
+    assert "--review needs" not in win.message_label.text()
+    qtbot.waitUntil(lambda: win.slots[0].engine is not None, timeout=60000)
+    rv.close()
+    workers.wait_all()
 
 def test_review_with_checkpoint_maps_the_first_item_once_the_model_loads(qtbot, tmp_path, demo_resources):
     """`--review --checkpoint`: the model loads after the first item is shown; its map must follow on its own."""

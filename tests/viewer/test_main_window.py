@@ -100,6 +100,21 @@ def test_open_single_corrupt_file_shows_error_not_crash(qtbot, win, study_root, 
     assert win.rad.shape == (64, 64)
 
 
+
+def test_single_opened_files_get_thumbnails_too(qtbot, win, study_root):
+    """A file opened on its own (command line, File → Open, drop) has a thumbnail in the list and the strip, as the
+    images of a scanned folder do (the strip used to show just a text label), and opening another one keeps the
+    thumbnails already there (each rebuild of the lists used to drop them)."""
+    sdir = study_root / "files/p10/p10000001/s50000001"
+    for name in ("a_ct.dcm", "b_mr.dcm"):
+        with qtbot.waitSignal(win.imageShown, timeout=30000):
+            win.open_paths([str(sdir / name)])
+    qtbot.waitUntil(lambda: sum(not it.icon().isNull() for it in win.thumb_strip.rows.values()) == 2, timeout=10000)
+    assert sum(not it.icon().isNull() for it in win.study_browser.list.rows.values()) == 2
+    icon = win.thumb_strip.rows[str(sdir / "b_mr.dcm")].icon().pixmap(72, 72).toImage()
+    colours = {icon.pixelColor(x, y).name() for x in range(0, icon.width(), 5) for y in range(0, icon.height(), 5)}
+    assert len(colours) > 5  # a picture of the image, not a blank square
+
 def test_click_sentence_grounds_and_overlay_covers_image(qtbot, win, study_root):
     _open_study(qtbot, win, study_root)
     win.load_checkpoint(None, 0, factory=_demo_model, name="demo-test")
@@ -336,6 +351,29 @@ def test_settings_recent_and_geometry_restored(qtbot, study_root, tmp_path):
     # not the 1500x950 default (the offscreen screen is ~800 px wide, so allow the clamp of a few px)
     assert w2.height() == saved.height() and abs(w2.width() - saved.width()) <= 10
 
+
+
+def test_closing_on_the_review_tab_keeps_the_viewer_panels(qtbot, tmp_path):
+    """The Review tab hides the Viewer's panels and toolbar; closing the window there must not save that as the
+    Viewer's layout (the next start showed no studies, no report and no toolbar)."""
+    ini = str(tmp_path / "s.ini")
+    w1 = MainWindow(settings=QtCore.QSettings(ini, QtCore.QSettings.Format.IniFormat))
+    qtbot.addWidget(w1)
+    w1.show()
+    qtbot.waitExposed(w1)
+    if w1.review_view is None:
+        pytest.skip("elvis_viewer.review is not importable in this build")
+    w1.overlay_dock.hide()  # a panel the user closed on purpose stays closed
+    w1.tabs.setCurrentWidget(w1.review_view)
+    assert not w1.study_dock.isVisible() and not w1.toolbar.isVisible()
+    w1.close()
+    w2 = MainWindow(settings=QtCore.QSettings(ini, QtCore.QSettings.Format.IniFormat))
+    qtbot.addWidget(w2)
+    w2.show()
+    qtbot.waitExposed(w2)
+    assert w2.tabs.currentWidget() is w2.viewer_page
+    assert w2.study_dock.isVisible() and w2.report_dock.isVisible() and w2.toolbar.isVisible()
+    assert not w2.overlay_dock.isVisible()
 
 def test_shortcut_sheet(qtbot, win):
     dlg = win.show_shortcuts()

@@ -185,3 +185,64 @@ def test_a_phrase_being_typed_is_encoded_ahead(qtbot, session, two_studies):
     session.mapReady.connect(got.append)
     session.ground_phrase("right upper lobe mass")
     assert got == [0]  # Enter: already encoded, the map is drawn without a worker
+
+
+def test_several_files_opened_at_once_are_all_listed(qtbot, session, two_studies, tmp_path):
+    """`elvis-viewer a.dcm b.dcm`, a multi-file drop or File → Open: every file that reads is listed (each read used
+    to be superseded by the next one, so only the last file appeared) and a broken one is reported."""
+    s1 = two_studies / "files" / "p10" / "p10000001" / "s50000001"
+    bad = tmp_path / "bad.dcm"
+    bad.write_bytes(b"not a dicom file at all")
+    paths = [str(s1 / "a_ct.dcm"), str(bad), str(s1 / "b_mr.dcm")]
+    session.open_paths(paths)
+    qtbot.waitUntil(lambda: len(session.entries) == 2 and any("bad.dcm" in m for _, m in session.problems),
+                    timeout=30000)
+    _idle(qtbot, session)
+    assert sorted(os.path.basename(e.path) for e in session.entries) == ["a_ct.dcm", "b_mr.dcm"]
+    assert session.rad_path == paths[-1]  # the last one opened is shown
+
+
+def test_an_image_opened_with_its_report_file_shows_that_report(qtbot, session, tmp_path):
+    """`elvis-viewer image.dcm report.txt` (either order, or both dropped together): the report belongs to the image
+    (the image's read used to replace it with "no report"), and stays with it when the image is opened again."""
+    img = tmp_path / "a" / "img.dcm"
+    img.parent.mkdir()
+    shutil.copy(get_testdata_file("CT_small.dcm"), img)
+    other = tmp_path / "b" / "other.dcm"
+    other.parent.mkdir()
+    shutil.copy(get_testdata_file("MR_small.dcm"), other)
+    rep = tmp_path / "notes" / "report.txt"
+    rep.parent.mkdir()
+    rep.write_text(REPORT)
+    for order in ([img, rep], [rep, img]):
+        s = ViewerSession()
+        s.open_paths([str(p) for p in order])
+        _idle(qtbot, s)
+        assert s.rad_path == str(img)
+        assert s.report is not None and "left basal opacity" in s.report.text, order
+        s.open_paths([str(other)])
+        _idle(qtbot, s)
+        assert s.report is None  # another image: its own (no) report
+        s.select_image(str(img))
+        _idle(qtbot, s)
+        assert s.report is not None and "left basal opacity" in s.report.text
+    # a report opened on its own still becomes the current image's report
+    s = ViewerSession()
+    s.open_paths([str(other)])
+    _idle(qtbot, s)
+    s.open_paths([str(rep)])
+    _idle(qtbot, s)
+    assert s.report is not None and s.rad_path == str(other)
+    workers.wait_all(30000)
+
+
+def test_a_file_opened_on_its_own_is_labelled_like_a_scanned_one(qtbot, session, tmp_path):
+    """View, name and size in the list, modality in the study header, as for the images of a scanned folder."""
+    img = tmp_path / "rg1" / "chest.dcm"
+    img.parent.mkdir()
+    shutil.copy(get_testdata_file("RG1_UNCI.dcm"), img)
+    session.open_paths([str(img)])
+    _idle(qtbot, session)
+    (e,) = session.entries
+    assert e.label == f"PA chest.dcm {session.rad.cols}x{session.rad.rows}"
+    assert e.study_label == "rg1 [CR]"
