@@ -4,7 +4,7 @@ image list; moving the current row (click, Up/Down, Home/End) opens that image."
 
 from __future__ import annotations
 
-from typing import Dict, Optional
+from typing import Dict
 
 import numpy as np
 from PySide6 import QtCore, QtGui, QtWidgets

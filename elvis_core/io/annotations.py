@@ -61,23 +61,6 @@ def resolve_annotation_image(images_root: os.PathLike | str, rel: str, allow_out
     from elvis_core.io.paths import resolve_image
 
     return resolve_image(images_root, rel, allow_outside=allow_outside, suffixes=tuple(suffixes))
-    is_abs = text.startswith("/") or re.match(r"^[A-Za-z]:", text) is not None
-    norm = os.path.normpath(text)
-    escapes = is_abs or norm == ".." or norm.startswith("../")
-    if escapes and not allow_outside:
-        raise OutsideImagesError(f"path {text[:200]!r} points outside the images folder (absolute or '..'); "
-                                 "pass --allow-paths-outside-images to allow it", None)
-    p = Path(text) if is_abs else root / norm
-    try:
-        if p.is_file():
-            return p
-        for suf in suffixes:
-            q = p.with_suffix(suf)
-            if q.is_file():
-                return q
-    except (OSError, ValueError):  # a name too long for the file system, a NUL byte
-        return None
-    return None
 
 
 @dataclass(frozen=True)

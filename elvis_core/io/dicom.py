@@ -17,8 +17,7 @@ from typing import Any, Dict, List, Optional, Tuple
 import numpy as np
 
 from elvis_core.errors import DicomReadError, UnsupportedDicomError
-from elvis_core.io.dicom_header import (ImageHeader, codestream_shapes, get_str, image_header, is_fatal, sanitize,
-                                        tag_name)
+from elvis_core.io.dicom_header import ImageHeader, codestream_shapes, get_str, image_header, is_fatal, sanitize
 from elvis_core.io.limits import check_frame, limits, mib
 from elvis_core.io.radiograph import Radiograph, VoiLut, Window
 

@@ -9,7 +9,6 @@ from __future__ import annotations
 import os
 from typing import Dict, List, Tuple
 
-from elvis_core.errors import DicomReadError
 
 def _profile_database():
     """The newest PS3.15 Annex E basic-profile table shipped by ``dicom-anonymizer`` (generated there from the

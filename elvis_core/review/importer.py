@@ -25,7 +25,6 @@ from elvis_core.review.model import ReviewBox, ReviewItem
 
 CSV_REQUIRED = ("dicom_id", "category_name", "label_text", "path", "x", "y", "w", "h", "image_width", "image_height")
 CSV_OPTIONAL = ("split",)
-from elvis_core.io.paths import IMAGE_SUFFIXES as ALT_SUFFIXES  # noqa: E402
 
 
 @dataclass
