@@ -111,15 +111,15 @@ class Generation:
 
     def __init__(self):
         self._n = 0
-        self._lock = threading.Lock()
+        self._mutex = threading.Lock()
 
     def next(self) -> int:
-        with self._lock:
+        with self._mutex:
             self._n += 1
             return self._n
 
     def is_current(self, n: int) -> bool:
-        with self._lock:
+        with self._mutex:
             return n == self._n
 
     @property
