@@ -691,7 +691,8 @@ def read_radiograph(path: os.PathLike | str, frame: int = 0, decoder: str = "aut
                 continue
             if inverted:
                 c = pivot - c
-            windows.append(Window(center=float(c), width=float(w), name=names[i] if i < len(names) else f"preset {i + 1}"))
+            name = names[i] if i < len(names) else f"file window {i + 1}"  # no WindowCenterWidthExplanation
+            windows.append(Window(center=float(c), width=float(w), name=name))
 
     # ---- VOI LUT
     voi: Optional[VoiLut] = None
