@@ -128,11 +128,14 @@ class ViewerSession(QtCore.QObject):
 
     # ------------------------------------------------------------------------------------------------- tasks
     def run(self, fn, *args, on_result=None, on_error=None, **kw) -> workers.Task:
+        """Run ``fn`` in a worker; its callbacks are dropped when they arrive after this session was deleted (a
+        result delivered while the window closes must not emit from a deleted QObject)."""
         self._pending += 1
 
         def done():
             self._pending -= 1
-        return workers.run_task(fn, *args, on_result=on_result, on_error=on_error, on_finished=done, **kw)
+        return workers.run_task(fn, *args, on_result=workers.while_alive(self, on_result),
+                                on_error=workers.while_alive(self, on_error), on_finished=done, **kw)
 
     def busy(self) -> bool:
         return self._pending > 0

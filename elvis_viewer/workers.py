@@ -96,6 +96,18 @@ def run_task(fn: Callable[..., Any], *args, on_result: Optional[Callable[[Any], 
     return task
 
 
+def while_alive(owner: QtCore.QObject, callback: Optional[Callable[..., None]]) -> Optional[Callable[..., None]]:
+    """``callback``, called only while ``owner``'s C++ object still exists (None stays None)."""
+    if callback is None:
+        return None
+    import shiboken6
+
+    def call(*args):
+        if shiboken6.isValid(owner):
+            callback(*args)
+    return call
+
+
 def pending() -> int:
     """How many tasks started by :func:`run_task` have not delivered their results yet (all owners)."""
     return len(_LIVE)

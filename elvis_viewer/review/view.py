@@ -27,7 +27,7 @@ from elvis_viewer.report_view import ReportView
 from elvis_viewer.review.box_layer import STATUS_COLORS, BoxLayer
 from elvis_viewer.review.tasks import _ground, _load_item_data, _preload
 from elvis_viewer.review.dialogs import ask_reject_reason, ask_rescale, ask_reviewer_name, settings_or_default
-from elvis_viewer.workers import Generation, run_task
+from elvis_viewer.workers import Generation, run_task, while_alive
 
 STATUS_MARK = {"unreviewed": "·", "accepted": "✓", "edited": "✎", "rejected": "✗"}
 
@@ -363,7 +363,8 @@ class ReviewView(QtWidgets.QWidget):
             return
         report = find_report(it)
         run_task(_load_item_data, it.key, it.image_path, None if report is None else str(report),
-                 on_result=lambda r, n=n: self._on_loaded(n, r), on_error=lambda e, n=n: self._on_load_error(n, e))
+                 on_result=while_alive(self, lambda r, n=n: self._on_loaded(n, r)),
+                 on_error=while_alive(self, lambda e, n=n: self._on_load_error(n, e)))
 
     def _engine(self):
         return self.engine_provider() if self.engine_provider else None
@@ -379,8 +380,9 @@ class ReviewView(QtWidgets.QWidget):
     def _request_map(self, n: int, it, rad) -> None:
         engine = self._engine()
         if engine is not None:
-            run_task(_ground, it.key, engine, rad, it.label_text, on_result=lambda r, n=n: self._on_map(n, r),
-                     on_error=lambda e: self._say(f"no map: {e}"))
+            run_task(_ground, it.key, engine, rad, it.label_text,
+                     on_result=while_alive(self, lambda r, n=n: self._on_map(n, r)),
+                     on_error=while_alive(self, lambda e: self._say(f"no map: {e}")))
 
     def _preload_next(self) -> None:
         """Read (and map) the next visible item in the background, so J shows it at once."""
@@ -400,7 +402,7 @@ class ReviewView(QtWidgets.QWidget):
             key, data, mapped, engine = r
             self._ahead[key] = (data, mapped, engine)
         run_task(_preload, nxt.key, nxt.image_path, None if report is None else str(report), self._engine(),
-                 nxt.label_text, on_result=keep, on_error=lambda e: None)
+                 nxt.label_text, on_result=while_alive(self, keep), on_error=lambda e: None)
 
     def _on_loaded(self, n: int, result, ground: bool = True) -> None:
         if not self._gen.is_current(n) or self.session is None:

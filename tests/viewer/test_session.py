@@ -246,3 +246,28 @@ def test_a_file_opened_on_its_own_is_labelled_like_a_scanned_one(qtbot, session,
     (e,) = session.entries
     assert e.label == f"PA chest.dcm {session.rad.cols}x{session.rad.rows}"
     assert e.study_label == "rg1 [CR]"
+
+
+def test_a_result_arriving_after_the_session_is_deleted_is_dropped(qtbot):
+    """A worker that finishes while the window closes must not call into the deleted session (it raised
+    'Signal source has been deleted' from the event loop)."""
+    import shiboken6
+    import threading
+
+    release = threading.Event()
+    s = ViewerSession()
+    got = []
+
+    def slow():
+        release.wait(5)
+        return 1
+
+    s.run(slow, on_result=lambda v: (got.append(v), s.message.emit("late", False)))
+    shiboken6.delete(s)  # the window closed: the C++ object is gone while the task still runs
+    release.set()
+    assert workers.wait_all()
+    qtbot.wait(50)  # deliver the queued result; an emit on the deleted session would fail the test here
+    assert got == []
+    live = ViewerSession()
+    live.run(lambda: 2, on_result=got.append)
+    qtbot.waitUntil(lambda: got == [2])
