@@ -76,8 +76,23 @@ def _intensity_range(norm: str, percentiles, pixels: np.ndarray, window) -> Tupl
     return lo, hi
 
 
+class _GridAndIntensity:
+    """What both transform kinds share: the grid -> image affine (through their own ``geometry``) and the intensity
+    range (``normalization`` / ``percentiles``)."""
+
+    def grid_to_image(self, image_shape: Tuple[int, int], grid_shape: Tuple[int, int]) -> np.ndarray:
+        """3x3 affine: [x_img, y_img, 1] = A @ [gx, gy, 1], where grid cell (row i, col j) covers [j, j+1) x [i, i+1)
+        of continuous grid coordinates and the grid spans the whole model input."""
+        gh, gw = grid_shape
+        g2m = np.array([[self.size / gw, 0.0, 0.0], [0.0, self.size / gh, 0.0], [0.0, 0.0, 1.0]])
+        return self.geometry(image_shape).model_to_image() @ g2m
+
+    def intensity_range(self, pixels: np.ndarray, window: Optional[Tuple[float, float]]) -> Tuple[float, float]:
+        return _intensity_range(self.normalization, self.percentiles, pixels, window)
+
+
 @dataclass(frozen=True)
-class ModelInputTransform:
+class ModelInputTransform(_GridAndIntensity):
     size: int = 512
     #: "window" (the image's default DICOM window, else percentiles) or "percentile"
     normalization: str = "window"
@@ -143,16 +158,7 @@ class ModelInputTransform:
         scale = self.size / max(rows, cols)
         return max(1, int(round(cols * scale))), max(1, int(round(rows * scale)))
 
-    def grid_to_image(self, image_shape: Tuple[int, int], grid_shape: Tuple[int, int]) -> np.ndarray:
-        """3x3 affine: [x_img, y_img, 1] = A @ [gx, gy, 1], where grid cell (row i, col j) covers [j, j+1) x [i, i+1)
-        of continuous grid coordinates and the grid spans the whole model input."""
-        gh, gw = grid_shape
-        g2m = np.array([[self.size / gw, 0.0, 0.0], [0.0, self.size / gh, 0.0], [0.0, 0.0, 1.0]])
-        return self.geometry(image_shape).model_to_image() @ g2m
-
     # -- pixels ---------------------------------------------------------------------------------------------------
-    def intensity_range(self, pixels: np.ndarray, window: Optional[Tuple[float, float]]) -> Tuple[float, float]:
-        return _intensity_range(self.normalization, self.percentiles, pixels, window)
 
     def __call__(self, pixels: np.ndarray, window: Optional[Tuple[float, float]] = None) -> np.ndarray:
         """Map a (rows, cols) float image to the float32 (size, size) model input."""
@@ -177,7 +183,7 @@ class ModelInputTransform:
 
 
 @dataclass(frozen=True)
-class CenterCropTransform:
+class CenterCropTransform(_GridAndIntensity):
     """hi-ml's BioViL / BioViL-T inference transform, reproduced (``kind: "resize_short_side_center_crop"``).
 
     1. intensity: map ``pixels`` to [0, 1] (``"minmax"``: the image's min..max, as hi-ml's ``remap_to_uint8``;
@@ -265,14 +271,7 @@ class CenterCropTransform:
         return Geometry(scale=new_w / cols, scale_y=new_h / rows, pad_x=-float(left), pad_y=-float(top),
                         image_shape=(rows, cols), size=self.size)
 
-    def grid_to_image(self, image_shape: Tuple[int, int], grid_shape: Tuple[int, int]) -> np.ndarray:
-        gh, gw = grid_shape
-        g2m = np.array([[self.size / gw, 0.0, 0.0], [0.0, self.size / gh, 0.0], [0.0, 0.0, 1.0]])
-        return self.geometry(image_shape).model_to_image() @ g2m
-
     # -- pixels ---------------------------------------------------------------------------------------------------
-    def intensity_range(self, pixels: np.ndarray, window: Optional[Tuple[float, float]]) -> Tuple[float, float]:
-        return _intensity_range(self.normalization, self.percentiles, pixels, window)
 
     def to_uint8(self, pixels: np.ndarray, window: Optional[Tuple[float, float]] = None) -> np.ndarray:
         """Step 1: the 8-bit image hi-ml's pipeline starts from (float64 arithmetic, truncation, as hi-ml)."""
