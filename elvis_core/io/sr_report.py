@@ -127,9 +127,9 @@ def is_text_report_sr(path: os.PathLike | str) -> Optional[bool]:
     Header-only read (no bulk data)."""
     import pydicom
 
-    try:
+    try:  # the values are converted lazily: a damaged SOPClassUID (wrong VR, a sequence) fails on access
         ds = pydicom.dcmread(os.fspath(path), stop_before_pixels=True,
                              specific_tags=["SOPClassUID", "ConceptNameCodeSequence"])
+        return str(ds.get("SOPClassUID", "")) in SR_SOP_CLASSES and _code(ds) not in _NOT_REPORTS
     except Exception:  # noqa: BLE001
         return None
-    return str(ds.get("SOPClassUID", "")) in SR_SOP_CLASSES and _code(ds) not in _NOT_REPORTS

@@ -307,6 +307,20 @@ def test_inspect_summary_masks_profile_values(tmp_path, capsys):
     assert pseudonym_uid(ds.SOPInstanceUID) in out
 
 
+@pytest.mark.parametrize("seed", [216, 833, 1272])
+def test_inspect_survives_a_damaged_sop_class_uid(tmp_path, seed):
+    """`elvis inspect` asks whether a DICOM file is a report SR; a SOPClassUID of an unknown VR or holding a broken
+    sequence raised from pydicom's lazy conversion there (the campaign's DICOM seeds 216, 518, 833, 901, 1272; these
+    are the fuzzer's own files, rebuilt from their seeds)."""
+    from tests.fuzz.fuzzlib import Seeds, make_case, run_case
+
+    seeds = Seeds(tmp_path / "seeds")
+    case = make_case("dicom", seeds, seed, tmp_path / "case")
+    assert "SOPClassUID" in case.what
+    outcome = run_case(case, seeds)
+    assert outcome.status != "traceback", outcome.detail
+
+
 # --------------------------------------------------------------------------------------------------- reports
 
 
