@@ -110,9 +110,15 @@ def read_source(path: os.PathLike | str):
     """The source image's header (no pixels) for referencing; DicomExportError when it is not an image."""
     import pydicom
 
+    from elvis_core.errors import DicomReadError
+    from elvis_core.io.dicom import _check_deflate
+
     path = Path(path)
     try:
+        _check_deflate(str(path))  # pydicom inflates a deflated data set whole: refuse a bomb first
         ds = pydicom.dcmread(str(path), stop_before_pixels=True)
+    except DicomReadError as err:
+        raise DicomExportError(err.problem, path) from None
     except Exception as err:  # noqa: BLE001
         raise DicomExportError(f"not a readable DICOM file ({type(err).__name__})", path) from None
     for kw in ("SOPClassUID", "SOPInstanceUID", "StudyInstanceUID", "SeriesInstanceUID", "Rows", "Columns"):

@@ -108,9 +108,15 @@ def read_sr_report(path: os.PathLike | str) -> Report:
 
     from elvis_core.io.report_parse import parse_report
 
+    from elvis_core.errors import DicomReadError
+    from elvis_core.io.dicom import _check_deflate
+
     path = os.fspath(path)
     try:
+        _check_deflate(path)  # pydicom inflates a deflated data set whole: refuse a bomb first
         ds = pydicom.dcmread(path)
+    except DicomReadError as err:
+        raise ReportReadError(err.problem, path) from None
     except Exception as err:  # noqa: BLE001 - any decoding failure is a bad file, said in one line
         raise ReportReadError(f"not a readable DICOM file ({type(err).__name__})", path) from None
     try:
@@ -127,7 +133,10 @@ def is_text_report_sr(path: os.PathLike | str) -> Optional[bool]:
     Header-only read (no bulk data)."""
     import pydicom
 
+    from elvis_core.io.dicom import _check_deflate
+
     try:  # the values are converted lazily: a damaged SOPClassUID (wrong VR, a sequence) fails on access
+        _check_deflate(os.fspath(path))  # pydicom inflates a deflated data set whole: refuse a bomb first
         ds = pydicom.dcmread(os.fspath(path), stop_before_pixels=True,
                              specific_tags=["SOPClassUID", "ConceptNameCodeSequence"])
         return str(ds.get("SOPClassUID", "")) in SR_SOP_CLASSES and _code(ds) not in _NOT_REPORTS

@@ -192,6 +192,17 @@ def test_deflate_bomb_refused_without_inflating_it_all(tmp_path):
         for fn in (read_radiograph, read_header, dicom_tag_rows):
             with pytest.raises(DicomReadError, match="inflates to more than"):
                 fn(str(p))
+        # the readers outside io/dicom.py that open DICOM files themselves refuse it too (the campaign saw 2.1 GB
+        # when `elvis inspect` asked whether the file was a report SR)
+        from elvis_core.io.sr_report import is_text_report_sr, read_sr_report
+
+        assert is_text_report_sr(p) is None  # refused, not inflated and found "not an SR"
+        with pytest.raises(ReportReadError, match="inflates to more than"):
+            read_sr_report(p)
+        from elvis_core.dicom_results import DicomExportError, read_source
+
+        with pytest.raises(DicomExportError, match="inflates to more than"):
+            read_source(p)
     finally:
         io_limits.set_limits(**old.__dict__)
 
