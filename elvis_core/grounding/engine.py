@@ -218,7 +218,8 @@ class GroundingEngine:
             patch = emb.patch_emb[0].float()
             self.image_encode_count += 1
             gh, gw = int(patch.shape[0]), int(patch.shape[1])
-            g2i = self.transform.grid_to_image(radiograph.shape, (gh, gw))
+            g2i = self.transform.grid_to_image(radiograph.shape, (gh, gw),
+                                               anchor=getattr(self.model, "grid_anchor", "cell"))
             self._images[key] = (patch, radiograph.shape, g2i)
             self._images.move_to_end(key)
             while len(self._images) > self.cache_size:
@@ -306,7 +307,8 @@ class GroundingEngine:
         sim = smooth_grid(raw, self.smoothing_sigma)
         gm = GroundingMap(similarity=sim.astype(np.float32), grid_to_image=np.array(g2i, dtype=np.float64),
                           image_shape=tuple(shape), phrase=phrase, smoothing_sigma=self.smoothing_sigma,
-                          raw_similarity=np.asarray(raw, dtype=np.float32))
+                          raw_similarity=np.asarray(raw, dtype=np.float32),
+                          seen_region=tuple(float(v) for v in self.transform.geometry(tuple(shape)).seen_box()))
         if truncated:
             gm.warnings.append(self._truncation_warning())
         gm.latency_s = time.perf_counter() - t0

@@ -31,6 +31,10 @@ class GroundingMap:
     warnings: List[str] = field(default_factory=list)
     #: the unsmoothed cosine grid (gh, gw) when smoothing was applied or known (None: same as ``similarity``)
     raw_similarity: Optional[np.ndarray] = None
+    #: (x0, y0, x1, y1) original pixels the model input covered (the engine sets it from the transform). None: the
+    #: grid's own extent. Needed because a receptive-field-anchored grid (``model.image.grid_anchor``) is shifted
+    #: by -(stride - 1) / 2 from the model input, so its extent is not what the model saw.
+    seen_region: Optional[Tuple[float, float, float, float]] = None
 
     def _affine_for(self, shape: Optional[Tuple[int, int]]):
         a = np.asarray(self.grid_to_image, dtype=np.float64)
@@ -47,19 +51,32 @@ class GroundingMap:
         (:mod:`elvis_core.grounding.metrics`) and figures ignore NaN."""
         a, shape = self._affine_for(shape)
         out = warp_grid_to_image(self.similarity, a, shape, interpolation)
-        seen = grid_coverage(a, self.similarity.shape, shape)
+        seen = self.seen_mask(shape)
         if not seen.all():
             out[~seen] = np.nan
         return out
 
     def seen_mask(self, shape: Optional[Tuple[int, int]] = None) -> np.ndarray:
-        """Bool (rows, cols) of the original image (or ``shape``): True where the model saw the pixel."""
+        """Bool (rows, cols) of the original image (or ``shape``): True where the model saw the pixel (its centre
+        lies in :meth:`seen_box`, scaled to ``shape``)."""
         a, shape = self._affine_for(shape)
-        return grid_coverage(a, self.similarity.shape, shape)
+        if self.seen_region is None:
+            return grid_coverage(a, self.similarity.shape, shape)
+        rows, cols = int(shape[0]), int(shape[1])
+        sy, sx = rows / self.image_shape[0], cols / self.image_shape[1]
+        x0, y0, x1, y1 = self.seen_box()
+        eps = 1e-6
+        xc = (np.arange(cols) + 0.5) / sx
+        yc = (np.arange(rows) + 0.5) / sy
+        return ((yc >= y0 - eps) & (yc < y1 + eps))[:, None] & ((xc >= x0 - eps) & (xc < x1 + eps))[None, :]
 
     def seen_box(self) -> Tuple[float, float, float, float]:
-        """(x0, y0, x1, y1) in original pixels of the part of the image the model saw (the grid clipped to the
-        image)."""
+        """(x0, y0, x1, y1) in original pixels of the part of the image the model saw (the model input, or else the
+        grid, clipped to the image)."""
+        if self.seen_region is not None:
+            x0, y0, x1, y1 = (float(v) for v in self.seen_region)
+            rows, cols = self.image_shape
+            return max(0.0, x0), max(0.0, y0), min(float(cols), x1), min(float(rows), y1)
         gh, gw = self.similarity.shape
         a = np.asarray(self.grid_to_image, dtype=np.float64)
         xs = [a[0, 0] * gx + a[0, 1] * gy + a[0, 2] for gx in (0, gw) for gy in (0, gh)]

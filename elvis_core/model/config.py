@@ -10,7 +10,8 @@ A model config is a JSON-serialisable dict (stored under ``"model"`` in a checkp
                                                    # its architecture and weights, RGB stem folded; read only when
                                                    # a fresh model is built for training
         "fusion": {"kind": "none" | "biovil-t", "dim": 256, "heads": 8, "blocks": 3, "grid": [14, 14]},
-        "global": "project_pooled" | "mean_projected_patches"
+        "global": "project_pooled" | "mean_projected_patches",
+        "grid_anchor": "receptive_field" | "cell"
       },
       "text": {
         "source": "config" | "pretrained",
@@ -35,6 +36,10 @@ other, see ``docs/models.md``):
 
 - ``image.global``: the image's global embedding is the projection of the average-pooled grid
   (``"project_pooled"``, ours) or the mean of the projected patches (``"mean_projected_patches"``, BioViL).
+- ``image.grid_anchor``: where a patch-grid cell is drawn on the image (:func:`~elvis_core.model.transforms.grid_cell_offset`):
+  on its feature's receptive-field centre (``"receptive_field"``, the default, also for checkpoints written before
+  the option existed) or edge to edge over the model input (``"cell"``, hi-ml's convention, (stride - 1) / 2 pixels
+  right of and below what the feature saw).
 - ``image.fusion``: ``"biovil-t"`` adds BioViL-T's multi-image head (:class:`~elvis_core.model.heads.TemporalFusion`)
   between the ResNet and the projection.
 - ``projection.image_head`` / ``text_head``: one of :data:`~elvis_core.model.heads.HEAD_KINDS`; ``image_hidden`` /
@@ -49,7 +54,7 @@ from typing import Any, Dict, Mapping
 
 from elvis_core.errors import ConfigError
 from elvis_core.model.heads import HEAD_KINDS
-from elvis_core.model.transforms import ModelInputTransform
+from elvis_core.model.transforms import GRID_ANCHORS, ModelInputTransform
 
 ARCHITECTURE = "elvis-dual-encoder"
 
@@ -62,6 +67,7 @@ _DEFAULTS: Dict[str, Any] = {
         "pretrained": None,
         "fusion": {"kind": "none", "dim": 256, "heads": 8, "blocks": 3, "grid": [14, 14]},
         "global": "project_pooled",
+        "grid_anchor": "receptive_field",
     },
     "text": {
         "source": "config",
@@ -186,6 +192,9 @@ def validate_model_config(config: Mapping[str, Any]) -> Dict[str, Any]:
     if image["global"] not in ("project_pooled", "mean_projected_patches"):
         raise ConfigError(f"model.image.global must be 'project_pooled' or 'mean_projected_patches', got "
                           f"{image['global']!r}")
+    if image["grid_anchor"] not in GRID_ANCHORS:
+        raise ConfigError(f"model.image.grid_anchor must be one of {', '.join(GRID_ANCHORS)}, got "
+                          f"{image['grid_anchor']!r}")
     fusion = image["fusion"]
     if fusion["kind"] not in ("none", "biovil-t"):
         raise ConfigError(f"model.image.fusion.kind must be 'none' or 'biovil-t', got {fusion['kind']!r}")

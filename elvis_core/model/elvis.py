@@ -154,6 +154,12 @@ class ElvisModel(nn.Module):
         return g, g
 
     @property
+    def grid_anchor(self) -> str:
+        """Where a patch-grid cell is drawn on the image: ``model.image.grid_anchor`` (see
+        :func:`~elvis_core.model.transforms.grid_cell_offset`)."""
+        return str(self._config["image"].get("grid_anchor", "receptive_field"))
+
+    @property
     def device(self) -> torch.device:
         return next(self.parameters()).device
 

@@ -56,6 +56,27 @@ class Geometry:
         return max(0.0, x0), max(0.0, y0), min(float(cols), x1), min(float(rows), y1)
 
 
+#: where a feature-grid cell sits on the model input (``model.image.grid_anchor``)
+GRID_ANCHORS = ("receptive_field", "cell")
+
+
+def grid_cell_offset(size: int, grid_shape: Tuple[int, int], anchor: str) -> Tuple[float, float]:
+    """(dx, dy) model pixels by which the grid is shifted from the edge-to-edge ``"cell"`` layout.
+
+    ``"receptive_field"``: a ResNet (ours, hi-ml's BioViL, transformers' ``ResNetModel``) reaches its output stride
+    s through stride-2 layers whose kernels are centred (k x k with padding k // 2, 1 x 1 shortcuts), so output j
+    is centred on input pixel s * j, i.e. at x = s * j + 0.5 in continuous coordinates, not at s * (j + 0.5): the
+    grid is shifted by -(s - 1) / 2 (-7.5 px at stride 16). Placing the cell at its edge-to-edge position draws
+    every map (s - 1) / 2 pixels right of and below what the feature looked at. ``"cell"``: no shift (hi-ml's
+    convention when it upsamples BioViL's 15 x 15 grid; kept for comparisons with published numbers)."""
+    if anchor == "cell":
+        return 0.0, 0.0
+    if anchor != "receptive_field":
+        raise ValueError(f"grid anchor must be one of {GRID_ANCHORS}, got {anchor!r}")
+    gh, gw = int(grid_shape[0]), int(grid_shape[1])
+    return -(size / gw - 1.0) / 2.0, -(size / gh - 1.0) / 2.0
+
+
 #: intensity mappings to [0, 1]: the default display window, robust percentiles, or the image's min..max
 #: (hi-ml's ``remap_to_uint8``: what BioViL / BioViL-T were trained with)
 NORMALIZATIONS = ("window", "percentile", "minmax")
@@ -80,11 +101,15 @@ class _GridAndIntensity:
     """What both transform kinds share: the grid -> image affine (through their own ``geometry``) and the intensity
     range (``normalization`` / ``percentiles``)."""
 
-    def grid_to_image(self, image_shape: Tuple[int, int], grid_shape: Tuple[int, int]) -> np.ndarray:
+    def grid_to_image(self, image_shape: Tuple[int, int], grid_shape: Tuple[int, int],
+                      anchor: str = "cell") -> np.ndarray:
         """3x3 affine: [x_img, y_img, 1] = A @ [gx, gy, 1], where grid cell (row i, col j) covers [j, j+1) x [i, i+1)
-        of continuous grid coordinates and the grid spans the whole model input."""
+        of continuous grid coordinates. ``anchor`` (:func:`grid_cell_offset`): ``"cell"`` lays the grid over the
+        model input edge to edge (cell j's centre at stride * (j + 0.5)); ``"receptive_field"`` puts each cell's
+        centre on the centre of its feature's receptive field (stride * j + 0.5 for a ResNet)."""
         gh, gw = grid_shape
-        g2m = np.array([[self.size / gw, 0.0, 0.0], [0.0, self.size / gh, 0.0], [0.0, 0.0, 1.0]])
+        ox, oy = grid_cell_offset(self.size, grid_shape, anchor)
+        g2m = np.array([[self.size / gw, 0.0, ox], [0.0, self.size / gh, oy], [0.0, 0.0, 1.0]])
         return self.geometry(image_shape).model_to_image() @ g2m
 
     def intensity_range(self, pixels: np.ndarray, window: Optional[Tuple[float, float]]) -> Tuple[float, float]:

@@ -149,14 +149,16 @@ def boxes_to_model(boxes: np.ndarray, scale: float, pad_x: float, pad_y: float,
     return np.stack([tx.min(1), ty.min(1), tx.max(1), ty.max(1)], 1)
 
 
-def grid_masks(model_boxes: np.ndarray, size: int, grid: Tuple[int, int]) -> np.ndarray:
+def grid_masks(model_boxes: np.ndarray, size: int, grid: Tuple[int, int],
+               offset: Tuple[float, float] = (0.0, 0.0)) -> np.ndarray:
     """[R, 4] (x0, y0, x1, y1) model pixels -> [R, gh, gw] share of each grid cell's area inside the box (NaN box:
-    all zero)."""
+    all zero). ``offset`` (dx, dy): the grid's shift on the model input (the model's ``grid_anchor``,
+    :func:`~elvis_core.model.transforms.grid_cell_offset`), so a region pools the cells whose features look at it."""
     gh, gw = grid
     ch, cw = size / gh, size / gw
     out = np.zeros((len(model_boxes), gh, gw), np.float32)
-    ys0 = np.arange(gh) * ch
-    xs0 = np.arange(gw) * cw
+    ys0 = np.arange(gh) * ch + float(offset[1])
+    xs0 = np.arange(gw) * cw + float(offset[0])
     for r, (x0, y0, x1, y1) in enumerate(model_boxes):
         if not np.isfinite([x0, y0, x1, y1]).all():
             continue
@@ -249,7 +251,8 @@ class AnatomyAlignment(nn.Module):
 
 
 def batch_anatomy(boxes_per_item: List[Optional[np.ndarray]], sentences_per_item: List[List[str]], size: int,
-                  grid: Tuple[int, int], regions: Sequence[str] = ANATOMY_REGIONS):
+                  grid: Tuple[int, int], regions: Sequence[str] = ANATOMY_REGIONS,
+                  offset: Tuple[float, float] = (0.0, 0.0)):
     """Collate helper: model-input boxes [R, 4] (x0, y0, x1, y1, NaN = absent) per item and the item's sentences ->
     ``{"anatomy_masks": [B, R, gh, gw], "anatomy_mentions": [B, R, S_max] bool}``."""
     b, r = len(boxes_per_item), len(regions)
@@ -259,7 +262,7 @@ def batch_anatomy(boxes_per_item: List[Optional[np.ndarray]], sentences_per_item
     index = {n: i for i, n in enumerate(regions)}
     for i, (bx, sents) in enumerate(zip(boxes_per_item, sentences_per_item)):
         if bx is not None:
-            masks[i] = grid_masks(bx, size, grid)
+            masks[i] = grid_masks(bx, size, grid, offset)
         for j, sent in enumerate(sents):
             for name in anatomy_mentions(sent):
                 if name in index:

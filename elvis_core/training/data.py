@@ -421,6 +421,10 @@ class Collate:
                  max_sentences: int = 16):
         self.size = model.transform.size
         self.grid = tuple(model.grid_shape())
+        from elvis_core.model.transforms import grid_cell_offset
+
+        #: where the grid lies on the model input (the model's grid anchor): anatomy boxes pool the right cells
+        self.grid_offset = grid_cell_offset(self.size, self.grid, getattr(model, "grid_anchor", "cell"))
         from elvis_core.training.objectives import (negated_sentence, sentence_ids_from_tokens, split_sentences,
                                                     word_mask)
 
@@ -505,7 +509,8 @@ class Collate:
             if isinstance(items, list) and len(items[0]) > 2:  # anatomy boxes (data.anatomy; not in prepared caches)
                 from elvis_core.training.anatomy import batch_anatomy
 
-                out.update(batch_anatomy([it[2] for it in items], per_item, self.size, self.grid))
+                out.update(batch_anatomy([it[2] for it in items], per_item, self.size, self.grid,
+                                         offset=self.grid_offset))
         return out
 
 
