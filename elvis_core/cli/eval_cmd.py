@@ -35,6 +35,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--allow-paths-outside-images", action="store_true",
                    help="accept annotation paths that are absolute or climb out of --images with '..'")
     p.add_argument("--clamp-negative", action="store_true", help="clamp negative similarities to 0 before CNR")
+    p.add_argument("--mirror", choices=("checkpoint", "on", "off"), default="checkpoint",
+                   help="mirror consensus: also ground the side-swapped phrase on the mirrored film and average "
+                        "(model.image.mirror_average; default: what the checkpoint says)")
     p.add_argument("--phrase-map", choices=("global", "token-mean"), default="global",
                    help="global: cosine(patch, phrase embedding) (default, BioViL-style); token-mean: mean over the "
                         "phrase's tokens of cosine(patch, token embedding) (GLoRIA-style)")
@@ -94,7 +97,8 @@ def run(args: argparse.Namespace) -> int:
         raise ElvisError(f"no phrases to evaluate" + (f" in split {args.split!r}" if args.split else ""),
                          args.annotations)
     engine = GroundingEngine(args.checkpoint, device=args.device, smoothing_sigma=args.sigma,
-                             phrase_map=args.phrase_map)
+                             phrase_map=args.phrase_map,
+                             mirror_average={"on": True, "off": False}.get(args.mirror))
 
     bar = None
     if not args.no_progress:
@@ -124,7 +128,8 @@ def run(args: argparse.Namespace) -> int:
     if len(result.unscored) > 20:
         print(f"... {len(result.unscored) - 20} more phrases not scored", file=sys.stderr)
     print(f"checkpoint {engine.checkpoint_name} (sha256 {engine.checkpoint_hash}) on {engine.device_name}; "
-          f"sigma {args.sigma}; phrase map {args.phrase_map}; split {args.split or 'all'}; "
+          f"sigma {args.sigma}; phrase map {args.phrase_map}; mirror {'on' if engine.mirror_average else 'off'}; "
+          f"split {args.split or 'all'}; "
           f"{result.n_evaluated} phrases in {elapsed:.1f}s")
     print(result.table())
     sides = None

@@ -47,6 +47,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--opacity", type=float, default=0.5, help="map opacity over the image, 0..1 (default 0.5)")
     p.add_argument("--cmap", default="RdBu_r", help="RdBu_r (default), RdBu, viridis or gray")
     p.add_argument("--frame", type=int, default=0, help="frame of a multi-frame DICOM (default 0)")
+    p.add_argument("--mirror", choices=("checkpoint", "on", "off"), default="checkpoint",
+                   help="mirror consensus: also ground the side-swapped phrase on the mirrored film and average "
+                        "(model.image.mirror_average; default: what the checkpoint says)")
     p.add_argument("--phrase-map", choices=("global", "token-mean"), default="global",
                    help="global: cosine(patch, phrase embedding) (default, BioViL-style); token-mean: mean over the "
                         "phrase's tokens of cosine(patch, token embedding) (GLoRIA-style)")
@@ -130,7 +133,8 @@ def run(args: argparse.Namespace) -> int:
                   file=sys.stderr)
 
     engine = GroundingEngine(args.checkpoint, device=args.device, smoothing_sigma=args.sigma,
-                             phrase_map=args.phrase_map)
+                             phrase_map=args.phrase_map,
+                             mirror_average={"on": True, "off": False}.get(args.mirror))
     engine.set_image(rad)
     maps = engine.ground_many(args.phrases)
     outs = _outputs(out, len(maps))

@@ -104,9 +104,23 @@ def _state_hash(model) -> str:
     return h.hexdigest()[:12]
 
 
+def mirror_model_input(x: torch.Tensor, stride: int, transform) -> torch.Tensor:
+    """The model input [B, 1, S, S] mirrored left-right and moved ``stride - 1`` pixels left, so that the mirrored
+    input's grid column j' lies exactly on the original's column G - 1 - j' (a ResNet's output j looks at input pixel
+    stride * j: :func:`~elvis_core.model.transforms.grid_cell_offset`). The ``stride - 1`` columns that leave the
+    input are the original's rightmost ones; those that enter are the transform's padding value (black)."""
+    s = int(x.shape[-1])
+    k = max(0, min(int(stride) - 1, s - 1))
+    pad = (0.0 - float(getattr(transform, "mean", 0.0))) / float(getattr(transform, "std", 1.0) or 1.0)
+    out = torch.full_like(x, pad)
+    out[..., : s - k] = x.flip(-1)[..., k:]
+    return out
+
+
 class GroundingEngine:
     def __init__(self, model_or_checkpoint_dir: Any, device: Optional[str] = None, smoothing_sigma: float = 0.0,
-                 cache_size: int = 8, text_cache_size: int = 256, phrase_map: str = "global"):
+                 cache_size: int = 8, text_cache_size: int = 256, phrase_map: str = "global",
+                 mirror_average: Optional[bool] = None):
         if phrase_map not in PHRASE_MAPS:
             raise GroundingError(f"phrase map must be one of {', '.join(PHRASE_MAPS)}, got {phrase_map!r}")
         self.phrase_map = phrase_map
@@ -143,6 +157,12 @@ class GroundingEngine:
         if hasattr(self.model, "eval"):
             self.model.eval()
         self.transform = self.model.transform
+        #: mirror consensus (see :func:`mirror_model_input`): None = what the checkpoint says
+        if mirror_average is None:
+            cfg = getattr(self.model, "config", None)
+            mirror_average = bool(((cfg or {}).get("image") or {}).get("mirror_average", False)) \
+                if isinstance(cfg, dict) else False
+        self.mirror_average = bool(mirror_average)
         self._images: "OrderedDict[str, Tuple[torch.Tensor, Tuple[int, int], np.ndarray]]" = OrderedDict()
         self._texts: "OrderedDict[str, Tuple[torch.Tensor, bool]]" = OrderedDict()
         self._current: Optional[str] = None
@@ -168,7 +188,7 @@ class GroundingEngine:
     def settings(self) -> Dict[str, Any]:
         """What decides the maps besides the weights (for footers and provenance)."""
         return {"smoothing_sigma": self.smoothing_sigma, "preprocessing": self.transform.to_config(),
-                "phrase_map": self.phrase_map,
+                "phrase_map": self.phrase_map, "mirror_average": self.mirror_average,
                 "similarity": ("cosine(patch_emb, text global_emb)" if self.phrase_map == "global"
                                else "mean over tokens of cosine(patch_emb, token_emb)"),
                 "device": self.device_name}
@@ -214,10 +234,15 @@ class GroundingEngine:
         x = self.transform.apply(radiograph)
         with self._lock, torch.inference_mode():
             t = torch.from_numpy(np.ascontiguousarray(x, dtype=np.float32))[None, None].to(self.device)
+            if self.mirror_average:
+                stride = int(getattr(self.model, "output_stride", 1))
+                t = torch.cat([t, mirror_model_input(t, stride, self.transform)])
             emb = self.model.encode_image(t)
-            patch = emb.patch_emb[0].float()
+            patch = emb.patch_emb.float()  # [1 or 2, gh, gw, D]
+            if self.mirror_average:  # mirrored grid column j' is the original's column gw - 1 - j'
+                patch = torch.stack([patch[0], patch[1].flip(1)])
             self.image_encode_count += 1
-            gh, gw = int(patch.shape[0]), int(patch.shape[1])
+            gh, gw = int(patch.shape[1]), int(patch.shape[2])
             g2i = self.transform.grid_to_image(radiograph.shape, (gh, gw),
                                                anchor=getattr(self.model, "grid_anchor", "cell"))
             self._images[key] = (patch, radiograph.shape, g2i)
@@ -299,9 +324,25 @@ class GroundingEngine:
         return res
 
     # -- grounding ------------------------------------------------------------------------------------------------
-    def _similarity(self, patch: torch.Tensor, vec: torch.Tensor) -> np.ndarray:
-        """The raw cosine grid (not smoothed; :meth:`_make_map` smooths)."""
-        return torch.einsum("hwd,d->hw", patch, vec.to(patch.device)).clamp_(-1.0, 1.0).cpu().numpy()
+    def _similarity(self, patch: torch.Tensor, vec: torch.Tensor, mirror_vec: Optional[torch.Tensor] = None
+                    ) -> np.ndarray:
+        """The raw cosine grid (not smoothed; :meth:`_make_map` smooths); with mirror consensus the mean of the
+        image's grid and the mirrored image's grid (aligned back) against the side-swapped phrase."""
+        sim = torch.einsum("hwd,d->hw", patch[0], vec.to(patch.device))
+        if patch.shape[0] > 1:
+            v = vec if mirror_vec is None else mirror_vec
+            sim = 0.5 * (sim + torch.einsum("hwd,d->hw", patch[1], v.to(patch.device)))
+        return sim.clamp_(-1.0, 1.0).cpu().numpy()
+
+    def _phrase_vectors(self, texts: Sequence[str]):
+        """(vecs [(vec, truncated)], mirrored vecs or None) through the text cache, in one encoder call."""
+        if not self.mirror_average:
+            return self._text_globals(texts), None
+        from elvis_core.grounding.sides import mirrored_phrase
+
+        mirrored = [mirrored_phrase(t) for t in texts]
+        both = self._text_globals(list(texts) + mirrored)
+        return both[:len(texts)], both[len(texts):]
 
     def _make_map(self, phrase: str, raw: np.ndarray, shape, g2i, truncated: bool, t0: float) -> GroundingMap:
         sim = smooth_grid(raw, self.smoothing_sigma)
@@ -320,8 +361,9 @@ class GroundingEngine:
         t0 = time.perf_counter()
         with self._lock, torch.inference_mode():
             patch, shape, g2i = self._current_image()
-            (vec, truncated), = self._text_globals([text])
-            sim = self._similarity(patch, vec)
+            vecs, mvecs = self._phrase_vectors([text])
+            (vec, truncated), = vecs
+            sim = self._similarity(patch, vec, mvecs[0][0] if mvecs else None)
             return self._make_map(phrase, sim, shape, g2i, truncated, t0)
 
     def ground_many(self, phrases: Sequence[str]) -> List[GroundingMap]:
@@ -332,9 +374,13 @@ class GroundingEngine:
         t0 = time.perf_counter()
         with self._lock, torch.inference_mode():
             patch, shape, g2i = self._current_image()
-            vecs = self._text_globals(texts)
-            mat = torch.stack([v for v, _ in vecs])  # [P, D]
-            sims = torch.einsum("hwd,pd->phw", patch, mat.to(patch.device)).clamp_(-1.0, 1.0).cpu().numpy()
+            vecs, mvecs = self._phrase_vectors(texts)
+            mat = torch.stack([v for v, _ in vecs]).to(patch.device)  # [P, D]
+            sims = torch.einsum("hwd,pd->phw", patch[0], mat)
+            if patch.shape[0] > 1:
+                mmat = torch.stack([v for v, _ in mvecs]).to(patch.device)
+                sims = 0.5 * (sims + torch.einsum("hwd,pd->phw", patch[1], mmat))
+            sims = sims.clamp_(-1.0, 1.0).cpu().numpy()
             maps = [self._make_map(p, sims[i], shape, g2i, vecs[i][1], t0)
                     for i, p in enumerate(phrases)]
         per = (time.perf_counter() - t0) / len(maps)
@@ -356,15 +402,16 @@ class GroundingEngine:
             special = set(getattr(tokenizer, "all_special_ids", []) or [])
             keep = [i for i, (t, m) in enumerate(zip(ids, mask)) if m and t not in special]
             tokens = tokenizer.convert_ids_to_tokens([ids[i] for i in keep])
-            if self.phrase_map == "token-mean":
-                (vec, _), = self._text_globals([text])
+            vecs, mvecs = self._phrase_vectors([text])
+            if self.phrase_map == "token-mean" or mvecs:
+                vec = vecs[0][0]
             else:
                 vec = out.global_emb[0].float()
-            sim = self._similarity(patch, vec)
-            if keep:
+            sim = self._similarity(patch, vec, mvecs[0][0] if mvecs else None)
+            if keep:  # token maps: the image itself only (a token has no mirrored twin)
                 temb = out.token_emb[0, keep].float()
                 temb = torch.nn.functional.normalize(temb, dim=-1)
-                tm = torch.einsum("hwd,td->thw", patch, temb).clamp_(-1.0, 1.0).cpu().numpy()
+                tm = torch.einsum("hwd,td->thw", patch[0], temb).clamp_(-1.0, 1.0).cpu().numpy()
                 tm = np.stack([smooth_grid(m, self.smoothing_sigma) for m in tm])
             else:
                 tm = np.zeros((0,) + sim.shape, dtype=np.float32)
@@ -408,6 +455,10 @@ class GroundingEngine:
         """Fill the text cache for ``phrases`` (blank ones skipped) in batched text-encoder calls; returns how many
         were encoded now (the others were cached already). Grounding one of them is then a matrix-vector product."""
         texts = list(dict.fromkeys(p.strip() for p in phrases if isinstance(p, str) and p.strip()))
+        if self.mirror_average:
+            from elvis_core.grounding.sides import mirrored_phrase
+
+            texts = list(dict.fromkeys(x for t in texts for x in (t, mirrored_phrase(t))))
         texts = texts[-self.text_cache_size:]  # never evict what we are about to use
         n = 0
         for i in range(0, len(texts), max(1, int(batch_size))):
@@ -420,7 +471,14 @@ class GroundingEngine:
         return n
 
     def has_phrase(self, phrase: str) -> bool:
-        return isinstance(phrase, str) and phrase.strip() in self._texts
+        """True when grounding ``phrase`` needs no text-encoder call (with mirror consensus: its mirrored twin too)."""
+        if not isinstance(phrase, str) or phrase.strip() not in self._texts:
+            return False
+        if self.mirror_average:
+            from elvis_core.grounding.sides import mirrored_phrase
+
+            return mirrored_phrase(phrase.strip()) in self._texts
+        return True
 
     def ground_image(self, radiograph, phrase: str, tokens: bool = False) -> GroundingMap:
         """``set_image`` then ``ground`` (or ``ground_tokens``) atomically: no other thread switches the image."""
@@ -437,7 +495,7 @@ class GroundingEngine:
         if not self._lock.acquire(blocking=False):
             return None
         try:
-            if key not in self._images or phrase.strip() not in self._texts:
+            if key not in self._images or not self.has_phrase(phrase):
                 return None
             self._images.move_to_end(key)
             self._current = key

@@ -37,6 +37,22 @@ def phrase_side(text: str) -> Optional[str]:
     return "left" if has_l else "right"
 
 
+_SIDE_WORD = re.compile(r"\b(left|right)\b", re.IGNORECASE)
+
+
+def mirrored_phrase(phrase: str) -> str:
+    """The phrase as it reads on the mirrored film: "left" and "right" swapped (case kept), e.g. "Right apical
+    opacity" -> "Left apical opacity". Used by mirror-consensus grounding (``model.image.mirror_average``)."""
+    def swap(m: "re.Match") -> str:
+        w = m.group(0)
+        out = "right" if w.lower() == "left" else "left"
+        if w.isupper():
+            return out.upper()
+        return out.capitalize() if w[0].isupper() else out
+
+    return _SIDE_WORD.sub(swap, phrase)
+
+
 def negated(phrase: str) -> str:
     """"no " + the phrase with a lower-case first letter ("Small left effusion" -> "no small left effusion")."""
     p = phrase.strip()

@@ -11,7 +11,9 @@ A model config is a JSON-serialisable dict (stored under ``"model"`` in a checkp
                                                    # a fresh model is built for training
         "fusion": {"kind": "none" | "biovil-t", "dim": 256, "heads": 8, "blocks": 3, "grid": [14, 14]},
         "global": "project_pooled" | "mean_projected_patches",
-        "grid_anchor": "receptive_field" | "cell"
+        "grid_anchor": "receptive_field" | "cell",
+        "dilate_stages": 0,                    # last N downsampling stages dilated instead: a 2**N finer grid
+        "mirror_average": false                # grounding: mean with the mirrored film's map (sides swapped)
       },
       "text": {
         "source": "config" | "pretrained",
@@ -40,6 +42,14 @@ other, see ``docs/models.md``):
   on its feature's receptive-field centre (``"receptive_field"``, the default, also for checkpoints written before
   the option existed) or edge to edge over the model input (``"cell"``, hi-ml's convention, (stride - 1) / 2 pixels
   right of and below what the feature saw).
+- ``image.dilate_stages``: the last N downsampling ResNet stages keep their resolution and dilate their 3 x 3
+  convolutions instead (DeepLab's output stride): the patch grid is 2**N times finer, the weights are the same (a
+  checkpoint trained with either value loads with the other), the compute of those stages grows 4**N times.
+- ``image.mirror_average``: how the grounding engine makes a map (weights unaffected): false = the cosine grid of
+  the image; true = the mean of that grid and the grid of the mirrored film against the phrase with "left" and
+  "right" swapped, aligned back cell for cell (:func:`~elvis_core.grounding.engine.mirror_model_input`). A model
+  whose features respond beside a finding rather than on it (a learned shift the contrastive losses cannot see)
+  is pulled back onto it, since the shift flips with the film. Twice the image-encoder work.
 - ``image.fusion``: ``"biovil-t"`` adds BioViL-T's multi-image head (:class:`~elvis_core.model.heads.TemporalFusion`)
   between the ResNet and the projection.
 - ``projection.image_head`` / ``text_head``: one of :data:`~elvis_core.model.heads.HEAD_KINDS`; ``image_hidden`` /
@@ -68,6 +78,8 @@ _DEFAULTS: Dict[str, Any] = {
         "fusion": {"kind": "none", "dim": 256, "heads": 8, "blocks": 3, "grid": [14, 14]},
         "global": "project_pooled",
         "grid_anchor": "receptive_field",
+        "dilate_stages": 0,
+        "mirror_average": False,
     },
     "text": {
         "source": "config",
@@ -192,6 +204,10 @@ def validate_model_config(config: Mapping[str, Any]) -> Dict[str, Any]:
     if image["global"] not in ("project_pooled", "mean_projected_patches"):
         raise ConfigError(f"model.image.global must be 'project_pooled' or 'mean_projected_patches', got "
                           f"{image['global']!r}")
+    if not isinstance(image["dilate_stages"], int) or not 0 <= image["dilate_stages"] <= 3:
+        raise ConfigError(f"model.image.dilate_stages must be an integer 0..3, got {image['dilate_stages']!r}")
+    if not isinstance(image["mirror_average"], bool):
+        raise ConfigError(f"model.image.mirror_average must be true or false, got {image['mirror_average']!r}")
     if image["grid_anchor"] not in GRID_ANCHORS:
         raise ConfigError(f"model.image.grid_anchor must be one of {', '.join(GRID_ANCHORS)}, got "
                           f"{image['grid_anchor']!r}")

@@ -91,6 +91,46 @@ def _build_text_model(text_cfg: Dict[str, Any], init_from_path: bool):
     return model, dict(text_cfg["hf_config"])
 
 
+def dilate_last_stages(resnet, n: int) -> int:
+    """Replace the downsampling of the last ``n`` downsampling stages of a transformers ``ResNetModel`` by dilation
+    (DeepLab's output stride): the stride-2 convolution (3 x 3 or 1 x 1) and the shortcut get stride 1, and every
+    3 x 3 convolution after it gets twice the dilation (padding to match). The weights are unchanged and the output at
+    every other position equals the original network's output (tested), so a checkpoint trained either way loads
+    and the grid is simply ``2 ** n`` times finer. Returns the factor by which the output stride shrank."""
+    stages = list(resnet.encoder.stages)
+    down = [st for st in stages if any(m.stride == (2, 2) for m in st.modules() if isinstance(m, nn.Conv2d))]
+    if n < 0 or n > len(down):
+        raise ValueError(f"model.image.dilate_stages must be 0..{len(down)} for this ResNet, got {n}")
+    if n == 0:
+        return 1
+    def set_rate(conv, r):
+        k = conv.kernel_size[0]
+        if k > 1:
+            conv.dilation, conv.padding = (r, r), (r * (k // 2),) * 2
+
+    rate = 1
+    for st in stages[stages.index(down[-n]):]:
+        downsamples = st in down[-n:]
+        new_rate = rate * 2 if downsamples else rate
+        for li, layer in enumerate(st.layers):
+            after = not (downsamples and li == 0)  # convs after the stride-2 one run at the new rate
+            for m in layer.layer.modules():
+                if not isinstance(m, nn.Conv2d):
+                    continue
+                if m.stride == (2, 2):
+                    m.stride = (1, 1)
+                    set_rate(m, rate)
+                    after = True
+                else:
+                    set_rate(m, new_rate if after else rate)
+            sc = getattr(layer, "shortcut", None)
+            for m in (sc.modules() if isinstance(sc, nn.Module) else ()):
+                if isinstance(m, nn.Conv2d):
+                    m.stride = (1, 1)
+        rate = new_rate
+    return 2 ** n
+
+
 class ElvisModel(nn.Module):
     """Image and text encoders + projection heads. Build with :func:`build_model`, load with
     :func:`elvis_core.model.checkpoint.load_checkpoint`."""
@@ -132,6 +172,9 @@ class ElvisModel(nn.Module):
         n_stages = len(rcfg.hidden_sizes)
         #: input pixels per grid cell side (stem /4, then /2 per stage after the first, and the first if asked)
         self.output_stride = 4 * 2 ** (n_stages - 1) * (2 if rcfg.downsample_in_first_stage else 1)
+        n_dilated = int(config["image"].get("dilate_stages", 0) or 0)
+        if n_dilated:
+            self.output_stride //= dilate_last_stages(self.image_encoder, n_dilated)
         max_pos = int(getattr(text_model.config, "max_position_embeddings", 512) or 512)
         self.max_text_length = int(min(config["text"]["max_length"], max_pos))
         self._hf_text_config = hf_text_config

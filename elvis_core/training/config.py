@@ -42,7 +42,7 @@ DEFAULTS: Dict[str, Any] = {
     },
     "objectives": {
         "weights": {"global": 1.0, "local": 0.5, "region_sentence": 0.0, "intra": 0.5, "elvis": 0.0, "anatomy": 0.0,
-                    "negation": 0.0},
+                    "negation": 0.0, "mirror": 0.0},
         # "spans": sentences = "."-spans of the one report encoding; "separate": each sentence encoded alone (as a
         # phrase is at grounding time) for region_sentence / elvis / local with units = "sentences"
         "sentences": "spans",

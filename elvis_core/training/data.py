@@ -429,6 +429,9 @@ class Collate:
                                                     word_mask)
 
         self._negate = negated_sentence
+        #: also add left/right-swapped copies of every report sentence (``sent_mirror_src``: index of the original
+        #: row, -1 otherwise; their ``sent_neg_src`` is -2), for the ``mirror`` objective
+        self.mirrors = False
         #: also add "no <sentence>" copies of affirmative finding sentences (``sent_neg_src``: index of the original
         #: row, -1 for the report's own sentences), for the ``negation`` objective
         self.negations = False
@@ -502,10 +505,22 @@ class Collate:
                         sents.append(neg)
                         owner.append(owner[k])
                         src.append(k)
+            msrc = [-1] * len(sents)
+            if self.mirrors:
+                from elvis_core.grounding.sides import mirrored_phrase
+
+                n_own = len(sents) if not self.negations else src.count(-1)
+                for k in range(n_own):
+                    sents.append(mirrored_phrase(sents[k]))
+                    owner.append(owner[k])
+                    src.append(-2)
+                    msrc.append(k)
             st = self.tokenize(sents)
             out.update(sent_input_ids=st["input_ids"], sent_attention_mask=st["attention_mask"],
                        sent_owner=torch.tensor(owner, dtype=torch.long), sent_neg_src=torch.tensor(src,
                                                                                               dtype=torch.long))
+            if self.mirrors:
+                out["sent_mirror_src"] = torch.tensor(msrc, dtype=torch.long)
             if isinstance(items, list) and len(items[0]) > 2:  # anatomy boxes (data.anatomy; not in prepared caches)
                 from elvis_core.training.anatomy import batch_anatomy
 

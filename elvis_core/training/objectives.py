@@ -291,6 +291,29 @@ class NegationContrast(nn.Module):
         return 0.5 * (vs_x + vs_rest).mean()
 
 
+class MirrorConsistency(nn.Module):
+    """Mirror consistency (ours; none of the seed papers has it): the map of a report sentence on the film must be the
+    mirror image of the map of the same sentence with "left" and "right" swapped on the mirrored film. Contrastive
+    grounding losses are blind to a constant shift of the feature grid (every patch moved one cell right scores the
+    same), and a trained encoder can respond beside a finding instead of on it; such a shift flips with the film, so
+    this term sees it. Loss = mean over sentences of ``1 - Pearson r`` between the sentence's cosine grid on the film
+    and the swapped sentence's grid on the mirrored film, aligned back cell for cell
+    (:func:`~elvis_core.grounding.engine.mirror_model_input`). Gradients reach both branches."""
+
+    def forward(self, patch_emb: torch.Tensor, mirrored_patch_emb: torch.Tensor, emb: torch.Tensor,
+                mirrored_emb: torch.Tensor, owner: torch.Tensor) -> torch.Tensor:
+        """patch_emb / mirrored_patch_emb [B, gh, gw, D] (the latter already flipped back); emb / mirrored_emb
+        [T, D] normalised (sentence, its swapped copy); owner [T] image index."""
+        if emb.shape[0] == 0:
+            return patch_emb.sum() * 0.0
+        a = torch.einsum("tnd,td->tn", patch_emb.flatten(1, -2)[owner], emb)
+        b = torch.einsum("tnd,td->tn", mirrored_patch_emb.flatten(1, -2)[owner], mirrored_emb)
+        a = a - a.mean(-1, keepdim=True)
+        b = b - b.mean(-1, keepdim=True)
+        r = (a * b).sum(-1) / (a.norm(dim=-1) * b.norm(dim=-1)).clamp_min(1e-8)
+        return (1.0 - r).mean()
+
+
 @dataclass
 class Sentences:
     """Separately encoded sentences of each report, padded per sample: ``emb`` [B, S, D] (the text encoder's pooled
@@ -302,6 +325,9 @@ class Sentences:
     valid: torch.Tensor
     #: negated copies of affirmative finding sentences (``negation`` objective): (pos [T, D], neg [T, D], owner [T])
     negations: Optional[tuple] = None
+    #: ``mirror`` objective: (mirrored patch_emb flipped back [B, gh, gw, D], sentence [T, D], swapped copy [T, D],
+    #: owner [T])
+    mirrors: Optional[tuple] = None
 
     @staticmethod
     def pack(emb: torch.Tensor, feats: torch.Tensor, owner: torch.Tensor, batch_size: int) -> "Sentences":
@@ -601,6 +627,7 @@ def _anatomy_cls():
 
 
 OBJECTIVES["negation"] = (NegationContrast, {"temperature": 0.1, "attn_temperature": 0.1})
+OBJECTIVES["mirror"] = (MirrorConsistency, {})
 OBJECTIVES["anatomy"] = (None, {"temperature": 0.1, "width": 128, "layers": 1, "heads": 4})
 
 
@@ -661,7 +688,8 @@ class CombinedObjective(nn.Module):
 
     @property
     def needs_separate_sentences(self) -> bool:
-        return self.sentences == "separate" or "anatomy" in self.terms or "negation" in self.terms or any(
+        return self.sentences == "separate" or "anatomy" in self.terms or "negation" in self.terms or \
+            "mirror" in self.terms or any(
             getattr(t, "units", "") == "sentences" for t in self.terms.values())
 
     def forward(self, img, txt, words: torch.Tensor, sentence_ids: Optional[torch.Tensor] = None,
@@ -689,6 +717,11 @@ class CombinedObjective(nn.Module):
                 if sentences is None or sentences.negations is None:
                     raise ValueError("the negation objective needs the separately encoded sentences")
                 parts[name] = term(img.patch_emb, *sentences.negations)
+            elif name == "mirror":
+                if sentences is None or sentences.mirrors is None:
+                    raise ValueError("the mirror objective needs the separately encoded sentences and the mirrored "
+                                     "image")
+                parts[name] = term(img.patch_emb, *sentences.mirrors)
             elif name == "anatomy":
                 if sentences is None or not anatomy:
                     raise ValueError("the anatomy objective needs anatomy boxes (data.anatomy) and the separately "

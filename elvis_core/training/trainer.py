@@ -40,7 +40,8 @@ from elvis_core.training.objectives import CombinedObjective
 log = logging.getLogger(__name__)
 
 LOG_COLUMNS = ["step", "epoch", "lr", "loss", "global", "local", "region_sentence", "intra", "pairs_per_s",
-               "seconds", "val_loss", "val_cnr", "val_miou", "val_pointing", "elvis", "anatomy", "negation"]
+               "seconds", "val_loss", "val_cnr", "val_miou", "val_pointing", "elvis", "anatomy", "negation",
+               "mirror"]
 STATE_JSON, STATE_TENSORS = "trainer_state.json", "trainer_state.safetensors"
 
 
@@ -68,14 +69,26 @@ class TrainModule(nn.Module):
             src = batch.get("sent_neg_src")
             if src is None:
                 src = torch.full_like(batch["sent_owner"], -1)
-            own = src < 0
+            own = src == -1  # the report's own sentences (-2: mirrored copies, >= 0: negated copies)
             sentences = Sentences.pack(st.global_emb[own], pooled[own], batch["sent_owner"][own],
                                        batch["input_ids"].shape[0])
-            if bool((~own).any()):
-                sentences.negations = (st.global_emb[src[~own]], st.global_emb[~own], batch["sent_owner"][~own])
+            neg = src >= 0
+            if bool(neg.any()):
+                sentences.negations = (st.global_emb[src[neg]], st.global_emb[neg], batch["sent_owner"][neg])
             elif "negation" in self.objective.terms:
                 sentences.negations = (st.global_emb[:0], st.global_emb[:0], batch["sent_owner"][:0])
         anatomy = {k: batch[k] for k in ("anatomy_masks", "anatomy_mentions") if k in batch} or None
+        if "mirror" in self.objective.terms:
+            from elvis_core.grounding.engine import mirror_model_input
+
+            if sentences is None or "sent_mirror_src" not in batch:
+                raise ValueError("the mirror objective needs the mirrored report sentences (Collate.mirrors)")
+            px = batch["pixel_values"]
+            img_m = self.model.encode_image(mirror_model_input(px, self.model.output_stride, self.model.transform))
+            msrc = batch["sent_mirror_src"]
+            mir = msrc >= 0
+            sentences.mirrors = (img_m.patch_emb.flip(2), st.global_emb[msrc[mir]], st.global_emb[mir],
+                                 batch["sent_owner"][mir])
         return self.objective(img, txt, batch["words"], batch["sentence_ids"], sentences=sentences, anatomy=anatomy)
 
 
@@ -479,6 +492,7 @@ def train(cfg: Dict[str, Any], out_dir: Optional[str] = None, progress: Optional
     collate = Collate(model, pad_to_max_length=tc["static_shapes"],
                       separate_sentences=objective.needs_separate_sentences)
     collate.negations = "negation" in objective.terms
+    collate.mirrors = "mirror" in objective.terms
     loader = torch.utils.data.DataLoader(ds, batch_size=tc["batch_size"], sampler=sampler, drop_last=True,
                                          num_workers=tc["num_workers"], collate_fn=collate,
                                          pin_memory=device.type == "cuda",

@@ -113,3 +113,34 @@ def test_anatomy_masks_follow_the_anchor():
     assert shifted[0, 1, 1] == pytest.approx((8.5 / 16) ** 2)
     assert shifted[0, 2, 2] == pytest.approx((7.5 / 16) ** 2)
     assert shifted[0].sum() == pytest.approx(1.0)
+
+
+@pytest.mark.parametrize("n", [1, 2])
+def test_dilated_stages_give_a_finer_grid_with_the_same_weights(n):
+    import copy
+
+    from elvis_core.model.elvis import dilate_last_stages
+
+    torch.manual_seed(1)
+    model = build_model(preset("demo")).eval()
+    cfg = copy.deepcopy(model.config)
+    cfg["image"]["dilate_stages"] = n
+    fine = build_model(cfg, tokenizer=model.tokenizer).eval()
+    fine.load_state_dict(model.state_dict())  # same parameter names and shapes
+    assert fine.output_stride == model.output_stride // 2 ** n
+    x = torch.randn(1, 1, 128, 128)
+    with torch.no_grad():
+        a, b = model._backbone(x), fine._backbone(x)
+    assert b.shape[1] == a.shape[1] * 2 ** n and fine.grid_shape(128) == tuple(b.shape[1:3])
+    step = 2 ** n
+    assert torch.allclose(b[:, ::step, ::step], a, atol=1e-5)  # every 2**n-th output is the original network's
+    # and the receptive-field anchor still holds on the finer grid
+    size, gh = 128, int(b.shape[1])
+    t = ModelInputTransform(size=size)
+    rf = t.grid_to_image((size, size), (gh, gh), anchor="receptive_field")
+    i = j = gh // 2
+    cx, cy, _ = _receptive_field_centre(fine, size, i, j)
+    x_rf, y_rf, _ = rf @ np.array([j + 0.5, i + 0.5, 1.0])
+    assert abs(x_rf - cx) <= 0.5 and abs(y_rf - cy) <= 0.5
+    with pytest.raises(ValueError, match="dilate_stages"):
+        dilate_last_stages(copy.deepcopy(model.image_encoder), 3)  # the demo ResNet has 2 downsampling stages

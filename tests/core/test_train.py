@@ -333,3 +333,17 @@ def test_anatomy_objective_trains_from_the_phantom_anatomy_csv(phantom, tmp_path
     with pytest.raises(ConfigError, match="data.anatomy"):
         train(_tiny_cfg(phantom, tmp_path / "an2", **{"objectives.weights.anatomy": 0.5,
                                                       "objectives.sentences": "'separate'"}))
+
+
+def test_mirror_objective_trains_with_negations_and_logs_its_term(phantom, tmp_path):
+    """The mirror-consistency term with the negation term in one batch: the collate adds swapped copies after the
+    negated ones, both reach their objectives, every term is logged and finite."""
+    from elvis_core.training.trainer import train
+
+    sets = {"objectives.weights.mirror": 1.0, "objectives.weights.negation": 0.5, "objectives.weights.intra": 0.0,
+            "objectives.sentences": "'separate'", "augment.enabled": "true", "train.max_steps": 2}
+    res = train(_tiny_cfg(phantom, tmp_path / "mir", **sets))
+    header = (tmp_path / "mir" / "log.csv").read_text().splitlines()[0].split(",")
+    rows = [dict(zip(header, r.split(","))) for r in (tmp_path / "mir" / "log.csv").read_text().splitlines()[1:]]
+    assert res.steps == 2 and all(torch.isfinite(torch.tensor(res.losses)))
+    assert all(0.0 < float(r["mirror"]) <= 2.0 and r["negation"] for r in rows if r["loss"])
