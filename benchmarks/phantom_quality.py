@@ -40,7 +40,10 @@ import numpy as np
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-_Z = {"global": 0.0, "local": 0.0, "region_sentence": 0.0, "intra": 0.0, "elvis": 0.0}
+#: every weight a run does not name is 0 (the base config, resources/configs/demo.toml, also sets the negation term:
+#: off here, so the runs differ only in their objective set)
+_Z = {"global": 0.0, "local": 0.0, "region_sentence": 0.0, "intra": 0.0, "elvis": 0.0, "negation": 0.0,
+      "anatomy": 0.0, "mirror": 0.0}
 #: run name -> objective weights (the rest of the config is shared; the paper combinations: GLoRIA/BioViL-style
 #: global+local, LoVT = global+region_sentence, ELVIS = global + its local term; `intra` = the other ELVIS reading)
 RUNS = {
@@ -51,9 +54,12 @@ RUNS = {
     "global+elvis": dict(_Z, **{"global": 1.0, "elvis": 0.5}),
     "global+local+elvis": dict(_Z, **{"global": 1.0, "local": 0.5, "elvis": 0.5}),
     "global+anatomy (GK-MVLP)": dict(_Z, **{"global": 1.0, "anatomy": 0.5}),
+    "global+local+mirror": dict(_Z, **{"global": 1.0, "local": 0.5, "mirror": 1.0}),
 }
 #: extra settings some runs need (anatomy boxes from the phantom's anatomy.csv; sentences encoded alone)
-RUN_SETS = {"global+anatomy (GK-MVLP)": ["objectives.sentences='separate'", "data.anatomy={anatomy}"]}
+RUN_SETS = {"global+anatomy (GK-MVLP)": ["objectives.sentences='separate'", "data.anatomy={anatomy}"],
+            # ours (issue #12's demo model): mirror consistency, attention kind (docs/training.md)
+            "global+local+mirror": ["objectives.mirror.kind='attention'"]}
 REFERENCE = "global+elvis"
 METRICS = ("cnr", "miou", "pointing", "in_gt_out", "laterality")
 

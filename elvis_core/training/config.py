@@ -55,6 +55,7 @@ DEFAULTS: Dict[str, Any] = {
                   "image_weight": 0.5, "similarity_source": "pre_projection", "weighting": "attention"},
         "anatomy": {"temperature": 0.1, "width": 128, "layers": 1, "heads": 4},
         "negation": {"temperature": 0.1, "attn_temperature": 0.1},
+        "mirror": {"kind": "pearson", "temperature": 0.05},
         "intra": {"distance": "kl", "temperature": 0.1, "target_temperature": 0.1, "detach_target": True,
                   "exclude_self": True, "image_weight": 1.0, "text_weight": 1.0},
     },

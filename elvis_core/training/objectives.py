@@ -298,7 +298,19 @@ class MirrorConsistency(nn.Module):
     same), and a trained encoder can respond beside a finding instead of on it; such a shift flips with the film, so
     this term sees it. Loss = mean over sentences of ``1 - Pearson r`` between the sentence's cosine grid on the film
     and the swapped sentence's grid on the mirrored film, aligned back cell for cell
-    (:func:`~elvis_core.grounding.engine.mirror_model_input`). Gradients reach both branches."""
+    (:func:`~elvis_core.grounding.engine.mirror_model_input`). Gradients reach both branches.
+
+    ``kind = "attention"`` compares where the maps peak instead: the symmetric KL divergence between the two spatial
+    distributions ``softmax(map / temperature)`` over the grid (what the local losses attend to). A one-cell shift of
+    a blob a few cells wide barely lowers Pearson r over the whole grid but moves the attention mass."""
+
+    def __init__(self, kind: str = "pearson", temperature: float = 0.05):
+        super().__init__()
+        if kind not in ("pearson", "attention"):
+            raise ValueError(f"objectives.mirror.kind must be 'pearson' or 'attention', got {kind!r}")
+        if not temperature > 0:
+            raise ValueError(f"objectives.mirror.temperature must be > 0, got {temperature}")
+        self.kind, self.temperature = kind, float(temperature)
 
     def forward(self, patch_emb: torch.Tensor, mirrored_patch_emb: torch.Tensor, emb: torch.Tensor,
                 mirrored_emb: torch.Tensor, owner: torch.Tensor) -> torch.Tensor:
@@ -308,6 +320,12 @@ class MirrorConsistency(nn.Module):
             return patch_emb.sum() * 0.0
         a = torch.einsum("tnd,td->tn", patch_emb.flatten(1, -2)[owner], emb)
         b = torch.einsum("tnd,td->tn", mirrored_patch_emb.flatten(1, -2)[owner], mirrored_emb)
+        if self.kind == "attention":
+            la = torch.log_softmax(a / self.temperature, dim=-1)
+            lb = torch.log_softmax(b / self.temperature, dim=-1)
+            kl_ab = (la.exp() * (la - lb)).sum(-1)
+            kl_ba = (lb.exp() * (lb - la)).sum(-1)
+            return 0.5 * (kl_ab + kl_ba).mean()
         a = a - a.mean(-1, keepdim=True)
         b = b - b.mean(-1, keepdim=True)
         r = (a * b).sum(-1) / (a.norm(dim=-1) * b.norm(dim=-1)).clamp_min(1e-8)
@@ -627,7 +645,7 @@ def _anatomy_cls():
 
 
 OBJECTIVES["negation"] = (NegationContrast, {"temperature": 0.1, "attn_temperature": 0.1})
-OBJECTIVES["mirror"] = (MirrorConsistency, {})
+OBJECTIVES["mirror"] = (MirrorConsistency, {"kind": "pearson", "temperature": 0.05})
 OBJECTIVES["anatomy"] = (None, {"temperature": 0.1, "width": 128, "layers": 1, "heads": 4})
 
 

@@ -94,3 +94,24 @@ def test_mirror_consistency_hand_cases_and_gradients():
     term(pa, pb, e, e.clone(), owner).backward()
     assert pa.grad.abs().sum() > 0 and pb.grad.abs().sum() > 0  # both branches are trained
     assert term(p, p, e[:0], e[:0], owner[:0]).item() == 0.0
+
+
+def test_mirror_attention_kind_sees_a_one_cell_shift_more_than_pearson():
+    """A blob three cells wide moved one cell: Pearson r over the grid stays high; the attention KL does not."""
+    grid = torch.zeros(1, 8, 8)
+    grid[0, 3:6, 2:5] = 1.0
+    shifted = torch.roll(grid, 1, dims=2)
+    basis = torch.nn.functional.normalize(torch.tensor([[1.0, 0.0], [0.6, 0.8]]), dim=-1)
+    # patches whose cosine with e = (1, 0) is 0.5 on the blob and 0.1 elsewhere
+    def patches(g):
+        c = 0.1 + 0.4 * g
+        return torch.stack([c, torch.sqrt(1 - c ** 2)], -1)
+    e = basis[:1]
+    owner = torch.tensor([0])
+    pear = MirrorConsistency("pearson")(patches(grid), patches(shifted), e, e, owner).item()
+    att = MirrorConsistency("attention", temperature=0.05)(patches(grid), patches(shifted), e, e, owner).item()
+    same = MirrorConsistency("attention")(patches(grid), patches(grid), e, e, owner).item()
+    assert same == pytest.approx(0.0, abs=1e-6)
+    assert att > 1.0 > pear  # KL of two spatial distributions whose mass moved: large; 1 - r: moderate
+    with pytest.raises(ValueError, match="kind"):
+        MirrorConsistency("cosine")
