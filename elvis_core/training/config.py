@@ -180,6 +180,11 @@ def load_config(path: Optional[str], sets: Sequence[str] = ()) -> Dict[str, Any]
     return cfg
 
 
+#: model-config keys ``model.overrides`` may change on top of ``model.init_from``: they leave every weight's name and
+#: shape as they are (a finer grid by dilation, where cells are drawn, mirror consensus)
+INIT_FROM_OVERRIDES = ("dilate_stages", "grid_anchor", "mirror_average")
+
+
 def model_config_from(cfg: Dict[str, Any]) -> Dict[str, Any]:
     """The model config: the preset with ``model.overrides`` merged over it (deep), validated; or, with
     ``model.init_from``, the architecture of that checkpoint."""
@@ -188,10 +193,16 @@ def model_config_from(cfg: Dict[str, Any]) -> Dict[str, Any]:
     if cfg["model"].get("init_from"):
         from elvis_core.model.checkpoint import read_checkpoint_config
 
-        if cfg["model"]["overrides"]:
-            raise ConfigError("model.init_from takes the architecture from the checkpoint; remove model.overrides")
+        ov = cfg["model"]["overrides"]
+        bad = sorted(set(ov) - {"image"}) + sorted(f"image.{k}" for k in (ov.get("image") or {})
+                                                    if k not in INIT_FROM_OVERRIDES)
+        if bad or not isinstance(ov.get("image", {}), dict):
+            raise ConfigError("model.init_from takes the architecture from the checkpoint; model.overrides may only "
+                              f"set image.{', image.'.join(INIT_FROM_OVERRIDES)} (same weights), not {', '.join(bad)}")
         try:
-            return validate_model_config(read_checkpoint_config(cfg["model"]["init_from"])["model"])
+            mc = validate_model_config(read_checkpoint_config(cfg["model"]["init_from"])["model"])
+            mc["image"].update(copy.deepcopy(ov.get("image") or {}))
+            return validate_model_config(mc)
         except ConfigError as err:
             raise ConfigError(f"model.init_from: {err}") from None
     base = preset(cfg["model"]["preset"])

@@ -34,7 +34,7 @@ from torch import nn
 
 from elvis_core.errors import CheckpointError, ConfigError, ElvisError
 from elvis_core.model.checkpoint import load_checkpoint, save_checkpoint
-from elvis_core.training.config import model_config_from
+from elvis_core.training.config import INIT_FROM_OVERRIDES, model_config_from
 from elvis_core.training.objectives import CombinedObjective
 
 log = logging.getLogger(__name__)
@@ -423,7 +423,15 @@ def train(cfg: Dict[str, Any], out_dir: Optional[str] = None, progress: Optional
             raise ConfigError("the run in this output folder used another architecture; use a new --out folder "
                               "or --set train.resume=false", out)
     elif cfg["model"].get("init_from"):
-        model = load_checkpoint(cfg["model"]["init_from"]).train()
+        model = load_checkpoint(cfg["model"]["init_from"])
+        if {k: model.config["image"].get(k) for k in INIT_FROM_OVERRIDES} != \
+                {k: model_cfg["image"].get(k) for k in INIT_FROM_OVERRIDES}:  # same weights, another grid/anchor
+            from elvis_core.model import build_model
+
+            again = build_model(model_cfg, tokenizer=model.tokenizer, init_text_from_path=False)
+            again.load_state_dict(model.state_dict())
+            model = again
+        model = model.train()
         if is0:
             log.info("model initialised from checkpoint %s", cfg["model"]["init_from"])
     else:

@@ -347,3 +347,22 @@ def test_mirror_objective_trains_with_negations_and_logs_its_term(phantom, tmp_p
     rows = [dict(zip(header, r.split(","))) for r in (tmp_path / "mir" / "log.csv").read_text().splitlines()[1:]]
     assert res.steps == 2 and all(torch.isfinite(torch.tensor(res.losses)))
     assert all(0.0 < float(r["mirror"]) <= 2.0 and r["negation"] for r in rows if r["loss"])
+
+
+def test_init_from_with_weight_preserving_overrides(phantom, tmp_path):
+    """model.init_from + model.overrides.image.dilate_stages: the same weights on a 2x finer grid (how the demo
+    model's second stage was trained); an override that would change a weight's shape is refused by name."""
+    from elvis_core.model.checkpoint import load_checkpoint
+    from elvis_core.training.trainer import train
+
+    base = train(_tiny_cfg(phantom, tmp_path / "base", **{"train.max_steps": 1}))
+    coarse = load_checkpoint(base.model_dir)
+    sets = {"model.init_from": repr(str(base.model_dir)), "train.max_steps": 1,
+            "model.overrides": "{image = {dilate_stages = 1, mirror_average = true}}"}
+    res = train(_tiny_cfg(phantom, tmp_path / "fine", **sets))
+    fine = load_checkpoint(res.model_dir)
+    assert fine.config["image"]["dilate_stages"] == 1 and fine.config["image"]["mirror_average"] is True
+    assert fine.grid_shape()[0] == 2 * coarse.grid_shape()[0]
+    with pytest.raises(ConfigError, match="projection"):
+        train(_tiny_cfg(phantom, tmp_path / "bad", **{"model.init_from": repr(str(base.model_dir)),
+                                                       "model.overrides": "{projection = {dim = 64}}"}))
