@@ -47,3 +47,15 @@ def ask_rescale(parent: Optional[QtWidgets.QWidget], n_items: int, example: str)
         QtWidgets.QMessageBox.StandardButton.Yes | QtWidgets.QMessageBox.StandardButton.No,
         QtWidgets.QMessageBox.StandardButton.Yes)
     return ans == QtWidgets.QMessageBox.StandardButton.Yes
+
+
+def ask_open_read_only(parent: Optional[QtWidgets.QWidget], reason: str) -> bool:
+    """The review file is being written by someone else: offer a read-only look (decisions are not saved)."""
+    box = QtWidgets.QMessageBox(QtWidgets.QMessageBox.Icon.Warning, "Review file in use",
+                                f"{reason}\n\nOpen it read-only? You can browse the phrases and their current "
+                                "decisions; nothing you do is saved.", parent=parent)
+    ro = box.addButton("Open read-only", QtWidgets.QMessageBox.ButtonRole.AcceptRole)
+    box.addButton(QtWidgets.QMessageBox.StandardButton.Cancel)
+    box.setDefaultButton(ro)
+    box.exec()
+    return box.clickedButton() is ro

@@ -379,3 +379,51 @@ def test_next_item_is_preloaded_with_its_map(qtbot, annotations, settings):
     assert eng.calls.count(nxt.label_text) == 1  # grounded once, ahead of time
     v.close()
     wait_all()
+
+
+_HOLDER = r"""
+import sys
+from elvis_core.review import ReviewSession
+s = ReviewSession.open(sys.argv[1], sys.argv[2], reviewer="first")
+print("READY", flush=True)
+sys.stdin.readline()
+s.close()
+"""
+
+
+def test_a_review_file_in_use_can_be_opened_read_only(qtbot, annotations, settings, monkeypatch):
+    """Another reviewer's process writes the review file: the view offers a read-only look instead of failing;
+    declined, it fails with the holder named; accepted, the queue opens and says that nothing is saved."""
+    import os
+    import subprocess
+    import sys
+
+    from elvis_viewer.review import view as view_mod
+
+    ann, root = annotations
+    repo = Path(__file__).resolve().parents[2]
+    env = dict(os.environ, PYTHONPATH=str(repo) + os.pathsep + os.environ.get("PYTHONPATH", ""))
+    holder = subprocess.Popen([sys.executable, "-c", _HOLDER, str(ann), str(root)], stdin=subprocess.PIPE,
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+    try:
+        assert holder.stdout.readline().strip() == "READY", holder.stderr.read()
+        asked = []
+        monkeypatch.setattr(view_mod, "ask_open_read_only", lambda parent, reason: asked.append(reason) or False)
+        v = _view(qtbot, settings)
+        assert not v.load(ann, root)
+        assert asked and "in use" in asked[0] and "in use" in v.last_error
+        monkeypatch.setattr(view_mod, "ask_open_read_only", lambda parent, reason: True)
+        messages = []
+        v.message.connect(messages.append)
+        assert v.load(ann, root)
+        assert v.session.read_only_reason and "READ-ONLY" in messages[-1]
+        before = v.session.store.last_seq
+        from elvis_core.review import ReviewStoreError
+
+        with pytest.raises(ReviewStoreError, match="read-only"):
+            v.session.accept()  # a decision is refused with the reason; nothing is written
+        assert v.session.store.last_seq == before
+    finally:
+        holder.stdin.write("\n")
+        holder.stdin.flush()
+        holder.wait(timeout=30)
