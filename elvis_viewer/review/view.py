@@ -85,6 +85,7 @@ class ReviewView(QtWidgets.QWidget):
         self.problems.setFocusPolicy(QtCore.Qt.FocusPolicy.ClickFocus)
         self.problems.setWordWrap(True)
         ll.addWidget(self.problems, 1)
+        self.problems.setVisible(False)  # shown when an import has problems
         self.export_button = QtWidgets.QPushButton("Export CSV / COCO / summary…")
         self.export_button.setFocusPolicy(QtCore.Qt.FocusPolicy.ClickFocus)
         self.export_button.clicked.connect(self._export_dialog)
@@ -230,6 +231,7 @@ class ReviewView(QtWidgets.QWidget):
         for p in session.problems:
             self.problems.addItem(str(p))
         self.problems_label.setText(f"Import problems ({len(session.problems)})")
+        self.problems.setVisible(bool(session.problems))  # no empty box: the queue gets the room
         self._fill_filters()
         self._show_current()
         n = len(session.items)

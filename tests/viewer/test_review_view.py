@@ -104,7 +104,7 @@ def test_keyboard_only_review_and_exports(qtbot, annotations, settings, tmp_path
     v = _view(qtbot, settings, engine)
     assert v.load(ann, root)
     n = len(v.session.items)
-    assert n >= 5 and v.problems.count() == 0
+    assert n >= 5 and v.problems.count() == 0 and not v.problems.isVisible()  # no empty problems box
     _wait_item(qtbot, v, with_map=True)
     assert "CNR" in v.figures_label.text() and "no model map" not in v.figures_label.text()
     assert v.report_view.report is not None and v.report_view.current is not None  # phrase highlighted
@@ -227,7 +227,7 @@ def test_bad_rows_are_listed_and_the_queue_still_works(qtbot, annotations, setti
     texts = [v.problems.item(i).text() for i in range(v.problems.count())]
     assert any("'w'" in t and "not a number" in t for t in texts)
     assert any("image not found" in t and "files/p1/x.dcm" in t for t in texts)
-    assert v.problems_label.text() == f"Import problems ({len(texts)})"
+    assert v.problems_label.text() == f"Import problems ({len(texts)})" and v.problems.isVisible()
     _wait_item(qtbot, v)
     _press(qtbot, v, Key.Key_A)
     assert v.session.items[0].status == "accepted"
