@@ -116,9 +116,10 @@ class GroundingMap:
         return float(x), float(y)
 
     def display_grid(self, factor: int = 8) -> Tuple[np.ndarray, np.ndarray]:
-        """A smooth version of the grid for display: bilinear upsampling by ``factor`` (cell centres kept, edges
-        replicated), and its affine onto original pixels. Small (e.g. 128 x 128 for a 16 x 16 grid): the viewer
-        never resamples a full-resolution image in Python."""
+        """A smooth version of the grid for display: bilinear upsampling by ``factor`` (edges replicated), and its
+        affine onto original pixels. With :attr:`seen_region` (maps from the engine) the (gh*f, gw*f) lattice spans
+        exactly what the model saw; otherwise the grid's own extent (cell centres kept). Small (e.g. 128 x 128 for a
+        16 x 16 grid): the viewer never resamples a full-resolution image in Python."""
         factor = max(1, int(factor))
         sim = np.asarray(self.similarity, dtype=np.float32)
         if factor == 1:
@@ -126,5 +127,15 @@ class GroundingMap:
         import cv2
 
         gh, gw = sim.shape
+        if self.seen_region is not None:
+            # a receptive-field-anchored grid is shifted off the model input (grid_cell_offset), so its own extent
+            # leaves a strip of the image uncovered: sample the same bilinear map on a (gh*f, gw*f) lattice laid
+            # over exactly what the model saw instead (the values to_image() gives there)
+            x0, y0, x1, y1 = self.seen_box()
+            h, w = gh * factor, gw * factor
+            sx, sy = (x1 - x0) / w, (y1 - y0) / h
+            disp_to_image = np.array([[sx, 0.0, x0], [0.0, sy, y0], [0.0, 0.0, 1.0]])
+            g2d = np.linalg.inv(disp_to_image) @ np.asarray(self.grid_to_image, dtype=np.float64)
+            return warp_grid_to_image(sim, g2d, (h, w), "bilinear"), disp_to_image
         up = cv2.resize(sim, (gw * factor, gh * factor), interpolation=cv2.INTER_LINEAR)
         return up, np.asarray(self.grid_to_image, dtype=np.float64) @ np.diag([1.0 / factor, 1.0 / factor, 1.0])

@@ -144,3 +144,24 @@ def test_dilated_stages_give_a_finer_grid_with_the_same_weights(n):
     assert abs(x_rf - cx) <= 0.5 and abs(y_rf - cy) <= 0.5
     with pytest.raises(ValueError, match="dilate_stages"):
         dilate_last_stages(copy.deepcopy(model.image_encoder), 3)  # the demo ResNet has 2 downsampling stages
+
+
+def test_display_grid_covers_what_the_model_saw_and_matches_to_image():
+    """The viewer draws display_grid(8): with a shifted (receptive-field) grid it must still cover the whole seen
+    image (no bare strip at the right/bottom edge) and show the values to_image() gives there."""
+    shape = (256, 234)
+    t = ModelInputTransform(size=256)
+    rng = np.random.default_rng(0)
+    grid = rng.random((32, 32)).astype(np.float32)
+    gm = GroundingMap(similarity=grid, grid_to_image=t.grid_to_image(shape, (32, 32), anchor="receptive_field"),
+                      image_shape=shape, seen_region=t.geometry(shape).seen_box())
+    up, a = gm.display_grid(8)
+    assert up.shape == (256, 256)
+    x0, y0, _ = a @ np.array([0.0, 0.0, 1.0])
+    x1, y1, _ = a @ np.array([256.0, 256.0, 1.0])
+    assert (x0, y0) == pytest.approx((0.0, 0.0)) and (x1, y1) == pytest.approx((234.0, 256.0))
+    full = gm.to_image()
+    for r, c in [(3, 5), (128, 200), (255, 255), (250, 10)]:  # display pixel centre -> image point
+        x, y, _ = a @ np.array([c + 0.5, r + 0.5, 1.0])
+        xi, yi = min(int(x), shape[1] - 1), min(int(y), shape[0] - 1)
+        assert up[r, c] == pytest.approx(full[yi, xi], abs=0.08)
