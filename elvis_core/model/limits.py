@@ -11,8 +11,9 @@ must be integers), estimates the parameter count analytically (no module is buil
   only): a config that describes a model several times larger than its weights is refused as inconsistent.
 
 Limits on shapes: at most 256 transformer layers and 1 024 heads, hidden sizes up to 65 536, ResNet stages up to
-16 with up to 1 000 blocks in all, model input side 32..2 048 px (``ELVIS_MAX_MODEL_INPUT``), text length up to the
-position embeddings and 8 192. Unknown keys are left to the config validator (this module only bounds sizes).
+16 with up to 1 000 blocks in all, model input side 32..2 048 px (``ELVIS_MAX_MODEL_INPUT``), a patch grid of at most
+128 x 128 cells (dilated stages, ``image.dilate_stages``, keep their resolution), text length up to the position
+embeddings and 8 192. Unknown keys are left to the config validator (this module only bounds sizes).
 """
 
 from __future__ import annotations
@@ -44,6 +45,8 @@ MAX_VOCAB = 1_000_000
 MAX_STAGES = 16
 MAX_BLOCKS = 1000
 MAX_TEXT_LENGTH = 8192
+#: patch grid side (activation memory of the last stages grows with its square): 128 x 128 cells
+MAX_GRID = 128
 #: a config may describe at most this many times the values its weights file holds (plus a small allowance)
 FILE_SLACK = 1.5
 
@@ -153,7 +156,19 @@ def estimate_parameters(model_cfg: Mapping[str, Any]) -> int:
     n_proj = 4 * (max(hidden[-1], h) * ph + ph * dim + ph + dim)
     # -- model input
     pre = _section(model_cfg, "preprocessing")
-    _int(pre, "size", 512, "model.preprocessing.size", 32, MAX_INPUT_SIZE)
+    side = _int(pre, "size", 512, "model.preprocessing.size", 32, MAX_INPUT_SIZE)
+    if "crop" in pre:
+        side = _int(pre, "crop", 480, "model.preprocessing.crop", 32, MAX_INPUT_SIZE)
+    # -- patch grid: dilated stages keep their resolution, so activation memory grows 4x per dilated stage
+    img = _section(model_cfg, "image")
+    dil = _int(img, "dilate_stages", 0, "model.image.dilate_stages", 0, 3)
+    first_down = bool(rn.get("downsample_in_first_stage", False))
+    stride = 4 * 2 ** (len(hidden) - 1) * (2 if first_down else 1)
+    stride = max(1, stride // 2 ** min(dil or 0, len(hidden) - (0 if first_down else 1)))
+    cells = -(-int(side) // stride)
+    if cells > MAX_GRID:
+        raise ConfigError(f"model.image.dilate_stages {dil} gives a {cells} x {cells} patch grid at "
+                          f"{side} px (stride {stride}): at most {MAX_GRID} x {MAX_GRID}")
     for key in ("mean", "std"):
         if key in pre:
             _number(pre[key], f"model.preprocessing.{key}")

@@ -532,6 +532,10 @@ def _copy_ckpt(src, dst, edit=None):
     (lambda c: c["model"]["text"]["hf_config"].__setitem__("pad_token_id", [0]), "cannot be built"),  # fuzz 407
     (lambda c: c["model"]["text"]["hf_config"].__setitem__("intermediate_size", 200000),
      "model.safetensors holds only"),  # a config much larger than its weights
+    # a finer grid from the same weights: activation memory grows 4x per dilated stage, so the grid is bounded
+    (lambda c: (c["model"]["image"].__setitem__("dilate_stages", 2), c["model"]["preprocessing"].__setitem__(
+        "size", 2048)), "patch grid"),
+    (lambda c: c["model"]["image"].__setitem__("dilate_stages", 9), "dilate_stages is 9"),
 ])
 def test_checkpoint_config_limits_before_building(tmp_path, tiny_ckpt, edit, needle):
     from elvis_core.model.checkpoint import load_checkpoint
