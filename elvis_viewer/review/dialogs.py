@@ -1,4 +1,5 @@
-"""Small dialogs of the review mode: reviewer name (asked once, kept in QSettings) and reject reason."""
+"""Small dialogs of the review mode: reviewer name (asked once, kept in QSettings), reject reason, rescale, a review
+file in use; and opening a review with them (:func:`open_review_session`)."""
 
 from __future__ import annotations
 
@@ -6,7 +7,8 @@ from typing import Optional
 
 from PySide6 import QtCore, QtWidgets
 
-from elvis_core.review.session import REJECT_REASONS
+from elvis_core.review.session import REJECT_REASONS, ReviewSession
+from elvis_core.review.store import ReviewInUseError
 
 SETTINGS_KEY = "review/reviewer"
 
@@ -59,3 +61,38 @@ def ask_open_read_only(parent: Optional[QtWidgets.QWidget], reason: str) -> bool
     box.setDefaultButton(ro)
     box.exec()
     return box.clickedButton() is ro
+
+
+def open_review_session(parent, annotations_path, images_root, rescale: Optional[bool], reviewer: str,
+                        ask_read_only=ask_open_read_only, ask_rescale_fn=ask_rescale) -> ReviewSession:
+    """Open the review beside ``annotations_path`` under a wait cursor. A review file another process is writing:
+    ``ask_read_only(parent, reason)`` offers a read-only look (declined: the ``ReviewInUseError`` is raised). Boxes
+    drawn for another image size and no stored choice: ``ask_rescale_fn`` decides, and the review is reopened with
+    it. Raises :class:`~elvis_core.errors.ElvisError` (one line) when it cannot open."""
+    app = QtWidgets.QApplication
+    app.setOverrideCursor(QtCore.Qt.CursorShape.WaitCursor)
+    try:
+        try:
+            session = ReviewSession.open(annotations_path, images_root, rescale=rescale, reviewer=reviewer)
+        except ReviewInUseError as err:
+            app.restoreOverrideCursor()
+            agreed = ask_read_only(parent, str(err))
+            app.setOverrideCursor(QtCore.Qt.CursorShape.WaitCursor)
+            if not agreed:
+                raise
+            session = ReviewSession.open(annotations_path, images_root, rescale=rescale, reviewer=reviewer,
+                                         read_only=True)
+        res = session.import_result
+        if rescale is None and res.size_mismatch_keys and session.store.get_meta("rescale") is None:
+            it = next(i for i in res.items if i.key == res.size_mismatch_keys[0])
+            ex = f"{it.file_size[0]}x{it.file_size[1]} vs {it.image_width}x{it.image_height}"
+            app.restoreOverrideCursor()
+            agreed = ask_rescale_fn(parent, len(res.size_mismatch_keys), ex)
+            app.setOverrideCursor(QtCore.Qt.CursorShape.WaitCursor)
+            read_only = session.store.read_only
+            session.close()
+            session = ReviewSession.open(annotations_path, images_root, rescale=agreed, reviewer=reviewer,
+                                         read_only=read_only)
+        return session
+    finally:
+        app.restoreOverrideCursor()

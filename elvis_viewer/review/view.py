@@ -21,13 +21,13 @@ from PySide6 import QtCore, QtGui, QtWidgets
 
 from elvis_core.errors import ElvisError
 from elvis_core.review import ITEM_STATUSES, ReviewSession, export_all, find_report, item_figures
-from elvis_core.review.store import ReviewInUseError, ReviewStoreError
+from elvis_core.review.store import ReviewStoreError
 from elvis_viewer.image_view import ImageView
 from elvis_viewer.report_view import ReportView
 from elvis_viewer.review.box_layer import STATUS_COLORS, BoxLayer
 from elvis_viewer.review.tasks import _ground, _load_item_data, _preload
 from elvis_viewer.review.dialogs import (ask_open_read_only, ask_reject_reason, ask_rescale, ask_reviewer_name,
-                                         settings_or_default)
+                                         open_review_session, settings_or_default)
 from elvis_viewer.workers import Generation, run_task, while_alive
 
 STATUS_MARK = {"unreviewed": "·", "accepted": "✓", "edited": "✎", "rejected": "✗"}
@@ -198,33 +198,11 @@ class ReviewView(QtWidgets.QWidget):
         if self.session is not None:
             self.session.close()
             self.session = None
-        QtWidgets.QApplication.setOverrideCursor(QtCore.Qt.CursorShape.WaitCursor)
-        try:
-            try:
-                session = ReviewSession.open(annotations_path, images_root, rescale=rescale, reviewer=reviewer)
-            except ReviewInUseError as err:  # another reviewer is writing it: offer a read-only look
-                QtWidgets.QApplication.restoreOverrideCursor()
-                agreed = ask_open_read_only(self, str(err))
-                QtWidgets.QApplication.setOverrideCursor(QtCore.Qt.CursorShape.WaitCursor)
-                if not agreed:
-                    return self._fail(str(err))
-                session = ReviewSession.open(annotations_path, images_root, rescale=rescale, reviewer=reviewer,
-                                             read_only=True)
-            res = session.import_result
-            if rescale is None and res.size_mismatch_keys and session.store.get_meta("rescale") is None:
-                it = next(i for i in res.items if i.key == res.size_mismatch_keys[0])
-                ex = f"{it.file_size[0]}x{it.file_size[1]} vs {it.image_width}x{it.image_height}"
-                QtWidgets.QApplication.restoreOverrideCursor()
-                agreed = ask_rescale(self, len(res.size_mismatch_keys), ex)
-                QtWidgets.QApplication.setOverrideCursor(QtCore.Qt.CursorShape.WaitCursor)
-                read_only = session.store.read_only
-                session.close()
-                session = ReviewSession.open(annotations_path, images_root, rescale=agreed, reviewer=reviewer,
-                                             read_only=read_only)
+        try:  # the module's dialog functions are passed in (tests replace them here)
+            session = open_review_session(self, annotations_path, images_root, rescale, reviewer,
+                                          ask_open_read_only, ask_rescale)
         except ElvisError as err:
             return self._fail(str(err))
-        finally:
-            QtWidgets.QApplication.restoreOverrideCursor()
         self.session = session
         self.annotations_path = Path(annotations_path)
         self.problems.clear()
