@@ -426,8 +426,6 @@ def train(cfg: Dict[str, Any], out_dir: Optional[str] = None, progress: Optional
         model = load_checkpoint(cfg["model"]["init_from"])
         if {k: model.config["image"].get(k) for k in INIT_FROM_OVERRIDES} != \
                 {k: model_cfg["image"].get(k) for k in INIT_FROM_OVERRIDES}:  # same weights, another grid/anchor
-            from elvis_core.model import build_model
-
             again = build_model(model_cfg, tokenizer=model.tokenizer, init_text_from_path=False)
             again.load_state_dict(model.state_dict())
             model = again
