@@ -60,12 +60,13 @@ def test_demo_selects_first_annotated_phrase_and_draws_map_and_boxes(qtbot, tmp_
     lo, hi = iv.overlay_levels()
     assert lo == -hi and hi == pytest.approx(float(np.abs(g.similarity).max()))
     i, j = g.peak_cell()
-    # the drawn (smooth) overlay peaks where the core's map peaks, within one grid cell
+    # the drawn (smooth) overlay is at its top level where the core's map peaks (a bilateral phrase has two
+    # near-equal peaks, so the drawn argmax may be the other one: compare values, not places)
     shown = iv.overlay_item.image
-    r, c = np.unravel_index(int(np.argmax(shown)), shown.shape)
-    p = iv.overlay_item.mapToParent(QtCore.QPointF(c + 0.5, r + 0.5))
-    cell = float(np.hypot(*g.grid_to_image[:2, :2].diagonal()))
-    assert np.hypot(p.x() - g.peak_xy()[0], p.y() - g.peak_xy()[1]) <= cell
+    q = iv.overlay_item.mapFromParent(QtCore.QPointF(*g.peak_xy()))
+    at_peak = float(shown[min(int(q.y()), shown.shape[0] - 1), min(int(q.x()), shown.shape[1] - 1)])
+    assert at_peak >= float(shown.max()) - 0.05 * float(shown.max() - shown.min())
+    assert float(shown.max()) <= float(g.similarity.max()) + 1e-6
     br = iv.overlay_item.mapRectToParent(iv.overlay_item.boundingRect())
     rows, cols = win.rad.shape
     assert rows != cols  # phantom films are not square: the grid also covers the padding
