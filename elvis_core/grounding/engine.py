@@ -163,7 +163,8 @@ class GroundingEngine:
             mirror_average = bool(((cfg or {}).get("image") or {}).get("mirror_average", False)) \
                 if isinstance(cfg, dict) else False
         self.mirror_average = bool(mirror_average)
-        self._images: "OrderedDict[str, Tuple[torch.Tensor, Tuple[int, int], np.ndarray]]" = OrderedDict()
+        #: key -> (patch grids [1 or 2, gh, gw, D], image shape, grid->image affine, seen region)
+        self._images: "OrderedDict[str, Tuple[torch.Tensor, Tuple[int, int], np.ndarray, tuple]]" = OrderedDict()
         self._texts: "OrderedDict[str, Tuple[torch.Tensor, bool]]" = OrderedDict()
         self._current: Optional[str] = None
         self.image_encode_count = 0  # how many times the image encoder actually ran (cache misses)
@@ -245,7 +246,8 @@ class GroundingEngine:
             gh, gw = int(patch.shape[1]), int(patch.shape[2])
             g2i = self.transform.grid_to_image(radiograph.shape, (gh, gw),
                                                anchor=getattr(self.model, "grid_anchor", "cell"))
-            self._images[key] = (patch, radiograph.shape, g2i)
+            seen = tuple(float(v) for v in self.transform.geometry(tuple(radiograph.shape)).seen_box())
+            self._images[key] = (patch, radiograph.shape, g2i, seen)
             self._images.move_to_end(key)
             while len(self._images) > self.cache_size:
                 self._images.popitem(last=False)
@@ -344,12 +346,13 @@ class GroundingEngine:
         both = self._text_globals(list(texts) + mirrored)
         return both[:len(texts)], both[len(texts):]
 
-    def _make_map(self, phrase: str, raw: np.ndarray, shape, g2i, truncated: bool, t0: float) -> GroundingMap:
+    def _make_map(self, phrase: str, raw: np.ndarray, shape, g2i, seen, truncated: bool, t0: float
+                  ) -> GroundingMap:
         sim = smooth_grid(raw, self.smoothing_sigma)
         gm = GroundingMap(similarity=sim.astype(np.float32), grid_to_image=np.array(g2i, dtype=np.float64),
                           image_shape=tuple(shape), phrase=phrase, smoothing_sigma=self.smoothing_sigma,
                           raw_similarity=np.asarray(raw, dtype=np.float32),
-                          seen_region=tuple(float(v) for v in self.transform.geometry(tuple(shape)).seen_box()))
+                          seen_region=seen)
         if truncated:
             gm.warnings.append(self._truncation_warning())
         gm.latency_s = time.perf_counter() - t0
@@ -360,11 +363,11 @@ class GroundingEngine:
         text = self._check_phrase(phrase)
         t0 = time.perf_counter()
         with self._lock, torch.inference_mode():
-            patch, shape, g2i = self._current_image()
+            patch, shape, g2i, seen = self._current_image()
             vecs, mvecs = self._phrase_vectors([text])
             (vec, truncated), = vecs
             sim = self._similarity(patch, vec, mvecs[0][0] if mvecs else None)
-            return self._make_map(phrase, sim, shape, g2i, truncated, t0)
+            return self._make_map(phrase, sim, shape, g2i, seen, truncated, t0)
 
     def ground_many(self, phrases: Sequence[str]) -> List[GroundingMap]:
         """Maps of many phrases against the current image; uncached phrases go through ONE text-encoder call."""
@@ -373,7 +376,7 @@ class GroundingEngine:
             return []
         t0 = time.perf_counter()
         with self._lock, torch.inference_mode():
-            patch, shape, g2i = self._current_image()
+            patch, shape, g2i, seen = self._current_image()
             vecs, mvecs = self._phrase_vectors(texts)
             mat = torch.stack([v for v, _ in vecs]).to(patch.device)  # [P, D]
             sims = torch.einsum("hwd,pd->phw", patch[0], mat)
@@ -381,7 +384,7 @@ class GroundingEngine:
                 mmat = torch.stack([v for v, _ in mvecs]).to(patch.device)
                 sims = 0.5 * (sims + torch.einsum("hwd,pd->phw", patch[1], mmat))
             sims = sims.clamp_(-1.0, 1.0).cpu().numpy()
-            maps = [self._make_map(p, sims[i], shape, g2i, vecs[i][1], t0)
+            maps = [self._make_map(p, sims[i], shape, g2i, seen, vecs[i][1], t0)
                     for i, p in enumerate(phrases)]
         per = (time.perf_counter() - t0) / len(maps)
         for m in maps:
@@ -393,7 +396,7 @@ class GroundingEngine:
         text = self._check_phrase(phrase)
         t0 = time.perf_counter()
         with self._lock, torch.inference_mode():
-            patch, shape, g2i = self._current_image()
+            patch, shape, g2i, seen = self._current_image()
             out, tok = self._encode_texts([text])
             truncated = bool(tok.get("truncated", [False])[0])
             ids = tok["input_ids"][0].tolist()
@@ -415,7 +418,7 @@ class GroundingEngine:
                 tm = np.stack([smooth_grid(m, self.smoothing_sigma) for m in tm])
             else:
                 tm = np.zeros((0,) + sim.shape, dtype=np.float32)
-            gm = self._make_map(phrase, sim, shape, g2i, truncated, t0)
+            gm = self._make_map(phrase, sim, shape, g2i, seen, truncated, t0)
             gm.token_maps = tm.astype(np.float32)
             gm.tokens = list(tokens)
             gm.latency_s = time.perf_counter() - t0
