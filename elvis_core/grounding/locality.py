@@ -155,14 +155,15 @@ def patch_similarity_figure(models: Dict[str, object], pixel_values: torch.Tenso
                             out_png, image: Optional[np.ndarray] = None, tile: int = 160,
                             title: str = "") -> Dict[str, Tuple[float, float]]:
     """Write a PNG: the model input on the left, then one column per model (name on top), the similarity of every
-    patch to ``cell`` before projection (top row) and after (bottom row), each on the fixed range [-1, 1]
-    (RdBu_r colormap: blue -1, white 0, red 1), the chosen cell outlined. Returns each model's per-image
-    (Pearson, Spearman) of the full matrices, also printed under its column."""
+    patch to ``cell`` before projection (top row) and after (bottom row), each panel scaled from its own minimum
+    (dark) to its maximum (yellow, viridis) — the pattern is what matters: backbone features are post-ReLU, so their
+    cosines are all positive while the projected ones are not — the chosen cell outlined. Returns each model's
+    per-image (Pearson, Spearman) of the full matrices, also printed under its column."""
     import cv2
 
     from elvis_core.grounding.figure import colormap_lut, write_png
 
-    lut = colormap_lut("RdBu_r")
+    lut = colormap_lut("viridis")
     pad, head, foot = 6, 28, 22
     cols = len(models) + 1
     h = head + 2 * tile + pad + foot + 20
@@ -184,16 +185,17 @@ def patch_similarity_figure(models: Dict[str, object], pixel_values: torch.Tenso
         scores[name] = emb_scores
         gh, gw = before.shape
         for k, m in enumerate((before, after)):
-            idx = np.clip(np.round((m + 1.0) / 2.0 * 255), 0, 255).astype(np.int64)
+            lo, hi = float(m.min()), float(m.max())
+            idx = np.clip(np.round((m - lo) / max(hi - lo, 1e-9) * 255), 0, 255).astype(np.int64)
             rgb = cv2.resize(lut[idx].astype(np.uint8), (tile, tile), interpolation=cv2.INTER_NEAREST)
             y0 = head + k * (tile + pad)
             canvas[y0:y0 + tile, x0:x0 + tile] = rgb
             cy, cx = cell[0] * tile // gh, cell[1] * tile // gw
-            cv2.rectangle(canvas, (x0 + cx, y0 + cy), (x0 + cx + tile // gw, y0 + cy + tile // gh), (0, 0, 0), 1)
+            cv2.rectangle(canvas, (x0 + cx, y0 + cy), (x0 + cx + tile // gw, y0 + cy + tile // gh), (255, 0, 0), 2)
         cv2.putText(canvas, name[:22], (x0, head - 8), font, 0.4, (0, 0, 0), 1, cv2.LINE_AA)
         cv2.putText(canvas, f"r {emb_scores[0]:.2f} rho {emb_scores[1]:.2f}", (x0, head + 2 * tile + pad + 16),
                     font, 0.4, (0, 0, 0), 1, cv2.LINE_AA)
-    foot_text = title or "top: cos to the outlined patch before projection; bottom: after (range -1..1)"
+    foot_text = title or "top: cos to the outlined patch before projection; bottom: after (each panel min..max)"
     cv2.putText(canvas, foot_text[:110], (pad, h - 8), font, 0.38, (60, 60, 60), 1, cv2.LINE_AA)
     write_png(out_png, canvas)
     return scores

@@ -108,3 +108,44 @@ def test_patch_similarity_maps_and_figure(model, images, tmp_path):
 
     img = cv2.imread(str(out))
     assert img is not None and img.shape[1] > 3 * 160
+
+
+def test_elvis_loss_sees_patches_only_through_the_report_sentences_so_locality_is_not_kept_by_construction():
+    """Why the `elvis` objective cannot preserve the intra-image structure by itself (docs/elvis_paper.md): its
+    region term (the one whose soft targets carry the image's pre-projection similarity) reads the patch embeddings
+    only through their dot products with the report's sentence embeddings. Moving each patch's component orthogonal
+    to the sentences' span to another direction of the same length leaves that term EXACTLY unchanged while the
+    patch-similarity structure is scrambled; the `intra` term does see it. (The sentence term sees the patches only
+    through the norm of attention-pooled patch sums: not a constraint on which patch resembles which.)"""
+    from elvis_core.training.objectives import ElvisLocal, IntraModalSimilarity, Sentences
+
+    g = torch.Generator().manual_seed(11)
+    b, n, d, s, c = 2, 9, 16, 3, 12
+    feats = torch.randn(b, 3, 3, c, generator=g)
+    p = torch.nn.functional.normalize(torch.randn(b, n, d, generator=g), dim=-1)
+    e = torch.nn.functional.normalize(torch.randn(b, s, d, generator=g), dim=-1)
+    sent = Sentences(emb=e, feats=torch.randn(b, s, 8, generator=g), valid=torch.ones(b, s, dtype=torch.bool))
+    p2 = []
+    for i in range(b):
+        q, _ = torch.linalg.qr(e[i].t())  # [d, s] orthonormal basis of the sentences' span
+        par = p[i] @ q @ q.t()
+        orth = p[i] - par
+        rnd = torch.randn(n, d, generator=g)
+        rnd = rnd - rnd @ q @ q.t()
+        rnd = torch.nn.functional.normalize(rnd, dim=-1) * orth.norm(dim=-1, keepdim=True)
+        p2.append(par + rnd)
+    p2 = torch.stack(p2)
+    assert torch.allclose(p2.norm(dim=-1), torch.ones(b, n), atol=1e-5)
+    assert torch.allclose(p2 @ e.transpose(1, 2), p @ e.transpose(1, 2), atol=1e-5)
+    elvis = ElvisLocal(text_weight=0.0)
+    args = dict(token_feats=torch.zeros(b, 1, 8), token_emb=torch.zeros(b, 1, d),
+                sentence_ids=torch.zeros(b, 1, dtype=torch.long), sentences=sent)
+    l1 = elvis(feats, p.reshape(b, 3, 3, d), **args)
+    l2 = elvis(feats, p2.reshape(b, 3, 3, d), **args)
+    assert float(l1) == pytest.approx(float(l2), abs=1e-5)
+    r = [structure_agreement(p[i], p2[i])[0] for i in range(b)]
+    assert max(r) < 0.8  # the structure after "projection" changed a lot, the ELVIS loss did not see it
+    intra = IntraModalSimilarity(text_weight=0.0)
+    i1 = intra(feats, p.reshape(b, 3, 3, d), None, None, None)
+    i2 = intra(feats, p2.reshape(b, 3, 3, d), None, None, None)
+    assert abs(float(i1) - float(i2)) > 1e-3
