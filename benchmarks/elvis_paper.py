@@ -80,6 +80,11 @@ def parse_args(argv=None):
     p.add_argument("--probe-test-studies", type=int, default=100)
     p.add_argument("--locality-images", type=int, default=150, help="held-out images (and reports) for locality")
     p.add_argument("--curve-seeds", default="0", help="seeds whose checkpoints are scored for the learning curves")
+    p.add_argument("--curve-runs", default="global,GLoRIA,LoVT,ELVIS",
+                   help="short names of the runs whose checkpoints get a probe Dice for the learning curves")
+    p.add_argument("--compute-seeds", default=None,
+                   help="eval: seeds this process scores itself (default: all); the others are read from the cache")
+    p.add_argument("--wait-pids", default="", help="eval: keep scoring new models while these processes live")
     p.add_argument("--figure-image", type=int, default=0, help="index of the held-out image drawn in the figure")
     p.add_argument("--val-every", type=int, default=50)
     p.add_argument("--val-phrases", type=int, default=100)
@@ -95,6 +100,10 @@ def parse_args(argv=None):
     a.seed_list = [int(s) for s in a.seeds.split(",") if s.strip()]
     a.ablation_seed_list = [int(s) for s in a.ablation_seeds.split(",") if s.strip()]
     a.curve_seed_list = [int(s) for s in a.curve_seeds.split(",") if s.strip()]
+    a.curve_run_list = [r.strip() for r in a.curve_runs.split(",") if r.strip()]
+    a.compute_seed_list = None if a.compute_seeds is None else \
+        [int(x) for x in a.compute_seeds.split(",") if x.strip()]
+    a.wait_pid_list = [int(x) for x in a.wait_pids.split(",") if x.strip()]
     a.run_names = [r.strip() for r in a.runs.split(",") if r.strip()]
     bad = [r for r in a.run_names if r not in RUNS]
     if bad:
@@ -187,7 +196,7 @@ class Context:
     """Everything a model is scored on, loaded once: images + reports (locality), phrases with boxes and lung
     geometry (pointing, word following), probe sets."""
 
-    def __init__(self, a, data, transform, which: str):
+    def __init__(self, a, data, transform, which: str, probe_train=None):
         from elvis_core.grounding.evaluate import read_any_image
         from elvis_core.grounding.probe import probe_set
         from elvis_core.io.annotations import read_ms_cxr_csv
@@ -209,7 +218,8 @@ class Context:
         self.phrases = sorted(aset.phrases, key=lambda ph: ph.key)
         self.lungs = lung_geometry(root / "anatomy.csv")
         w = Path(a.work)
-        self.probe_train = probe_set(w / "probe_train", a.probe_studies, 303, a.size, transform)
+        self.probe_train = probe_train if probe_train is not None else \
+            probe_set(w / "probe_train", a.probe_studies, 303, a.size, transform)
         if which == "test":
             self.probe_test = probe_set(w / "probe_test", a.probe_test_studies, 305, a.size, transform)
         else:
@@ -356,14 +366,17 @@ def text_prior_items(ctx) -> tuple:
 
 
 def evaluate_model(a, model, ctx, seed: int) -> dict:
-    """Every per-item figure of one model on one context (JSON-able)."""
+    """Every per-item figure of one model on one context (JSON-able). On the validation context (the ELVIS
+    ablations) the probe is the linear one at 100 % only (CPU budget)."""
     from elvis_core.grounding.locality import image_locality, text_locality
     from elvis_core.grounding.probe import probe_scores
 
     t0 = time.perf_counter()
     out = {"loc_img": image_locality(model, ctx.loc_inputs), "loc_txt": text_locality(model, ctx.reports)}
-    pr = probe_scores(model, ctx.probe_train, ctx.probe_test, fractions=(0.01, 0.1, 1.0), seed=seed,
-                      finetune_fraction=0.1 if a.finetune_steps else None, finetune_steps=a.finetune_steps)
+    light = ctx.which != "test"
+    pr = probe_scores(model, ctx.probe_train, ctx.probe_test, fractions=(1.0,) if light else (0.01, 0.1, 1.0),
+                      seed=seed, finetune_fraction=0.1 if a.finetune_steps and not light else None,
+                      finetune_steps=a.finetune_steps)
     out["probe"] = {k: {g: [float(x) for x in v] for g, v in d.items()} for k, d in pr.items()}
     out["pointing"], out["follow"] = grounding_items(model, ctx)
     out["seconds"] = round(time.perf_counter() - t0, 1)
@@ -387,6 +400,8 @@ def cached_eval(a, key: str, ctx, make_model, seed: int) -> dict:
     f = Path(a.work) / "eval" / ctx.which / f"{key}.json"
     if f.is_file():
         return json.loads(f.read_text())
+    if a.compute_seed_list is not None and seed not in a.compute_seed_list:
+        return None  # another eval process scores this seed (--compute-seeds); read its result when it is there
     res = evaluate_model(a, make_model(), ctx, seed)
     f.parent.mkdir(parents=True, exist_ok=True)
     tmp = f.with_suffix(".tmp")
@@ -495,7 +510,7 @@ def learning_curves(a, ctx_val) -> list:
     cache = Path(a.work) / "eval" / "curves.json"
     done = json.loads(cache.read_text()) if cache.is_file() else {}
     small = ctx_val.probe_train.subset(range(min(100, len(ctx_val.probe_train))))
-    names = list(a.run_names) + list(ABLATIONS)
+    names = [n for n in list(RUNS) + list(ABLATIONS) if n.split(" (")[0] in a.curve_run_list]
     for name in names:
         for s in a.curve_seed_list:
             d = run_dir(a, name, s)
@@ -539,6 +554,16 @@ def flattened(rows: list, metric: str) -> dict:
     return out
 
 
+def _alive(pids) -> bool:
+    for pid in pids:
+        try:
+            os.kill(pid, 0)
+            return True
+        except OSError:
+            continue
+    return False
+
+
 def evaluate_all(a, data) -> int:
     from elvis_core.grounding.locality import patch_similarity_figure
     from elvis_core.model.checkpoint import load_checkpoint
@@ -546,28 +571,38 @@ def evaluate_all(a, data) -> int:
     t0 = time.perf_counter()
     transform = random_model(a, data, 0).transform
     ctx = Context(a, data, transform, "test")
-    results = {"random init": {s: cached_eval(a, f"random_s{s}", ctx, lambda s=s: random_model(a, data, s), s)
-                               for s in a.seed_list}}
-    missing = []
-    for name in a.run_names:
+    ctx_val = Context(a, data, transform, "val", probe_train=ctx.probe_train) if a.ablation_seed_list or \
+        a.curve_seed_list else None
+    results, sweep = {}, {}
+    while True:  # score each model as soon as its training has finished (--wait-pids: the training processes)
+        waiting = _alive(a.wait_pid_list)
+        missing = []
         for s in a.seed_list:
-            d = run_dir(a, name, s)
-            if (d / "model" / "config.json").is_file():
-                results.setdefault(name, {})[s] = cached_eval(a, d.name, ctx, lambda d=d: load_checkpoint(d / "model"),
-                                                              s)
-            else:
-                missing.append(f"{name} seed {s}")
+            r = cached_eval(a, f"random_s{s}", ctx, lambda s=s: random_model(a, data, s), s)
+            if r is not None:
+                results.setdefault("random init", {})[s] = r
+        for name in a.run_names:
+            for s in a.seed_list:
+                d = run_dir(a, name, s)
+                r = cached_eval(a, d.name, ctx, lambda d=d: load_checkpoint(d / "model"), s) \
+                    if (d / "model" / "config.json").is_file() else None
+                if r is not None:
+                    results.setdefault(name, {})[s] = r
+                else:
+                    missing.append(f"{name} seed {s}")
+        for name in [REFERENCE] + list(ABLATIONS):
+            for s in a.ablation_seed_list:
+                d = run_dir(a, name, s)
+                r = cached_eval(a, d.name, ctx_val, lambda d=d: load_checkpoint(d / "model"), s) \
+                    if (d / "model" / "config.json").is_file() else None
+                if r is not None:
+                    sweep.setdefault(name, {})[s] = r
+        if not waiting:
+            break
+        time.sleep(60)
     tp, tf = text_prior_items(ctx)
     results["text prior (words only)"] = {0: {"pointing": tp, "follow": tf}}
-    ctx_val = Context(a, data, transform, "val")
-    sweep = {}
-    for name in [REFERENCE] + list(ABLATIONS):
-        for s in a.ablation_seed_list:
-            d = run_dir(a, name, s)
-            if (d / "model" / "config.json").is_file():
-                sweep.setdefault(name, {})[s] = cached_eval(a, d.name, ctx_val,
-                                                            lambda d=d: load_checkpoint(d / "model"), s)
-    curves = learning_curves(a, ctx_val)
+    curves = learning_curves(a, ctx_val) if ctx_val is not None else []
     # the paper's Figure 1 on one held-out image
     fig_models = {"random init": random_model(a, data, a.seed_list[0])}
     for name in a.run_names:
