@@ -33,18 +33,15 @@ def cosine_matrix(x: torch.Tensor) -> torch.Tensor:
 
 
 def _rank(v: np.ndarray) -> np.ndarray:
-    """Average ranks (ties share the mean rank), as Spearman's rho needs."""
-    order = np.argsort(v, kind="mergesort")
-    ranks = np.empty(len(v), dtype=np.float64)
-    sv = v[order]
-    i = 0
-    while i < len(v):
-        j = i
-        while j + 1 < len(v) and sv[j + 1] == sv[i]:
-            j += 1
-        ranks[order[i:j + 1]] = 0.5 * (i + j)
-        i = j + 1
-    return ranks
+    """Average ranks (ties share the mean rank, 0-based), as Spearman's rho needs; vectorised."""
+    sorter = np.argsort(v, kind="mergesort")
+    inv = np.empty(len(v), dtype=np.int64)
+    inv[sorter] = np.arange(len(v))
+    sv = v[sorter]
+    first = np.r_[True, sv[1:] != sv[:-1]]
+    dense = np.cumsum(first)[inv]  # 1-based index of each value's tie group
+    bounds = np.r_[np.nonzero(first)[0], len(v)]  # start of each group, then the end
+    return 0.5 * (bounds[dense - 1] + bounds[dense] - 1).astype(np.float64)
 
 
 def _pearson(a: np.ndarray, b: np.ndarray) -> float:
