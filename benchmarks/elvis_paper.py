@@ -66,7 +66,8 @@ def slug(name: str) -> str:
 def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--stage", choices=("train", "eval", "all"), default="all")
+    p.add_argument("--stage", choices=("train", "eval", "all", "table"), default="all",
+                   help="table: print the tables from the cached scores of an earlier eval (no model runs)")
     p.add_argument("--work", required=True, help="folder for the phantom sets, runs and curves (kept)")
     p.add_argument("--steps", type=int, default=400)
     p.add_argument("--batch-size", type=int, default=16)
@@ -431,8 +432,9 @@ EXTRA = [("locality image rho", _loc("loc_img", 1)), ("locality text rho", _loc(
 
 def bootstrap(results: dict, columns, n_boot: int, reference: str = REFERENCE, seed: int = 12345) -> dict:
     """results[run][seed] = evaluation. Per run and column: mean over seeds and items with a 95 % interval from a
-    paired bootstrap (seeds and items resampled with replacement, the same draw for every run) and the difference
-    to ``reference``. Runs with one "seed" (the text prior) resample items only."""
+    paired bootstrap (seeds and items resampled with replacement, the same item draw for every run) and the
+    difference to ``reference`` on the seeds both runs have (paired by seed and item). Runs with one "seed" (the
+    text prior) resample items only."""
     import numpy as np
 
     rng = np.random.default_rng(seed)
@@ -441,33 +443,39 @@ def bootstrap(results: dict, columns, n_boot: int, reference: str = REFERENCE, s
         mats = {}
         for run, per_seed in results.items():
             try:
-                rows = [np.asarray(get(r), np.float64) for _, r in sorted(per_seed.items())]
+                rows = {s: np.asarray(get(r), np.float64) for s, r in sorted(per_seed.items())}
             except KeyError:
                 continue
-            if not rows or any(len(x) != len(rows[0]) for x in rows) or len(rows[0]) == 0:
+            lens = {len(x) for x in rows.values()}
+            if not rows or len(lens) != 1 or 0 in lens:
                 continue
-            mats[run] = np.stack(rows)
+            mats[run] = rows
         if not mats:
             continue
-        n_items = max(m.shape[1] for m in mats.values())
+        n_items = max(len(next(iter(m.values()))) for m in mats.values())
         draws = [(rng.integers(0, 10 ** 9), rng.integers(0, n_items, n_items)) for _ in range(n_boot)]
-        for run, m in mats.items():
+        ref = mats.get(reference)
+        for run, rows in mats.items():
+            m = np.stack(list(rows.values()))
             if m.shape[1] != n_items:
                 continue
+            common = sorted(set(rows) & set(ref)) if ref is not None and run != reference else []
+            rm = np.stack([ref[s] for s in common]) if common else None
+            tm = np.stack([rows[s] for s in common]) if common else None
             vals, diffs = [], []
-            ref = mats.get(reference)
             for sd, it in draws:
                 si = np.random.default_rng(sd).integers(0, m.shape[0], m.shape[0])
                 vals.append(np.nanmean(m[si][:, it]))
-                if ref is not None and run != reference and ref.shape == m.shape:
-                    diffs.append(np.nanmean(ref[si][:, it]) - vals[-1])
+                if common:
+                    ci = np.random.default_rng(sd + 1).integers(0, len(common), len(common))
+                    diffs.append(np.nanmean(rm[ci][:, it]) - np.nanmean(tm[ci][:, it]))
             d = {"mean": float(np.nanmean(m)), "lo": float(np.nanpercentile(vals, 2.5)),
                  "hi": float(np.nanpercentile(vals, 97.5)), "n_items": int(np.sum(~np.isnan(m[0]))),
                  "n_seeds": int(m.shape[0])}
-            if diffs:
-                d["ref_minus_this"] = {"mean": float(np.nanmean(ref) - np.nanmean(m)),
+            if common:
+                d["ref_minus_this"] = {"mean": float(np.nanmean(rm) - np.nanmean(tm)),
                                        "lo": float(np.nanpercentile(diffs, 2.5)),
-                                       "hi": float(np.nanpercentile(diffs, 97.5))}
+                                       "hi": float(np.nanpercentile(diffs, 97.5)), "seeds": common}
             out.setdefault(run, {})[label] = d
     return out
 
@@ -477,7 +485,8 @@ def render(summary: dict, columns, markdown: bool, diff: bool = False) -> str:
     head = ["objectives"] + labels
     rows = []
     for run, cols in summary.items():
-        cells = [run]
+        ns = max((d.get("n_seeds", 0) for d in cols.values()), default=0)
+        cells = [run + (f" ({ns} seeds)" if ns > 1 else " (1 seed)" if "prior" not in run else "")]
         for lab in labels:
             d = cols.get(lab)
             if d is None or (diff and "ref_minus_this" not in d):
@@ -615,6 +624,10 @@ def evaluate_all(a, data) -> int:
                             (int(gh * 0.45), int(gw * 0.3)), fig,
                             title=f"test image {a.figure_image}, seed {a.seed_list[0]}: cos to the outlined patch, "
                                   "top before / bottom after projection")
+    return report(a, results, sweep, curves, fig, missing, t0)
+
+
+def report(a, results, sweep, curves, fig, missing, t0) -> int:
     summary = bootstrap(results, COLUMNS + EXTRA, a.bootstrap)
     sweep_summary = bootstrap(sweep, COLUMNS, a.bootstrap) if sweep else {}
     flat = {m: flattened(curves, m) for m in ("val_pointing", "val_dice_linear_100")}
@@ -648,6 +661,59 @@ def evaluate_all(a, data) -> int:
     return 0
 
 
+class _PhraseContext:
+    """What the text prior needs (phrases and lung geometry of the test set), without images."""
+
+    def __init__(self, root: Path):
+        from elvis_core.io.annotations import read_ms_cxr_csv
+
+        self.root, self.which = root, "test"
+        self.phrases = sorted(read_ms_cxr_csv(root / "ms_cxr.csv").filter_split("test").phrases,
+                              key=lambda ph: ph.key)
+        self.lungs = lung_geometry(root / "anatomy.csv")
+
+
+def table_from_cache(a, data) -> int:
+    """``--stage table``: the tables from the cached per-model scores (WORK/eval, WORK/curves.csv); no model runs."""
+    import csv
+
+    t0 = time.perf_counter()
+    ev = Path(a.work) / "eval"
+
+    def load(which, key):
+        f = ev / which / f"{key}.json"
+        return json.loads(f.read_text()) if f.is_file() else None
+
+    results, sweep, missing = {}, {}, []
+    for s in a.seed_list:
+        r = load("test", f"random_s{s}")
+        if r is not None:
+            results.setdefault("random init", {})[s] = r
+    for name in a.run_names:
+        for s in a.seed_list:
+            r = load("test", run_dir(a, name, s).name)
+            if r is None:
+                missing.append(f"{name} seed {s}")
+            else:
+                results.setdefault(name, {})[s] = r
+    for name in [REFERENCE] + list(ABLATIONS):
+        for s in a.ablation_seed_list:
+            r = load("val", run_dir(a, name, s).name)
+            if r is not None:
+                sweep.setdefault(name, {})[s] = r
+    tp, tf = text_prior_items(_PhraseContext(data["test"]))
+    results["text prior (words only)"] = {0: {"pointing": tp, "follow": tf}}
+    curves = []
+    cf = Path(a.work) / "curves.csv"
+    if cf.is_file():
+        with open(cf, newline="") as fh:
+            for r in csv.DictReader(fh):
+                curves.append({"run": r["run"], "seed": int(r["seed"]), "step": int(r["step"]),
+                               "val_pointing": float(r["val_pointing"]),
+                               "val_dice_linear_100": float(r["val_dice_linear_100"])})
+    return report(a, results, sweep, curves, Path(a.work) / "locality_figure.png", missing, t0)
+
+
 def main(argv=None) -> int:
     a = parse_args(argv)
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -658,6 +724,8 @@ def main(argv=None) -> int:
     data = phantom_sets(a)
     if a.stage in ("train", "all"):
         train_all(a, data)
+    if a.stage == "table":
+        return table_from_cache(a, data)
     if a.stage in ("eval", "all"):
         return evaluate_all(a, data)
     return 0
