@@ -85,6 +85,7 @@ def parse_args(argv=None):
                    help="short names of the runs whose checkpoints get a probe Dice for the learning curves")
     p.add_argument("--compute-seeds", default=None,
                    help="eval: seeds this process scores itself (default: all); the others are read from the cache")
+    p.add_argument("--skip-random", action="store_true", help="eval: do not score the untrained model")
     p.add_argument("--wait-pids", default="", help="eval: keep scoring new models while these processes live")
     p.add_argument("--figure-image", type=int, default=0, help="index of the held-out image drawn in the figure")
     p.add_argument("--val-every", type=int, default=50)
@@ -586,7 +587,7 @@ def evaluate_all(a, data) -> int:
     while True:  # score each model as soon as its training has finished (--wait-pids: the training processes)
         waiting = _alive(a.wait_pid_list)
         missing = []
-        for s in a.seed_list:
+        for s in ([] if a.skip_random else a.seed_list):
             r = cached_eval(a, f"random_s{s}", ctx, lambda s=s: random_model(a, data, s), s)
             if r is not None:
                 results.setdefault("random init", {})[s] = r
@@ -705,7 +706,18 @@ def table_from_cache(a, data) -> int:
     results["text prior (words only)"] = {0: {"pointing": tp, "follow": tf}}
     curves = []
     cf = Path(a.work) / "curves.csv"
-    if cf.is_file():
+    if not cf.is_file():  # no probe-Dice curves were scored: the trainer's validation pointing alone
+        for name in list(a.run_names) + list(ABLATIONS):
+            for s in a.seed_list:
+                lf = run_dir(a, name, s) / "log.csv"
+                if lf.is_file():
+                    with open(lf, newline="") as fh:
+                        for r in csv.DictReader(fh):
+                            if r.get("val_pointing"):
+                                curves.append({"run": name, "seed": s, "step": int(r["step"]),
+                                               "val_pointing": float(r["val_pointing"]),
+                                               "val_dice_linear_100": float("nan")})
+    else:
         with open(cf, newline="") as fh:
             for r in csv.DictReader(fh):
                 curves.append({"run": r["run"], "seed": int(r["seed"]), "step": int(r["step"]),
