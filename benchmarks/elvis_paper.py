@@ -14,8 +14,13 @@ Stages (``--stage``; both by default):
   and word following (the phrase with its side or zone word swapped, same image). Prints one table; writes the
   learning curves (validation pointing and probe Dice vs step) to ``WORK/curves.csv``.
 
-    OMP_NUM_THREADS=1 nohup nice -n 10 python benchmarks/elvis_paper.py --work /tmp/elvis_paper --steps 400 \\
-        --seeds 0,1,2 --json elvis_paper.json --markdown > elvis_paper.log 2>&1 &
+    OMP_NUM_THREADS=1 nohup nice -n 10 python benchmarks/elvis_paper.py --work /tmp/elvis_paper --steps 120 \
+        --val-every 40 --val-phrases 60 --seeds 0,1 --ablation-seeds 0 --curve-seeds 0 --locality-images 100 \
+        --finetune-steps 30 --markdown > elvis_paper.log 2>&1 &
+    python benchmarks/elvis_paper.py --stage table --work /tmp/elvis_paper --steps 120 --seeds 0,1 --ablation-seeds 0
+
+(the run in docs/elvis_paper.md; ``--compute-seeds`` / ``--wait-pids`` / ``--runs`` split the scoring over several
+processes that share the cache in ``WORK/eval``).
 
 The model and training recipe are those of ``benchmarks/phantom_quality.py``'s documented run (demo config, 128 px,
 small ResNet, lr 2e-3); only the objective weights differ between runs.
@@ -69,7 +74,7 @@ def parse_args(argv=None):
     p.add_argument("--stage", choices=("train", "eval", "all", "table"), default="all",
                    help="table: print the tables from the cached scores of an earlier eval (no model runs)")
     p.add_argument("--work", required=True, help="folder for the phantom sets, runs and curves (kept)")
-    p.add_argument("--steps", type=int, default=400)
+    p.add_argument("--steps", type=int, default=120)
     p.add_argument("--batch-size", type=int, default=16)
     p.add_argument("--seeds", default="0,1,2")
     p.add_argument("--ablation-seeds", default="0", help="seeds of the ELVIS ablation runs ('' = none)")
@@ -79,7 +84,7 @@ def parse_args(argv=None):
     p.add_argument("--test-studies", type=int, default=330)
     p.add_argument("--probe-studies", type=int, default=200, help="labelled studies for the segmentation probes")
     p.add_argument("--probe-test-studies", type=int, default=100)
-    p.add_argument("--locality-images", type=int, default=150, help="held-out images (and reports) for locality")
+    p.add_argument("--locality-images", type=int, default=100, help="held-out images (and reports) for locality")
     p.add_argument("--curve-seeds", default="0", help="seeds whose checkpoints are scored for the learning curves")
     p.add_argument("--curve-runs", default="global,GLoRIA,LoVT,ELVIS",
                    help="short names of the runs whose checkpoints get a probe Dice for the learning curves")
@@ -88,13 +93,13 @@ def parse_args(argv=None):
     p.add_argument("--skip-random", action="store_true", help="eval: do not score the untrained model")
     p.add_argument("--wait-pids", default="", help="eval: keep scoring new models while these processes live")
     p.add_argument("--figure-image", type=int, default=0, help="index of the held-out image drawn in the figure")
-    p.add_argument("--val-every", type=int, default=50)
-    p.add_argument("--val-phrases", type=int, default=100)
+    p.add_argument("--val-every", type=int, default=40)
+    p.add_argument("--val-phrases", type=int, default=60)
     p.add_argument("--size", type=int, default=128)
     p.add_argument("--config", default=str(REPO / "resources" / "configs" / "demo.toml"))
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--bootstrap", type=int, default=1000)
-    p.add_argument("--finetune-steps", type=int, default=40,
+    p.add_argument("--finetune-steps", type=int, default=30,
                    help="fine-tuning variant of the probe, on 10 %% of the labels (0 = skip)")
     p.add_argument("--json", default=None)
     p.add_argument("--markdown", action="store_true")
