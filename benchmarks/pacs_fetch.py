@@ -29,8 +29,8 @@ def main() -> int:
     import pydicom
     from pydicom.data import get_testdata_file
 
-    from elvis_core.dicom_results import (SrBox, dciodvfy, dciodvfy_available, grounding_seg, read_source,
-                                          review_sr, write_dataset)
+    from elvis_core.dicom_results import (MapLayer, ModelInfo, SrBox, dciodvfy, dciodvfy_available, maps_seg,
+                                          read_source, review_sr, write_dataset)
     from elvis_core.pacs import PacsClient
     from tests.pacs.orthanc import PASSWORD, USER, OrthancServer
     from tests.pacs.sr_fixtures import series_copies
@@ -79,7 +79,7 @@ def main() -> int:
         yy, xx = np.mgrid[0:src.Rows, 0:src.Columns]
         sim = (np.cos(xx / 300.0) * 0.3).astype(np.float32)
         t0 = time.perf_counter()
-        seg, _ = grounding_seg(src, sim, "phrase", "bench", "0" * 64)
+        seg = maps_seg(src, [MapLayer("phrase", sim)], ModelInfo("bench", "0" * 64))
         seg_path = write_dataset(seg, tmp / "map.seg.dcm")
         rows.append((f"SEG ({src.Columns}x{src.Rows}): build + write", time.perf_counter() - t0,
                      f"{seg_path.stat().st_size / 1e3:.0f} kB"))

@@ -337,17 +337,27 @@ def export_review_sr(window, out_dir: Optional[str] = None, stow: Optional[bool]
                        on_error=lambda e: window.show_message(f"DICOM SR export: {_err(e)}"))
 
 
-def _seg_job(path, gmap, phrase, name, digest, out_dir, threshold=None):
+def _seg_job(path, rad, gmap, phrase, engine, out_dir, extra=()):
+    """The map as DICOM: a FRACTIONAL SEG (values kept) + an RGB Secondary Capture with the viewer's caption."""
     import highdicom as hd
 
-    from elvis_core.dicom_results import grounding_seg, read_source, write_dataset
+    from elvis_core.dicom_results import MapLayer, ModelInfo, heatmap_sc, maps_seg, read_source, write_dataset
 
     src = read_source(path)
-    seg, thr = grounding_seg(src, gmap.to_image(), phrase, name, digest, threshold=threshold, series_uid=hd.UID())
+    model = ModelInfo.from_engine(engine)
+    seg = maps_seg(src, [MapLayer(phrase, gmap.to_image(), _trust(gmap))], model)
+    sc = heatmap_sc(src, rad, gmap, model, extra_caption=extra, series_uid=hd.UID())
     k = 1
     while (Path(out_dir) / f"{src.SOPInstanceUID}.{k}.seg.dcm").exists():
         k += 1
-    return write_dataset(seg, Path(out_dir) / f"{src.SOPInstanceUID}.{k}.seg.dcm"), thr
+    return [write_dataset(seg, Path(out_dir) / f"{src.SOPInstanceUID}.{k}.seg.dcm"),
+            write_dataset(sc, Path(out_dir) / f"{src.SOPInstanceUID}.{k}.sc.dcm")]
+
+
+def _trust(gmap) -> str:
+    from elvis_core.dicom_results import trust_line
+
+    return trust_line(gmap)
 
 
 def export_map_seg(window, out_dir: Optional[str] = None, stow: Optional[bool] = None, on_done=None) -> None:
@@ -366,18 +376,19 @@ def export_map_seg(window, out_dir: Optional[str] = None, stow: Optional[bool] =
     out_dir = out_dir or _ask_folder(window, "Folder for the DICOM SEG file")
     if not out_dir:
         return
-    eng = slot.engine
-    name = getattr(eng, "checkpoint_name", "") or slot.name
-    digest = getattr(eng, "checkpoint_hash", "") or slot.hash
+    a = s.phrase.assertion
+    extra = [a.label() + ": the map shows where the words point, not that it is present"] \
+        if a is not None and a.marked else []
+    if s.provenance_text:
+        extra.append(s.provenance_text)
 
-    def done(result):
-        dest, thr = result
-        window.show_message(f"SEG written: {dest} (cosine >= {thr:.3f})", banner=False)
-        send = stow if stow is not None else (_from_pacs(window, path) and _ask_stow(window, 1))
+    def done(dests):
+        window.show_message(f"SEG (fractional) + heat map written: {dests[0]}, {dests[1].name}", banner=False)
+        send = stow if stow is not None else (_from_pacs(window, path) and _ask_stow(window, len(dests)))
         if send:
-            store_on_pacs(window, [str(dest)], on_done=lambda n: on_done and on_done(dest, n))
+            store_on_pacs(window, [str(d) for d in dests], on_done=lambda n: on_done and on_done(dests[0], n))
         elif on_done:
-            on_done(dest, 0)
+            on_done(dests[0], 0)
 
-    s.run(_seg_job, path, slot.gmap, slot.gmap.phrase or s.phrase.text, name, digest, out_dir, on_result=done,
-          on_error=lambda e: window.show_message(f"DICOM SEG export: {_err(e)}"))
+    s.run(_seg_job, path, s.rad, slot.gmap, slot.gmap.phrase or s.phrase.text, slot.engine, out_dir, extra,
+          on_result=done, on_error=lambda e: window.show_message(f"DICOM SEG export: {_err(e)}"))

@@ -30,8 +30,10 @@ text; matched by the CSV path or the dicom_id = the image file's stem) and print
 
   elvis ground --checkpoint runs/demo study/img.dcm "small left effusion" --out maps/img.png --dicom-out maps/dicom
 
---dicom-out writes each phrase's map as a DICOM Segmentation (binary, similarity >= --seg-threshold, default half of
-the map's peak) referencing the source image, named <SOPInstanceUID>.<k>.seg.dcm (DICOM input only)."""
+--dicom-out writes, for a DICOM image, ONE FRACTIONAL Segmentation with one segment per phrase (the continuous map,
+max(cosine, 0); the segment description carries the map's trust line) as <SOPInstanceUID>.seg.dcm, and per phrase
+an RGB Secondary Capture heat map with the caption (what PACS viewers display) as <SOPInstanceUID>.<k>.sc.dcm;
+send them with `elvis pacs store`."""
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -54,9 +56,7 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="global: cosine(patch, phrase embedding) (default, BioViL-style); token-mean: mean over the "
                         "phrase's tokens of cosine(patch, token embedding) (GLoRIA-style)")
     p.add_argument("--dicom-out", metavar="DIR", default=None,
-                   help="also write each map as a DICOM SEG referencing the source image (DICOM input only)")
-    p.add_argument("--seg-threshold", type=float, default=None,
-                   help="cosine threshold of the SEG (default: half of the map's peak positive similarity)")
+                   help="also write the maps as a FRACTIONAL DICOM SEG + RGB Secondary Capture heat maps (DICOM input only)")
     p.add_argument("--device", default=None, help="torch device (default: cuda when available, else cpu)")
     p.set_defaults(func=run)
 
@@ -138,7 +138,8 @@ def run(args: argparse.Namespace) -> int:
     engine.set_image(rad)
     maps = engine.ground_many(args.phrases)
     outs = _outputs(out, len(maps))
-    seg_series = None
+    sc_series = None
+    layers = []
     for k, (gm, png) in enumerate(zip(maps, outs), start=1):
         for w in gm.warnings:
             print(f"warning: {gm.phrase!r}: {w}", file=sys.stderr)
@@ -180,12 +181,19 @@ def run(args: argparse.Namespace) -> int:
         if source is not None:
             import highdicom as hd
 
-            from elvis_core.dicom_results import grounding_seg, write_dataset
+            from elvis_core.dicom_results import MapLayer, ModelInfo, heatmap_sc, write_dataset
 
-            seg_series = seg_series or hd.UID()
-            seg, thr = grounding_seg(source, gm.to_image(), gm.phrase, engine.checkpoint_name,
-                                     engine.checkpoint_hash, threshold=args.seg_threshold, series_uid=seg_series,
-                                     instance_number=k)
-            dest = write_dataset(seg, Path(args.dicom_out) / f"{source.SOPInstanceUID}.{k}.seg.dcm")
-            print(f"{dest}: SEG of {gm.phrase!r} at cosine >= {thr:.3f}")
+            model = ModelInfo.from_engine(engine)
+            sc_series = sc_series or hd.UID()
+            category = match[0].category if match else ""
+            layers.append(MapLayer.from_map(gm, category))
+            sc = heatmap_sc(source, rad, gm, model, opacity=args.opacity, series_uid=sc_series, instance_number=k)
+            dest = write_dataset(sc, Path(args.dicom_out) / f"{source.SOPInstanceUID}.{k}.sc.dcm")
+            print(f"{dest}: heat map (RGB Secondary Capture) of {gm.phrase!r}")
+    if source is not None:
+        from elvis_core.dicom_results import ModelInfo, maps_seg, write_dataset
+
+        seg = maps_seg(source, layers, ModelInfo.from_engine(engine))
+        dest = write_dataset(seg, Path(args.dicom_out) / f"{source.SOPInstanceUID}.seg.dcm")
+        print(f"{dest}: FRACTIONAL SEG, {len(layers)} segment(s) (one per phrase)")
     return 0

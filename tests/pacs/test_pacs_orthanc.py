@@ -15,7 +15,7 @@ import pydicom
 import pytest
 from pydicom.data import get_testdata_file
 
-from elvis_core.dicom_results import SrBox, grounding_seg, read_source, review_sr, write_dataset
+from elvis_core.dicom_results import MapLayer, ModelInfo, SrBox, maps_seg, read_source, review_sr, write_dataset
 from elvis_core.io.report import read_report
 from elvis_core.io.studies import scan_folder
 from elvis_core.pacs import PacsCancelled, PacsClient, PacsError, redact_url
@@ -148,7 +148,7 @@ def test_export_sr_and_seg_stow_and_find_them(orthanc, seeded, tmp_path, capsys)
                                                   "accepted", "alice")]), tmp_path / "boxes.sr.dcm")
     yy, xx = np.mgrid[0:src.Rows, 0:src.Columns]
     sim = np.cos(xx / 300.0).astype(np.float32) * 0.3
-    seg, _ = grounding_seg(src, sim, "right apical pneumothorax", "demo_model", "0123456789abcdef" * 4)
+    seg = maps_seg(src, [MapLayer("right apical pneumothorax", sim)], ModelInfo("demo_model", "0123456789abcdef" * 4))
     seg_path = write_dataset(seg, tmp_path / "map.seg.dcm")
     for p in (sr_path, seg_path):
         assert_dciodvfy_clean(p, capsys)

@@ -76,8 +76,11 @@ def test_open_from_pacs_export_and_stow(orthanc, win, qtbot, tmp_path, capsys):
                                on_done=lambda dest, n: seg_done.append((dest, n)))
     qtbot.waitUntil(lambda: bool(seg_done), timeout=60000)
     seg_path, stored = seg_done[0]
-    assert stored == 1
+    assert stored == 2  # the FRACTIONAL SEG and the RGB Secondary Capture heat map
     assert_dciodvfy_clean(Path(seg_path), capsys)
+    sc_path = Path(str(seg_path).replace(".seg.dcm", ".sc.dcm"))
+    assert_dciodvfy_clean(sc_path, capsys)
+    assert "small right pleural effusion" in pydicom.dcmread(str(sc_path), stop_before_pixels=True).ImageComments
 
     # review the fetched image's boxes and export them as SR, stored back too
     cr = Path(win.session.rad_path)
