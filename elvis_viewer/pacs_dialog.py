@@ -186,15 +186,17 @@ class PacsDialog(QtWidgets.QDialog):
         self.last_error = ""
         self._set_busy(True)
         client = self.client
+        from elvis_core.pacs.search import search_page
+
         self._task = workers.run_task(
-            client.search_studies, patient_id=self.pid_edit.text(), accession=self.acc_edit.text(),
+            search_page, client, patient_id=self.pid_edit.text(), accession=self.acc_edit.text(), limit=200,
             date_from=self.from_edit.text(), date_to=self.to_edit.text(), modalities=mods,
             on_result=self._on_hits, on_error=self._fail)
 
-    def _on_hits(self, hits) -> None:
+    def _on_hits(self, page) -> None:
         self._task = None
         self._set_busy(False)
-        self.hits = list(hits)
+        self.hits = list(page.hits)
         reveal = bool(getattr(self.window_, "reveal_identifiers", False))
         self.table.setRowCount(len(self.hits))
         for r, h in enumerate(self.hits):
@@ -210,7 +212,7 @@ class PacsDialog(QtWidgets.QDialog):
         if self.hits:
             self.table.selectRow(0)
         self.table.resizeColumnsToContents()
-        self.status_label.setText(f"{len(self.hits)} stud{'y' if len(self.hits) == 1 else 'ies'}")
+        self.status_label.setText(page.summary().split(" (next page")[0])
         self.searched.emit(len(self.hits))
 
     def fetch_selected(self) -> None:
@@ -333,7 +335,11 @@ def export_review_sr(window, out_dir: Optional[str] = None, stow: Optional[bool]
         elif on_done:
             on_done(res, 0)
 
-    window.session.run(core_export, items, out_dir, on_result=done,
+    from elvis_core.dicom_results import ModelInfo
+
+    eng = window.session.slots[0].engine
+    model = ModelInfo.from_engine(eng) if eng is not None else None
+    window.session.run(core_export, items, out_dir, model=model, on_result=done,
                        on_error=lambda e: window.show_message(f"DICOM SR export: {_err(e)}"))
 
 

@@ -15,8 +15,10 @@ EPILOG = """examples:
 The decisions are read from the review file beside the annotations (ms_cxr.csv.review.sqlite), written by the
 viewer's Review tab. 'status' prints the per-category summary and the import problems; 'export' writes
 <stem>.csv (MS-CXR columns + review columns), <stem>.coco.json and <stem>.summary.json atomically.
---format dicom-sr writes one DICOM Comprehensive SR (TID 1500 measurement report) per DICOM image with kept boxes
-(accepted / edited / added): <SOPInstanceUID>.sr.dcm; images that are not DICOM are listed and skipped.
+--format dicom-sr writes one DICOM Comprehensive SR (TID 1500 measurement report) per DICOM image with reviewed boxes
+(accepted / edited / added / rejected with its reason), one series per study: <SOPInstanceUID>.sr.dcm; an image
+whose boxes all have a decision gets a COMPLETE, VERIFIED SR (verifying observer = its main reviewer); images that
+are not DICOM are listed and skipped. --checkpoint names the model (and its SHA-256) as the device observer.
 """
 
 
@@ -30,6 +32,10 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--out", help="export: output folder")
     p.add_argument("--format", choices=("csv", "dicom-sr"), default="csv",
                    help="export: csv = MS-CXR CSV + COCO JSON + summary (default); dicom-sr = one TID 1500 SR per image")
+    p.add_argument("--checkpoint", help="dicom-sr: the model whose maps the reviewer saw (named with its SHA-256 as "
+                   "the SR's device observer)")
+    p.add_argument("--organization", default="ELVIS Viewer review",
+                   help="dicom-sr: verifying organization of a fully reviewed image's SR")
     p.add_argument("--stem", help="export: file name stem (default: <annotations stem>.reviewed)")
     p.add_argument("--include-rejected", action="store_true", help="export: keep rejected boxes in the COCO JSON")
     p.add_argument("--json", action="store_true", help="status: print the summary as JSON")
@@ -64,9 +70,10 @@ def run(args: argparse.Namespace) -> int:
         if not args.out:
             raise ElvisError("export needs --out FOLDER")
         if args.format == "dicom-sr":
-            from elvis_core.dicom_results import export_review_sr
+            from elvis_core.dicom_results import ModelInfo, export_review_sr
 
-            res = export_review_sr(s.items, args.out)
+            model = ModelInfo.from_checkpoint(args.checkpoint) if args.checkpoint else None
+            res = export_review_sr(s.items, args.out, model=model, organization=args.organization)
             for problem in res.problems:
                 print(problem, file=sys.stderr)
             for w in res.written:

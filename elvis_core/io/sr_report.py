@@ -5,7 +5,8 @@ CONTAINER titled e.g. "Chest X-ray report", holding section CONTAINERs ("Finding
 items, or TEXT items directly (concept names "Finding", "Impression", ...). We rebuild the plain text the way a
 report is written — ``FINDINGS:`` / ``IMPRESSION:`` headers, one paragraph per TEXT item — and parse it with the
 same rules as a ``.txt`` (sections and sentences as exact spans into that text). A TEXT item that already carries
-its own headers (a whole report pasted in one item) is kept as it is.
+its own headers on any line (a whole report pasted in one item, e.g. MIMIC's "FINAL REPORT" then "FINDINGS: ...")
+is kept as it is: no header is added before it.
 
 Our own TID 1500 measurement reports (reviewed boxes, title "Imaging Measurement Report") are not text reports and
 are refused with a clear message.
@@ -90,7 +91,7 @@ def sr_report_text(ds) -> str:
     parts: List[str] = []
     for head, paragraphs in _sections(ds):
         body = "\n".join(paragraphs)
-        if head and not _HAS_HEADER_RE.match(body):
+        if head and not _HAS_HEADER_RE.search(body):  # any line of its own with a header: keep the item as is
             parts.append(f"{head}:\n{body}")
         else:
             parts.append(body)

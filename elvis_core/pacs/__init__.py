@@ -33,8 +33,10 @@ CancelFn = Callable[[], bool]
 
 #: modalities fetched as images by default (chest radiographs)
 IMAGE_MODALITIES = ("CR", "DX")
-#: SR documents are fetched too: a study's report usually lives in one
+#: SR documents are fetched too: a study's report usually lives in one (and our review SRs are SR too)
 REPORT_MODALITIES = ("SR",)
+#: results stored back on the PACS (our FRACTIONAL SEG of the maps) come with the study, both ways
+RESULT_MODALITIES = ("SEG",)
 
 # dicomweb-client and urllib3 log every request URL at INFO/DEBUG, and QIDO query strings carry the patient ID:
 # keep them quiet even under --verbose (no patient identifiers in logs)
@@ -206,39 +208,15 @@ class PacsClient:
     # -- QIDO-RS --------------------------------------------------------------------------------------------------
     def search_studies(self, patient_id: str = "", accession: str = "", date_from: str = "", date_to: str = "",
                        modalities: Sequence[str] = IMAGE_MODALITIES, limit: int = 200) -> List[StudyHit]:
-        """Studies matching all given filters. Dates are YYYYMMDD (or YYYY-MM-DD); an open end is allowed."""
-        filters: Dict[str, str] = {}
-        if patient_id.strip():
-            filters["PatientID"] = patient_id.strip()
-        if accession.strip():
-            filters["AccessionNumber"] = accession.strip()
-        d0, d1 = _date(date_from), _date(date_to)
-        if d0 and d1 and d0 > d1:
-            raise PacsError(f"date range is reversed ({d0} > {d1})")
-        if d0 or d1:
-            filters["StudyDate"] = d0 if d0 == d1 else f"{d0}-{d1}"
-        fields = ["StudyDescription", "ModalitiesInStudy", "NumberOfStudyRelatedSeries",
-                  "NumberOfStudyRelatedInstances", "AccessionNumber", "PatientID", "StudyDate"]
-        hits: Dict[str, StudyHit] = {}
-        mods = [m.strip().upper() for m in modalities if m.strip()] or [None]
-        for mod in mods:  # one query per modality: ModalitiesInStudy matching of a list is not portable
-            f = dict(filters)
-            if mod:
-                f["ModalitiesInStudy"] = mod
-            res = self._call("search for studies", self._client.search_for_studies, search_filters=f, fields=fields,
-                             limit=limit)
-            for item in res or []:
-                uid = str(_value(item, "0020000D"))
-                if not uid or uid in hits:
-                    continue
-                hits[uid] = StudyHit(
-                    study_uid=uid, patient_id=str(_value(item, "00100020")), accession=str(_value(item, "00080050")),
-                    study_date=str(_value(item, "00080020")), modalities=_values(item, "00080061"),
-                    description=str(_value(item, "00081030")), n_series=int(_value(item, "00201206", 0) or 0),
-                    n_instances=int(_value(item, "00201208", 0) or 0))
-        return sorted(hits.values(), key=lambda h: (h.study_date, h.study_uid), reverse=True)
+        """Studies matching all given filters (the first ``limit``, newest first; ``*`` / ``?`` wildcards). Dates
+        are YYYYMMDD (or YYYY-MM-DD); an open end is allowed. :func:`elvis_core.pacs.search.search_page` gives a
+        page and the total."""
+        from elvis_core.pacs.search import search_page
 
-    def list_instances(self, study_uid: str, modalities: Sequence[str] = IMAGE_MODALITIES + REPORT_MODALITIES
+        return search_page(self, patient_id=patient_id, accession=accession, date_from=date_from, date_to=date_to,
+                           modalities=modalities, limit=limit).hits
+
+    def list_instances(self, study_uid: str, modalities: Sequence[str] = IMAGE_MODALITIES + REPORT_MODALITIES + RESULT_MODALITIES
                        ) -> List[Tuple[str, str, str]]:
         """(series UID, SOP instance UID, modality) of the study's instances of the given modalities."""
         study_uid = _safe_uid(study_uid, "Study Instance UID")
@@ -260,7 +238,7 @@ class PacsClient:
         return out
 
     # -- WADO-RS --------------------------------------------------------------------------------------------------
-    def fetch_study(self, study_uid: str, modalities: Sequence[str] = IMAGE_MODALITIES + REPORT_MODALITIES,
+    def fetch_study(self, study_uid: str, modalities: Sequence[str] = IMAGE_MODALITIES + REPORT_MODALITIES + RESULT_MODALITIES,
                     progress: Optional[ProgressFn] = None, cancel: Optional[CancelFn] = None) -> FetchResult:
         """Retrieve the study's needed instances into the cache (resuming); returns the study's cache folder."""
         todo = self.list_instances(study_uid, modalities)
@@ -325,13 +303,6 @@ class PacsClient:
         if failed:
             raise PacsError(f"{self.url}: store (STOW-RS): the server refused {len(failed)} of {len(datasets)} objects")
         return len(datasets)
-
-
-def _date(s: str) -> str:
-    s = (s or "").strip().replace("-", "")
-    if s and (len(s) != 8 or not s.isdigit()):
-        raise PacsError(f"date must be YYYYMMDD or YYYY-MM-DD, got {s!r}")
-    return s
 
 
 def _write_instance(ds, dest: Path) -> None:

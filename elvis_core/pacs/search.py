@@ -1,0 +1,151 @@
+"""QIDO-RS study search done the way PACS servers actually answer it.
+
+- **Wildcards**: DICOM matching (PS3.4 C.2.2.2.4) uses ``*`` (any run of characters) and ``?`` (one character),
+  and both Orthanc and DCM4CHEE implement exactly that — *if the characters arrive*. dicomweb-client encodes query
+  values with ``quote_plus``, which sends ``PHANTOM14*`` as ``PHANTOM14%2A``; Orthanc then looks for a literal
+  asterisk and finds nothing. We build the query string ourselves: every value percent-encoded except ``*`` and
+  ``?`` (both are legal in a URI query, RFC 3986 §3.4), so ``PatientID=PHANTOM14*`` reaches the server as typed.
+  ``fuzzymatching`` is never sent (servers differ; DICOM wildcard matching is the portable part).
+- **Paging**: servers cap QIDO answers (Orthanc's ``LimitFindResults``, DCM4CHEE's ``QIDOMaxNumberOfResults``, often
+  100–1000) and say so only in a ``Warning`` header, if at all. We page with ``limit``/``offset`` through all
+  matches (up to :data:`MAX_MATCHES`), merge the per-modality queries by Study Instance UID, sort newest first, and
+  return the requested page with the total: "showing 51–100 of 234 studies".
+- **Dates**: checked with ``datetime.strptime`` (``2004-13-01`` is refused in one line, not sent).
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+from dataclasses import dataclass, field
+from typing import Dict, List, Optional, Sequence
+from urllib.parse import quote
+
+#: at most this many matching studies are listed and counted (a wider search should be narrowed)
+MAX_MATCHES = 5000
+#: studies asked for per QIDO request while paging through the matches
+PAGE = 200
+FIELDS = ("StudyDescription", "ModalitiesInStudy", "NumberOfStudyRelatedSeries", "NumberOfStudyRelatedInstances",
+          "AccessionNumber", "PatientID", "StudyDate")
+
+
+def parse_date(text: str, what: str = "date") -> str:
+    """YYYY-MM-DD or YYYYMMDD → YYYYMMDD ("" for empty); PacsError naming ``what`` for anything that is not a real
+    calendar date."""
+    from elvis_core.pacs import PacsError
+
+    s = (text or "").strip()
+    if not s:
+        return ""
+    for fmt in ("%Y-%m-%d", "%Y%m%d"):
+        try:
+            return _dt.datetime.strptime(s, fmt).strftime("%Y%m%d")
+        except ValueError:
+            continue
+    raise PacsError(f"{what}: {s[:40]!r} is not a valid date (YYYY-MM-DD or YYYYMMDD)")
+
+
+def qido_value(value: str) -> str:
+    """Percent-encode a QIDO matching value, keeping DICOM's wildcards ``*`` and ``?`` as they are."""
+    return quote(str(value), safe="*?")
+
+
+def query_string(filters: Dict[str, str], fields: Sequence[str] = (), limit: Optional[int] = None,
+                 offset: int = 0) -> str:
+    parts = [f"{quote(k, safe='')}={qido_value(v)}" for k, v in filters.items()]
+    parts += [f"includefield={quote(f, safe='')}" for f in fields]
+    if limit is not None:
+        parts.append(f"limit={int(limit)}")
+    if offset:
+        parts.append(f"offset={int(offset)}")
+    return "&".join(parts)
+
+
+@dataclass
+class SearchPage:
+    """One page of a study search: ``hits`` = studies ``offset .. offset + len(hits)`` of ``total`` matches
+    (``capped``: there are more than ``total``, the search should be narrowed)."""
+
+    hits: List = field(default_factory=list)
+    total: int = 0
+    offset: int = 0
+    limit: int = 0
+    capped: bool = False
+
+    def summary(self) -> str:
+        if not self.total:
+            return "no study matches"
+        noun = "study" if self.total == 1 and not self.capped else "studies"
+        of = f"more than {self.total}" if self.capped else f"{self.total}"
+        if not self.hits:
+            return f"showing none of {of} {noun} (offset {self.offset} is past the end)"
+        line = f"showing {self.offset + 1}\u2013{self.offset + len(self.hits)} of {of} {noun}"
+        if self.offset + len(self.hits) < self.total or self.capped:
+            line += f" (next page: --offset {self.offset + len(self.hits)})"
+        if self.capped:
+            line += "; narrow the search (patient ID, dates)"
+        return line
+
+
+def search_page(client, patient_id: str = "", accession: str = "", date_from: str = "", date_to: str = "",
+                modalities: Sequence[str] = ("CR", "DX"), offset: int = 0, limit: int = 50,
+                max_matches: int = MAX_MATCHES) -> SearchPage:
+    """Studies matching all filters (``*`` / ``?`` wildcards allowed in patient ID and accession), newest first;
+    the page ``offset .. offset + limit`` of them and how many match in all."""
+    from elvis_core.pacs import PacsError, StudyHit, _value, _values
+
+    if limit < 1 or offset < 0:
+        raise PacsError(f"limit must be >= 1 and offset >= 0 (got limit {limit}, offset {offset})")
+    filters: Dict[str, str] = {}
+    if patient_id.strip():
+        filters["PatientID"] = patient_id.strip()
+    if accession.strip():
+        filters["AccessionNumber"] = accession.strip()
+    d0, d1 = parse_date(date_from, "--from"), parse_date(date_to, "--to")
+    if d0 and d1 and d0 > d1:
+        raise PacsError(f"date range is reversed ({d0} > {d1})")
+    if d0 or d1:
+        filters["StudyDate"] = d0 if d0 == d1 else f"{d0}-{d1}"
+    hits: Dict[str, object] = {}
+    capped = False
+    mods = [m.strip().upper() for m in modalities if m.strip()] or [None]
+    for mod in mods:  # one query per modality: ModalitiesInStudy matching of a list is not portable
+        f = dict(filters)
+        if mod:
+            f["ModalitiesInStudy"] = mod
+        got = 0
+        while True:
+            url = f"{client.url}/studies?{query_string(f, FIELDS, limit=PAGE, offset=got)}"
+            res = client._call("search for studies", client._client._http_get_application_json, url)
+            res = [r for r in (res or []) if isinstance(r, dict)]
+            before = len(hits)
+            for item in res:
+                uid = str(_value(item, "0020000D"))
+                if not uid or uid in hits:
+                    continue
+                hits[uid] = StudyHit(
+                    study_uid=uid, patient_id=str(_value(item, "00100020")), accession=str(_value(item, "00080050")),
+                    study_date=str(_value(item, "00080020")), modalities=_values(item, "00080061"),
+                    description=str(_value(item, "00081030")), n_series=_int(_value(item, "00201206", 0)),
+                    n_instances=_int(_value(item, "00201208", 0)))
+            got += len(res)
+            if len(hits) > max_matches:
+                capped = True
+                break
+            # ask until an empty page (a server capping below PAGE answers short pages with more to come); a server
+            # that ignores offset repeats itself: nothing new, stop
+            if not res or len(hits) == before:
+                break
+        if capped:
+            break
+    ordered = sorted(hits.values(), key=lambda h: (h.study_date, h.study_uid), reverse=True)
+    if capped:
+        ordered = ordered[:max_matches]
+    return SearchPage(hits=ordered[offset:offset + limit], total=len(ordered), offset=offset, limit=limit,
+                      capped=capped)
+
+
+def _int(v) -> int:
+    try:
+        return int(v or 0)
+    except (TypeError, ValueError):
+        return 0
