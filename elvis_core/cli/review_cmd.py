@@ -11,6 +11,7 @@ EPILOG = """examples:
   elvis review status  ms_cxr.csv --images /data/mimic-cxr-jpg
   elvis review export  ms_cxr.csv --images /data/mimic-cxr-jpg --out reviewed/ [--include-rejected]
   elvis review export  ms_cxr.csv --images /data/mimic-cxr --out reviewed_sr/ --format dicom-sr
+  elvis review from-sr study_review.csv --images "$(elvis pacs fetch --url URL STUDY_UID | tail -1)"
 
 The decisions are read from the review file beside the annotations (ms_cxr.csv.review.sqlite), written by the
 viewer's Review tab. 'status' prints the per-category summary and the import problems; 'export' writes
@@ -19,6 +20,9 @@ viewer's Review tab. 'status' prints the per-category summary and the import pro
 (accepted / edited / added / rejected with its reason), one series per study: <SOPInstanceUID>.sr.dcm; an image
 whose boxes all have a decision gets a COMPLETE, VERIFIED SR (verifying observer = its main reviewer); images that
 are not DICOM are listed and skipped. --checkpoint names the model (and its SHA-256) as the device observer.
+'from-sr' resumes a review from a PACS: the review SRs of a fetched study (--images = its cache folder) become
+ANNOTATIONS (written) and their decisions are restored in its review file; export again and `elvis pacs store` to
+write the result back.
 """
 
 
@@ -26,7 +30,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("review", help="summary and exports of a box review (MS-CXR CSV / COCO JSON)",
                        description="Summarise or export the decisions made in the viewer's Review tab.",
                        epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("action", choices=("status", "export"))
+    p.add_argument("action", choices=("status", "export", "from-sr"))
     p.add_argument("annotations", help="MS-CXR CSV (v1.0.0 / v1.1.0) or MS-CXR / COCO JSON")
     p.add_argument("--images", required=True, help="images root the annotation paths are relative to")
     p.add_argument("--out", help="export: output folder")
@@ -39,6 +43,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--stem", help="export: file name stem (default: <annotations stem>.reviewed)")
     p.add_argument("--include-rejected", action="store_true", help="export: keep rejected boxes in the COCO JSON")
     p.add_argument("--json", action="store_true", help="status: print the summary as JSON")
+    p.add_argument("--reviewer", help="from-sr: who continues the review (the SR's reviewers keep their decisions)")
     p.add_argument("--allow-paths-outside-images", action="store_true",
                    help="accept annotation paths that are absolute or climb out of --images with '..'")
     p.set_defaults(func=run)
@@ -50,6 +55,16 @@ def run(args: argparse.Namespace) -> int:
     from elvis_core.review.store import review_path_for
 
     ann = Path(args.annotations)
+    if args.action == "from-sr":
+        from elvis_core.review.from_sr import review_from_study
+
+        res = review_from_study(args.images, ann, reviewer=args.reviewer or "")
+        for note in res.notes:
+            print(f"note: {note}", file=sys.stderr)
+        print(f"restored {res.n_decisions} decision(s) from {res.n_srs} review SR(s); review on with:\n"
+              f"  elvis-viewer {args.images} --annotations {res.annotations} --review", file=sys.stderr)
+        print(res.annotations)
+        return 0
     if not ann.is_file():
         raise ElvisError("annotation file not found", ann)
     store_path = None

@@ -9,7 +9,8 @@ decision too: its group says "Rejected" and carries the reason) — each with
   ``99ELVIS``), finding category "Morphologically abnormal structure" (SCT 49755003);
 - the phrase as a TEXT *Qualitative Evaluations* item, (C0034375, UMLS) as TID 1410 names it;
 - the review decision as a coded qualitative evaluation (``99ELVIS`` Review decision: Accepted / Edited / Added /
-  Rejected), the reason of a rejection as a TEXT *Comment* (DCM 121106);
+  Rejected), the reason of a rejection as a TEXT *Comment* (DCM 121106), an edited box's position before the edit
+  as a TEXT ``99ELVIS`` "Box before edit" ("x y w h");
 - the decision time as the group's and the decision item's Observation DateTime (0040,A032);
 - the reviewer: the person observer of the report (TID 1001/1003), and per group when someone else decided.
 
@@ -43,6 +44,8 @@ DECISION_CODES = {
     "added": ("ADDED", PRIVATE_SCHEME, "Added"),
     "rejected": ("REJECTED", PRIVATE_SCHEME, "Rejected"),
 }
+#: an edited box's position before the edit, "x y w h" in source pixels (TEXT; lets a review resume exactly)
+ORIGINAL_BOX = ("ORIGINALBOX", PRIVATE_SCHEME, "Box before edit")
 DEFAULT_ORGANIZATION = "ELVIS Viewer review"
 
 
@@ -60,6 +63,7 @@ class SrBox:
     reviewer: str = ""
     timestamp: str = ""  # ISO 8601 (the review store's), "" when unknown
     reason: str = ""  # why a box was rejected
+    original: Optional[Tuple[float, float, float, float]] = None  # an edited box as it was before the edit
 
 
 def _box_polyline(b: SrBox, rows: int, cols: int, where: str) -> np.ndarray:
@@ -155,6 +159,10 @@ def review_sr(source, boxes: Sequence[SrBox], *, series_uid: Optional[str] = Non
             items.append(hd.sr.TextContentItem(
                 name=hd.sr.CodedConcept(*QUALITATIVE_EVALUATIONS), value=b.phrase.strip(),
                 relationship_type=hd.sr.RelationshipTypeValues.CONTAINS))
+        if decision[0] == "EDITED" and b.original is not None:
+            items.append(hd.sr.TextContentItem(
+                name=hd.sr.CodedConcept(*ORIGINAL_BOX), value=" ".join(f"{float(v):g}" for v in b.original),
+                relationship_type=hd.sr.RelationshipTypeValues.CONTAINS))
         if decision[0] == "REJECTED" and b.reason.strip():
             items.append(hd.sr.TextContentItem(name=codes.DCM.Comment, value=b.reason.strip(),
                                                relationship_type=hd.sr.RelationshipTypeValues.CONTAINS))
@@ -199,7 +207,7 @@ def boxes_from_items(items: Iterable) -> Tuple[Dict[str, List[SrBox]], Dict[str,
             if b.status in (ACCEPTED, EDITED, ADDED, REJECTED):
                 out.setdefault(it.image_path, []).append(
                     SrBox(b.x, b.y, b.w, b.h, it.category, it.label_text, b.status, b.reviewer,
-                          b.timestamp, b.reason))
+                          b.timestamp, b.reason, tuple(b.original) if b.original is not None else None))
             elif b.status == UNREVIEWED:
                 open_[it.image_path] = open_.get(it.image_path, 0) + 1
     return out, open_

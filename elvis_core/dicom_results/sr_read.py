@@ -9,7 +9,7 @@ from dataclasses import dataclass, field
 from typing import List, Optional
 
 from elvis_core.dicom_results.common import QUALITATIVE_EVALUATIONS, DicomExportError, category_from_code
-from elvis_core.dicom_results.sr import DECISION_CODES, REVIEW_DECISION, SrBox
+from elvis_core.dicom_results.sr import DECISION_CODES, ORIGINAL_BOX, REVIEW_DECISION, SrBox
 
 _DECISION_OF = {v[0]: k for k, v in DECISION_CODES.items()}
 
@@ -121,7 +121,7 @@ def _group_box(g, main: str, out: ReviewSr) -> SrBox:
     if out.image_sop_uid and out.image_sop_uid != ref:
         raise ValueError("boxes on several images")
     out.image_sop_uid = str(ref)
-    category, phrase, decision, reason, reviewer, when = "", "", "", "", main, ""
+    category, phrase, decision, reason, reviewer, when, original = "", "", "", "", main, "", None
     for it in g[0].ContentSequence:
         name = _name_of(it)
         vt = str(it.get("ValueType", ""))
@@ -132,6 +132,9 @@ def _group_box(g, main: str, out: ReviewSr) -> SrBox:
         elif name == REVIEW_DECISION[:2] and vt == "CODE":
             decision = _DECISION_OF.get(_code_of(it)[0], "")
             when = _iso(it.get("ObservationDateTime", "")) or when
+        elif name == ORIGINAL_BOX[:2] and vt == "TEXT":
+            vals = [float(v) for v in str(it.TextValue).split()]
+            original = tuple(vals) if len(vals) == 4 and all(np.isfinite(vals)) else None
         elif name == ("121106", "DCM") and vt == "TEXT":
             reason = str(it.TextValue)
         elif name == ("121008", "DCM"):
@@ -141,7 +144,7 @@ def _group_box(g, main: str, out: ReviewSr) -> SrBox:
     if not decision:
         raise ValueError("group without a review decision")
     return SrBox(float(x0), float(y0), float(x1 - x0), float(y1 - y0), category, phrase, decision, reviewer,
-                 when, reason)
+                 when, reason, original)
 
 
 def find_review_srs(folder: os.PathLike | str) -> List[ReviewSr]:

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import os
 import re
+from pathlib import Path
 from typing import List, Optional, Tuple
 
 from elvis_core.errors import ReportReadError
@@ -143,3 +144,40 @@ def is_text_report_sr(path: os.PathLike | str) -> Optional[bool]:
         return str(ds.get("SOPClassUID", "")) in SR_SOP_CLASSES and _code(ds) not in _NOT_REPORTS
     except Exception:  # noqa: BLE001
         return None
+
+
+def find_study_sr_report(image_path: os.PathLike | str, max_files: int = 500) -> Optional[str]:
+    """The text-report SR of an image's study in a PACS cache layout (``<StudyUID>/<SeriesUID>/<SOPUID>.dcm``: the
+    image's grandparent folder is named after its Study Instance UID), or in the image's own folder; None when there
+    is none. Header-only reads, at most ``max_files`` files looked at."""
+    import pydicom
+
+    from elvis_core.io.dicom import _check_deflate
+
+    img = Path(image_path)
+    try:
+        _check_deflate(str(img))
+        study = str(pydicom.dcmread(str(img), stop_before_pixels=True,
+                                    specific_tags=["StudyInstanceUID"]).get("StudyInstanceUID", ""))
+    except Exception:  # noqa: BLE001 - not DICOM / unreadable: no SR to look for
+        return None
+    if not study:
+        return None
+    roots = [img.parent.parent] if img.parent.parent.name == study else []
+    roots.append(img.parent)
+    seen = 0
+    for root in roots:
+        for p in sorted(root.rglob("*.dcm")) if root != img.parent else sorted(root.glob("*.dcm")):
+            seen += 1
+            if seen > max_files:
+                return None
+            if p == img or not is_text_report_sr(p):
+                continue
+            try:
+                uid = str(pydicom.dcmread(str(p), stop_before_pixels=True,
+                                          specific_tags=["StudyInstanceUID"]).get("StudyInstanceUID", ""))
+            except Exception:  # noqa: BLE001
+                continue
+            if uid == study:
+                return str(p)
+    return None

@@ -37,6 +37,7 @@ IMAGE_MODALITIES = ("CR", "DX")
 REPORT_MODALITIES = ("SR",)
 #: results stored back on the PACS (our FRACTIONAL SEG of the maps) come with the study, both ways
 RESULT_MODALITIES = ("SEG",)
+FETCHED_MODALITIES = IMAGE_MODALITIES + REPORT_MODALITIES + RESULT_MODALITIES
 
 # dicomweb-client and urllib3 log every request URL at INFO/DEBUG, and QIDO query strings carry the patient ID:
 # keep them quiet even under --verbose (no patient identifiers in logs)
@@ -216,7 +217,7 @@ class PacsClient:
         return search_page(self, patient_id=patient_id, accession=accession, date_from=date_from, date_to=date_to,
                            modalities=modalities, limit=limit).hits
 
-    def list_instances(self, study_uid: str, modalities: Sequence[str] = IMAGE_MODALITIES + REPORT_MODALITIES + RESULT_MODALITIES
+    def list_instances(self, study_uid: str, modalities: Sequence[str] = FETCHED_MODALITIES
                        ) -> List[Tuple[str, str, str]]:
         """(series UID, SOP instance UID, modality) of the study's instances of the given modalities."""
         study_uid = _safe_uid(study_uid, "Study Instance UID")
@@ -238,7 +239,7 @@ class PacsClient:
         return out
 
     # -- WADO-RS --------------------------------------------------------------------------------------------------
-    def fetch_study(self, study_uid: str, modalities: Sequence[str] = IMAGE_MODALITIES + REPORT_MODALITIES + RESULT_MODALITIES,
+    def fetch_study(self, study_uid: str, modalities: Sequence[str] = FETCHED_MODALITIES,
                     progress: Optional[ProgressFn] = None, cancel: Optional[CancelFn] = None) -> FetchResult:
         """Retrieve the study's needed instances into the cache (resuming); returns the study's cache folder."""
         todo = self.list_instances(study_uid, modalities)

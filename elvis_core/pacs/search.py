@@ -6,10 +6,12 @@
   asterisk and finds nothing. We build the query string ourselves: every value percent-encoded except ``*`` and
   ``?`` (both are legal in a URI query, RFC 3986 §3.4), so ``PatientID=PHANTOM14*`` reaches the server as typed.
   ``fuzzymatching`` is never sent (servers differ; DICOM wildcard matching is the portable part).
-- **Paging**: servers cap QIDO answers (Orthanc's ``LimitFindResults``, DCM4CHEE's ``QIDOMaxNumberOfResults``, often
-  100–1000) and say so only in a ``Warning`` header, if at all. We page with ``limit``/``offset`` through all
-  matches (up to :data:`MAX_MATCHES`), merge the per-modality queries by Study Instance UID, sort newest first, and
-  return the requested page with the total: "showing 51–100 of 234 studies".
+- **Paging**: servers cap QIDO answers (DCM4CHEE's ``QIDOMaxNumberOfResults``, Orthanc's ``LimitFindResults``) and
+  say so only in a ``Warning`` header, if at all; and Orthanc 1.10 applies ``limit``/``offset`` *before* its
+  ``ModalitiesInStudy`` filter, so plain paged requests miss studies there. We ask for everything first, then with
+  ``offset`` = what we have for as long as new studies come (up to :data:`MAX_MATCHES`), merge the per-modality
+  queries by Study Instance UID, sort newest first, and return the requested page with the total:
+  "showing 51–100 of 234 studies". The pages the *user* sees are cut here, so they are consistent.
 - **Dates**: checked with ``datetime.strptime`` (``2004-13-01`` is refused in one line, not sent).
 """
 
@@ -112,11 +114,16 @@ def search_page(client, patient_id: str = "", accession: str = "", date_from: st
         f = dict(filters)
         if mod:
             f["ModalitiesInStudy"] = mod
-        got = 0
+        got, first = 0, True
         while True:
-            url = f"{client.url}/studies?{query_string(f, FIELDS, limit=PAGE, offset=got)}"
-            res = client._call("search for studies", client._client._http_get_application_json, url)
-            res = [r for r in (res or []) if isinstance(r, dict)]
+            # the first request asks for everything (Orthanc 1.10 applies limit/offset before its ModalitiesInStudy
+            # filter, so paged requests miss studies there); then offset = what we have, as long as new studies come
+            # (a server capping its answers, e.g. DCM4CHEE's QIDOMaxNumberOfResults, hands out the rest that way)
+            q = query_string(f, FIELDS) if first else query_string(f, FIELDS, limit=PAGE, offset=got)
+            first = False
+            res = client._call("search for studies", client._client._http_get_application_json,
+                               f"{client.url}/studies?{q}")
+            res = [r for r in (res or []) if isinstance(r, dict)] if isinstance(res, list) else []
             before = len(hits)
             for item in res:
                 uid = str(_value(item, "0020000D"))
@@ -131,8 +138,7 @@ def search_page(client, patient_id: str = "", accession: str = "", date_from: st
             if len(hits) > max_matches:
                 capped = True
                 break
-            # ask until an empty page (a server capping below PAGE answers short pages with more to come); a server
-            # that ignores offset repeats itself: nothing new, stop
+            # an empty page, or a server that ignores offset and repeats itself (nothing new): done
             if not res or len(hits) == before:
                 break
         if capped:
