@@ -56,7 +56,8 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="global: cosine(patch, phrase embedding) (default, BioViL-style); token-mean: mean over the "
                         "phrase's tokens of cosine(patch, token embedding) (GLoRIA-style)")
     p.add_argument("--dicom-out", metavar="DIR", default=None,
-                   help="also write the maps as a FRACTIONAL DICOM SEG + RGB Secondary Capture heat maps (DICOM input only)")
+                   help="also write the maps as a FRACTIONAL DICOM SEG + RGB Secondary Capture heat maps "
+                        "(DICOM input only)")
     p.add_argument("--device", default=None, help="torch device (default: cuda when available, else cpu)")
     p.set_defaults(func=run)
 

@@ -16,12 +16,13 @@ EPILOG = """examples:
 
 Authentication: --user NAME with the password from $ELVIS_PACS_PASSWORD (else asked for), or a bearer token from
 $ELVIS_PACS_TOKEN (or --token-env VAR). Credentials never go on the command line, in logs or in files.
-The URL may come from $ELVIS_PACS_URL. 'fetch' takes only CR/DX images and SR documents (the report), downloads each
-instance to a temp file and renames it when complete (the cache never holds half an instance), skips instances
+The URL may come from $ELVIS_PACS_URL. 'fetch' takes only CR/DX images, SR documents (the report, review SRs) and SEG
+results (maps stored back), downloads each instance to a temp file and renames it when complete (the cache never holds half an instance), skips instances
 already cached (resume), and prints the study's cache folder, which opens like any study folder:
   elvis-viewer "$(elvis pacs fetch ... | tail -1)"
 'search' takes DICOM wildcards (* and ?) in --patient-id / --accession, lists the newest --limit studies after
---offset and says "showing 1-50 of N studies" on stderr; it prints study UID, date, modalities, accession, series/instances; patient IDs only with --show-identifiers.
+--offset and says "showing 1-50 of N studies" on stderr; it prints study UID, date, modalities, accession,
+series/instances; patient IDs only with --show-identifiers.
 """
 
 
