@@ -398,3 +398,33 @@ def export_map_seg(window, out_dir: Optional[str] = None, stow: Optional[bool] =
 
     s.run(_seg_job, path, s.rad, slot.gmap, slot.gmap.phrase or s.phrase.text, slot.engine, out_dir, extra,
           on_result=done, on_error=lambda e: window.show_message(f"DICOM SEG export: {_err(e)}"))
+
+
+def study_folder_of(path: str) -> Path:
+    """The study folder of an image: ``<StudyUID>/<SeriesUID>/<SOP>.dcm`` (a PACS cache) → ``<StudyUID>``."""
+    p = Path(path)
+    return p.parent.parent if p.parent.parent.name.replace(".", "").isdigit() else p.parent
+
+
+def review_from_pacs_sr(window, folder: Optional[str] = None, on_done=None) -> None:
+    """File → Resume review from the study's DICOM SR: the open study's review SRs (fetched with it from the PACS)
+    become a review with every decision restored, opened in the Review tab; export it again to write it back."""
+    path = getattr(window.session, "rad_path", None)
+    if folder is None and not path:
+        window.show_message("Open a study first (File → Open from PACS…): its review SR is read from the study")
+        return
+    study = Path(folder) if folder else study_folder_of(path)
+    from elvis_core.review.from_sr import review_from_study
+
+    def done(res):
+        ok = window.review_view is not None and window.review_view.load(res.annotations, study)
+        window.show_message(f"Review resumed from {res.n_srs} DICOM SR(s): {res.n_decisions} decision(s) restored"
+                            if ok else "Review from the SR: the review could not be opened (see the Review tab)",
+                            banner=False)
+        if ok and hasattr(window, "tabs"):
+            window.tabs.setCurrentWidget(window.review_view)
+        if on_done:
+            on_done(res if ok else None)
+
+    window.session.run(review_from_study, study, on_result=done,
+                       on_error=lambda e: window.show_message(f"Review from the SR: {_err(e)}"))

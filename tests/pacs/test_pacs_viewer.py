@@ -101,3 +101,32 @@ def test_open_from_pacs_export_and_stow(orthanc, win, qtbot, tmp_path, capsys):
     uids = {pydicom.dcmread(str(p), stop_before_pixels=True).SOPInstanceUID for p in (seg_path, res.written[0])}
     inst = win.pacs_client._client.search_for_instances(study_instance_uid=RG1_STUDY)
     assert uids <= {i["00080018"]["Value"][0] for i in inst}
+
+
+def test_review_resumes_from_the_pacs_sr(orthanc, win, qtbot, tmp_path):
+    """A study whose review SR is on the PACS: fetched, opened, File → Resume review from the study's DICOM SR gives
+    the Review tab with every decision restored (the reading tab shows the study's narrative SR report)."""
+    from elvis_core.dicom_results import SrBox, read_source, review_sr, write_dataset
+    from elvis_core.pacs import PacsClient
+
+    src = read_source(RG1)
+    boxes = [SrBox(200, 300, 400, 350, "Pneumothorax", "right apical pneumothorax", "accepted", "alice"),
+             SrBox(900, 1200, 300, 300, "Pleural Effusion", "small effusion", "rejected", "alice", reason="artefact")]
+    orthanc.upload(RG1)
+    orthanc.upload(report_sr(RG1, {"FINDINGS": "Right apical pneumothorax.", "IMPRESSION": "Pneumothorax."},
+                             tmp_path / "rep.dcm"))
+    orthanc.upload(write_dataset(review_sr(src, boxes), tmp_path / "rev.sr.dcm"))
+    client = PacsClient(orthanc.dicomweb, username=USER, password=PASSWORD, cache_dir=tmp_path / "cache")
+    folder = client.fetch_study(RG1_STUDY).folder
+    win.open_folder(str(folder))
+    qtbot.waitUntil(lambda: win.session.rad is not None and win.session.report is not None, timeout=60000)
+    assert "pneumothorax" in win.session.report.text.lower()  # the narrative SR, not our review SR
+    got = []
+    pacs_dialog.review_from_pacs_sr(win, on_done=got.append)
+    qtbot.waitUntil(lambda: bool(got), timeout=60000)
+    assert got[0] is not None and got[0].n_decisions == 2
+    rs = win.review_view.session
+    status = {it.label_text: [(b.status, b.reason, b.reviewer) for b in it.boxes] for it in rs.items}
+    assert status == {"right apical pneumothorax": [("accepted", "", "alice")],
+                      "small effusion": [("rejected", "artefact", "alice")]}
+    assert win.tabs.currentWidget() is win.review_view
