@@ -25,6 +25,10 @@ from elvis_core.dicom_results.common import (MANUFACTURER, MODEL_NAME, PRIVATE_S
                                              software_version)
 
 
+#: RLE Lossless: every DICOM toolkit decodes it; a 1841 x 1955 map shrinks from 3.6 MB to ~0.16 MB, values intact
+RLE_LOSSLESS = "1.2.840.10008.1.2.5"
+
+
 @dataclass
 class MapLayer:
     """One phrase's map on the source image's pixel grid (cosine similarity, NaN where the model saw nothing)."""
@@ -107,6 +111,7 @@ def maps_seg(source, layers: Sequence[MapLayer], model: ModelInfo, *, series_uid
             software_versions=software_version(), device_serial_number=(h[:16] or "0"),
             content_description=lo(f"ELVIS grounding maps, {len(layers)} phrase(s), {model.name} sha256:{h[:12]}"),
             content_label="GROUNDING", series_description=lo(f"ELVIS grounding maps ({model.name})"),
+            transfer_syntax_uid=RLE_LOSSLESS,
         )
     seg.CodingSchemeIdentificationSequence = [private_scheme_item()]
     # General Image, Type 2C when there is no Image Orientation/Position: same pixel grid, so the source's applies

@@ -225,8 +225,10 @@ def test_heatmap_secondary_capture(tmp_path, capsys):
     path = write_dataset(sc, tmp_path / "map.sc.dcm")
     assert_dciodvfy_clean(path, capsys)
     ds = pydicom.dcmread(path)
-    assert ds.SOPClassUID == "1.2.840.10008.5.1.4.1.1.7" and ds.PhotometricInterpretation == "RGB"
+    assert ds.SOPClassUID == "1.2.840.10008.5.1.4.1.1.7" and ds.PhotometricInterpretation == "YBR_FULL_422"
     assert ds.SamplesPerPixel == 3 and ds.BurnedInAnnotation == "YES"
+    assert (ds.LossyImageCompression, ds.LossyImageCompressionMethod) == ("01", "ISO_10918_1")  # JPEG, said so
+    assert float(ds.LossyImageCompressionRatio) > 5
     px = ds.pixel_array
     assert px.ndim == 3 and px.shape[2] == 3 and px.shape[0] >= 1024
     assert (np.abs(px[..., 0].astype(int) - px[..., 2]) > 40).any()  # colour: a heat map, not grey
