@@ -4,9 +4,10 @@
   (set on the HTTP session, never in a URL, a header we log, or a file), and turns every failure (timeout, refused
   connection, 401/403/404/5xx, a server that stops mid-transfer) into one :class:`PacsError` line that names the
   server (its URL without credentials) and what to do.
-- :meth:`PacsClient.search_studies`: patient ID, accession number, study date range, modality (CR/DX by default).
-- :meth:`PacsClient.fetch_study`: only the instances needed (images of the chosen modalities, and SR documents,
-  which hold the report), each downloaded to a temp file and renamed into place when complete, so the cache holds
+- :meth:`PacsClient.search_studies`: patient ID, accession number (DICOM wildcards), study date range, modality
+  (CR/DX by default); paging and the total: :func:`elvis_core.pacs.search.search_page`.
+- :meth:`PacsClient.fetch_study`: only the instances needed (images of the chosen modalities, SR documents, which
+  hold the report and our review SRs, and SEG results), each downloaded to a temp file and renamed into place when complete, so the cache holds
   only whole instances whatever happens; already cached instances are skipped (resume); progress and cancel
   callbacks. The cache folder of a study then reads like any study folder (``elvis_core.io.studies.scan_folder``).
 - :meth:`PacsClient.store`: STOW-RS of our SR / SEG objects back to the server.
