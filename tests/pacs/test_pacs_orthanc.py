@@ -220,7 +220,9 @@ def test_cli_search_fetch_store_keep_credentials_and_identifiers_out(orthanc, se
     assert r.returncode == 0, r.stderr
     folder = Path(r.stdout.strip().splitlines()[-1])
     got = [pydicom.dcmread(str(p), stop_before_pixels=True).Modality for p in folder.rglob("*.dcm")]
-    assert folder.is_dir() and got.count("CR") == 1 and "SEG" not in got  # CR + SR(s) only: no stored SEG
+    # the CR, its SRs (report + our review SR stored earlier) and the SEG stored back: results come both ways
+    assert folder.is_dir() and got.count("CR") == 1 and got.count("SEG") == 1 and got.count("SR") >= 1
+    assert set(got) <= {"CR", "SR", "SEG"}
     # bearer token path: Orthanc wants basic auth, so the token is refused (401) — and never printed
     r = _cli(["search"], {"ELVIS_PACS_URL": orthanc.dicomweb, "ELVIS_PACS_TOKEN": "tok-SECRET-123"})
     last = r.stderr.strip().splitlines()[-1]
