@@ -1,6 +1,7 @@
 """Reviewed boxes of one image → a **Comprehensive SR** holding a **TID 1500 Measurement Report** (PS3.16).
 
-One TID 1410 planar-ROI group per reviewed box — accepted, edited, added *and rejected* (a rejected box is a
+A review SR exported again for an image whose earlier review SRs lie in its (PACS-fetched) study folder names them
+in its Predecessor Documents Sequence. One TID 1410 planar-ROI group per reviewed box — accepted, edited, added *and rejected* (a rejected box is a
 decision too: its group says "Rejected" and carries the reason) — each with
 
 - the box as a closed SCOORD POLYLINE in the source image's pixel space, SELECTED FROM its SOP Instance (DICOM puts
@@ -114,10 +115,11 @@ def dicom_datetime(iso: str) -> Optional[str]:
 def review_sr(source, boxes: Sequence[SrBox], *, series_uid: Optional[str] = None, series_number: int = 901,
               instance_number: int = 1, series_description: str = "ELVIS reviewed findings",
               model: Optional[ModelInfo] = None, complete: bool = True,
-              organization: str = DEFAULT_ORGANIZATION):
+              organization: str = DEFAULT_ORGANIZATION, previous: Sequence = ()):
     """A Comprehensive SR (TID 1500) for the reviewed boxes of one source image (a pydicom Dataset, header only).
 
-    ``complete``: every box of the image has a decision (no unreviewed box left) → COMPLETE / FINAL / VERIFIED."""
+    ``complete``: every box of the image has a decision (no unreviewed box left) → COMPLETE / FINAL / VERIFIED.
+    ``previous``: earlier review SRs of this image (datasets) that this one supersedes (Predecessor Documents)."""
     import highdicom as hd
     from pydicom.sr.codedict import codes
     from pydicom.sr.coding import Code
@@ -182,6 +184,7 @@ def review_sr(source, boxes: Sequence[SrBox], *, series_uid: Optional[str] = Non
             verifying_observer_name=person_name(main_reviewer) if verified else None,
             verifying_organization=lo(organization or DEFAULT_ORGANIZATION) if verified else None,
             series_description=lo(series_description), institution_name=None,
+            previous_versions=list(previous) or None,
         )
     if verified and times:
         sr.VerifyingObserverSequence[0].VerificationDateTime = max(times)
@@ -240,8 +243,28 @@ def export_review_sr(items: Sequence, out_dir: os.PathLike | str, *, model: Opti
             series.setdefault(study, hd.UID())
             numbers[study] = numbers.get(study, 0) + 1
             sr = review_sr(src, boxes, series_uid=series[study], instance_number=numbers[study], model=model,
-                           complete=open_boxes.get(image_path, 0) == 0, organization=organization)
+                           complete=open_boxes.get(image_path, 0) == 0, organization=organization,
+                           previous=_predecessors(image_path, src))
             written.append(write_dataset(sr, out / f"{src.SOPInstanceUID}.sr.dcm"))
         except ElvisError as err:
             problems.append(str(err))
     return ExportResult(written, problems)
+
+
+def _predecessors(image_path: str, src) -> list:
+    """Our review SRs of this image already in its study folder (a study fetched from a PACS, reviewed on and
+    exported again): the new SR names them in its Predecessor Documents Sequence, as a revised report should."""
+    import pydicom
+
+    from elvis_core.dicom_results.sr_read import find_review_srs
+
+    img = Path(image_path)
+    folder = img.parent.parent if img.parent.parent.name == str(src.StudyInstanceUID) else img.parent
+    out = []
+    for r in find_review_srs(folder) if folder.is_dir() else []:
+        if r.image_sop_uid == str(src.SOPInstanceUID) and r.study_uid == str(src.StudyInstanceUID):
+            try:
+                out.append(pydicom.dcmread(r.path, stop_before_pixels=True))
+            except Exception:  # noqa: BLE001 - unreadable now: not named
+                continue
+    return out

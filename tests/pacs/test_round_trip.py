@@ -186,6 +186,11 @@ def test_review_sr_both_ways(seeded, tmp_path, capsys):
         s2.close()
     sr2 = pydicom.dcmread(res2.written[0])
     assert (sr2.CompletionFlag, sr2.VerificationFlag) == ("COMPLETE", "VERIFIED")  # every restored box decided
+    # the revision names the SR it supersedes (Predecessor Documents Sequence)
+    first = pydicom.dcmread(res.written[0], stop_before_pixels=True)
+    pred = sr2.PredecessorDocumentsSequence[0].ReferencedSeriesSequence[0].ReferencedSOPSequence[0]
+    assert pred.ReferencedSOPInstanceUID == first.SOPInstanceUID
+    assert_dciodvfy_clean(res2.written[0], capsys)
     assert c2.store(res2.written) == 1
     folder3 = _client(seeded, tmp_path / "cache3").fetch_study(RG1_STUDY).folder
     srs = find_review_srs(folder3)
