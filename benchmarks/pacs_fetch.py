@@ -95,6 +95,9 @@ def main() -> int:
         class _Map:  # what heatmap_sc needs of a GroundingMap
             phrase, fully_seen = "phrase 0", True
 
+            def trust_line(self):
+                return "uncalibrated (peak 0.25) \u00b7 whole image seen"
+
             def to_image(self, shape=None):
                 import cv2
 
