@@ -77,10 +77,6 @@ def read_weights(path: os.PathLike | str) -> Dict[str, torch.Tensor]:
         raise ModelImportError("not a file", p)
     if p.stat().st_size == 0:
         raise ModelImportError("empty file", p)
-    from elvis_core.model.download import lfs_pointer
-
-    if lfs_pointer(p):
-        raise ModelImportError(lfs_pointer(p), p)
     if p.suffix == ".safetensors":
         from safetensors import SafetensorError
         from safetensors.torch import load_file
@@ -372,11 +368,8 @@ def make_tokenizer(info: Dict[str, Any], max_length: int):
 def _out_dir_ok(out: Path) -> None:
     if out.exists() and (not out.is_dir() or any(out.iterdir())):
         raise ModelImportError("output already exists; choose a new folder for the converted checkpoint", out)
-    try:  # `--out models/biovil` in a fresh checkout: create models/
-        out.resolve().parent.mkdir(parents=True, exist_ok=True)
-    except OSError as err:
-        raise ModelImportError(f"cannot create the output's parent folder ({err.strerror or err})",
-                               out.resolve().parent) from None
+    if not out.resolve().parent.is_dir():
+        raise ModelImportError("the parent folder of the output does not exist", out.resolve().parent)
 
 
 def import_biovil(variant: str, image_weights: os.PathLike | str, text_model: os.PathLike | str,
@@ -464,9 +457,6 @@ def import_biovil(variant: str, image_weights: os.PathLike | str, text_model: os
         if out.exists():
             out.rmdir()  # empty (checked above)
         os.replace(tmp, out)
-        from elvis_core.model.download import make_shareable
-
-        make_shareable(out)  # mkdtemp made it 0700: an installed model is readable by every user, like any other
     except OSError as err:
         raise ModelImportError(f"cannot write the checkpoint ({err.strerror or err})", out) from None
     finally:

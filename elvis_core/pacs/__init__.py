@@ -4,12 +4,12 @@
   (set on the HTTP session, never in a URL, a header we log, or a file), and turns every failure (timeout, refused
   connection, 401/403/404/5xx, a server that stops mid-transfer) into one :class:`PacsError` line that names the
   server (its URL without credentials) and what to do.
-- :meth:`PacsClient.search_studies`: patient ID, accession number (DICOM wildcards), study date range, modality
-  (CR/DX by default); paging and the total: :func:`elvis_core.pacs.search.search_page`.
+- :meth:`PacsClient.search_studies`: patient ID, accession number, study date range, modality (CR/DX by default);
+  with DICOM wildcards sent as typed, paging and the total: :func:`elvis_core.pacs.search.search_page`.
 - :meth:`PacsClient.fetch_study`: only the instances needed (images of the chosen modalities, SR documents, which
-  hold the report and our review SRs, and SEG results), each downloaded to a temp file and renamed into place when complete, so the cache holds
-  only whole instances whatever happens; already cached instances are skipped (resume); progress and cancel
-  callbacks. The cache folder of a study then reads like any study folder (``elvis_core.io.studies.scan_folder``).
+  hold the report and our review SRs, and SEG results stored back), each downloaded to a temp file and renamed
+  into place when complete, so the cache holds only whole instances whatever happens; already cached instances
+  are skipped (resume); progress and cancel callbacks. The cache folder of a study then reads like any study folder (``elvis_core.io.studies.scan_folder``).
 - :meth:`PacsClient.store`: STOW-RS of our SR / SEG objects back to the server.
 
 Layout of the cache: ``CACHE/<server key>/<StudyInstanceUID>/<SeriesInstanceUID>/<SOPInstanceUID>.dcm`` where the
@@ -34,11 +34,8 @@ CancelFn = Callable[[], bool]
 
 #: modalities fetched as images by default (chest radiographs)
 IMAGE_MODALITIES = ("CR", "DX")
-#: SR documents are fetched too: a study's report usually lives in one (and our review SRs are SR too)
-REPORT_MODALITIES = ("SR",)
-#: results stored back on the PACS (our FRACTIONAL SEG of the maps) come with the study, both ways
-RESULT_MODALITIES = ("SEG",)
-FETCHED_MODALITIES = IMAGE_MODALITIES + REPORT_MODALITIES + RESULT_MODALITIES
+#: SR documents are fetched too: a study's report usually lives in one
+REPORT_MODALITIES = ("SR", "SEG")  # + SEG: our maps stored back on the PACS come with the study
 
 # dicomweb-client and urllib3 log every request URL at INFO/DEBUG, and QIDO query strings carry the patient ID:
 # keep them quiet even under --verbose (no patient identifiers in logs)
@@ -210,15 +207,39 @@ class PacsClient:
     # -- QIDO-RS --------------------------------------------------------------------------------------------------
     def search_studies(self, patient_id: str = "", accession: str = "", date_from: str = "", date_to: str = "",
                        modalities: Sequence[str] = IMAGE_MODALITIES, limit: int = 200) -> List[StudyHit]:
-        """Studies matching all given filters (the first ``limit``, newest first; ``*`` / ``?`` wildcards). Dates
-        are YYYYMMDD (or YYYY-MM-DD); an open end is allowed. :func:`elvis_core.pacs.search.search_page` gives a
-        page and the total."""
-        from elvis_core.pacs.search import search_page
+        """Studies matching all given filters. Dates are YYYYMMDD (or YYYY-MM-DD); an open end is allowed."""
+        filters: Dict[str, str] = {}
+        if patient_id.strip():
+            filters["PatientID"] = patient_id.strip()
+        if accession.strip():
+            filters["AccessionNumber"] = accession.strip()
+        d0, d1 = _date(date_from), _date(date_to)
+        if d0 and d1 and d0 > d1:
+            raise PacsError(f"date range is reversed ({d0} > {d1})")
+        if d0 or d1:
+            filters["StudyDate"] = d0 if d0 == d1 else f"{d0}-{d1}"
+        fields = ["StudyDescription", "ModalitiesInStudy", "NumberOfStudyRelatedSeries",
+                  "NumberOfStudyRelatedInstances", "AccessionNumber", "PatientID", "StudyDate"]
+        hits: Dict[str, StudyHit] = {}
+        mods = [m.strip().upper() for m in modalities if m.strip()] or [None]
+        for mod in mods:  # one query per modality: ModalitiesInStudy matching of a list is not portable
+            f = dict(filters)
+            if mod:
+                f["ModalitiesInStudy"] = mod
+            res = self._call("search for studies", self._client.search_for_studies, search_filters=f, fields=fields,
+                             limit=limit)
+            for item in res or []:
+                uid = str(_value(item, "0020000D"))
+                if not uid or uid in hits:
+                    continue
+                hits[uid] = StudyHit(
+                    study_uid=uid, patient_id=str(_value(item, "00100020")), accession=str(_value(item, "00080050")),
+                    study_date=str(_value(item, "00080020")), modalities=_values(item, "00080061"),
+                    description=str(_value(item, "00081030")), n_series=int(_value(item, "00201206", 0) or 0),
+                    n_instances=int(_value(item, "00201208", 0) or 0))
+        return sorted(hits.values(), key=lambda h: (h.study_date, h.study_uid), reverse=True)
 
-        return search_page(self, patient_id=patient_id, accession=accession, date_from=date_from, date_to=date_to,
-                           modalities=modalities, limit=limit).hits
-
-    def list_instances(self, study_uid: str, modalities: Sequence[str] = FETCHED_MODALITIES
+    def list_instances(self, study_uid: str, modalities: Sequence[str] = IMAGE_MODALITIES + REPORT_MODALITIES
                        ) -> List[Tuple[str, str, str]]:
         """(series UID, SOP instance UID, modality) of the study's instances of the given modalities."""
         study_uid = _safe_uid(study_uid, "Study Instance UID")
@@ -240,7 +261,7 @@ class PacsClient:
         return out
 
     # -- WADO-RS --------------------------------------------------------------------------------------------------
-    def fetch_study(self, study_uid: str, modalities: Sequence[str] = FETCHED_MODALITIES,
+    def fetch_study(self, study_uid: str, modalities: Sequence[str] = IMAGE_MODALITIES + REPORT_MODALITIES,
                     progress: Optional[ProgressFn] = None, cancel: Optional[CancelFn] = None) -> FetchResult:
         """Retrieve the study's needed instances into the cache (resuming); returns the study's cache folder."""
         todo = self.list_instances(study_uid, modalities)
@@ -305,6 +326,13 @@ class PacsClient:
         if failed:
             raise PacsError(f"{self.url}: store (STOW-RS): the server refused {len(failed)} of {len(datasets)} objects")
         return len(datasets)
+
+
+def _date(s: str) -> str:
+    s = (s or "").strip().replace("-", "")
+    if s and (len(s) != 8 or not s.isdigit()):
+        raise PacsError(f"date must be YYYYMMDD or YYYY-MM-DD, got {s!r}")
+    return s
 
 
 def _write_instance(ds, dest: Path) -> None:

@@ -93,7 +93,7 @@ def search_page(client, patient_id: str = "", accession: str = "", date_from: st
                 max_matches: int = MAX_MATCHES) -> SearchPage:
     """Studies matching all filters (``*`` / ``?`` wildcards allowed in patient ID and accession), newest first;
     the page ``offset .. offset + limit`` of them and how many match in all."""
-    from elvis_core.pacs import PacsError, StudyHit, _value, _values
+    from elvis_core.pacs import PacsError, StudyHit
 
     if limit < 1 or offset < 0:
         raise PacsError(f"limit must be >= 1 and offset >= 0 (got limit {limit}, offset {offset})")
@@ -148,6 +148,24 @@ def search_page(client, patient_id: str = "", accession: str = "", date_from: st
         ordered = ordered[:max_matches]
     return SearchPage(hits=ordered[offset:offset + limit], total=len(ordered), offset=offset, limit=limit,
                       capped=capped)
+
+
+def _value(item: Dict, tag: str, default=""):
+    """The first value of a DICOM JSON attribute (PN → its alphabetic form); ``default`` when absent or malformed."""
+    attr = item.get(tag)
+    v = attr.get("Value") if isinstance(attr, dict) else None
+    if not isinstance(v, list) or not v:
+        return default
+    first = v[0]
+    if isinstance(first, dict):  # PN
+        return str(first.get("Alphabetic", default))
+    return first if isinstance(first, (str, int, float)) else default
+
+
+def _values(item: Dict, tag: str) -> tuple:
+    attr = item.get(tag)
+    v = attr.get("Value") if isinstance(attr, dict) else None
+    return tuple(str(x) for x in v if isinstance(x, (str, int, float))) if isinstance(v, list) else ()
 
 
 def _int(v) -> int:
