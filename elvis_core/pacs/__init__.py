@@ -9,7 +9,8 @@
 - :meth:`PacsClient.fetch_study`: only the instances needed (images of the chosen modalities, SR documents, which
   hold the report and our review SRs, and SEG results stored back), each downloaded to a temp file and renamed
   into place when complete, so the cache holds only whole instances whatever happens; already cached instances
-  are skipped (resume); progress and cancel callbacks. The cache folder of a study then reads like any study folder (``elvis_core.io.studies.scan_folder``).
+  are skipped (resume); progress and cancel callbacks. The cache folder of a study then reads like any study
+  folder (``elvis_core.io.studies.scan_folder``).
 - :meth:`PacsClient.store`: STOW-RS of our SR / SEG objects back to the server.
 
 Layout of the cache: ``CACHE/<server key>/<StudyInstanceUID>/<SeriesInstanceUID>/<SOPInstanceUID>.dcm`` where the
