@@ -236,6 +236,7 @@ def export_review_sr(items: Sequence, out_dir: os.PathLike | str, *, model: Opti
     written: List[Path] = []
     problems: List[str] = []
     by_image, open_boxes = boxes_from_items(items)
+    found: Dict[Path, list] = {}  # study folder -> our review SRs in it (each folder read once)
     for image_path, boxes in sorted(by_image.items()):
         try:
             src = read_source(image_path)
@@ -244,24 +245,29 @@ def export_review_sr(items: Sequence, out_dir: os.PathLike | str, *, model: Opti
             numbers[study] = numbers.get(study, 0) + 1
             sr = review_sr(src, boxes, series_uid=series[study], instance_number=numbers[study], model=model,
                            complete=open_boxes.get(image_path, 0) == 0, organization=organization,
-                           previous=_predecessors(image_path, src))
+                           previous=_predecessors(image_path, src, found))
             written.append(write_dataset(sr, out / f"{src.SOPInstanceUID}.sr.dcm"))
         except ElvisError as err:
             problems.append(str(err))
     return ExportResult(written, problems)
 
 
-def _predecessors(image_path: str, src) -> list:
+def _predecessors(image_path: str, src, found: Dict[Path, list]) -> list:
     """Our review SRs of this image already in its study folder (a study fetched from a PACS, reviewed on and
-    exported again): the new SR names them in its Predecessor Documents Sequence, as a revised report should."""
+    exported again): the new SR names them in its Predecessor Documents Sequence, as a revised report should.
+    Only a PACS cache's study folder (``<StudyUID>/<SeriesUID>/<SOP>.dcm``) is searched; ``found`` caches it."""
     import pydicom
 
     from elvis_core.dicom_results.sr_read import find_review_srs
 
     img = Path(image_path)
-    folder = img.parent.parent if img.parent.parent.name == str(src.StudyInstanceUID) else img.parent
+    folder = img.parent.parent
+    if folder.name != str(src.StudyInstanceUID) or not folder.is_dir():
+        return []  # not a fetched study: a dataset folder is never scanned once per image
+    if folder not in found:
+        found[folder] = find_review_srs(folder)
     out = []
-    for r in find_review_srs(folder) if folder.is_dir() else []:
+    for r in found[folder]:
         if r.image_sop_uid == str(src.SOPInstanceUID) and r.study_uid == str(src.StudyInstanceUID):
             try:
                 out.append(pydicom.dcmread(r.path, stop_before_pixels=True))

@@ -146,38 +146,36 @@ def is_text_report_sr(path: os.PathLike | str) -> Optional[bool]:
         return None
 
 
-def find_study_sr_report(image_path: os.PathLike | str, max_files: int = 500) -> Optional[str]:
+def find_study_sr_report(image_path: os.PathLike | str, max_files: int = 200) -> Optional[str]:
     """The text-report SR of an image's study in a PACS cache layout (``<StudyUID>/<SeriesUID>/<SOPUID>.dcm``: the
-    image's grandparent folder is named after its Study Instance UID), or in the image's own folder; None when there
-    is none. Header-only reads, at most ``max_files`` files looked at."""
+    image's grandparent folder is named after its Study Instance UID); None when there is none or the image does not
+    lie in such a folder (a dataset folder is never searched). Header-only reads, at most ``max_files`` files."""
     import pydicom
 
     from elvis_core.io.dicom import _check_deflate
 
     img = Path(image_path)
+    root = img.parent.parent
+    if not root.name or any(c not in "0123456789." for c in root.name) or not root.is_dir():
+        return None
     try:
         _check_deflate(str(img))
         study = str(pydicom.dcmread(str(img), stop_before_pixels=True,
                                     specific_tags=["StudyInstanceUID"]).get("StudyInstanceUID", ""))
     except Exception:  # noqa: BLE001 - not DICOM / unreadable: no SR to look for
         return None
-    if not study:
+    if study != root.name:
         return None
-    roots = [img.parent.parent] if img.parent.parent.name == study else []
-    roots.append(img.parent)
-    seen = 0
-    for root in roots:
-        for p in sorted(root.rglob("*.dcm")) if root != img.parent else sorted(root.glob("*.dcm")):
-            seen += 1
-            if seen > max_files:
-                return None
-            if p == img or not is_text_report_sr(p):
-                continue
-            try:
-                uid = str(pydicom.dcmread(str(p), stop_before_pixels=True,
-                                          specific_tags=["StudyInstanceUID"]).get("StudyInstanceUID", ""))
-            except Exception:  # noqa: BLE001
-                continue
-            if uid == study:
-                return str(p)
+    for seen, p in enumerate(sorted(root.glob("*/*.dcm"))):
+        if seen >= max_files:
+            return None
+        if p == img or not is_text_report_sr(p):
+            continue
+        try:
+            uid = str(pydicom.dcmread(str(p), stop_before_pixels=True,
+                                      specific_tags=["StudyInstanceUID"]).get("StudyInstanceUID", ""))
+        except Exception:  # noqa: BLE001
+            continue
+        if uid == study:
+            return str(p)
     return None
