@@ -249,10 +249,31 @@ class PacsDialog(QtWidgets.QDialog):
         self._task = None
         self._set_busy(False)
         self.last_folder = str(res.folder)
-        self.status_label.setText(f"{res.downloaded} downloaded, {res.cached} already cached")
+        self.status_label.setText(f"{res.downloaded} downloaded, {res.cached} already cached"
+                                  + (" · this study holds a review SR: File → Resume review from the study's DICOM SR"
+                                     if _has_review_sr(res.files) else ""))
         self.window_.pacs_client = self.client  # exports can be stored back to this server
         self.window_.session.open_paths([self.last_folder])
         self.fetched.emit(self.last_folder)
+
+
+def _has_review_sr(files, limit: int = 50) -> bool:
+    """Whether a fetched study holds one of our review SRs (header reads of a small study only)."""
+    import pydicom
+
+    from elvis_core.dicom_results.sr_read import is_review_sr
+
+    if len(files) > limit:
+        return False
+    for p in files:
+        try:
+            head = pydicom.dcmread(str(p), stop_before_pixels=True, specific_tags=[
+                "SOPClassUID", "ContentTemplateSequence", "CodingSchemeIdentificationSequence"])
+        except Exception:  # noqa: BLE001 - a hint only
+            continue
+        if is_review_sr(head):
+            return True
+    return False
 
 
 def open_pacs_dialog(window) -> PacsDialog:

@@ -118,6 +118,9 @@ def test_review_resumes_from_the_pacs_sr(orthanc, win, qtbot, tmp_path):
     orthanc.upload(write_dataset(review_sr(src, boxes), tmp_path / "rev.sr.dcm"))
     client = PacsClient(orthanc.dicomweb, username=USER, password=PASSWORD, cache_dir=tmp_path / "cache")
     folder = client.fetch_study(RG1_STUDY).folder
+    assert pacs_dialog._has_review_sr(sorted(folder.rglob("*.dcm")))  # the dialog's hint after a fetch
+    assert not pacs_dialog._has_review_sr([p for p in folder.rglob("*.dcm")
+                                           if pydicom.dcmread(p, stop_before_pixels=True).Modality != "SR"])
     win.open_folder(str(folder))
     qtbot.waitUntil(lambda: win.session.rad is not None and win.session.report is not None, timeout=60000)
     # a narrative SR of the study is the report (this module's server holds two), never our review SR
