@@ -265,7 +265,8 @@ def test_review_export_dicom_sr_cli(tmp_path, capsys):
         s.close()
     out = tmp_path / "sr"
     r = subprocess.run([sys.executable, "-m", "elvis_core", "review", "export", str(ann), "--images", str(demo),
-                        "--format", "dicom-sr", "--out", str(out)], capture_output=True, text=True, cwd=str(REPO),
+                        "--format", "dicom-sr", "--out", str(out), "--checkpoint", str(DEMO_MODEL),
+                        "--organization", "St Test Radiology"], capture_output=True, text=True, cwd=str(REPO),
                        timeout=120)
     assert r.returncode == 0, r.stderr
     written = sorted(out.glob("*.sr.dcm"))
@@ -282,6 +283,18 @@ def test_review_export_dicom_sr_cli(tmp_path, capsys):
         # identifiers are inside the object (correct), never on the command line's output
         for ident in (str(src.PatientID), str(src.PatientName)):
             assert ident and ident not in r.stdout + r.stderr
+    from elvis_core.model.checkpoint import checkpoint_hash
+
+    for p in written:  # the model the reviewer saw, named with its full hash; the organization when verified
+        sr = hd.sr.srread(str(p))
+        dev = {it.ConceptNameCodeSequence[0].CodeMeaning: (it.get("TextValue") or it.get("UID"))
+               for o in sr.content.get_observer_contexts() if o.observer_type.meaning == "Device"
+               for it in o.observer_identifying_attributes}
+        assert dev["Device Observer Model Name"] == "demo_model"
+        assert dev["Device Observer Serial Number"] == checkpoint_hash(DEMO_MODEL, length=64)
+        if sr.VerificationFlag == "VERIFIED":
+            assert sr.VerifyingObserverSequence[0].VerifyingOrganization == "St Test Radiology"
+    assert any(pydicom.dcmread(p).VerificationFlag == "VERIFIED" for p in written)
     # the edited phrase's other boxes are still unreviewed: not in the SR
     assert n_groups == len(first.boxes) + 1 + len(third.boxes)
     reasons = [b.reason for p in written for b in read_review_sr(p).boxes if b.decision == "rejected"]
