@@ -18,7 +18,6 @@ server key is a short hash of the server URL (no credentials in folder names).
 from __future__ import annotations
 
 import hashlib
-import logging
 import os
 import tempfile
 from dataclasses import dataclass, field
@@ -41,7 +40,7 @@ REPORT_MODALITIES = ("SR",)
 from elvis_core.pacs.transport import (BadEncoding, BoundedSession, DeadlineExceeded, NetLimits,  # noqa: E402
                                        ResponseTooLarge, quiet_network_loggers)
 from elvis_core.pacs.validate import (ServerAnswerError, attr_int, attr_str, attr_strs, attr_uid,  # noqa: E402
-                                      check_instance, clean_text, qido_items, single_part)
+                                      check_instance, qido_items, single_part)
 
 quiet_network_loggers()
 

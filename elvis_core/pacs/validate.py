@@ -18,9 +18,10 @@ import io
 import json
 import re
 import struct
-from typing import Any, Dict, List, Optional
+from typing import Any, Dict, List
 
 from elvis_core.errors import ElvisError
+from elvis_core.io.safe_json import json_depth  # noqa: F401 - one scanner for every JSON we read
 
 _CTRL = re.compile(r"\x1b\[[0-?]*[ -/]*[@-~]|\x1b\][^\x07\x1b]*(?:\x07|\x1b\\)?|\x1b.?|[\x00-\x1f\x7f-\x9f"
                    r"\u200b-\u200f\u2028-\u202e\u2066-\u2069\ufeff]")
@@ -38,28 +39,6 @@ def clean_text(value: Any, max_len: int = 200) -> str:
     s = _CTRL.sub(" ", s[: max_len * 4])
     s = re.sub(r" {2,}", " ", s).strip()
     return s[:max_len]
-
-
-_JSON_STR = re.compile(rb'"(?:[^"\\]|\\.)*"?')
-_BRACKETS = re.compile(rb"[\[\]{}]")
-
-
-def json_depth(data: bytes | str, limit: int) -> int:
-    """Nesting depth of a JSON text (brackets outside strings), in linear time without recursion; stops early past
-    ``limit``."""
-    if isinstance(data, str):
-        data = data.encode("utf-8", "surrogatepass")
-    depth = best = 0
-    for m in _BRACKETS.finditer(_JSON_STR.sub(b"", data)):
-        if m.group() in (b"[", b"{"):
-            depth += 1
-            if depth > best:
-                best = depth
-                if best > limit:
-                    return best
-        else:
-            depth -= 1
-    return best
 
 
 def parse_json(data: bytes, what: str, max_depth: int) -> Any:
