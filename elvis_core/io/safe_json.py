@@ -40,19 +40,20 @@ def json_depth(data: bytes | str, limit: int = MAX_JSON_DEPTH) -> int:
 def loads_checked(data: bytes | str, path: Optional[os.PathLike | str] = None, error: Type[ElvisError] = ElvisError,
                   max_depth: int = MAX_JSON_DEPTH, what: str = "JSON") -> Any:
     """``json.loads`` with the depth checked first; any parser failure is ``error(problem, path)``."""
+    pre = "not" if what == "JSON" else f"{what} is not"
     if json_depth(data, max_depth) > max_depth:
-        raise error(f"not usable {what}: nested more than {max_depth} levels deep", path)
+        raise error(f"{pre} usable JSON: nested more than {max_depth} levels deep", path)
     try:
         return json.loads(data)
     except RecursionError:  # pragma: no cover - the depth check comes first
-        raise error(f"not usable {what}: nested too deeply", path) from None
+        raise error(f"{pre} usable JSON: nested too deeply", path) from None
     except UnicodeDecodeError:
-        raise error(f"not valid {what} (not UTF-8 text)", path) from None
+        raise error(f"{pre} valid JSON (not UTF-8 text)", path) from None
     except json.JSONDecodeError as err:
-        raise error(f"not valid {what} ({err.msg} at line {err.lineno} column {err.colno})", path) from None
+        raise error(f"{pre} valid JSON ({err.msg} at line {err.lineno} column {err.colno})", path) from None
     except ValueError as err:  # "Exceeds the limit (4300 digits) for integer string conversion"
         detail = "a number with too many digits" if "digits" in str(err) else type(err).__name__
-        raise error(f"not valid {what} ({detail})", path) from None
+        raise error(f"{pre} valid JSON ({detail})", path) from None
 
 
 def read_json_file(path: os.PathLike | str, error: Type[ElvisError] = ElvisError, max_bytes: int = 64 << 20,

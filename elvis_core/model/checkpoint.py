@@ -163,10 +163,14 @@ def load_checkpoint(path: Union[str, os.PathLike], device: Union[str, torch.devi
     d = Path(path)
     cfg = read_checkpoint_config(d)
     wpath = d / WEIGHTS_NAME
-    if not wpath.is_file():
+    if not os.path.lexists(wpath):
         raise CheckpointError(f"missing {WEIGHTS_NAME}", d)
+    from elvis_core.model.import_weights import check_safetensors_header
     from elvis_core.model.limits import check_model_config
 
+    # the header against the file and the limits before anything is read (a 40 GB sparse file, offsets past the
+    # end, overlapping tensors, a regular file only)
+    check_safetensors_header(wpath, CheckpointError)
     try:  # sizes and memory checked before anything is built (elvis_core/model/limits.py)
         check_model_config(cfg["model"], weights=wpath)
     except ConfigError as err:
