@@ -435,10 +435,12 @@ def _lut_first_mapped(item, ds) -> float:
 def _decode_pydicom(ds, path: str, frame: int, n_frames: int) -> np.ndarray:
     from pydicom.pixels import pixel_array
 
-    if n_frames > 1:
-        return pixel_array(ds, index=frame)
-    arr = ds.pixel_array
-    return arr
+    from elvis_core.io.native_quiet import quiet_fd2
+
+    with quiet_fd2():  # a native decoder's own stderr (pylibjpeg-rle's Rust panic + backtrace) never reaches the user
+        if n_frames > 1:
+            return pixel_array(ds, index=frame)
+        return ds.pixel_array
 
 
 #: the SimpleITK fallback, run in a child process: GDCM allocates without bound on some corrupt streams (a

@@ -42,7 +42,7 @@ def loads_checked(data: bytes | str, path: Optional[os.PathLike | str] = None, e
     """``json.loads`` with the depth checked first; any parser failure is ``error(problem, path)``."""
     pre = "not" if what == "JSON" else f"{what} is not"
     if json_depth(data, max_depth) > max_depth:
-        raise error(f"{pre} usable JSON: nested more than {max_depth} levels deep", path)
+        raise error(f"{pre} usable JSON: nested too deeply (more than {max_depth} levels)", path)
     try:
         return json.loads(data)
     except RecursionError:  # pragma: no cover - the depth check comes first
