@@ -320,14 +320,14 @@ def _bomb(kind: str) -> bytes:
     if kind not in _BOMBS:
         if kind == "gzip_bomb":
             buf = io.BytesIO()
-            with gzip.GzipFile(fileobj=buf, mode="wb", compresslevel=9) as g:
+            with gzip.GzipFile(fileobj=buf, mode="wb", compresslevel=6) as g:
                 g.write(b"[")
                 block = b" " * (1 << 20)
                 for _ in range(1024):
                     g.write(block)
             _BOMBS[kind] = buf.getvalue()
         else:
-            c = zlib.compressobj(9)
+            c = zlib.compressobj(6)
             parts = [c.compress(b"[")]
             block = b" " * (1 << 20)
             for _ in range(1024):
