@@ -590,8 +590,7 @@ class ReviewView(QtWidgets.QWidget):
     def close_session(self) -> None:
         """Checkpoint and close the review file (quit, switching annotations): the .sqlite alone holds it all."""
         if self.session is not None:
-            self.session.close()
-            self.session = None
+            self.session.close()  # idempotent; the object stays for callbacks still queued (they read memory only)
 
     def closeEvent(self, ev) -> None:
         self.close_session()
