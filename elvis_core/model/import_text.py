@@ -58,14 +58,44 @@ def read_text_folder(folder: os.PathLike | str) -> Dict[str, Any]:
     if weights is None:
         raise ModelImportError("text model folder has no model.safetensors or pytorch_model.bin", d)
     bert = {k: conf[k] for k in _BERT_KEYS if k in conf}
+    _check_types(bert, cpath)
     bert["model_type"] = "bert"
     bert.setdefault("vocab_size", n_vocab)
     if n_vocab > int(bert["vocab_size"]):  # fewer is fine (a padded embedding matrix); more would index past it
         raise ModelImportError(f"vocab.txt has {n_vocab} entries but config.json says vocab_size "
                                f"{bert['vocab_size']}: not this model's vocabulary", d)
-    return {"folder": d, "bert": bert, "projection_size": int(conf.get("projection_size", 128)),
+    proj = conf.get("projection_size", 128)
+    if isinstance(proj, bool) or not isinstance(proj, int) or not 1 <= proj <= 65536:
+        raise ModelImportError(f"config.json: projection_size must be an integer 1..65536, got {str(proj)[:30]}", cpath)
+    return {"folder": d, "bert": bert, "projection_size": proj,
             "vocab": vocab, "lowercase": bool(tok_conf.get("do_lower_case", True)), "weights": weights,
             "model_type": mt, "n_vocab": n_vocab}
+
+
+_INT_KEYS = {"vocab_size": (1, 1_000_000), "hidden_size": (1, 65536), "num_hidden_layers": (1, 256),
+             "num_attention_heads": (1, 1024), "intermediate_size": (1, 262144),
+             "max_position_embeddings": (1, 8192), "type_vocab_size": (1, 1024), "pad_token_id": (0, 1_000_000)}
+_FLOAT_KEYS = ("hidden_dropout_prob", "attention_probs_dropout_prob", "initializer_range", "layer_norm_eps")
+
+
+def _check_types(bert: Dict[str, Any], where) -> None:
+    """Every size an integer in range, every rate a finite number, the activation and embedding type text: a
+    config value of the wrong type is one line naming the key (it was a ValueError / TypeError traceback)."""
+    import math
+
+    for k, (lo, hi) in _INT_KEYS.items():
+        v = bert.get(k)
+        if v is not None and (isinstance(v, bool) or not isinstance(v, int) or not lo <= v <= hi):
+            raise ModelImportError(f"config.json: {k} must be an integer {lo}..{hi}, got {str(v)[:30]}", where)
+    for k in _FLOAT_KEYS:
+        v = bert.get(k)
+        if v is not None and (isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v)
+                              or not 0 <= v <= 1e3):
+            raise ModelImportError(f"config.json: {k} must be a finite number, got {str(v)[:30]}", where)
+    for k in ("hidden_act", "position_embedding_type"):
+        v = bert.get(k)
+        if v is not None and not isinstance(v, str):
+            raise ModelImportError(f"config.json: {k} must be text, got {str(v)[:30]}", where)
 
 
 def convert_cxr_bert(state: Dict[str, torch.Tensor], where) -> Tuple[Dict[str, torch.Tensor], List[str]]:

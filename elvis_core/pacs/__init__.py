@@ -175,8 +175,8 @@ class PacsClient:
         except ResponseTooLarge as err:
             raise PacsError(f"{self.url}: {what}: {err}") from None
         except DeadlineExceeded:
-            raise PacsError(f"{self.url}: {what}: no complete answer within {self.timeout:g} s (server too slow or "
-                            "stalled; try again or raise --timeout)") from None
+            raise PacsError(f"{self.url}: {what}: no answer within {self.timeout:g} s (none, or not all of it: server "
+                            "too slow or stalled; try again or raise --timeout)") from None
         except requests.exceptions.HTTPError as err:
             raise PacsError(self._http_message(what, err.response)) from None
         except requests.exceptions.Timeout:

@@ -151,3 +151,16 @@ def test_non_finite_weights_are_refused_by_name(files, tmp_path):
     with pytest.raises(ModelImportError) as e:
         _import(p, files["text"], tmp_path / "out")
     _one_line(e.value, "NaN or infinite", "projector.model.0.weight")
+
+
+@pytest.mark.parametrize("key,value", [("projection_size", "x"), ("vocab_size", {}), ("hidden_size", True),
+                                       ("layer_norm_eps", "tiny"), ("hidden_act", ["gelu"])])
+def test_text_config_values_of_the_wrong_type(files, tmp_path, key, value):
+    """Found by the fuzzer: int('x') / int({}) escaped as ValueError / TypeError tracebacks."""
+    t = _copy_text(files, tmp_path)
+    c = json.loads((t / "config.json").read_text())
+    c[key] = value
+    (t / "config.json").write_text(json.dumps(c))
+    with pytest.raises(ModelImportError) as e:
+        _import(files["image"], t, tmp_path / "out")
+    _one_line(e.value, "config.json", key)

@@ -134,7 +134,12 @@ def make_import(seeds, seed: int, out_dir: Path):
     elif m in (6, 7):
         conf = json.loads((text / "config.json").read_text())
         conf, what = mutate_json(conf, r)
-        (text / "config.json").write_text(json.dumps(conf))
+        try:
+            raw = json.dumps(conf)
+        except (RecursionError, ValueError):  # the nesting the mutation made: written by hand
+            raw = '{"hidden_size": ' + "[" * 100000 + "]" * 100000 + "}"
+            what += " (as raw nesting)"
+        (text / "config.json").write_text(raw)
         what = "text config: " + what
     elif m == 8:
         conf = json.loads((text / "config.json").read_text())
