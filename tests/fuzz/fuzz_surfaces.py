@@ -125,7 +125,7 @@ def make_import(seeds, seed: int, out_dir: Path):
     elif m == 4:
         st = torch.load(img, weights_only=True)
         k = r.choice(list(st))
-        st[k] = torch.zeros(*[r.choice([1, 3, 999]) for _ in range(r.randint(0, 4))])
+        st[k] = torch.zeros([r.choice([1, 3, 999]) for _ in range(r.randint(0, 4))])
         torch.save(st, img)
         what = f"wrong shape for {k}"
     elif m == 5:
