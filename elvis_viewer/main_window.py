@@ -587,8 +587,6 @@ class MainWindow(QtWidgets.QMainWindow):
     def closeEvent(self, ev):
         self.save_state()
         self.session.cancel_scan()
-        if self.review_view is not None:  # a child's closeEvent is not called on quit: close the review file here
-            self.review_view.close_session()
         super().closeEvent(ev)
 
     def dragEnterEvent(self, ev):

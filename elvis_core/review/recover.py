@@ -18,7 +18,7 @@ import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Dict, List, Optional, Tuple
+from typing import Dict, List, Tuple
 
 from elvis_core.review.store import ReviewStore, ReviewStoreError, review_path_for
 from elvis_core.review.store_checks import _ITEM_STATUSES, parse_state

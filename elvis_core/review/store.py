@@ -48,7 +48,7 @@ from pathlib import Path
 from typing import Any, Dict, List, Optional
 
 from elvis_core.errors import ElvisError
-from elvis_core.review.store_checks import _COLUMNS, _ITEM_STATUSES, parse_state
+from elvis_core.review.store_checks import _COLUMNS, _ITEM_STATUSES, _true_cause, parse_state
 
 SCHEMA_VERSION = 1
 
@@ -112,26 +112,6 @@ def _holder_text(lock: Path) -> str:
     except OSError:
         text = ""
     return text[:200] or "another process"
-
-
-def _true_cause(err: BaseException, folder: Path) -> str:
-    """What a SQLite / OS write error means for the user: disk full, read-only, locked, ..."""
-    text = str(err)
-    low = text.lower()
-    try:
-        free = shutil.disk_usage(folder).free
-    except OSError:
-        free = None
-    if "full" in low or getattr(err, "errno", None) == errno.ENOSPC or (free is not None and free < (256 << 10)):
-        return f"the disk holding {folder} is full ({free or 0} bytes free): free some space and try again"
-    if "readonly" in low or "read-only" in low or getattr(err, "errno", None) in (errno.EROFS, errno.EACCES,
-                                                                                    errno.EPERM):
-        return f"the review file or its folder {folder} is read-only"
-    if "locked" in low or "busy" in low:
-        return "the review file is locked by another process"
-    if "i/o" in low:
-        return f"disk I/O error on {folder} (disk removed or failing?)"
-    return text
 
 
 def review_path_for(annotations: str | os.PathLike) -> Path:

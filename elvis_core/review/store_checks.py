@@ -3,8 +3,11 @@ read, so a damaged or hand-edited file is reported, never half-read). Standard l
 
 from __future__ import annotations
 
+import errno
 import json
 import math
+import shutil
+from pathlib import Path
 from typing import Any, Optional
 
 #: columns of each table (a file missing one is damaged, not re-created)
@@ -61,3 +64,21 @@ def parse_state(blob: Any) -> tuple:
     return (None, why) if why else (state, None)
 
 
+def _true_cause(err: BaseException, folder: Path) -> str:
+    """What a SQLite / OS write error means for the user: disk full, read-only, locked, ..."""
+    text = str(err)
+    low = text.lower()
+    try:
+        free = shutil.disk_usage(folder).free
+    except OSError:
+        free = None
+    if "full" in low or getattr(err, "errno", None) == errno.ENOSPC or (free is not None and free < (256 << 10)):
+        return f"the disk holding {folder} is full ({free or 0} bytes free): free some space and try again"
+    if "readonly" in low or "read-only" in low or getattr(err, "errno", None) in (errno.EROFS, errno.EACCES,
+                                                                                    errno.EPERM):
+        return f"the review file or its folder {folder} is read-only"
+    if "locked" in low or "busy" in low:
+        return "the review file is locked by another process"
+    if "i/o" in low:
+        return f"disk I/O error on {folder} (disk removed or failing?)"
+    return text
