@@ -202,11 +202,12 @@ class PacsDialog(QtWidgets.QDialog):
         for r, h in enumerate(self.hits):
             date = f"{h.study_date[:4]}-{h.study_date[4:6]}-{h.study_date[6:]}" if len(h.study_date) == 8 else \
                 h.study_date
-            vals = [date, h.patient_id if reveal else "•••", h.accession, "/".join(h.modalities), h.description,
-                    f"{h.n_series} / {h.n_instances}"]
+            # PatientID, AccessionNumber and StudyDescription identify a patient (PS3.15): shown with the toggle only
+            vals = [date, h.patient_id if reveal else "•••", h.accession if reveal else "•••", "/".join(h.modalities),
+                    h.description if reveal else "•••", f"{h.n_series} / {h.n_instances}"]
             for c, v in enumerate(vals):
                 it = QtWidgets.QTableWidgetItem(v)
-                if c == 1 and not reveal:
+                if c in (1, 2, 4) and not reveal:
                     it.setToolTip("patient identifiers are hidden (View → Show patient identifiers)")
                 self.table.setItem(r, c, it)
         if self.hits:

@@ -224,6 +224,10 @@ def run(args: argparse.Namespace) -> int:
     path = args.path
     if not os.path.exists(path):
         raise ElvisError("no such file or folder", path)
+    if not os.path.isdir(path):
+        from elvis_core.io.paths import require_regular_file
+
+        require_regular_file(path)  # a FIFO would block every reader below, /dev/zero read without end
     kind = _kind(path)
     if args.tags:
         if kind != "dicom":

@@ -21,8 +21,9 @@ results (maps stored back), downloads each instance to a temp file and renames i
 already cached (resume), and prints the study's cache folder, which opens like any study folder:
   elvis-viewer "$(elvis pacs fetch ... | tail -1)"
 'search' takes DICOM wildcards (* and ?) in --patient-id / --accession, lists the newest --limit studies after
---offset and says "showing 1-50 of N studies" on stderr; it prints study UID, date, modalities, accession,
-series/instances; patient IDs only with --show-identifiers.
+--offset and says "showing 1-50 of N studies" on stderr; it prints study UID, date, modalities,
+series/instances; Patient ID, accession number and study description (identifiers) only with
+--show-identifiers.
 """
 
 
@@ -48,7 +49,7 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="modality in study (repeatable; default CR and DX)")
     s.add_argument("--limit", type=int, default=50, help="studies per page (default 50)")
     s.add_argument("--offset", type=int, default=0, help="skip this many (newest first) studies: the next page")
-    s.add_argument("--show-identifiers", action="store_true", help="also print the Patient ID column")
+    s.add_argument("--show-identifiers", action="store_true", help="also print the Patient ID, accession and description columns")
     s.set_defaults(func=run, items=[])
     f = acts.add_parser("fetch", parents=[common], help="WADO-RS: fetch studies into the cache (resumable)",
                         epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -80,6 +81,7 @@ def client_from_args(args):
 def run(args: argparse.Namespace) -> int:
     from elvis_core.errors import ElvisError
     from elvis_core.pacs import IMAGE_MODALITIES
+    from elvis_core.pacs.validate import clean_text
 
     client = client_from_args(args)
     if args.action == "search":
@@ -89,16 +91,17 @@ def run(args: argparse.Namespace) -> int:
         page = search_page(client, patient_id=args.patient_id, accession=args.accession, date_from=args.date_from,
                            date_to=args.date_to, modalities=mods, offset=args.offset, limit=args.limit)
         hits = page.hits
-        cols = ["study_uid", "date", "modalities", "accession", "series", "instances", "description"]
+        # AccessionNumber, StudyDescription and the Patient ID identify a patient (PS3.15): only on request; every
+        # server string is sanitised (no escape sequences, tabs or newlines reach the terminal or the TSV)
+        cols = ["study_uid", "date", "modalities", "series", "instances"]
         if args.show_identifiers:
-            cols.insert(1, "patient_id")
+            cols[1:1] = ["patient_id", "accession", "description"]
         print("\t".join(cols))
         for h in hits:
-            row = [h.study_uid, h.study_date, "/".join(h.modalities), h.accession, str(h.n_series),
-                   str(h.n_instances), h.description]
+            row = [h.study_uid, h.study_date, "/".join(h.modalities), str(h.n_series), str(h.n_instances)]
             if args.show_identifiers:
-                row.insert(1, h.patient_id)
-            print("\t".join(row))
+                row[1:1] = [h.patient_id, h.accession, h.description]
+            print("\t".join(clean_text(v) for v in row))
         print(f"{page.summary()} on {client.url}", file=sys.stderr)
         return 0
     if args.action == "fetch":

@@ -512,11 +512,12 @@ _LOAD_LOCK = threading.Lock()
 
 def _read_provenance(path: Path) -> Dict[str, Any]:
     """The ``provenance`` object of a checkpoint's config.json ({} when absent or unreadable)."""
-    import json
+    from elvis_core.errors import ElvisError
+    from elvis_core.io.safe_json import read_json_file
 
-    try:
-        cfg = json.loads((Path(path) / "config.json").read_text(encoding="utf-8"))
-    except (OSError, ValueError):
+    try:  # regular file, depth-checked (the checkpoint loader has already refused a bad one)
+        cfg = read_json_file(Path(path) / "config.json", max_bytes=16 << 20)
+    except ElvisError:
         return {}
     prov = cfg.get("provenance") if isinstance(cfg, dict) else None
     return prov if isinstance(prov, dict) else {}

@@ -136,7 +136,10 @@ def is_text_report_sr(path: os.PathLike | str) -> Optional[bool]:
     import pydicom
 
     from elvis_core.io.dicom import _check_deflate
+    from elvis_core.io.paths import is_regular_file
 
+    if not is_regular_file(path):  # never open a FIFO or a device
+        return None
     try:  # the values are converted lazily: a damaged SOPClassUID (wrong VR, a sequence) fails on access
         _check_deflate(os.fspath(path))  # pydicom inflates a deflated data set whole: refuse a bomb first
         ds = pydicom.dcmread(os.fspath(path), stop_before_pixels=True,

@@ -90,12 +90,13 @@ def read_checkpoint_config(path: Union[str, os.PathLike]) -> Dict[str, Any]:
         raise CheckpointError("a checkpoint is a folder with config.json, model.safetensors and tokenizer files; "
                               "this is a file", d)
     cpath = d / CONFIG_NAME
-    if not cpath.is_file():
+    if not os.path.lexists(cpath):
         raise CheckpointError(f"missing {CONFIG_NAME}", d)
-    try:
-        cfg = json.loads(cpath.read_text(encoding="utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError) as err:
-        raise CheckpointError(f"{CONFIG_NAME} is not valid JSON ({err})", d) from err
+    from elvis_core.io.safe_json import read_json_file
+
+    # a regular file (no FIFO, no /dev/zero), ≤ 16 MiB, depth-checked before parsing (a 100 000-deep config is a
+    # clean error, not a RecursionError), any parser failure one line
+    cfg = read_json_file(cpath, CheckpointError, max_bytes=16 << 20, what=CONFIG_NAME)
     if not isinstance(cfg, dict) or cfg.get("format") != FORMAT:
         hint = ""
         if isinstance(cfg, dict) and (cfg.get("model_type") or cfg.get("architectures")):
@@ -162,10 +163,14 @@ def load_checkpoint(path: Union[str, os.PathLike], device: Union[str, torch.devi
     d = Path(path)
     cfg = read_checkpoint_config(d)
     wpath = d / WEIGHTS_NAME
-    if not wpath.is_file():
+    if not os.path.lexists(wpath):
         raise CheckpointError(f"missing {WEIGHTS_NAME}", d)
+    from elvis_core.model.import_weights import check_safetensors_header
     from elvis_core.model.limits import check_model_config
 
+    # the header against the file and the limits before anything is read (a 40 GB sparse file, offsets past the
+    # end, overlapping tensors, a regular file only)
+    check_safetensors_header(wpath, CheckpointError)
     try:  # sizes and memory checked before anything is built (elvis_core/model/limits.py)
         check_model_config(cfg["model"], weights=wpath)
     except ConfigError as err:

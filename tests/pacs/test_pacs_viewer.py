@@ -57,6 +57,7 @@ def test_open_from_pacs_export_and_stow(orthanc, win, qtbot, tmp_path, capsys):
         dlg.search_button.click()
     assert sig.args == [1] and dlg.table.rowCount() == 1, dlg.last_error
     assert dlg.table.item(0, 1).text() == "•••"  # identifiers hidden unless the privacy toggle is on
+    assert dlg.table.item(0, 2).text() == "•••" and dlg.table.item(0, 4).text() == "•••"  # accession, description
     settings_text = Path(win.settings.fileName()).read_text()
     assert orthanc.dicomweb in settings_text and PASSWORD not in settings_text
     with qtbot.waitSignal(dlg.fetched, timeout=60000):
