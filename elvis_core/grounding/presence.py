@@ -173,3 +173,44 @@ def map_peak(raw_similarity: np.ndarray, seen_cells: Optional[np.ndarray] = None
             raw = raw[seen]
     raw = raw[np.isfinite(raw)]
     return float(raw.max()) if raw.size else None
+
+
+# -- one place that makes a map say how far to believe it (every backend calls it) ----------------------------------
+def trust_sources(model, checkpoint_config: Optional[Dict[str, Any]] = None) -> tuple:
+    """(calibration dict or None, known words frozenset, where the words come from) for a model.
+
+    Calibration: ``checkpoint_config["presence_calibration"]`` (config.json), else the model's
+    ``checkpoint_config`` / ``presence_calibration`` attribute; a malformed one raises ValueError saying what is wrong.
+    Known words: the checkpoint's ``known_words.json`` (``model.known_words``), else the tokenizer's whole words."""
+    from elvis_core.model.vocab import tokenizer_whole_words
+
+    cfg = checkpoint_config if isinstance(checkpoint_config, dict) else getattr(model, "checkpoint_config", None)
+    cal = cfg.get(CALIBRATION_KEY) if isinstance(cfg, dict) else None
+    if cal is None:
+        cal = getattr(model, "presence_calibration", None)
+    try:
+        cal = check_calibration(cal)
+    except ValueError as err:
+        raise ValueError(f"config.json {err}") from None
+    known = getattr(model, "known_words", None)
+    if isinstance(known, dict) and isinstance(known.get("words"), list):
+        return cal, frozenset(known["words"]), known.get("source") or "known_words.json"
+    tok = getattr(model, "tokenizer", None)
+    words = tokenizer_whole_words(tok) if tok is not None else []
+    return cal, frozenset(words), "the tokenizer's whole words"
+
+
+def attach_trust(gm, calibration: Optional[Dict[str, Any]], known_words) -> Any:
+    """Fill a :class:`~elvis_core.grounding.types.GroundingMap`'s trust fields in place and return it: ``peak`` (raw
+    maximum over the cells the model saw), ``presence`` / ``presence_threshold`` / ``calibrated_on`` (None when
+    ``calibration`` is None) and ``unknown_words`` (the phrase's words not in ``known_words``). The one function
+    every inference backend (torch engine, ONNX Runtime, ...) calls after building a map."""
+    from elvis_core.model.vocab import unknown_words
+
+    raw = gm.raw_similarity if gm.raw_similarity is not None else gm.similarity
+    gm.peak = map_peak(raw, gm.seen_cells())
+    gm.presence = presence_probability(gm.peak, calibration)
+    gm.presence_threshold = float(calibration["threshold"]) if calibration is not None else None
+    gm.calibrated_on = str(calibration.get("calibrated_on") or "") or None if calibration is not None else None
+    gm.unknown_words = unknown_words(gm.phrase, known_words)
+    return gm
