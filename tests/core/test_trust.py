@@ -151,3 +151,30 @@ def test_vocab_word_helpers():
     assert merged == {"source": "1 training report + old", "words": ["a", "b", "c"]}
     whole = tokenizer_whole_words(StandInModel().tokenizer)
     assert "bright" in whole and "[UNK]" not in whole and "[unk]" not in whole
+
+
+def test_figure_carries_the_trust_caption_and_draws_a_not_confident_map_faint():
+    from elvis_core.grounding.figure import render_overlay
+    from elvis_core.io.radiograph import Radiograph
+
+    rad = Radiograph(pixels=np.tile(np.linspace(0, 1000, 160, dtype=np.float32), (96, 1)))
+    eng = GroundingEngine(StandInModel(), device="cpu")
+    eng.set_image(rad)
+    gm = eng.ground("bright")
+    plain = render_overlay(rad, gm, opacity=1.0, min_side=0, trust="")
+    captioned = render_overlay(rad, gm, opacity=1.0, min_side=0)  # default: gm.trust_line()
+    assert captioned.shape[0] > plain.shape[0]
+    band = captioned[: captioned.shape[0] - plain.shape[0]]
+    lit = band[band.max(axis=2) > 100]
+    assert len(lit) and (lit[:, 0] > lit[:, 2] + 60).mean() > 0.5  # uncalibrated: amber text
+    img_plain = plain[:96, :160].astype(int)
+    sure = attach_trust(gm, dict(CAL, a=100.0, b=-1.0), None)
+    assert sure.confident is True
+    img_sure = render_overlay(rad, sure, opacity=1.0, min_side=0, trust="")[:96, :160].astype(int)
+    assert np.array_equal(img_sure, img_plain)  # confident: drawn as before
+    unsure = attach_trust(gm, dict(CAL, a=1.0, b=-50.0), None)
+    assert unsure.confident is False
+    img_unsure = render_overlay(rad, unsure, opacity=1.0, min_side=0, trust="")[:96, :160].astype(int)
+    grey = render_overlay(rad, gm, opacity=0.0, min_side=0, trust="")[:96, :160].astype(int)
+    # faint: 40 % of the colour, the rest the film
+    assert np.abs(img_unsure - (0.4 * img_plain + 0.6 * grey)).max() <= 2
