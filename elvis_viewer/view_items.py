@@ -80,12 +80,55 @@ def prepare_display(rad) -> None:
     lo, hi = robust_range(pix, 0.5, 99.5)
     if hi <= lo:
         lo, hi = float(pix.min()), float(pix.max()) + 1.0
+    from elvis_core.io.inversion import inversion_warning
+
     try:
+        rad._display_inversion = (pix, inversion_warning(rad) or "")
         rad._display_robust = (pix, (lo, hi))
         rad._display_window = (pix, rad.default_window())
         rad._display_presets = (pix, window_presets(rad))
     except AttributeError:
         pass
+
+
+#: opacity factor of a map whose presence is below its threshold: drawn faint
+FAINT = 0.4
+
+
+def needs_fixed_scale(gmap) -> bool:
+    """True for a map that was assessed (its peak is known) and is not confident: presence below its threshold, or
+    an uncalibrated model. Such a map is drawn on the fixed [-1, 1] scale, never stretched to its own maximum
+    (a stretched map of an absent finding looks as focal as a real one)."""
+    return gmap is not None and getattr(gmap, "peak", None) is not None and getattr(gmap, "confident", None) is not True
+
+
+def opacity_factor(gmap) -> float:
+    """:data:`FAINT` for a map below its presence threshold, 1 otherwise."""
+    return FAINT if getattr(gmap, "confident", None) is False else 1.0
+
+
+def trust_texts(gmap) -> list:
+    """The lines the view shows under the phrase: the map's trust line and, on a line of its own, the words the
+    model does not know ("nodule is unknown to this model"). [] for a map nobody assessed."""
+    if gmap is None or getattr(gmap, "peak", None) is None:
+        return []
+    from elvis_core.model.vocab import unknown_words_sentence
+
+    out = [gmap.trust_line(words=False)]
+    if gmap.unknown_words:
+        out.append("⚠ " + unknown_words_sentence(gmap.unknown_words))
+    return out
+
+
+def inversion_text(rad) -> str:
+    """The inverted-film warning of ``rad`` ("" when none): from :func:`prepare_display`, else computed here (a
+    sub-sampled median test, a few ms)."""
+    inv = prepared(rad, "_display_inversion")
+    if inv is None:
+        from elvis_core.io.inversion import inversion_warning
+
+        inv = inversion_warning(rad) or ""
+    return inv
 
 
 def prepared(rad, name: str):

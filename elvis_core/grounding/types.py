@@ -61,9 +61,10 @@ class GroundingMap:
         rows, cols = self.image_shape
         return max(0.0, x1 - x0) * max(0.0, y1 - y0) / max(1.0, float(rows) * float(cols))
 
-    def trust_line(self) -> str:
+    def trust_line(self, words: bool = True) -> str:
         """ONE human line saying how far to believe the map, used by every surface (viewer, ``elvis ground``, PNG
-        and DICOM exports): presence (or "uncalibrated" with the raw peak), what the model saw, unknown words."""
+        and DICOM exports): presence (or "uncalibrated" with the raw peak), what the model saw, unknown words
+        (``words=False`` leaves them out, for a surface that names them in a sentence of their own)."""
         if self.presence is not None:
             parts = [f"presence {self.presence:.2f} — "
                      + ("confident region" if self.confident else "no confident region")]
@@ -73,7 +74,7 @@ class GroundingMap:
             parts = ["uncalibrated"]
         parts.append("whole image seen" if self.fully_seen
                      else f"model saw {100 * self.seen_fraction():.0f} % of the image")
-        if self.unknown_words:
+        if self.unknown_words and words:
             parts.append("unknown to this model: " + ", ".join(self.unknown_words))
         return " · ".join(parts)
 
