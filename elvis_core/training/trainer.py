@@ -429,6 +429,7 @@ def train(cfg: Dict[str, Any], out_dir: Optional[str] = None, progress: Optional
                 {k: model_cfg["image"].get(k) for k in INIT_FROM_OVERRIDES}:  # same weights, another grid/anchor
             again = build_model(model_cfg, tokenizer=model.tokenizer, init_text_from_path=False)
             again.load_state_dict(model.state_dict())
+            again.known_words = getattr(model, "known_words", None)
             model = again
         model = model.train()
         if is0:
