@@ -36,8 +36,8 @@ pg.setConfigOptions(imageAxisOrder="row-major", antialias=True)
 
 from elvis_viewer.view_items import (  # noqa: E402  (re-exported: public names of this module)
     _SPACING_SHORT, OVERLAY_COLORMAPS, OVERLAY_SMOOTH_FACTOR, _CachedDownsampleImageItem, _num, _overlay_colormap,
-    _shadow, _WLViewBox, affine_to_qtransform, inversion_text, layout_corner_texts, needs_fixed_scale, opacity_factor,
-    prepared, trust_texts, unseen_items)
+    _shadow, _WLViewBox, affine_to_qtransform, inversion_short, inversion_text, layout_corner_texts,
+    needs_fixed_scale, opacity_factor, prepared, trust_texts, unseen_items)
 
 
 class ImageView(QtWidgets.QWidget):
@@ -534,7 +534,7 @@ class ImageView(QtWidgets.QWidget):
         modality = m.get("Modality") or ""
         tl = [x for x in (self._caption, f"{modality} {view}".strip()) if x]
         if self._inversion:
-            tl.append("⚠ " + self._inversion)
+            tl.append(inversion_short(self._inversion))
         if self.gmap is not None and getattr(self.gmap, "phrase", "") and self.gmap.phrase != self._caption:
             phrase = self.gmap.phrase
             tl.append("“" + (phrase if len(phrase) < 60 else phrase[:57] + "…") + "”")

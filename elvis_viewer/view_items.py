@@ -131,6 +131,16 @@ def inversion_text(rad) -> str:
     return inv
 
 
+def inversion_short(message: str) -> str:
+    """The view's two-line form of an inverted-film warning ("" for none): what it means, then why."""
+    if not message:
+        return ""
+    import re
+
+    m = re.search(r"\((photometric tag [^)]*|no photometric tag)\)", message)
+    return "⚠ film looks inverted: maps unreliable" + (f"\n   ({m.group(1)})" if m else "")
+
+
 def prepared(rad, name: str):
     """A value stored by :func:`prepare_display` when it still belongs to ``rad.pixels``, else None."""
     v = getattr(rad, name, None)

@@ -90,7 +90,7 @@ def test_inverted_film_is_flagged_in_the_view(view):
     lo, hi = float(rg1.pixels.min()), float(rg1.pixels.max())
     bad = dataclasses.replace(rg1, pixels=(lo + hi - rg1.pixels).astype(np.float32), windows=[], voi_lut=None)
     view.set_radiograph(bad)
-    assert "⚠ film looks inverted" in view.corner_text("tl")
+    assert "⚠ film looks inverted: maps unreliable\n   (photometric tag MONOCHROME1 probably wrong)" in view.corner_text("tl")
 
 
 def test_export_header_carries_trust_and_inversion(view):
