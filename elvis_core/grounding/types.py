@@ -81,7 +81,8 @@ class GroundingMap:
     def seen_cells(self) -> np.ndarray:
         """Bool (gh, gw): grid cells whose centre lies in what the model saw (:meth:`seen_box`)."""
         gh, gw = self.similarity.shape
-        jj, ii = np.meshgrid(np.arange(gw) + 0.5, np.arange(gh) + 0.5)
+        jj = np.arange(gw, dtype=np.float64)[None, :] + 0.5
+        ii = np.arange(gh, dtype=np.float64)[:, None] + 0.5
         a = np.asarray(self.grid_to_image, dtype=np.float64)
         x = a[0, 0] * jj + a[0, 1] * ii + a[0, 2]
         y = a[1, 0] * jj + a[1, 1] * ii + a[1, 2]
