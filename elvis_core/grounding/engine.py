@@ -165,7 +165,9 @@ class GroundingEngine:
                 "phrase_map": self.phrase_map, "mirror_average": self.mirror_average,
                 "similarity": ("cosine(patch_emb, text global_emb)" if self.phrase_map == "global"
                                else "mean over tokens of cosine(patch_emb, token_emb)"),
-                "device": self.device_name}
+                "presence_calibration": (self.presence_calibration or {}).get("calibrated_on") or (
+                    "calibrated" if self.presence_calibration else "uncalibrated"),
+                "known_words": self.known_words_source, "device": self.device_name}
 
     # -- image ----------------------------------------------------------------------------------------------------
     def image_key(self, radiograph) -> str:

@@ -178,3 +178,12 @@ def test_figure_carries_the_trust_caption_and_draws_a_not_confident_map_faint():
     grey = render_overlay(rad, gm, opacity=0.0, min_side=0, trust="")[:96, :160].astype(int)
     # faint: 40 % of the colour, the rest the film
     assert np.abs(img_unsure - (0.4 * img_plain + 0.6 * grey)).max() <= 2
+
+
+def test_engine_settings_say_whether_maps_are_calibrated():
+    eng = GroundingEngine(StandInModel(), device="cpu")
+    assert eng.settings()["presence_calibration"] == "uncalibrated"
+    assert eng.settings()["known_words"] == "the tokenizer's whole words"
+    m = StandInModel()
+    m.presence_calibration = CAL
+    assert GroundingEngine(m, device="cpu").settings()["presence_calibration"] == "synthetic test"
