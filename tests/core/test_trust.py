@@ -105,7 +105,7 @@ def test_calibration_in_config_json_is_used_and_a_bad_one_named(demo_copy, tmp_p
     d = tmp_path / "cal"
     shutil.copytree(demo_copy, d)
     cfg = json.loads((d / "config.json").read_text())
-    cfg["presence_calibration"] = CAL
+    cfg["presence_calibration"] = dict(CAL)
     (d / "config.json").write_text(json.dumps(cfg))
     eng = GroundingEngine(d, device="cpu")
     gm = eng.ground_image(phantom(), "left pleural effusion")
