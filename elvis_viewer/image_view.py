@@ -13,7 +13,7 @@ Public API (stable, reused by the review mode):
 ``set_radiograph(rad)``, ``clear()``, ``set_window(center, width)``, ``window() -> (center, width)``,
 ``presets() -> list[Window]``, ``apply_preset(name)``, ``set_inverted(bool)``, ``fit()``, ``one_to_one()``,
 ``set_overlay(gmap | None)``, ``set_overlay_visible(bool)``, ``toggle_overlay()``, ``set_overlay_opacity(float)``,
-``set_overlay_colormap(name)``, ``set_overlay_range("fixed" | "auto")``, ``set_isolines(bool)``,
+``set_overlay_colormap(name)``, ``set_overlay_range("fixed" | "auto" | "stretch")``, ``set_isolines(bool)``,
 ``set_boxes([(Box, label, QColor)])``, ``set_ruler(bool)``, ``ruler_length() -> (value, unit)``,
 ``set_wl_mode(bool)``, ``link_to(other)`` (zoom/pan/W/L synchronised), ``set_caption(text)``,
 ``view_box`` / ``image_item`` / ``overlay_item`` attributes, signals ``windowChanged(float, float)`` and
