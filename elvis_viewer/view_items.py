@@ -141,6 +141,18 @@ def inversion_short(message: str) -> str:
     return "⚠ film looks inverted: maps unreliable" + (f"\n   ({m.group(1)})" if m else "")
 
 
+def token_map(gmap, k: int):
+    """The map of token ``k`` of a phrase map as a map of its own: its own peak, uncalibrated (presence is calibrated
+    for whole phrases only), labelled "<phrase> | token “<token>”"."""
+    from dataclasses import replace
+
+    from elvis_core.grounding.presence import attach_trust
+
+    tm = replace(gmap, similarity=gmap.token_maps[k], raw_similarity=None,
+                 phrase=f"{gmap.phrase} | token “{gmap.tokens[k]}”")
+    return attach_trust(tm, None, None)
+
+
 def prepared(rad, name: str):
     """A value stored by :func:`prepare_display` when it still belongs to ``rad.pixels``, else None."""
     v = getattr(rad, name, None)

@@ -160,6 +160,10 @@ def test_click_sentence_grounds_and_overlay_covers_image(qtbot, win, study_root)
     assert win.overlay_panel.token_combo.count() > 1
     win.overlay_panel.token_combo.setCurrentIndex(1)
     assert "token" in iv.gmap.phrase
+    # a token map is its own, uncalibrated map: its own peak, on the fixed scale
+    g = win.session.slots[0].gmap
+    assert iv.gmap.peak == pytest.approx(float(np.max(g.token_maps[0])), abs=1e-6) and iv.gmap.presence is None
+    assert iv.overlay_levels() == (-1.0, 1.0) and f"uncalibrated (peak {iv.gmap.peak:.2f})" in iv.corner_text("tl")
 
 
 def test_new_selection_supersedes_old(qtbot, win, study_root):
