@@ -117,3 +117,18 @@ def test_overlay_panel_offers_stretch(qtbot):
     assert got[-1].range == "stretch"
     p.set_settings(OverlaySettings(range="fixed"))
     assert p.range.currentIndex() == 1
+
+
+def test_inversion_is_computed_in_the_reading_worker_and_reused(view, monkeypatch):
+    from elvis_viewer import view_items
+
+    rg1 = read_radiograph(get_testdata_file("RG1_UNCI.dcm"))
+    lo, hi = float(rg1.pixels.min()), float(rg1.pixels.max())
+    bad = dataclasses.replace(rg1, pixels=(lo + hi - rg1.pixels).astype(np.float32), windows=[], voi_lut=None)
+    view_items.prepare_display(bad)  # what session_tasks runs off the GUI thread
+    assert "film looks inverted" in view_items.prepared(bad, "_display_inversion")
+    import elvis_core.io.inversion as inv
+
+    monkeypatch.setattr(inv, "inversion_warning", lambda r: pytest.fail("recomputed on the GUI thread"))
+    view.set_radiograph(bad)
+    assert "film looks inverted" in view.corner_text("tl")
