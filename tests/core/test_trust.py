@@ -91,14 +91,19 @@ def test_demo_model_knows_its_training_words_not_nodule_or_basal(demo_copy):
     eng = GroundingEngine(demo_copy, device="cpu")
     assert "training reports" in eng.known_words_source
     tok = eng.model.tokenizer
-    for w in ("nodule", "basal"):
-        assert len(tok.tokenize(w)) > 1  # split into pieces: the model never saw it whole
-        assert w not in eng.known_words
-    for w in ("effusion", "pneumothorax", "cardiomegaly", "left", "basilar", "retrocardiac"):
+    for w in ("effusion", "pneumothorax", "cardiomegaly", "left", "right", "basilar", "retrocardiac"):
         assert w in eng.known_words
-    gm = eng.ground_image(phantom(), "nodule in the left basal lung")
-    assert gm.unknown_words == ["nodule", "basal"]
-    assert gm.trust_line().endswith("unknown to this model: nodule, basal")
+    gm = eng.ground_image(phantom(), "nodule in the left basal lung pacemaker")
+    for w in ("nodule", "basal", "pacemaker"):
+        if len(tok.tokenize(w)) > 1:  # never a whole token: it was in no training report
+            assert w in gm.unknown_words
+    assert "left" not in gm.unknown_words and "lung" not in gm.unknown_words
+    cfg = json.loads((DEMO / "config.json").read_text())
+    if cfg["provenance"]["data"].get("pairs_hash") == "ae930441149c":  # the model trained on phantom4k (seed 11)
+        assert tok.tokenize("nodule") == ["no", "##d", "##ul", "##e"] and tok.tokenize("basal") == ["bas", "##al"]
+        assert "pacemaker" in tok.get_vocab()  # in the tokenizer's seed corpus, but in no training report
+        assert gm.unknown_words == ["nodule", "basal", "pacemaker"]
+        assert gm.trust_line().endswith("unknown to this model: nodule, basal, pacemaker")
 
 
 def test_calibration_in_config_json_is_used_and_a_bad_one_named(demo_copy, tmp_path):

@@ -27,6 +27,16 @@ def calibrated(tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
+def uncalibrated(tmp_path_factory):
+    d = tmp_path_factory.mktemp("ck") / "uncal"
+    shutil.copytree(DEMO, d)
+    cfg = json.loads((d / "config.json").read_text())
+    cfg.pop("presence_calibration", None)
+    (d / "config.json").write_text(json.dumps(cfg))
+    return d
+
+
+@pytest.fixture(scope="module")
 def wrong_tag(tmp_path_factory):
     """RG1 (a real MONOCHROME1 chest CR) with its photometric tag rewritten as MONOCHROME2: read inverted."""
     ds = pydicom.dcmread(get_testdata_file("RG1_UNCI.dcm"))
@@ -39,28 +49,28 @@ def wrong_tag(tmp_path_factory):
 def test_ground_json_records_presence_unknown_words_and_inversion(calibrated, wrong_tag, tmp_path, capsys):
     js = tmp_path / "maps.json"
     code = main(["ground", "--checkpoint", str(calibrated), str(wrong_tag), "left pleural effusion",
-                 "nodule in the left lung", "--out", str(tmp_path / "m.png"), "--json", str(js)])
+                 "zebra in the left lung", "--out", str(tmp_path / "m.png"), "--json", str(js)])
     cap = capsys.readouterr()
     assert code == 0, cap.err
     assert "film looks inverted" in cap.err and "MONOCHROME2 probably wrong" in cap.err
-    assert "nodule is unknown to this model" in cap.err
+    assert "zebra is unknown to this model" in cap.err
     assert cap.out.count("trust: presence ") == 2
     doc = json.loads(js.read_text())
     assert doc["image"] == "wrong_tag.dcm" and any("looks inverted" in w for w in doc["warnings"])
     assert doc["calibration"]["calibrated_on"] == "synthetic test calibration"
     eff, nod = doc["phrases"]
     assert eff["phrase"] == "left pleural effusion" and eff["unknown_words"] == []
-    assert nod["unknown_words"] == ["nodule"] and "unknown to this model: nodule" in nod["trust"]
+    assert nod["unknown_words"] == ["zebra"] and "unknown to this model: zebra" in nod["trust"]
     for r in (eff, nod):
         assert r["presence"] == pytest.approx(1 / (1 + math.exp(-(20 * r["peak"] - 6))), abs=1e-5)
         assert r["confident"] == (r["presence"] >= 0.5)
         assert any("looks inverted" in w for w in r["warnings"])
 
 
-def test_ground_json_uncalibrated_says_null(tmp_path, capsys):
+def test_ground_json_uncalibrated_says_null(uncalibrated, tmp_path, capsys):
     js = tmp_path / "maps.json"
     img = get_testdata_file("RG1_UNCI.dcm")
-    code = main(["ground", "--checkpoint", str(DEMO), img, "cardiomegaly", "--out", str(tmp_path / "m.png"),
+    code = main(["ground", "--checkpoint", str(uncalibrated), img, "cardiomegaly", "--out", str(tmp_path / "m.png"),
                  "--json", str(js)])
     cap = capsys.readouterr()
     assert code == 0, cap.err
@@ -69,7 +79,7 @@ def test_ground_json_uncalibrated_says_null(tmp_path, capsys):
     assert doc["calibration"] is None and not any("inverted" in w for w in doc["warnings"])
     (rec,) = doc["phrases"]
     assert rec["presence"] is None and rec["confident"] is None and -1 <= rec["peak"] <= 1
-    assert main(["ground", "--checkpoint", str(DEMO), img, "x", "--out", str(tmp_path / "m.png"),
+    assert main(["ground", "--checkpoint", str(uncalibrated), img, "x", "--out", str(tmp_path / "m.png"),
                  "--json", str(tmp_path / "nope" / "m.json")]) == 2
     assert "output folder does not exist" in capsys.readouterr().err
 
