@@ -273,7 +273,7 @@ def layout_corner_texts(size, corners: dict, markers: dict, narrow_ok: bool = Tr
         br = c["tr"].boundingRect()
     tl_b = c["tl"].boundingRect()
     if tl_b.width() + br.width() + 3 * pad > w:  # narrow view: stack the top-right text under the top-left one
-        c["tr"].setPos(w - br.width() - pad, pad + tl_b.height())
+        c["tr"].setPos(w - br.width() - pad, 2 * pad + tl_b.height())  # a gap: never read as one block
     else:
         c["tr"].setPos(w - br.width() - pad, pad)
     br = c["bl"].boundingRect()
