@@ -121,14 +121,9 @@ def trust_texts(gmap) -> list:
 
 
 def inversion_text(rad) -> str:
-    """The inverted-film warning of ``rad`` ("" when none): from :func:`prepare_display`, else computed here (a
-    sub-sampled median test, a few ms)."""
-    inv = prepared(rad, "_display_inversion")
-    if inv is None:
-        from elvis_core.io.inversion import inversion_warning
-
-        inv = inversion_warning(rad) or ""
-    return inv
+    """The inverted-film warning :func:`prepare_display` computed for ``rad`` in the reading worker ("" when none or
+    not prepared: the GUI thread never runs the check itself)."""
+    return prepared(rad, "_display_inversion") or ""
 
 
 def inversion_short(message: str) -> str:

@@ -15,6 +15,7 @@ from elvis_core.io.radiograph import Radiograph, Window
 from elvis_viewer.export import trust_header
 from elvis_viewer.image_view import ImageView
 from elvis_viewer.overlay_panel import OverlayPanel, OverlaySettings
+from elvis_viewer.view_items import prepare_display
 
 CAL = {"kind": "logistic", "feature": "peak", "a": 20.0, "b": -10.0, "threshold": 0.5, "calibrated_on": "test"}
 
@@ -85,10 +86,12 @@ def test_uncalibrated_model_draws_on_the_fixed_scale_labelled_uncalibrated(view)
 
 def test_inverted_film_is_flagged_in_the_view(view):
     rg1 = read_radiograph(get_testdata_file("RG1_UNCI.dcm"))
+    prepare_display(rg1)  # the reading worker's step (session_tasks / review tasks)
     view.set_radiograph(rg1)
     assert "inverted" not in view.corner_text("tl")
     lo, hi = float(rg1.pixels.min()), float(rg1.pixels.max())
     bad = dataclasses.replace(rg1, pixels=(lo + hi - rg1.pixels).astype(np.float32), windows=[], voi_lut=None)
+    prepare_display(bad)
     view.set_radiograph(bad)
     assert "⚠ film looks inverted: maps unreliable\n   (photometric tag MONOCHROME1 probably wrong)" in view.corner_text("tl")
 
@@ -104,7 +107,9 @@ def test_export_header_carries_trust_and_inversion(view):
     assert "confident region" in line and colour != "#ffc04d"
     rg1 = read_radiograph(get_testdata_file("RG1_UNCI.dcm"))
     lo, hi = float(rg1.pixels.min()), float(rg1.pixels.max())
-    view.set_radiograph(dataclasses.replace(rg1, pixels=(lo + hi - rg1.pixels).astype(np.float32), windows=[]))
+    bad = dataclasses.replace(rg1, pixels=(lo + hi - rg1.pixels).astype(np.float32), windows=[])
+    prepare_display(bad)
+    view.set_radiograph(bad)
     assert "film looks inverted" in trust_header(win)[0][0]
 
 
