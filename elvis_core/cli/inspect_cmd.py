@@ -88,8 +88,14 @@ def radiograph_summary(path: str, frame: int = 0) -> Dict[str, Any]:
         "pixel_spacing": None if r.pixel_spacing is None else list(r.pixel_spacing),
         "spacing_source": r.spacing_source,
         "inverted_from_monochrome1": r.inverted_from_monochrome1,
-        "warnings": list(r.warnings),
+        "warnings": list(r.warnings) + [w for w in [_inversion(r)] if w],
     }
+
+
+def _inversion(r):
+    from elvis_core.io.inversion import inversion_warning
+
+    return inversion_warning(r)
 
 
 def report_summary(path: str) -> Dict[str, Any]:

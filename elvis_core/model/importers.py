@@ -147,6 +147,10 @@ def import_biovil(variant: str, image_weights: os.PathLike | str, text_model: os
     }}
     parent = out.resolve().parent
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".importing", dir=str(parent)))
+    from elvis_core.model.vocab import tokenizer_whole_words
+
+    model.known_words = {"source": f"{variant} tokenizer whole-word vocabulary (imported; the words it was "
+                                   "pretrained on are not published)", "words": tokenizer_whole_words(model.tokenizer)}
     try:
         save_checkpoint(model, tmp, provenance=provenance)
         if out.exists():
