@@ -29,7 +29,10 @@ import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
-SHARES = {"dicom": 0.4, "report": 0.15, "csv": 0.15, "coco": 0.15, "checkpoint": 0.15}
+SHARES = {"dicom": 0.4, "report": 0.15, "csv": 0.15, "coco": 0.15, "checkpoint": 0.15,
+          # issue 24's surfaces (a PACS case runs a loopback server and waits out drips: fewer of them)
+          "pacs": 0.04, "import": 0.04, "review": 0.1, "special": 0.04}
+ALL = ("pacs", "import", "review", "special", "dicom", "report", "csv", "coco", "checkpoint")  # new surfaces first
 
 
 def _rss_kb() -> int:
@@ -63,7 +66,7 @@ def worker(kind: str, n: int, offset: int, timeout: float, guard_gb: float, work
     import elvis_core.io.studies  # noqa: F401
     import elvis_core.review.importer  # noqa: F401
 
-    if kind in ("csv", "checkpoint"):
+    if kind in ("csv", "checkpoint", "import"):
         import torch
 
         torch.set_num_threads(1)
@@ -83,6 +86,8 @@ def worker(kind: str, n: int, offset: int, timeout: float, guard_gb: float, work
         warm = [fuzzlib.Case("checkpoint", -1, seeds.make_checkpoint(), "seed")]
     elif kind in ("csv", "coco"):
         warm = [fuzzlib.Case("csv", -1, seeds.csv_path, "seed", {"images": str(seeds.images_root)})]
+    elif kind in ("pacs", "import", "review", "special"):  # their seeds are built on first use: build them here
+        warm = [fuzzlib.make_case(kind, seeds, -1 - k, work / "warm" / kind) for k in range(2)]
     else:
         p = work / "warm.txt"
         p.write_text(seeds.reports[0])
@@ -187,7 +192,8 @@ def _table(rows, kinds, hang_s: float) -> str:
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--n", type=int, default=5000, help="inputs in all, shared over the kinds (default 5000)")
-    ap.add_argument("--kinds", default="dicom,report,csv,coco,checkpoint")
+    ap.add_argument("--kinds", default="dicom,report,csv,coco,checkpoint",
+                    help="comma-separated kinds, or 'all' (adds pacs, import, review, special)")
     ap.add_argument("--offset", type=int, default=0, help="first seed")
     ap.add_argument("--timeout", type=float, default=30.0, help="kill a child after this many seconds (hang)")
     ap.add_argument("--hang", type=float, default=10.0, help="an input slower than this counts as a hang")
@@ -203,7 +209,7 @@ def main() -> int:
     if args.worker:
         worker(args.worker, args.n, args.offset, args.timeout, args.guard_gb, work)
         return 0
-    kinds = [k.strip() for k in args.kinds.split(",") if k.strip()]
+    kinds = list(ALL) if args.kinds.strip() == "all" else [k.strip() for k in args.kinds.split(",") if k.strip()]
     share = sum(SHARES[k] for k in kinds)
     counts = {k: max(1, round(args.n * SHARES[k] / share)) for k in kinds}
     rows = []

@@ -29,8 +29,8 @@ def main() -> int:
     import pydicom
     from pydicom.data import get_testdata_file
 
-    from elvis_core.dicom_results import (SrBox, dciodvfy, dciodvfy_available, grounding_seg, read_source,
-                                          review_sr, write_dataset)
+    from elvis_core.dicom_results import (MapLayer, ModelInfo, SrBox, dciodvfy, dciodvfy_available, maps_seg,
+                                          read_source, review_sr, write_dataset)
     from elvis_core.pacs import PacsClient
     from tests.pacs.orthanc import PASSWORD, USER, OrthancServer
     from tests.pacs.sr_fixtures import series_copies
@@ -53,6 +53,11 @@ def main() -> int:
         t0 = time.perf_counter()
         hits = c.search_studies(patient_id="MULTI0001")
         rows.append(("QIDO search by patient ID", time.perf_counter() - t0, f"{len(hits)} study"))
+        from elvis_core.pacs.search import search_page
+
+        t0 = time.perf_counter()
+        page = search_page(c, patient_id="MULTI*", limit=10)
+        rows.append(("QIDO search with a wildcard, paged (CR + DX)", time.perf_counter() - t0, page.summary()))
         t0 = time.perf_counter()
         res = c.fetch_study(study)
         dt = time.perf_counter() - t0
@@ -77,19 +82,43 @@ def main() -> int:
         sr_path = write_dataset(sr, tmp / "boxes.sr.dcm")
         rows.append(("SR (TID 1500, 10 boxes): build + write", time.perf_counter() - t0, ""))
         yy, xx = np.mgrid[0:src.Rows, 0:src.Columns]
-        sim = (np.cos(xx / 300.0) * 0.3).astype(np.float32)
+        sims = [(0.3 * np.exp(-((xx - cx) ** 2 + (yy - cy) ** 2) / 4e4) - 0.05).astype(np.float32)
+                for cx, cy in ((500, 700), (1300, 1400))]
+        model = ModelInfo("bench", "0" * 64)
         t0 = time.perf_counter()
-        seg, _ = grounding_seg(src, sim, "phrase", "bench", "0" * 64)
+        seg = maps_seg(src, [MapLayer(f"phrase {k}", m) for k, m in enumerate(sims)], model)
         seg_path = write_dataset(seg, tmp / "map.seg.dcm")
-        rows.append((f"SEG ({src.Columns}x{src.Rows}): build + write", time.perf_counter() - t0,
-                     f"{seg_path.stat().st_size / 1e3:.0f} kB"))
+        rows.append((f"FRACTIONAL SEG, 2 phrases ({src.Columns}x{src.Rows}, RLE): build + write",
+                     time.perf_counter() - t0, f"{seg_path.stat().st_size / 1e3:.0f} kB "
+                     f"(uncompressed {2 * src.Rows * src.Columns / 1e3:.0f} kB)"))
+
+        class _Map:  # what heatmap_sc needs of a GroundingMap
+            phrase, fully_seen = "phrase 0", True
+
+            def trust_line(self):
+                return "uncalibrated (peak 0.25) \u00b7 whole image seen"
+
+            def to_image(self, shape=None):
+                import cv2
+
+                return sims[0] if shape is None or tuple(shape) == sims[0].shape else \
+                    cv2.resize(sims[0], (shape[1], shape[0]))
+
+        from elvis_core.dicom_results import heatmap_sc
+        from elvis_core.io.images import read_image
+
+        rad = read_image(files[0])
+        t0 = time.perf_counter()
+        sc_path = write_dataset(heatmap_sc(src, rad, _Map(), model), tmp / "map.sc.dcm")
+        rows.append(("SC heat map (JPEG baseline): render + build + write", time.perf_counter() - t0,
+                     f"{sc_path.stat().st_size / 1e3:.0f} kB"))
         if dciodvfy_available():
-            for p in (sr_path, seg_path):
+            for p in (sr_path, seg_path, sc_path):
                 t0 = time.perf_counter()
                 ok, _ = dciodvfy(p)
                 rows.append((f"dciodvfy {p.name}", time.perf_counter() - t0, "no Error" if ok else "ERRORS"))
         t0 = time.perf_counter()
-        n = c.store([sr_path, seg_path])
+        n = c.store([sr_path, seg_path, sc_path])
         rows.append((f"STOW {n} objects", time.perf_counter() - t0, ""))
     finally:
         srv.stop()

@@ -36,8 +36,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--review", action="store_true", help="open the Review mode (needs --annotations and --images)")
     p.add_argument("--demo", action="store_true", help="open resources/demo with resources/demo_model "
                    "(overlay range auto unless --overlay-range says otherwise)")
-    p.add_argument("--overlay-range", choices=("fixed", "auto"), default=None,
-                   help="map colour range: auto, symmetric about 0 (±max |similarity|; the default) or fixed [-1, 1]")
+    p.add_argument("--overlay-range", choices=("fixed", "auto", "stretch"), default=None,
+                   help="map colour range: auto (the default: ±max |similarity|, symmetric about 0, for a confident "
+                        "map; fixed [-1, 1] for a map below its presence threshold or from an uncalibrated model), "
+                        "fixed [-1, 1], or stretch (±max always)")
     p.add_argument("--phrase", help="ground this phrase once the first image is shown")
     p.add_argument("--screenshot", metavar="OUT.png", help="render the window after loading, save it, exit")
     p.add_argument("--timeout", type=float, default=120.0, help="seconds --screenshot waits for loading (default 120)")

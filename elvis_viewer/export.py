@@ -75,6 +75,28 @@ def _wrap(text: str, fm: QtGui.QFontMetrics, width: int) -> List[str]:
     return lines + ([cur] if cur else [])
 
 
+def trust_header(win) -> List[tuple]:
+    """Header lines saying how far to believe what is exported: each visible map's trust line (prefixed with its
+    checkpoint in compare mode; amber unless calibrated, confident and every word known), the words the model does
+    not know, and an inverted-film warning."""
+    from elvis_viewer.view_items import inversion_text, trust_texts
+
+    out = []
+    views = [iv for iv in win.views() if iv.isVisible() and iv.rad is not None] or [win.image_view]
+    if views[0].rad is not None and inversion_text(views[0].rad):
+        out.append(("⚠ " + inversion_text(views[0].rad), "#ff6e6e"))
+    for iv in views:
+        g = iv.gmap
+        lines = trust_texts(g)
+        if not lines:
+            continue
+        ok = g.confident is True and not g.unknown_words
+        who = f"{iv._caption}: " if len(views) > 1 and iv._caption else ""
+        out.append((who + lines[0], "#d8dce0" if ok else "#ffc04d"))
+        out += [(ln, "#ffc04d") for ln in lines[1:]]
+    return out
+
+
 def export_window(win, path: str) -> Optional[Path]:
     """Write the main window's current viewer picture to ``path`` (PNG); returns the path or None (message shown)."""
     s = win.session
@@ -90,6 +112,7 @@ def export_window(win, path: str) -> Optional[Path]:
         if a is not None and a.marked:
             header.append(("⚠ " + a.label() + ": the map shows where the words point, not that it is present",
                            "#ff6e6e" if a.kind == "negated" else "#ffc04d"))
+    header += trust_header(win)
     if s.provenance_text:
         header.append(("⚠ " + s.provenance_text, "#ffc04d"))
     if not header:

@@ -13,7 +13,7 @@ Public API (stable, reused by the review mode):
 ``set_radiograph(rad)``, ``clear()``, ``set_window(center, width)``, ``window() -> (center, width)``,
 ``presets() -> list[Window]``, ``apply_preset(name)``, ``set_inverted(bool)``, ``fit()``, ``one_to_one()``,
 ``set_overlay(gmap | None)``, ``set_overlay_visible(bool)``, ``toggle_overlay()``, ``set_overlay_opacity(float)``,
-``set_overlay_colormap(name)``, ``set_overlay_range("fixed" | "auto")``, ``set_isolines(bool)``,
+``set_overlay_colormap(name)``, ``set_overlay_range("fixed" | "auto" | "stretch")``, ``set_isolines(bool)``,
 ``set_boxes([(Box, label, QColor)])``, ``set_ruler(bool)``, ``ruler_length() -> (value, unit)``,
 ``set_wl_mode(bool)``, ``link_to(other)`` (zoom/pan/W/L synchronised), ``set_caption(text)``,
 ``view_box`` / ``image_item`` / ``overlay_item`` attributes, signals ``windowChanged(float, float)`` and
@@ -36,7 +36,8 @@ pg.setConfigOptions(imageAxisOrder="row-major", antialias=True)
 
 from elvis_viewer.view_items import (  # noqa: E402  (re-exported: public names of this module)
     _SPACING_SHORT, OVERLAY_COLORMAPS, OVERLAY_SMOOTH_FACTOR, _CachedDownsampleImageItem, _num, _overlay_colormap,
-    _shadow, _WLViewBox, affine_to_qtransform, layout_corner_texts, prepared, unseen_items)
+    _shadow, _WLViewBox, affine_to_qtransform, inversion_short, inversion_text, layout_corner_texts,
+    needs_fixed_scale, opacity_factor, prepared, trust_texts, unseen_items)
 
 
 class ImageView(QtWidgets.QWidget):
@@ -63,6 +64,8 @@ class ImageView(QtWidgets.QWidget):
         self._syncing = False
         self._caption = ""
         self._identity = ""
+        self._opacity = 0.5
+        self._inversion = ""  # "film looks inverted ..." (elvis_core.io.inversion), shown in the top-left corner
 
         self.glw = pg.GraphicsLayoutWidget()
         self.glw.setBackground("#101214")
@@ -142,6 +145,7 @@ class ImageView(QtWidgets.QWidget):
             self._update_texts()
             return
         pix = rad.pixels
+        self._inversion = inversion_text(rad)
         robust = prepared(rad, "_display_robust")  # computed in the reading worker (session_tasks)
         if robust is None:
             step = max(1, int(max(pix.shape) // 512))
@@ -319,6 +323,7 @@ class ImageView(QtWidgets.QWidget):
         self._apply_overlay_levels()
         self._apply_overlay_cmap()
         self._rebuild_isolines()
+        self.set_overlay_opacity(self._opacity)  # faint when the map is not confident
         self.overlay_item.setVisible(self._overlay_visible)
         self.colorbar.setVisible(self._overlay_visible)
         self._update_texts()
@@ -347,7 +352,10 @@ class ImageView(QtWidgets.QWidget):
             self._apply_overlay_levels()
 
     def overlay_levels(self) -> Tuple[float, float]:
-        if self.gmap is None or self._overlay_range == "fixed":
+        """[-1, 1] for "fixed", and for "auto" when the map is not confident or uncalibrated; else ±max ("stretch"
+        always)."""
+        if self.gmap is None or self._overlay_range == "fixed" or (
+                self._overlay_range == "auto" and needs_fixed_scale(self.gmap)):
             return -1.0, 1.0
         if self._shared_levels is not None:
             return self._shared_levels
@@ -390,8 +398,8 @@ class ImageView(QtWidgets.QWidget):
         self._apply_overlay_cmap()
 
     def set_overlay_range(self, mode: str) -> None:
-        if mode not in ("fixed", "auto"):
-            raise ValueError(f"overlay range must be 'fixed' or 'auto', got {mode!r}")
+        if mode not in ("fixed", "auto", "stretch"):
+            raise ValueError(f"overlay range must be 'fixed', 'auto' or 'stretch', got {mode!r}")
         self._overlay_range = mode
         if self.gmap is not None:
             self._apply_overlay_levels()
@@ -403,10 +411,11 @@ class ImageView(QtWidgets.QWidget):
         self._apply_overlay_cmap()
 
     def set_overlay_opacity(self, opacity: float) -> None:
-        self.overlay_item.setOpacity(float(np.clip(opacity, 0.0, 1.0)))
+        self._opacity = float(np.clip(opacity, 0.0, 1.0))
+        self.overlay_item.setOpacity(self._opacity * opacity_factor(self.gmap))
 
     def overlay_opacity(self) -> float:
-        return float(self.overlay_item.opacity())
+        return self._opacity
 
     def set_overlay_visible(self, on: bool) -> None:
         self._overlay_visible = bool(on)
@@ -524,9 +533,12 @@ class ImageView(QtWidgets.QWidget):
         view = m.get("ViewPosition") or "view ?"
         modality = m.get("Modality") or ""
         tl = [x for x in (self._caption, f"{modality} {view}".strip()) if x]
+        if self._inversion:
+            tl.append(inversion_short(self._inversion))
         if self.gmap is not None and getattr(self.gmap, "phrase", "") and self.gmap.phrase != self._caption:
             phrase = self.gmap.phrase
             tl.append("“" + (phrase if len(phrase) < 60 else phrase[:57] + "…") + "”")
+        tl += trust_texts(self.gmap)
         if self._note and self.gmap is not None:
             tl.append("⚠ " + self._note)
         self._corners["tl"].setText("\n".join(tl))

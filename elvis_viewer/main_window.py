@@ -386,7 +386,7 @@ class MainWindow(QtWidgets.QMainWindow):
             self.session.set_token_mode(st.tokens)
 
     def _on_token_choice(self, i: int) -> None:
-        from dataclasses import replace
+        from elvis_viewer.view_items import token_map
 
         for k, view in ((0, self.image_view), (1, self.compare_view)):
             g = self.session.slots[k].gmap
@@ -395,7 +395,7 @@ class MainWindow(QtWidgets.QMainWindow):
             if i <= 0 or g.token_maps is None or i - 1 >= len(g.token_maps):
                 view.set_overlay(g)
             else:
-                view.set_overlay(replace(g, similarity=g.token_maps[i - 1], phrase=f"{g.phrase} | token “{g.tokens[i - 1]}”"))
+                view.set_overlay(token_map(g, i - 1))
         self._apply_levels()
 
     def _on_model(self, slot: int) -> None:

@@ -19,7 +19,9 @@ class OverlaySettings:
     visible: bool = True
     opacity: float = 0.5
     colormap: str = next(iter(OVERLAY_COLORMAPS))
-    #: "auto" (symmetric about 0, ±max |similarity|; the default for every model) or "fixed" ([-1, 1])
+    #: "auto" (the default: ±max |similarity|, symmetric about 0, for a confident map; the fixed [-1, 1] for a map
+    #: below its presence threshold or from an uncalibrated model), "fixed" ([-1, 1] always) or "stretch" (±max
+    #: always, to explore a weak model)
     range: str = "auto"
     #: compare mode: both views on one scale (±max over both maps) instead of one each
     shared_scale: bool = True
@@ -30,6 +32,9 @@ class OverlaySettings:
 
     def with_(self, **kw) -> "OverlaySettings":
         return replace(self, **kw)
+
+
+_RANGES = ("auto", "fixed", "stretch")
 
 
 def apply_settings(view, s: OverlaySettings) -> None:
@@ -58,8 +63,10 @@ class OverlayPanel(QtWidgets.QWidget):
         self.cmap = QtWidgets.QComboBox()
         self.cmap.addItems(list(OVERLAY_COLORMAPS))
         self.range = QtWidgets.QComboBox()
-        self.range.addItems(["auto (±max)", "fixed [-1, 1]"])
-        self.range.setToolTip("auto: symmetric about 0 so white stays similarity 0; fixed: the full cosine range")
+        self.range.addItems(["auto (±max if confident)", "fixed [-1, 1]", "stretch (±max always)"])
+        self.range.setToolTip("auto: a confident map is stretched to ±max (white stays similarity 0); a map below "
+                              "its presence threshold, or from an uncalibrated model, stays on the fixed [-1, 1] "
+                              "scale; fixed: always the full cosine range; stretch: always ±max")
         self.shared = QtWidgets.QCheckBox("One scale for both (compare)")
         self.shared.setToolTip("Compare mode: both maps on ±max over both, so a weak model looks weak")
         self.show = QtWidgets.QCheckBox("Show (H)")
@@ -94,7 +101,7 @@ class OverlayPanel(QtWidgets.QWidget):
         try:
             self.opacity.setValue(int(round(s.opacity * 100)))
             self.cmap.setCurrentText(s.colormap)
-            self.range.setCurrentIndex(0 if s.range == "auto" else 1)
+            self.range.setCurrentIndex(_RANGES.index(s.range) if s.range in _RANGES else 0)
             self.shared.setChecked(s.shared_scale)
             self.show.setChecked(s.visible)
             self.iso.setChecked(s.isolines)
@@ -123,8 +130,8 @@ class OverlayPanel(QtWidgets.QWidget):
         if self._updating:
             return
         s = OverlaySettings(visible=self.show.isChecked(), opacity=self.opacity.value() / 100.0,
-                            colormap=self.cmap.currentText(), range="auto" if self.range.currentIndex() == 0
-                            else "fixed", shared_scale=self.shared.isChecked(), fade=self.fade.isChecked(),
+                            colormap=self.cmap.currentText(), range=_RANGES[max(0, self.range.currentIndex())],
+                            shared_scale=self.shared.isChecked(), fade=self.fade.isChecked(),
                             isolines=self.iso.isChecked(), smooth=self.smooth.isChecked(),
                             tokens=self.tokens.isChecked())
         if s != self._s:

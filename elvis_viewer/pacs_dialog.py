@@ -186,31 +186,34 @@ class PacsDialog(QtWidgets.QDialog):
         self.last_error = ""
         self._set_busy(True)
         client = self.client
+        from elvis_core.pacs.search import search_page
+
         self._task = workers.run_task(
-            client.search_studies, patient_id=self.pid_edit.text(), accession=self.acc_edit.text(),
+            search_page, client, patient_id=self.pid_edit.text(), accession=self.acc_edit.text(), limit=200,
             date_from=self.from_edit.text(), date_to=self.to_edit.text(), modalities=mods,
             on_result=self._on_hits, on_error=self._fail)
 
-    def _on_hits(self, hits) -> None:
+    def _on_hits(self, page) -> None:
         self._task = None
         self._set_busy(False)
-        self.hits = list(hits)
+        self.hits = list(page.hits)
         reveal = bool(getattr(self.window_, "reveal_identifiers", False))
         self.table.setRowCount(len(self.hits))
         for r, h in enumerate(self.hits):
             date = f"{h.study_date[:4]}-{h.study_date[4:6]}-{h.study_date[6:]}" if len(h.study_date) == 8 else \
                 h.study_date
-            vals = [date, h.patient_id if reveal else "•••", h.accession, "/".join(h.modalities), h.description,
-                    f"{h.n_series} / {h.n_instances}"]
+            # PatientID, AccessionNumber and StudyDescription identify a patient (PS3.15): shown with the toggle only
+            vals = [date, h.patient_id if reveal else "•••", h.accession if reveal else "•••", "/".join(h.modalities),
+                    h.description if reveal else "•••", f"{h.n_series} / {h.n_instances}"]
             for c, v in enumerate(vals):
                 it = QtWidgets.QTableWidgetItem(v)
-                if c == 1 and not reveal:
+                if c in (1, 2, 4) and not reveal:
                     it.setToolTip("patient identifiers are hidden (View → Show patient identifiers)")
                 self.table.setItem(r, c, it)
         if self.hits:
             self.table.selectRow(0)
         self.table.resizeColumnsToContents()
-        self.status_label.setText(f"{len(self.hits)} stud{'y' if len(self.hits) == 1 else 'ies'}")
+        self.status_label.setText(page.summary().split(" (next page")[0])
         self.searched.emit(len(self.hits))
 
     def fetch_selected(self) -> None:
@@ -247,10 +250,31 @@ class PacsDialog(QtWidgets.QDialog):
         self._task = None
         self._set_busy(False)
         self.last_folder = str(res.folder)
-        self.status_label.setText(f"{res.downloaded} downloaded, {res.cached} already cached")
+        self.status_label.setText(f"{res.downloaded} downloaded, {res.cached} already cached"
+                                  + (" · this study holds a review SR: File → Resume review from the study's DICOM SR"
+                                     if _has_review_sr(res.files) else ""))
         self.window_.pacs_client = self.client  # exports can be stored back to this server
         self.window_.session.open_paths([self.last_folder])
         self.fetched.emit(self.last_folder)
+
+
+def _has_review_sr(files, limit: int = 50) -> bool:
+    """Whether a fetched study holds one of our review SRs (header reads of a small study only)."""
+    import pydicom
+
+    from elvis_core.dicom_results.sr_read import is_review_sr
+
+    if len(files) > limit:
+        return False
+    for p in files:
+        try:
+            head = pydicom.dcmread(str(p), stop_before_pixels=True, specific_tags=[
+                "SOPClassUID", "ContentTemplateSequence", "CodingSchemeIdentificationSequence"])
+        except Exception:  # noqa: BLE001 - a hint only
+            continue
+        if is_review_sr(head):
+            return True
+    return False
 
 
 def open_pacs_dialog(window) -> PacsDialog:
@@ -333,21 +357,35 @@ def export_review_sr(window, out_dir: Optional[str] = None, stow: Optional[bool]
         elif on_done:
             on_done(res, 0)
 
-    window.session.run(core_export, items, out_dir, on_result=done,
+    from elvis_core.dicom_results import ModelInfo
+
+    eng = window.session.slots[0].engine
+    model = ModelInfo.from_engine(eng) if eng is not None else None
+    window.session.run(core_export, items, out_dir, model=model, on_result=done,
                        on_error=lambda e: window.show_message(f"DICOM SR export: {_err(e)}"))
 
 
-def _seg_job(path, gmap, phrase, name, digest, out_dir, threshold=None):
+def _seg_job(path, rad, gmap, phrase, engine, out_dir, extra=()):
+    """The map as DICOM: a FRACTIONAL SEG (values kept) + an RGB Secondary Capture with the viewer's caption."""
     import highdicom as hd
 
-    from elvis_core.dicom_results import grounding_seg, read_source, write_dataset
+    from elvis_core.dicom_results import MapLayer, ModelInfo, heatmap_sc, maps_seg, read_source, write_dataset
 
     src = read_source(path)
-    seg, thr = grounding_seg(src, gmap.to_image(), phrase, name, digest, threshold=threshold, series_uid=hd.UID())
+    model = ModelInfo.from_engine(engine)
+    seg = maps_seg(src, [MapLayer(phrase, gmap.to_image(), _trust(gmap))], model)
+    sc = heatmap_sc(src, rad, gmap, model, extra_caption=extra, series_uid=hd.UID())
     k = 1
     while (Path(out_dir) / f"{src.SOPInstanceUID}.{k}.seg.dcm").exists():
         k += 1
-    return write_dataset(seg, Path(out_dir) / f"{src.SOPInstanceUID}.{k}.seg.dcm"), thr
+    return [write_dataset(seg, Path(out_dir) / f"{src.SOPInstanceUID}.{k}.seg.dcm"),
+            write_dataset(sc, Path(out_dir) / f"{src.SOPInstanceUID}.{k}.sc.dcm")]
+
+
+def _trust(gmap) -> str:
+    from elvis_core.dicom_results import trust_line
+
+    return trust_line(gmap)
 
 
 def export_map_seg(window, out_dir: Optional[str] = None, stow: Optional[bool] = None, on_done=None) -> None:
@@ -366,18 +404,49 @@ def export_map_seg(window, out_dir: Optional[str] = None, stow: Optional[bool] =
     out_dir = out_dir or _ask_folder(window, "Folder for the DICOM SEG file")
     if not out_dir:
         return
-    eng = slot.engine
-    name = getattr(eng, "checkpoint_name", "") or slot.name
-    digest = getattr(eng, "checkpoint_hash", "") or slot.hash
+    a = s.phrase.assertion
+    extra = [a.label() + ": the map shows where the words point, not that it is present"] \
+        if a is not None and a.marked else []
+    if s.provenance_text:
+        extra.append(s.provenance_text)
 
-    def done(result):
-        dest, thr = result
-        window.show_message(f"SEG written: {dest} (cosine >= {thr:.3f})", banner=False)
-        send = stow if stow is not None else (_from_pacs(window, path) and _ask_stow(window, 1))
+    def done(dests):
+        window.show_message(f"SEG (fractional) + heat map written: {dests[0]}, {dests[1].name}", banner=False)
+        send = stow if stow is not None else (_from_pacs(window, path) and _ask_stow(window, len(dests)))
         if send:
-            store_on_pacs(window, [str(dest)], on_done=lambda n: on_done and on_done(dest, n))
+            store_on_pacs(window, [str(d) for d in dests], on_done=lambda n: on_done and on_done(dests[0], n))
         elif on_done:
-            on_done(dest, 0)
+            on_done(dests[0], 0)
 
-    s.run(_seg_job, path, slot.gmap, slot.gmap.phrase or s.phrase.text, name, digest, out_dir, on_result=done,
-          on_error=lambda e: window.show_message(f"DICOM SEG export: {_err(e)}"))
+    s.run(_seg_job, path, s.rad, slot.gmap, slot.gmap.phrase or s.phrase.text, slot.engine, out_dir, extra,
+          on_result=done, on_error=lambda e: window.show_message(f"DICOM SEG export: {_err(e)}"))
+
+
+def study_folder_of(path: str) -> Path:
+    """The study folder of an image: ``<StudyUID>/<SeriesUID>/<SOP>.dcm`` (a PACS cache) → ``<StudyUID>``."""
+    p = Path(path)
+    return p.parent.parent if p.parent.parent.name.replace(".", "").isdigit() else p.parent
+
+
+def review_from_pacs_sr(window, folder: Optional[str] = None, on_done=None) -> None:
+    """File → Resume review from the study's DICOM SR: the open study's review SRs (fetched with it from the PACS)
+    become a review with every decision restored, opened in the Review tab; export it again to write it back."""
+    path = getattr(window.session, "rad_path", None)
+    if folder is None and not path:
+        window.show_message("Open a study first (File → Open from PACS…): its review SR is read from the study")
+        return
+    study = Path(folder) if folder else study_folder_of(path)
+    from elvis_core.review.from_sr import review_from_study
+
+    def done(res):
+        ok = window.review_view is not None and window.review_view.load(res.annotations, study)
+        window.show_message(f"Review resumed from {res.n_srs} DICOM SR(s): {res.n_decisions} decision(s) restored"
+                            if ok else "Review from the SR: the review could not be opened (see the Review tab)",
+                            banner=False)
+        if ok and hasattr(window, "tabs"):
+            window.tabs.setCurrentWidget(window.review_view)
+        if on_done:
+            on_done(res if ok else None)
+
+    window.session.run(review_from_study, study, on_result=done,
+                       on_error=lambda e: window.show_message(f"Review from the SR: {_err(e)}"))

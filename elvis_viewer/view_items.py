@@ -80,12 +80,72 @@ def prepare_display(rad) -> None:
     lo, hi = robust_range(pix, 0.5, 99.5)
     if hi <= lo:
         lo, hi = float(pix.min()), float(pix.max()) + 1.0
+    from elvis_core.io.inversion import inversion_warning
+
     try:
+        rad._display_inversion = (pix, inversion_warning(rad) or "")
         rad._display_robust = (pix, (lo, hi))
         rad._display_window = (pix, rad.default_window())
         rad._display_presets = (pix, window_presets(rad))
     except AttributeError:
         pass
+
+
+#: opacity factor of a map whose presence is below its threshold: drawn faint
+FAINT = 0.4
+
+
+def needs_fixed_scale(gmap) -> bool:
+    """True for a map that was assessed (its peak is known) and is not confident: presence below its threshold, or
+    an uncalibrated model. Such a map is drawn on the fixed [-1, 1] scale, never stretched to its own maximum
+    (a stretched map of an absent finding looks as focal as a real one)."""
+    return gmap is not None and getattr(gmap, "peak", None) is not None and getattr(gmap, "confident", None) is not True
+
+
+def opacity_factor(gmap) -> float:
+    """:data:`FAINT` for a map below its presence threshold, 1 otherwise."""
+    return FAINT if getattr(gmap, "confident", None) is False else 1.0
+
+
+def trust_texts(gmap) -> list:
+    """The lines the view shows under the phrase: the map's trust line and, on a line of its own, the words the
+    model does not know ("nodule is unknown to this model"). [] for a map nobody assessed."""
+    if gmap is None or getattr(gmap, "peak", None) is None:
+        return []
+    from elvis_core.model.vocab import unknown_words_sentence
+
+    out = [gmap.trust_line(words=False)]
+    if gmap.unknown_words:
+        out.append("⚠ " + unknown_words_sentence(gmap.unknown_words))
+    return out
+
+
+def inversion_text(rad) -> str:
+    """The inverted-film warning :func:`prepare_display` computed for ``rad`` in the reading worker ("" when none or
+    not prepared: the GUI thread never runs the check itself)."""
+    return prepared(rad, "_display_inversion") or ""
+
+
+def inversion_short(message: str) -> str:
+    """The view's two-line form of an inverted-film warning ("" for none): what it means, then why."""
+    if not message:
+        return ""
+    import re
+
+    m = re.search(r"\((photometric tag [^)]*|no photometric tag)\)", message)
+    return "⚠ film looks inverted: maps unreliable" + (f"\n   ({m.group(1)})" if m else "")
+
+
+def token_map(gmap, k: int):
+    """The map of token ``k`` of a phrase map as a map of its own: its own peak, uncalibrated (presence is calibrated
+    for whole phrases only), labelled "<phrase> | token “<token>”"."""
+    from dataclasses import replace
+
+    from elvis_core.grounding.presence import attach_trust
+
+    tm = replace(gmap, similarity=gmap.token_maps[k], raw_similarity=None,
+                 phrase=f"{gmap.phrase} | token “{gmap.tokens[k]}”")
+    return attach_trust(tm, None, None)
 
 
 def prepared(rad, name: str):
@@ -208,7 +268,7 @@ def layout_corner_texts(size, corners: dict, markers: dict, narrow_ok: bool = Tr
         br = c["tr"].boundingRect()
     tl_b = c["tl"].boundingRect()
     if tl_b.width() + br.width() + 3 * pad > w:  # narrow view: stack the top-right text under the top-left one
-        c["tr"].setPos(w - br.width() - pad, pad + tl_b.height())
+        c["tr"].setPos(w - br.width() - pad, 2 * pad + tl_b.height())  # a gap: never read as one block
     else:
         c["tr"].setPos(w - br.width() - pad, pad)
     br = c["bl"].boundingRect()

@@ -30,8 +30,16 @@ text; matched by the CSV path or the dicom_id = the image file's stem) and print
 
   elvis ground --checkpoint runs/demo study/img.dcm "small left effusion" --out maps/img.png --dicom-out maps/dicom
 
---dicom-out writes each phrase's map as a DICOM Segmentation (binary, similarity >= --seg-threshold, default half of
-the map's peak) referencing the source image, named <SOPInstanceUID>.<k>.seg.dcm (DICOM input only)."""
+Each phrase's line is followed by its trust line (how far to believe the map: presence from the checkpoint's
+calibration, or "uncalibrated" with the raw peak; what the model saw; the phrase's words it does not know).
+--json OUT.json writes one record per phrase: phrase, peak, presence (null when the model is uncalibrated),
+presence_threshold, confident, unknown_words, trust, warnings; plus the image (file name), its warnings (e.g. a film
+that looks inverted) and the checkpoint's calibration (docs/grounding.md, "What a map claims").
+
+--dicom-out writes, for a DICOM image, ONE FRACTIONAL Segmentation with one segment per phrase (the continuous map,
+max(cosine, 0); the segment description carries the map's trust line) as <SOPInstanceUID>.seg.dcm, and per phrase
+an RGB Secondary Capture heat map with the caption (what PACS viewers display) as <SOPInstanceUID>.<k>.sc.dcm;
+send them with `elvis pacs store`."""
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -54,11 +62,38 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="global: cosine(patch, phrase embedding) (default, BioViL-style); token-mean: mean over the "
                         "phrase's tokens of cosine(patch, token embedding) (GLoRIA-style)")
     p.add_argument("--dicom-out", metavar="DIR", default=None,
-                   help="also write each map as a DICOM SEG referencing the source image (DICOM input only)")
-    p.add_argument("--seg-threshold", type=float, default=None,
-                   help="cosine threshold of the SEG (default: half of the map's peak positive similarity)")
+                   help="also write the maps as a FRACTIONAL DICOM SEG + RGB Secondary Capture heat maps "
+                        "(DICOM input only)")
+    p.add_argument("--json", metavar="OUT.json", default=None,
+                   help="also write one record per phrase (peak, presence, unknown words, warnings) as JSON")
     p.add_argument("--device", default=None, help="torch device (default: cuda when available, else cpu)")
     p.set_defaults(func=run)
+
+
+def _trust_json(path: Path, image: str, image_warnings: List[str], engine, records: List[dict]) -> None:
+    import json
+
+    from elvis_core.atomic import atomic_write_bytes
+
+    cal = engine.presence_calibration
+    doc = {"image": Path(image).name, "warnings": image_warnings,
+           "checkpoint": engine.checkpoint_name, "checkpoint_sha256": engine.checkpoint_hash,
+           "calibration": None if cal is None else {k: cal.get(k) for k in (
+               "calibrated_on", "threshold", "ece", "n_present", "n_absent")},
+           "known_words": engine.known_words_source, "phrases": records}
+    try:
+        atomic_write_bytes(path, (json.dumps(doc, indent=1, allow_nan=False, ensure_ascii=False) + "\n").encode("utf-8"))
+    except OSError as err:
+        raise ElvisError(f"cannot write ({err.strerror or err})", path) from None
+
+
+def _record(gm, png: Path) -> dict:
+    def num(v):
+        return None if v is None else round(float(v), 6)
+    return {"phrase": gm.phrase, "peak": num(gm.peak), "presence": num(gm.presence),
+            "presence_threshold": num(gm.presence_threshold), "confident": gm.confident,
+            "unknown_words": list(gm.unknown_words), "trust": gm.trust_line(), "warnings": list(gm.warnings),
+            "peak_xy": [round(v, 1) for v in gm.peak_xy()], "png": png.name}
 
 
 def _outputs(out: Path, n: int) -> List[Path]:
@@ -120,7 +155,16 @@ def run(args: argparse.Namespace) -> int:
 
         source = read_source(args.image)  # fails early, before the model loads, when the image is not DICOM
         Path(args.dicom_out).mkdir(parents=True, exist_ok=True)
+    if args.json and not Path(args.json).resolve().parent.exists():
+        raise ElvisError("output folder does not exist", Path(args.json).resolve().parent)
     rad = _read(args.image, args.frame)
+    from elvis_core.io.inversion import inversion_warning
+
+    image_warnings = list(rad.warnings)
+    inv = inversion_warning(rad)
+    if inv:
+        image_warnings.append(inv)
+        print(f"warning: {Path(args.image).name}: {inv}", file=sys.stderr)
     phrases_ann = []
     if args.annotations:
         aset = read_ms_cxr_csv(args.annotations)
@@ -138,10 +182,19 @@ def run(args: argparse.Namespace) -> int:
     engine.set_image(rad)
     maps = engine.ground_many(args.phrases)
     outs = _outputs(out, len(maps))
-    seg_series = None
+    sc_series = None
+    layers = []
+    records = []
+    from elvis_core.model.vocab import unknown_words_sentence
+
     for k, (gm, png) in enumerate(zip(maps, outs), start=1):
+        if inv:
+            gm.warnings.append(inv)
         for w in gm.warnings:
             print(f"warning: {gm.phrase!r}: {w}", file=sys.stderr)
+        if gm.unknown_words:
+            print(f"warning: {gm.phrase!r}: {unknown_words_sentence(gm.unknown_words)}; its map follows the word "
+                  "pieces, not the word", file=sys.stderr)
         boxes = None
         match = [p for p in phrases_ann if p.label_text.strip().lower() == gm.phrase.strip().lower()]
         if match:
@@ -168,6 +221,8 @@ def run(args: argparse.Namespace) -> int:
             m = gm.to_image()
             line += f"; CNR {cnr(m, boxes):.3f} mIoU {miou(m, boxes):.3f} pointing {pointing_game(m, boxes)}"
         print(line)
+        print(f"  trust: {gm.trust_line()}")
+        records.append(_record(gm, png))
         if args.npy:
             stem = png.with_suffix("")
             raw = gm.raw_similarity if gm.raw_similarity is not None else gm.similarity
@@ -180,12 +235,22 @@ def run(args: argparse.Namespace) -> int:
         if source is not None:
             import highdicom as hd
 
-            from elvis_core.dicom_results import grounding_seg, write_dataset
+            from elvis_core.dicom_results import MapLayer, ModelInfo, heatmap_sc, write_dataset
 
-            seg_series = seg_series or hd.UID()
-            seg, thr = grounding_seg(source, gm.to_image(), gm.phrase, engine.checkpoint_name,
-                                     engine.checkpoint_hash, threshold=args.seg_threshold, series_uid=seg_series,
-                                     instance_number=k)
-            dest = write_dataset(seg, Path(args.dicom_out) / f"{source.SOPInstanceUID}.{k}.seg.dcm")
-            print(f"{dest}: SEG of {gm.phrase!r} at cosine >= {thr:.3f}")
+            model = ModelInfo.from_engine(engine)
+            sc_series = sc_series or hd.UID()
+            category = match[0].category if match else ""
+            layers.append(MapLayer.from_map(gm, category))
+            sc = heatmap_sc(source, rad, gm, model, opacity=args.opacity, series_uid=sc_series, instance_number=k)
+            dest = write_dataset(sc, Path(args.dicom_out) / f"{source.SOPInstanceUID}.{k}.sc.dcm")
+            print(f"{dest}: heat map (RGB Secondary Capture) of {gm.phrase!r}")
+    if source is not None:
+        from elvis_core.dicom_results import ModelInfo, maps_seg, write_dataset
+
+        seg = maps_seg(source, layers, ModelInfo.from_engine(engine))
+        dest = write_dataset(seg, Path(args.dicom_out) / f"{source.SOPInstanceUID}.seg.dcm")
+        print(f"{dest}: FRACTIONAL SEG, {len(layers)} segment(s) (one per phrase)")
+    if args.json:
+        _trust_json(Path(args.json), args.image, image_warnings, engine, records)
+        print(f"{args.json}: {len(records)} phrase record(s)")
     return 0

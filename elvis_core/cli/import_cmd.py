@@ -36,11 +36,27 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from elvis_core.errors import ModelImportError
     from elvis_core.model.checkpoint import read_checkpoint_config
+    from elvis_core.model.download import lfs_pointer, make_shareable
     from elvis_core.model.importers import import_biovil
 
+    # a clone made without git-lfs holds ~130-byte pointer files instead of the weights: say so, by name
+    text = Path(args.text_model)
+    for f in [Path(args.image_weights)] + [text / n for n in ("pytorch_model.bin", "model.safetensors",
+                                                              "vocab.txt", "config.json")]:
+        if lfs_pointer(f):
+            raise ModelImportError(lfs_pointer(f), f)
+    parent = Path(args.out).resolve().parent
+    try:  # the docs' `--out models/biovil` in a fresh checkout: create models/
+        parent.mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        raise ModelImportError(f"cannot create the output's parent folder ({err.strerror or err})", parent) from None
     out = import_biovil(args.model, args.image_weights, args.text_model, args.out, whole_image=args.whole_image,
                         resize=args.resize, crop=args.crop)
+    make_shareable(out)  # written through a 0700 temp folder: an installed model is readable by every user
     cfg = read_checkpoint_config(out)
     pre = cfg["model"]["preprocessing"]
     how = (f"centre crop {pre['crop']} of the image resized to short side {pre['resize']}"

@@ -88,8 +88,14 @@ def radiograph_summary(path: str, frame: int = 0) -> Dict[str, Any]:
         "pixel_spacing": None if r.pixel_spacing is None else list(r.pixel_spacing),
         "spacing_source": r.spacing_source,
         "inverted_from_monochrome1": r.inverted_from_monochrome1,
-        "warnings": list(r.warnings),
+        "warnings": list(r.warnings) + [w for w in [_inversion(r)] if w],
     }
+
+
+def _inversion(r):
+    from elvis_core.io.inversion import inversion_warning
+
+    return inversion_warning(r)
 
 
 def report_summary(path: str) -> Dict[str, Any]:
@@ -224,6 +230,10 @@ def run(args: argparse.Namespace) -> int:
     path = args.path
     if not os.path.exists(path):
         raise ElvisError("no such file or folder", path)
+    if not os.path.isdir(path):
+        from elvis_core.io.paths import require_regular_file
+
+        require_regular_file(path)  # a FIFO would block every reader below, /dev/zero read without end
     kind = _kind(path)
     if args.tags:
         if kind != "dicom":

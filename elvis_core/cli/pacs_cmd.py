@@ -10,16 +10,20 @@ import sys
 
 EPILOG = """examples:
   elvis pacs search --url http://pacs:8042/dicom-web --patient-id 12345 --from 2024-01-01 --to 2024-03-31
+  elvis pacs search --url http://pacs:8042/dicom-web --patient-id 'PHANTOM*' --limit 50 --offset 50
   elvis pacs fetch  --url http://pacs:8042/dicom-web 1.2.840.113619.2.55.3.1234 [--cache DIR]
   elvis pacs store  --url http://pacs:8042/dicom-web reviewed_sr/*.sr.dcm maps/dicom/*.seg.dcm
 
 Authentication: --user NAME with the password from $ELVIS_PACS_PASSWORD (else asked for), or a bearer token from
 $ELVIS_PACS_TOKEN (or --token-env VAR). Credentials never go on the command line, in logs or in files.
-The URL may come from $ELVIS_PACS_URL. 'fetch' takes only CR/DX images and SR documents (the report), downloads each
-instance to a temp file and renames it when complete (the cache never holds half an instance), skips instances
+The URL may come from $ELVIS_PACS_URL. 'fetch' takes only CR/DX images, SR documents (the report, review SRs) and SEG
+results (maps stored back), downloads each instance to a temp file and renames it when complete (the cache never holds half an instance), skips instances
 already cached (resume), and prints the study's cache folder, which opens like any study folder:
   elvis-viewer "$(elvis pacs fetch ... | tail -1)"
-'search' prints study UID, date, modalities, accession, series/instances; patient IDs only with --show-identifiers.
+'search' takes DICOM wildcards (* and ?) in --patient-id / --accession, lists the newest --limit studies after
+--offset and says "showing 1-50 of N studies" on stderr; it prints study UID, date, modalities,
+series/instances; Patient ID, accession number and study description (identifiers) only with
+--show-identifiers.
 """
 
 
@@ -43,7 +47,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     s.add_argument("--to", dest="date_to", default="", help="study date to (YYYY-MM-DD)")
     s.add_argument("--modality", action="append", default=None,
                    help="modality in study (repeatable; default CR and DX)")
-    s.add_argument("--show-identifiers", action="store_true", help="also print the Patient ID column")
+    s.add_argument("--limit", type=int, default=50, help="studies per page (default 50)")
+    s.add_argument("--offset", type=int, default=0, help="skip this many (newest first) studies: the next page")
+    s.add_argument("--show-identifiers", action="store_true", help="also print the Patient ID, accession and description columns")
     s.set_defaults(func=run, items=[])
     f = acts.add_parser("fetch", parents=[common], help="WADO-RS: fetch studies into the cache (resumable)",
                         epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -75,23 +81,28 @@ def client_from_args(args):
 def run(args: argparse.Namespace) -> int:
     from elvis_core.errors import ElvisError
     from elvis_core.pacs import IMAGE_MODALITIES
+    from elvis_core.pacs.validate import clean_text
 
     client = client_from_args(args)
     if args.action == "search":
         mods = args.modality or list(IMAGE_MODALITIES)
-        hits = client.search_studies(patient_id=args.patient_id, accession=args.accession,
-                                     date_from=args.date_from, date_to=args.date_to, modalities=mods)
-        cols = ["study_uid", "date", "modalities", "accession", "series", "instances", "description"]
+        from elvis_core.pacs.search import search_page
+
+        page = search_page(client, patient_id=args.patient_id, accession=args.accession, date_from=args.date_from,
+                           date_to=args.date_to, modalities=mods, offset=args.offset, limit=args.limit)
+        hits = page.hits
+        # AccessionNumber, StudyDescription and the Patient ID identify a patient (PS3.15): only on request; every
+        # server string is sanitised (no escape sequences, tabs or newlines reach the terminal or the TSV)
+        cols = ["study_uid", "date", "modalities", "series", "instances"]
         if args.show_identifiers:
-            cols.insert(1, "patient_id")
+            cols[1:1] = ["patient_id", "accession", "description"]
         print("\t".join(cols))
         for h in hits:
-            row = [h.study_uid, h.study_date, "/".join(h.modalities), h.accession, str(h.n_series),
-                   str(h.n_instances), h.description]
+            row = [h.study_uid, h.study_date, "/".join(h.modalities), str(h.n_series), str(h.n_instances)]
             if args.show_identifiers:
-                row.insert(1, h.patient_id)
-            print("\t".join(row))
-        print(f"{len(hits)} stud{'y' if len(hits) == 1 else 'ies'} on {client.url}", file=sys.stderr)
+                row[1:1] = [h.patient_id, h.accession, h.description]
+            print("\t".join(clean_text(v) for v in row))
+        print(f"{page.summary()} on {client.url}", file=sys.stderr)
         return 0
     if args.action == "fetch":
         if not args.items:

@@ -11,12 +11,22 @@ EPILOG = """examples:
   elvis review status  ms_cxr.csv --images /data/mimic-cxr-jpg
   elvis review export  ms_cxr.csv --images /data/mimic-cxr-jpg --out reviewed/ [--include-rejected]
   elvis review export  ms_cxr.csv --images /data/mimic-cxr --out reviewed_sr/ --format dicom-sr
+  elvis review from-sr study_review.csv --images "$(elvis pacs fetch --url URL STUDY_UID | tail -1)"
+  elvis review recover ms_cxr.csv            # a damaged review file: rebuild it from what can be read
 
 The decisions are read from the review file beside the annotations (ms_cxr.csv.review.sqlite), written by the
 viewer's Review tab. 'status' prints the per-category summary and the import problems; 'export' writes
 <stem>.csv (MS-CXR columns + review columns), <stem>.coco.json and <stem>.summary.json atomically.
---format dicom-sr writes one DICOM Comprehensive SR (TID 1500 measurement report) per DICOM image with kept boxes
-(accepted / edited / added): <SOPInstanceUID>.sr.dcm; images that are not DICOM are listed and skipped.
+--format dicom-sr writes one DICOM Comprehensive SR (TID 1500 measurement report) per DICOM image with reviewed boxes
+(accepted / edited / added / rejected with its reason), one series per study: <SOPInstanceUID>.sr.dcm; an image
+whose boxes all have a decision gets a COMPLETE, VERIFIED SR (verifying observer = its main reviewer); images that
+are not DICOM are listed and skipped. --checkpoint names the model (and its SHA-256) as the device observer.
+'from-sr' resumes a review from a PACS: the review SRs of a fetched study (--images = its cache folder) become
+ANNOTATIONS (written) and their decisions are restored in its review file; export again and `elvis pacs store` to
+write the result back.
+A damaged review file is never opened or re-created: the error names it and keeps a copy; 'recover' reads every row
+that can still be read (the audit trail rebuilds lost decisions), writes a fresh review file in its place and keeps
+the damaged one as <file>.damaged-<time>.
 """
 
 
@@ -24,15 +34,21 @@ def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("review", help="summary and exports of a box review (MS-CXR CSV / COCO JSON)",
                        description="Summarise or export the decisions made in the viewer's Review tab.",
                        epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("action", choices=("status", "export"))
-    p.add_argument("annotations", help="MS-CXR CSV (v1.0.0 / v1.1.0) or MS-CXR / COCO JSON")
-    p.add_argument("--images", required=True, help="images root the annotation paths are relative to")
+    p.add_argument("action", choices=("status", "export", "from-sr", "recover"))
+    p.add_argument("annotations", help="MS-CXR CSV (v1.0.0 / v1.1.0) or MS-CXR / COCO JSON (recover: or the "
+                                       "review file itself)")
+    p.add_argument("--images", help="images root the annotation paths are relative to (status, export)")
     p.add_argument("--out", help="export: output folder")
     p.add_argument("--format", choices=("csv", "dicom-sr"), default="csv",
                    help="export: csv = MS-CXR CSV + COCO JSON + summary (default); dicom-sr = one TID 1500 SR per image")
+    p.add_argument("--checkpoint", help="dicom-sr: the model whose maps the reviewer saw (named with its SHA-256 as "
+                   "the SR's device observer)")
+    p.add_argument("--organization", default="ELVIS Viewer review",
+                   help="dicom-sr: verifying organization of a fully reviewed image's SR")
     p.add_argument("--stem", help="export: file name stem (default: <annotations stem>.reviewed)")
     p.add_argument("--include-rejected", action="store_true", help="export: keep rejected boxes in the COCO JSON")
     p.add_argument("--json", action="store_true", help="status: print the summary as JSON")
+    p.add_argument("--reviewer", help="from-sr: who continues the review (the SR's reviewers keep their decisions)")
     p.add_argument("--allow-paths-outside-images", action="store_true",
                    help="accept annotation paths that are absolute or climb out of --images with '..'")
     p.set_defaults(func=run)
@@ -44,6 +60,23 @@ def run(args: argparse.Namespace) -> int:
     from elvis_core.review.store import review_path_for
 
     ann = Path(args.annotations)
+    if args.action in ("from-sr", "status", "export") and not args.images:
+        raise ElvisError(f"review {args.action} needs --images (the images root)")
+    if args.action == "from-sr":
+        from elvis_core.review.from_sr import review_from_study
+
+        res = review_from_study(args.images, ann, reviewer=args.reviewer or "")
+        for note in res.notes:
+            print(f"note: {note}", file=sys.stderr)
+        print(f"restored {res.n_decisions} decision(s) from {res.n_srs} review SR(s); review on with:\n"
+              f"  elvis-viewer {args.images} --annotations {res.annotations} --review", file=sys.stderr)
+        print(res.annotations)
+        return 0
+    if args.action == "recover":
+        from elvis_core.review.recover import recover_review
+
+        print(recover_review(ann).summary())
+        return 0
     if not ann.is_file():
         raise ElvisError("annotation file not found", ann)
     store_path = None
@@ -64,9 +97,10 @@ def run(args: argparse.Namespace) -> int:
         if not args.out:
             raise ElvisError("export needs --out FOLDER")
         if args.format == "dicom-sr":
-            from elvis_core.dicom_results import export_review_sr
+            from elvis_core.dicom_results import ModelInfo, export_review_sr
 
-            res = export_review_sr(s.items, args.out)
+            model = ModelInfo.from_checkpoint(args.checkpoint) if args.checkpoint else None
+            res = export_review_sr(s.items, args.out, model=model, organization=args.organization)
             for problem in res.problems:
                 print(problem, file=sys.stderr)
             for w in res.written:

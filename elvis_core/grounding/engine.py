@@ -46,6 +46,8 @@ import numpy as np
 import torch
 
 from elvis_core.errors import GroundingError
+from elvis_core.grounding.grid_ops import mirror_model_input, smooth_grid  # noqa: F401 - public names kept here
+from elvis_core.grounding.presence import attach_trust, trust_sources
 from elvis_core.grounding.types import GroundingMap
 
 log = logging.getLogger(__name__)
@@ -59,26 +61,6 @@ PHRASE_MAPS = ("global", "token-mean")
 
 def _default_device() -> torch.device:
     return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-
-
-def smooth_grid(grid: np.ndarray, sigma: float) -> np.ndarray:
-    """Gaussian smoothing of a small grid (sigma in grid cells), exactly as hi-ml's ``scipy.ndimage.gaussian_filter``
-    (kernel radius ``int(4 sigma + 0.5)``, mirrored borders ``d c b a | a b c d``), so ``sigma=1.5`` reproduces
-    BioViL's smoothed maps. A convex combination of the cells: values stay within the grid's [min, max]."""
-    if sigma <= 0:
-        return grid.astype(np.float32, copy=True)
-    radius = max(1, int(4.0 * float(sigma) + 0.5))
-    x = np.arange(-radius, radius + 1, dtype=np.float64)
-    k = np.exp(-0.5 * x * x / (float(sigma) ** 2))
-    k /= k.sum()
-    g = np.asarray(grid, dtype=np.float64)
-    for axis in (0, 1):
-        n = g.shape[axis]
-        pad = [(0, 0), (0, 0)]
-        pad[axis] = (radius, radius)
-        p = np.pad(g, pad, mode="symmetric")
-        g = sum(k[i] * np.take(p, np.arange(i, i + n), axis=axis) for i in range(2 * radius + 1))
-    return g.astype(np.float32)
 
 
 def _model_device(model) -> Optional[torch.device]:
@@ -102,19 +84,6 @@ def _state_hash(model) -> str:
         # reshape: 0-d tensors (BatchNorm counters) cannot be viewed as bytes directly
         h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes() if t.numel() else b"")
     return h.hexdigest()[:12]
-
-
-def mirror_model_input(x: torch.Tensor, stride: int, transform) -> torch.Tensor:
-    """The model input [B, 1, S, S] mirrored left-right and moved ``stride - 1`` pixels left, so that the mirrored
-    input's grid column j' lies exactly on the original's column G - 1 - j' (a ResNet's output j looks at input pixel
-    stride * j: :func:`~elvis_core.model.transforms.grid_cell_offset`). The ``stride - 1`` columns that leave the
-    input are the original's rightmost ones; those that enter are the transform's padding value (black)."""
-    s = int(x.shape[-1])
-    k = max(0, min(int(stride) - 1, s - 1))
-    pad = (0.0 - float(getattr(transform, "mean", 0.0))) / float(getattr(transform, "std", 1.0) or 1.0)
-    out = torch.full_like(x, pad)
-    out[..., : s - k] = x.flip(-1)[..., k:]
-    return out
 
 
 class GroundingEngine:
@@ -157,6 +126,10 @@ class GroundingEngine:
         if hasattr(self.model, "eval"):
             self.model.eval()
         self.transform = self.model.transform
+        try:  # how far to believe a map: presence calibration + known words (elvis_core/grounding/presence.py)
+            self.presence_calibration, self.known_words, self.known_words_source = trust_sources(self.model)
+        except ValueError as err:
+            raise GroundingError(str(err), self.checkpoint_path) from None
         #: mirror consensus (see :func:`mirror_model_input`): None = what the checkpoint says
         if mirror_average is None:
             cfg = getattr(self.model, "config", None)
@@ -192,7 +165,9 @@ class GroundingEngine:
                 "phrase_map": self.phrase_map, "mirror_average": self.mirror_average,
                 "similarity": ("cosine(patch_emb, text global_emb)" if self.phrase_map == "global"
                                else "mean over tokens of cosine(patch_emb, token_emb)"),
-                "device": self.device_name}
+                "presence_calibration": (self.presence_calibration or {}).get("calibrated_on") or (
+                    "calibrated" if self.presence_calibration else "uncalibrated"),
+                "known_words": self.known_words_source, "device": self.device_name}
 
     # -- image ----------------------------------------------------------------------------------------------------
     def image_key(self, radiograph) -> str:
@@ -353,6 +328,7 @@ class GroundingEngine:
                           image_shape=tuple(shape), phrase=phrase, smoothing_sigma=self.smoothing_sigma,
                           raw_similarity=np.asarray(raw, dtype=np.float32),
                           seen_region=seen)
+        attach_trust(gm, self.presence_calibration, self.known_words)
         if truncated:
             gm.warnings.append(self._truncation_warning())
         gm.latency_s = time.perf_counter() - t0
@@ -512,11 +488,12 @@ _LOAD_LOCK = threading.Lock()
 
 def _read_provenance(path: Path) -> Dict[str, Any]:
     """The ``provenance`` object of a checkpoint's config.json ({} when absent or unreadable)."""
-    import json
+    from elvis_core.errors import ElvisError
+    from elvis_core.io.safe_json import read_json_file
 
-    try:
-        cfg = json.loads((Path(path) / "config.json").read_text(encoding="utf-8"))
-    except (OSError, ValueError):
+    try:  # regular file, depth-checked (the checkpoint loader has already refused a bad one)
+        cfg = read_json_file(Path(path) / "config.json", max_bytes=16 << 20)
+    except ElvisError:
         return {}
     prov = cfg.get("provenance") if isinstance(cfg, dict) else None
     return prov if isinstance(prov, dict) else {}

@@ -56,7 +56,12 @@ def colorize(values: np.ndarray, cmap: str = "RdBu_r", vrange: Tuple[float, floa
     return lut[np.round(idx).astype(np.intp)]
 
 
+_ASCII_SUBST = {"\u2014": "-", "\u2013": "-", "\u00b7": "|", "\u00b1": "+/-", "\u2019": "'", "\u201c": '"',
+                "\u201d": '"'}
+
+
 def _ascii(s: str) -> str:
+    s = "".join(_ASCII_SUBST.get(ch, ch) for ch in s)
     return "".join(ch if 32 <= ord(ch) < 127 else "?" for ch in s)
 
 
@@ -76,11 +81,12 @@ def _wrap(text: str, font_scale: float, thickness: int, max_w: int) -> List[str]
     return lines
 
 
-def _text_band(lines: List[str], width: int, font_scale: float, thickness: int, line_h: int) -> np.ndarray:
+def _text_band(lines: List[str], width: int, font_scale: float, thickness: int, line_h: int,
+               colour: Tuple[int, int, int] = (255, 255, 255)) -> np.ndarray:
     band = np.zeros((max(1, len(lines)) * line_h + line_h // 3, width, 3), dtype=np.uint8)
     for i, ln in enumerate(lines):
         cv2.putText(band, ln, (line_h // 3, (i + 1) * line_h - line_h // 4), cv2.FONT_HERSHEY_SIMPLEX, font_scale,
-                    (255, 255, 255), thickness, cv2.LINE_AA)
+                    colour, thickness, cv2.LINE_AA)
     return band
 
 
@@ -102,8 +108,13 @@ def _colour_bar(height: int, cmap: str, vrange: Tuple[float, float], font_scale:
 
 def render_overlay(radiograph, gmap, boxes: Optional[Iterable] = None, phrase: str = "", footer: str = "",
                    opacity: float = 0.5, cmap: str = "RdBu_r", vrange: Tuple[float, float] = (-1.0, 1.0),
-                   window=None, min_side: int = 512) -> np.ndarray:
-    """An RGB uint8 figure: phrase band on top, image + map overlay + boxes, colour bar on the right, footer below.
+                   window=None, min_side: int = 512, trust: Optional[str] = None) -> np.ndarray:
+    """An RGB uint8 figure: phrase band on top, the trust caption under it, image + map overlay + boxes, colour bar
+    on the right, footer below.
+
+    ``trust``: the caption saying how far to believe the map (default: ``gmap.trust_line()``; "" for none); it is
+    drawn amber unless the map is calibrated, confident and has no unknown words. A map whose presence is below its
+    threshold (``gmap.confident is False``) is drawn at 40 % of ``opacity``: faint, on the same fixed scale.
 
     The image part has the radiograph's (rows, cols), enlarged (same aspect) so that its long side is at least
     ``min_side`` pixels (0 = never enlarge) so the labels stay legible on small images; the map is resampled onto
@@ -124,6 +135,8 @@ def render_overlay(radiograph, gmap, boxes: Optional[Iterable] = None, phrase: s
     base = np.repeat(grey[:, :, None], 3, axis=2).astype(np.float32)
     map_img = gmap.to_image((rows, cols))
     colour = colorize(map_img, cmap, vrange).astype(np.float32)
+    if getattr(gmap, "confident", None) is False:
+        opacity = 0.4 * float(opacity)
     a = np.where(np.isnan(map_img), 0.0, float(opacity))[:, :, None]
     img = np.clip(base * (1.0 - a) + colour * a, 0, 255).round().astype(np.uint8)
 
@@ -168,6 +181,13 @@ def render_overlay(radiograph, gmap, boxes: Optional[Iterable] = None, phrase: s
     if phrase:
         parts.append(_text_band(_wrap(phrase, font_scale, thickness, width - line_h), width, font_scale, thickness,
                                 line_h))
+    if trust is None:
+        trust = gmap.trust_line() if hasattr(gmap, "trust_line") else ""
+    if trust:
+        fs = font_scale * 0.8
+        trusted = getattr(gmap, "confident", None) is True and not getattr(gmap, "unknown_words", None)
+        parts.append(_text_band(_wrap(trust, fs, thickness, width - line_h), width, fs, thickness,
+                                int(line_h * 0.85), (235, 235, 235) if trusted else (255, 192, 77)))
     parts.append(body)
     if footer:
         fs = font_scale * 0.7

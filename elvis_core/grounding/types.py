@@ -35,6 +35,59 @@ class GroundingMap:
     #: grid's own extent. Needed because a receptive-field-anchored grid (``model.image.grid_anchor``) is shifted
     #: by -(stride - 1) / 2 from the model input, so its extent is not what the model saw.
     seen_region: Optional[Tuple[float, float, float, float]] = None
+    # -- how far to believe the map (filled by elvis_core.grounding.presence.attach_trust) --
+    #: raw (unsmoothed) maximum cosine over the cells the model saw
+    peak: Optional[float] = None
+    #: calibrated probability that the phrase's finding is on the film (None = the model is uncalibrated)
+    presence: Optional[float] = None
+    #: presence from which the map counts as confident (None = uncalibrated)
+    presence_threshold: Optional[float] = None
+    #: the phrase's words the model's text encoder was not trained on
+    unknown_words: List[str] = field(default_factory=list)
+    #: the data the presence calibration was fitted on (None = uncalibrated)
+    calibrated_on: Optional[str] = None
+
+    @property
+    def confident(self) -> Optional[bool]:
+        """True when presence reaches its threshold, False below it, None when uncalibrated."""
+        if self.presence is None:
+            return None
+        t = 0.5 if self.presence_threshold is None else float(self.presence_threshold)
+        return bool(self.presence >= t)
+
+    def seen_fraction(self) -> float:
+        """Share (0..1) of the original image's area the model saw."""
+        x0, y0, x1, y1 = self.seen_box()
+        rows, cols = self.image_shape
+        return max(0.0, x1 - x0) * max(0.0, y1 - y0) / max(1.0, float(rows) * float(cols))
+
+    def trust_line(self, words: bool = True) -> str:
+        """ONE human line saying how far to believe the map, used by every surface (viewer, ``elvis ground``, PNG
+        and DICOM exports): presence (or "uncalibrated" with the raw peak), what the model saw, unknown words
+        (``words=False`` leaves them out, for a surface that names them in a sentence of their own)."""
+        if self.presence is not None:
+            parts = [f"presence {self.presence:.2f} — "
+                     + ("confident region" if self.confident else "no confident region")]
+        elif self.peak is not None:
+            parts = [f"uncalibrated (peak {self.peak:.2f})"]
+        else:
+            parts = ["uncalibrated"]
+        parts.append("whole image seen" if self.fully_seen
+                     else f"model saw {100 * self.seen_fraction():.0f} % of the image")
+        if self.unknown_words and words:
+            parts.append("unknown to this model: " + ", ".join(self.unknown_words))
+        return " · ".join(parts)
+
+    def seen_cells(self) -> np.ndarray:
+        """Bool (gh, gw): grid cells whose centre lies in what the model saw (:meth:`seen_box`)."""
+        gh, gw = self.similarity.shape
+        jj = np.arange(gw, dtype=np.float64)[None, :] + 0.5
+        ii = np.arange(gh, dtype=np.float64)[:, None] + 0.5
+        a = np.asarray(self.grid_to_image, dtype=np.float64)
+        x = a[0, 0] * jj + a[0, 1] * ii + a[0, 2]
+        y = a[1, 0] * jj + a[1, 1] * ii + a[1, 2]
+        x0, y0, x1, y1 = self.seen_box()
+        return (x >= x0) & (x < x1) & (y >= y0) & (y < y1)
 
     def _affine_for(self, shape: Optional[Tuple[int, int]]):
         a = np.asarray(self.grid_to_image, dtype=np.float64)

@@ -42,11 +42,9 @@ MAX_COORDINATE = 1e7
 def check_annotation_size(path: os.PathLike | str) -> None:
     """Refuse an annotation file larger than ``limits().max_annotation_bytes`` before reading it."""
     from elvis_core.io.limits import limits, mib
+    from elvis_core.io.paths import require_regular_file
 
-    try:
-        n = os.path.getsize(path)
-    except OSError:
-        return
+    n = require_regular_file(path, AnnotationError, "annotation file").st_size  # no FIFO, no device
     if n > limits().max_annotation_bytes:
         raise AnnotationError(f"is {mib(n)}, larger than the annotation file limit of "
                               f"{mib(limits().max_annotation_bytes)} (ELVIS_MAX_ANNOTATION_MB)", path)
@@ -163,6 +161,9 @@ def read_ms_cxr_csv(path: os.PathLike | str) -> AnnotationSet:
         raise AnnotationError("annotation file not found", p)
     if p.is_dir():
         raise AnnotationError("is a folder, expected an MS-CXR CSV file", p)
+    from elvis_core.io.paths import require_regular_file
+
+    require_regular_file(p, AnnotationError, "annotation file")
     check_annotation_size(p)
     try:
         with open(p, "r", encoding="utf-8-sig", newline="") as fh:

@@ -120,6 +120,9 @@ def _check_path(path: os.PathLike | str) -> str:
         raise DicomReadError("no such file", path)
     if os.path.isdir(path):
         raise DicomReadError("is a folder, not a DICOM file", path)
+    from elvis_core.io.paths import require_regular_file
+
+    require_regular_file(path, DicomReadError)  # a FIFO would block, /dev/zero read for ever
     if not os.access(path, os.R_OK):
         raise DicomReadError("permission denied", path)
     if os.path.getsize(path) == 0:
@@ -129,6 +132,10 @@ def _check_path(path: os.PathLike | str) -> str:
 
 def is_dicom_file(path: os.PathLike | str) -> bool:
     """True when the file has the DICM preamble, or (no preamble) starts with a plausible group-0002/0008 element."""
+    from elvis_core.io.paths import is_regular_file
+
+    if not is_regular_file(path):
+        return False
     try:
         with open(path, "rb") as f:
             head = f.read(132)
@@ -428,10 +435,12 @@ def _lut_first_mapped(item, ds) -> float:
 def _decode_pydicom(ds, path: str, frame: int, n_frames: int) -> np.ndarray:
     from pydicom.pixels import pixel_array
 
-    if n_frames > 1:
-        return pixel_array(ds, index=frame)
-    arr = ds.pixel_array
-    return arr
+    from elvis_core.io.native_quiet import quiet_fd2
+
+    with quiet_fd2():  # a native decoder's own stderr (pylibjpeg-rle's Rust panic + backtrace) never reaches the user
+        if n_frames > 1:
+            return pixel_array(ds, index=frame)
+        return ds.pixel_array
 
 
 #: the SimpleITK fallback, run in a child process: GDCM allocates without bound on some corrupt streams (a

@@ -25,7 +25,10 @@ _JPEG_MAGIC = b"\xff\xd8\xff"
 def sniff_kind(path: os.PathLike | str) -> str:
     """"dicom", "image" or "unknown", from the file's first bytes (then the extension for preamble-less DICOM)."""
     from elvis_core.io.dicom import is_dicom_file
+    from elvis_core.io.paths import is_regular_file
 
+    if not is_regular_file(path):  # never open a FIFO or a device to sniff it
+        return "unknown"
     try:
         with open(path, "rb") as f:
             head = f.read(132)
@@ -46,6 +49,9 @@ def raster_header_shape(path: os.PathLike | str) -> Tuple[int, int]:
 
     Raises :class:`ElvisError` naming the file when it is neither, or the header is cut short.
     """
+    from elvis_core.io.paths import require_regular_file
+
+    require_regular_file(path, what="image file")
     try:
         with open(path, "rb") as f:
             head = f.read(24)

@@ -226,6 +226,9 @@ def read_report(path: os.PathLike | str) -> Report:
         raise ReportReadError("no such file", path)
     if os.path.isdir(path):
         raise ReportReadError("is a folder, not a report", path)
+    from elvis_core.io.paths import require_regular_file
+
+    require_regular_file(path, ReportReadError, "report file")
     limit = limits().max_report_bytes
     try:
         with open(path, "rb") as f:

@@ -5,7 +5,8 @@ CONTAINER titled e.g. "Chest X-ray report", holding section CONTAINERs ("Finding
 items, or TEXT items directly (concept names "Finding", "Impression", ...). We rebuild the plain text the way a
 report is written — ``FINDINGS:`` / ``IMPRESSION:`` headers, one paragraph per TEXT item — and parse it with the
 same rules as a ``.txt`` (sections and sentences as exact spans into that text). A TEXT item that already carries
-its own headers (a whole report pasted in one item) is kept as it is.
+its own headers on any line (a whole report pasted in one item, e.g. MIMIC's "FINAL REPORT" then "FINDINGS: ...")
+is kept as it is: no header is added before it.
 
 Our own TID 1500 measurement reports (reviewed boxes, title "Imaging Measurement Report") are not text reports and
 are refused with a clear message.
@@ -15,6 +16,7 @@ from __future__ import annotations
 
 import os
 import re
+from pathlib import Path
 from typing import List, Optional, Tuple
 
 from elvis_core.errors import ReportReadError
@@ -90,7 +92,7 @@ def sr_report_text(ds) -> str:
     parts: List[str] = []
     for head, paragraphs in _sections(ds):
         body = "\n".join(paragraphs)
-        if head and not _HAS_HEADER_RE.match(body):
+        if head and not _HAS_HEADER_RE.search(body):  # any line of its own with a header: keep the item as is
             parts.append(f"{head}:\n{body}")
         else:
             parts.append(body)
@@ -134,7 +136,10 @@ def is_text_report_sr(path: os.PathLike | str) -> Optional[bool]:
     import pydicom
 
     from elvis_core.io.dicom import _check_deflate
+    from elvis_core.io.paths import is_regular_file
 
+    if not is_regular_file(path):  # never open a FIFO or a device
+        return None
     try:  # the values are converted lazily: a damaged SOPClassUID (wrong VR, a sequence) fails on access
         _check_deflate(os.fspath(path))  # pydicom inflates a deflated data set whole: refuse a bomb first
         ds = pydicom.dcmread(os.fspath(path), stop_before_pixels=True,
@@ -142,3 +147,38 @@ def is_text_report_sr(path: os.PathLike | str) -> Optional[bool]:
         return str(ds.get("SOPClassUID", "")) in SR_SOP_CLASSES and _code(ds) not in _NOT_REPORTS
     except Exception:  # noqa: BLE001
         return None
+
+
+def find_study_sr_report(image_path: os.PathLike | str, max_files: int = 200) -> Optional[str]:
+    """The text-report SR of an image's study in a PACS cache layout (``<StudyUID>/<SeriesUID>/<SOPUID>.dcm``: the
+    image's grandparent folder is named after its Study Instance UID); None when there is none or the image does not
+    lie in such a folder (a dataset folder is never searched). Header-only reads, at most ``max_files`` files."""
+    import pydicom
+
+    from elvis_core.io.dicom import _check_deflate
+
+    img = Path(image_path)
+    root = img.parent.parent
+    if not root.name or any(c not in "0123456789." for c in root.name) or not root.is_dir():
+        return None
+    try:
+        _check_deflate(str(img))
+        study = str(pydicom.dcmread(str(img), stop_before_pixels=True,
+                                    specific_tags=["StudyInstanceUID"]).get("StudyInstanceUID", ""))
+    except Exception:  # noqa: BLE001 - not DICOM / unreadable: no SR to look for
+        return None
+    if study != root.name:
+        return None
+    for seen, p in enumerate(sorted(root.glob("*/*.dcm"))):
+        if seen >= max_files:
+            return None
+        if p == img or not is_text_report_sr(p):
+            continue
+        try:
+            uid = str(pydicom.dcmread(str(p), stop_before_pixels=True,
+                                      specific_tags=["StudyInstanceUID"]).get("StudyInstanceUID", ""))
+        except Exception:  # noqa: BLE001
+            continue
+        if uid == study:
+            return str(p)
+    return None

@@ -371,13 +371,19 @@ class _Builder:
             return
         kind = _non_image_kind(ds)
         if kind is not None:
-            skipped.append((path, f"no image ({kind})"))
             if str(ds.get("Modality", "") or "") == "SR" or str(ds.get("SOPClassUID", "")).startswith(
                     "1.2.840.10008.5.1.4.1.1.88."):  # a report may live in an SR of the study (sr_report.py)
                 uid = str(ds.get("StudyInstanceUID", "") or "")
                 if uid:
                     self.sr_reports.setdefault(uid, []).append(path)
+                return  # a report (or a review SR) belongs to the study: not a problem
+            if str(ds.get("Modality", "") or "") == "SEG":
+                return  # a segmentation result of the study (a fetched map): not a problem either
+            skipped.append((path, f"no image ({kind})"))
             return
+        if str(ds.get("SOPClassUID", "")) == "1.2.840.10008.5.1.4.1.1.7" and \
+                str(ds.get("SeriesDescription", "") or "").startswith("ELVIS heat map"):
+            return  # our own heat-map Secondary Capture (dicom_results.sc): a picture for PACS viewers, not a film
         rows, cols = _int(ds.get("Rows", 0), 0), _int(ds.get("Columns", 0), 0)
         if not rows or not cols:
             if "Rows" not in ds and (len(ds) == 0 or _is_image_sop_class(ds)):

@@ -32,6 +32,9 @@ FORMAT_VERSION = 1
 CONFIG_NAME = "config.json"
 WEIGHTS_NAME = "model.safetensors"
 _TOKENIZER_NAME = "tokenizer.json"
+#: the words the text encoder was trained on (``{"source": str, "words": [...]}``; see elvis_core/model/vocab.py)
+KNOWN_WORDS_NAME = "known_words.json"
+_KNOWN_WORDS_MAX_BYTES = 16 << 20
 
 
 def git_commit() -> Optional[str]:
@@ -74,6 +77,12 @@ def save_checkpoint(model, out_dir: Union[str, os.PathLike], provenance: Optiona
     tmp_w = out / (WEIGHTS_NAME + ".tmp")
     save_file(state, str(tmp_w), metadata={"format": FORMAT})
     model.tokenizer.save_pretrained(str(out))
+    known = getattr(model, "known_words", None)
+    if isinstance(known, dict) and isinstance(known.get("words"), list):
+        tmp_k = out / (KNOWN_WORDS_NAME + ".tmp")
+        tmp_k.write_text(json.dumps({"source": str(known.get("source", "")), "words": sorted(set(known["words"]))},
+                                    indent=0), encoding="utf-8")
+        os.replace(tmp_k, out / KNOWN_WORDS_NAME)
     tmp_c = out / (CONFIG_NAME + ".tmp")
     tmp_c.write_text(json.dumps(cfg, indent=2, sort_keys=False), encoding="utf-8")
     os.replace(tmp_w, out / WEIGHTS_NAME)
@@ -90,12 +99,13 @@ def read_checkpoint_config(path: Union[str, os.PathLike]) -> Dict[str, Any]:
         raise CheckpointError("a checkpoint is a folder with config.json, model.safetensors and tokenizer files; "
                               "this is a file", d)
     cpath = d / CONFIG_NAME
-    if not cpath.is_file():
+    if not os.path.lexists(cpath):
         raise CheckpointError(f"missing {CONFIG_NAME}", d)
-    try:
-        cfg = json.loads(cpath.read_text(encoding="utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError) as err:
-        raise CheckpointError(f"{CONFIG_NAME} is not valid JSON ({err})", d) from err
+    from elvis_core.io.safe_json import read_json_file
+
+    # a regular file (no FIFO, no /dev/zero), ≤ 16 MiB, depth-checked before parsing (a 100 000-deep config is a
+    # clean error, not a RecursionError), any parser failure one line
+    cfg = read_json_file(cpath, CheckpointError, max_bytes=16 << 20, what=CONFIG_NAME)
     if not isinstance(cfg, dict) or cfg.get("format") != FORMAT:
         hint = ""
         if isinstance(cfg, dict) and (cfg.get("model_type") or cfg.get("architectures")):
@@ -112,6 +122,27 @@ def read_checkpoint_config(path: Union[str, os.PathLike]) -> Dict[str, Any]:
     if not isinstance(cfg.get("model"), dict):
         raise CheckpointError(f"{CONFIG_NAME} has no \"model\" section", d)
     return cfg
+
+
+def read_known_words(path: Union[str, os.PathLike]) -> Optional[Dict[str, Any]]:
+    """``{"source": str, "words": [...]}`` from a checkpoint's ``known_words.json``; None when the file is absent
+    (callers fall back to the tokenizer's whole words). A malformed file raises CheckpointError saying what is wrong."""
+    d = Path(path)
+    f = d / KNOWN_WORDS_NAME
+    if not f.is_file():
+        return None
+    if f.stat().st_size > _KNOWN_WORDS_MAX_BYTES:
+        raise CheckpointError(f"{KNOWN_WORDS_NAME} is larger than {_KNOWN_WORDS_MAX_BYTES >> 20} MB", d)
+    try:
+        data = json.loads(f.read_text(encoding="utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as err:
+        raise CheckpointError(f"{KNOWN_WORDS_NAME} is not valid JSON ({err})", d) from None
+    if isinstance(data, list):
+        data = {"source": "", "words": data}
+    words = data.get("words") if isinstance(data, dict) else None
+    if not isinstance(words, list) or not all(isinstance(w, str) for w in words):
+        raise CheckpointError(f"{KNOWN_WORDS_NAME} must hold a list of words under \"words\"", d)
+    return {"source": str(data.get("source") or ""), "words": sorted({w.lower() for w in words})}
 
 
 def _load_tokenizer(d: Path):
@@ -162,10 +193,14 @@ def load_checkpoint(path: Union[str, os.PathLike], device: Union[str, torch.devi
     d = Path(path)
     cfg = read_checkpoint_config(d)
     wpath = d / WEIGHTS_NAME
-    if not wpath.is_file():
+    if not os.path.lexists(wpath):
         raise CheckpointError(f"missing {WEIGHTS_NAME}", d)
+    from elvis_core.model.import_weights import check_safetensors_header
     from elvis_core.model.limits import check_model_config
 
+    # the header against the file and the limits before anything is read (a 40 GB sparse file, offsets past the
+    # end, overlapping tensors, a regular file only)
+    check_safetensors_header(wpath, CheckpointError)
     try:  # sizes and memory checked before anything is built (elvis_core/model/limits.py)
         check_model_config(cfg["model"], weights=wpath)
     except ConfigError as err:
@@ -198,6 +233,7 @@ def load_checkpoint(path: Union[str, os.PathLike], device: Union[str, torch.devi
     model.load_state_dict(state, strict=True)
     model.checkpoint_dir = str(d)
     model.checkpoint_config = cfg
+    model.known_words = read_known_words(d)
     return model.to(device).eval()
 
 

@@ -75,3 +75,77 @@ def train_wordpiece(texts: Iterable[str], vocab_size: int = 2000, lowercase: boo
     tok.decoder = decoders.WordPiece(prefix="##")
     return PreTrainedTokenizerFast(tokenizer_object=tok, unk_token="[UNK]", pad_token="[PAD]", cls_token="[CLS]",
                                    sep_token="[SEP]", mask_token="[MASK]", model_max_length=int(model_max_length))
+
+
+# -- the words a model knows ----------------------------------------------------------------------------------------
+# a checkpoint records them in known_words.json beside config.json (elvis_core/model/checkpoint.py)
+_WORD = None
+
+
+def words_of(text: str) -> List[str]:
+    """The lower-case alphabetic words of ``text`` in order (digits and punctuation split words and are dropped:
+    "moderate-sized" -> moderate, sized; "1 cm" -> cm)."""
+    global _WORD
+    if _WORD is None:
+        import re
+
+        _WORD = re.compile(r"[^\W\d_]+", re.UNICODE)
+    return [w.lower() for w in _WORD.findall(text or "")]
+
+
+def known_words_from_texts(texts: Iterable[str]) -> List[str]:
+    """Sorted set of the words in ``texts`` (the report words a text encoder was trained on)."""
+    out = set()
+    for t in texts:
+        out.update(words_of(t))
+    return sorted(out)
+
+
+def merge_known_words(prior, texts: Iterable[str], source: str) -> dict:
+    """``{"source", "words"}``: the words of ``texts`` plus those of ``prior`` (a known-words dict or None: a model
+    trained further keeps what it knew)."""
+    words = set(known_words_from_texts(texts))
+    src = source
+    if isinstance(prior, dict) and prior.get("words"):
+        words.update(prior["words"])
+        src = f"{source} + {prior.get('source') or 'the initial model'}"
+    return {"source": src, "words": sorted(words)}
+
+
+def tokenizer_whole_words(tokenizer) -> List[str]:
+    """Sorted lower-case alphabetic whole-word entries of a WordPiece tokenizer's vocabulary (no ``##`` pieces, no
+    special tokens): the words it encodes as one token. The fallback for a model without ``known_words.json``."""
+    try:
+        vocab = tokenizer.get_vocab()
+    except Exception:  # not a tokenizer we understand: know nothing rather than guess
+        return []
+    special = set(getattr(tokenizer, "all_special_tokens", []) or [])
+    words = set()
+    for tok in vocab:
+        if tok in special or tok.startswith("##") or tok.startswith("["):
+            continue
+        w = tok.lower()
+        if w.isalpha():
+            words.add(w)
+    return sorted(words)
+
+
+def unknown_words(phrase: str, known) -> List[str]:
+    """The words of ``phrase`` (lower case, first occurrence order, no repeats) that are not in ``known`` (an
+    iterable of lower-case words). ``known`` None or empty -> [] (nothing known about the vocabulary: claim nothing)."""
+    if not known:
+        return []
+    known = known if isinstance(known, (set, frozenset)) else set(known)
+    out: List[str] = []
+    for w in words_of(phrase):
+        if w not in known and w not in out:
+            out.append(w)
+    return out
+
+
+def unknown_words_sentence(words: List[str]) -> str:
+    """``["nodule"]`` -> "nodule is unknown to this model"; two or more -> "nodule, basal are unknown to this model";
+    [] -> ""."""
+    if not words:
+        return ""
+    return f"{', '.join(words)} {'is' if len(words) == 1 else 'are'} unknown to this model"

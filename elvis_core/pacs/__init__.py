@@ -4,11 +4,13 @@
   (set on the HTTP session, never in a URL, a header we log, or a file), and turns every failure (timeout, refused
   connection, 401/403/404/5xx, a server that stops mid-transfer) into one :class:`PacsError` line that names the
   server (its URL without credentials) and what to do.
-- :meth:`PacsClient.search_studies`: patient ID, accession number, study date range, modality (CR/DX by default).
-- :meth:`PacsClient.fetch_study`: only the instances needed (images of the chosen modalities, and SR documents,
-  which hold the report), each downloaded to a temp file and renamed into place when complete, so the cache holds
-  only whole instances whatever happens; already cached instances are skipped (resume); progress and cancel
-  callbacks. The cache folder of a study then reads like any study folder (``elvis_core.io.studies.scan_folder``).
+- :meth:`PacsClient.search_studies`: patient ID, accession number, study date range, modality (CR/DX by default);
+  with DICOM wildcards sent as typed, paging and the total: :func:`elvis_core.pacs.search.search_page`.
+- :meth:`PacsClient.fetch_study`: only the instances needed (images of the chosen modalities, SR documents, which
+  hold the report and our review SRs, and SEG results stored back), each downloaded to a temp file and renamed
+  into place when complete, so the cache holds only whole instances whatever happens; already cached instances
+  are skipped (resume); progress and cancel callbacks. The cache folder of a study then reads like any study
+  folder (``elvis_core.io.studies.scan_folder``).
 - :meth:`PacsClient.store`: STOW-RS of our SR / SEG objects back to the server.
 
 Layout of the cache: ``CACHE/<server key>/<StudyInstanceUID>/<SeriesInstanceUID>/<SOPInstanceUID>.dcm`` where the
@@ -18,7 +20,6 @@ server key is a short hash of the server URL (no credentials in folder names).
 from __future__ import annotations
 
 import hashlib
-import logging
 import os
 import tempfile
 from dataclasses import dataclass, field
@@ -34,12 +35,16 @@ CancelFn = Callable[[], bool]
 #: modalities fetched as images by default (chest radiographs)
 IMAGE_MODALITIES = ("CR", "DX")
 #: SR documents are fetched too: a study's report usually lives in one
-REPORT_MODALITIES = ("SR",)
+REPORT_MODALITIES = ("SR", "SEG")  # + SEG: our maps stored back on the PACS come with the study
 
-# dicomweb-client and urllib3 log every request URL at INFO/DEBUG, and QIDO query strings carry the patient ID:
-# keep them quiet even under --verbose (no patient identifiers in logs)
-for _name in ("dicomweb_client", "urllib3.connectionpool"):
-    logging.getLogger(_name).setLevel(logging.WARNING)
+# dicomweb-client, requests and urllib3 log request URLs (QIDO query strings carry the patient ID) and headers:
+# quiet and redacted, whatever level is set later (no patient identifiers in logs): see transport.py
+from elvis_core.pacs.transport import (BadEncoding, BoundedSession, DeadlineExceeded, NetLimits,  # noqa: E402
+                                       ResponseTooLarge, quiet_network_loggers)
+from elvis_core.pacs.validate import (ServerAnswerError, attr_int, attr_str, attr_strs, attr_uid,  # noqa: E402
+                                      check_instance, qido_items, single_part)
+
+quiet_network_loggers()
 
 
 class PacsError(ElvisError):
@@ -91,20 +96,6 @@ class FetchResult:
     files: List[Path] = field(default_factory=list)
 
 
-def _value(item: Dict, tag: str, default=""):
-    v = item.get(tag, {}).get("Value")
-    if not v:
-        return default
-    first = v[0]
-    if isinstance(first, dict):  # PN
-        return str(first.get("Alphabetic", default))
-    return first
-
-
-def _values(item: Dict, tag: str) -> Tuple[str, ...]:
-    return tuple(str(x) for x in item.get(tag, {}).get("Value", []) or [])
-
-
 def _safe_uid(uid: str, what: str) -> str:
     uid = str(uid).strip()
     if not uid or len(uid) > 64 or any(c not in "0123456789." for c in uid):
@@ -131,7 +122,7 @@ class PacsClient:
 
     def __init__(self, url: str, *, username: Optional[str] = None, password: Optional[str] = None,
                  token: Optional[str] = None, timeout: float = 20.0,
-                 cache_dir: Optional[os.PathLike | str] = None) -> None:
+                 cache_dir: Optional[os.PathLike | str] = None, limits: Optional[NetLimits] = None) -> None:
         import requests
         from dicomweb_client.api import DICOMwebClient
 
@@ -145,13 +136,19 @@ class PacsClient:
             raise PacsError("give either a user/password or a bearer token, not both")
         self.url = redact_url(url).rstrip("/")
         self.timeout = float(timeout)
+        if not 0 < self.timeout <= 3600:
+            raise PacsError(f"timeout must be 0..3600 s, got {timeout!r}")
         self.cache_dir = Path(cache_dir) if cache_dir is not None else default_cache_dir()
-        session = requests.Session()
+        self.limits = limits or NetLimits.from_env()
+        # every answer streamed with a size cap and inside a total deadline of `timeout` s (transport.py)
+        session = BoundedSession(self.limits, timeout=self.timeout)
+        self._session = session
         if username:
             session.auth = requests.auth.HTTPBasicAuth(username, password or "")
         elif token:
             session.auth = _BearerAuth(token)
         self._client = DICOMwebClient(self.url, session=session, timeout=self.timeout)
+        quiet_network_loggers()  # loggers the imports above created
         # dicomweb-client retries up to 5 times with exponential back-off, on every exception too: a refused
         # connection or a timeout would take half a minute to report. We fail fast with a clear message; the user
         # (or the viewer's Retry) decides, and a fetch resumes where it stopped.
@@ -174,6 +171,14 @@ class PacsClient:
 
         try:
             return fn(*args, **kw)
+        except ServerAnswerError as err:
+            text = str(err)
+            raise PacsError(f"{self.url}: {text if text.startswith(what) else f'{what}: {text}'}") from None
+        except ResponseTooLarge as err:
+            raise PacsError(f"{self.url}: {what}: {err}") from None
+        except DeadlineExceeded:
+            raise PacsError(f"{self.url}: {what}: no answer within {self.timeout:g} s (none, or not all of it: server "
+                            "too slow or stalled; try again or raise --timeout)") from None
         except requests.exceptions.HTTPError as err:
             raise PacsError(self._http_message(what, err.response)) from None
         except requests.exceptions.Timeout:
@@ -183,6 +188,8 @@ class PacsClient:
             reason = "connection refused or lost" if "refused" in str(err).lower() or "aborted" in str(err).lower() \
                 or "reset" in str(err).lower() else "cannot connect"
             raise PacsError(f"{self.url}: {what}: {reason} (is the server running and the URL right?)") from None
+        except BadEncoding as err:
+            raise PacsError(f"{self.url}: {what}: {err}") from None
         except (requests.exceptions.ChunkedEncodingError, requests.exceptions.ContentDecodingError):
             raise PacsError(f"{self.url}: {what}: the transfer broke off (connection lost mid-answer)") from None
         except requests.exceptions.InvalidJSONError:
@@ -190,7 +197,8 @@ class PacsClient:
                             "DICOMweb root?)") from None
         except requests.exceptions.RequestException as err:
             raise PacsError(f"{self.url}: {what}: {type(err).__name__}") from None
-        except (ValueError, KeyError) as err:  # malformed multipart / JSON from the server
+        except (ValueError, KeyError, TypeError, AttributeError, IndexError, RecursionError) as err:
+            # malformed multipart / JSON from the server (dicomweb-client parses QIDO JSON itself)
             raise PacsError(f"{self.url}: {what}: unreadable answer from the server ({type(err).__name__})") from None
 
     def _http_message(self, what: str, response) -> str:
@@ -225,38 +233,54 @@ class PacsClient:
             f = dict(filters)
             if mod:
                 f["ModalitiesInStudy"] = mod
-            res = self._call("search for studies", self._client.search_for_studies, search_filters=f, fields=fields,
-                             limit=limit)
-            for item in res or []:
-                uid = str(_value(item, "0020000D"))
-                if not uid or uid in hits:
+            what = "search for studies"
+            res = self._call(what, self._client.search_for_studies, search_filters=f, fields=fields,
+                             limit=min(limit, self.limits.max_results))
+            items = self._call(what, qido_items, res, what, self.limits.max_results)
+            for item in items:
+                uid = self._call(what, attr_uid, item, "0020000D", what)
+                if uid in hits:
                     continue
-                hits[uid] = StudyHit(
-                    study_uid=uid, patient_id=str(_value(item, "00100020")), accession=str(_value(item, "00080050")),
-                    study_date=str(_value(item, "00080020")), modalities=_values(item, "00080061"),
-                    description=str(_value(item, "00081030")), n_series=int(_value(item, "00201206", 0) or 0),
-                    n_instances=int(_value(item, "00201208", 0) or 0))
+                hits[uid] = self._call(what, lambda it=item, u=uid: StudyHit(  # every field typed and sanitised
+                    study_uid=u, patient_id=attr_str(it, "00100020", what, 64),
+                    accession=attr_str(it, "00080050", what, 16), study_date=attr_str(it, "00080020", what, 8),
+                    modalities=attr_strs(it, "00080061", what), description=attr_str(it, "00081030", what, 64),
+                    n_series=attr_int(it, "00201206", what), n_instances=attr_int(it, "00201208", what)))
         return sorted(hits.values(), key=lambda h: (h.study_date, h.study_uid), reverse=True)
 
     def list_instances(self, study_uid: str, modalities: Sequence[str] = IMAGE_MODALITIES + REPORT_MODALITIES
                        ) -> List[Tuple[str, str, str]]:
         """(series UID, SOP instance UID, modality) of the study's instances of the given modalities."""
         study_uid = _safe_uid(study_uid, "Study Instance UID")
-        series = self._call("list the study's series", self._client.search_for_series,
-                            study_instance_uid=study_uid, fields=["Modality"])
+        lim = self.limits
+        what = "list the study's series"
+        series = self._call(what, self._client.search_for_series, study_instance_uid=study_uid, fields=["Modality"])
+        try:
+            series = qido_items(series, what, 10 ** 9)
+        except ServerAnswerError as err:
+            text = str(err)
+            raise PacsError(f"{self.url}: {text if text.startswith(what) else f'{what}: {text}'}") from None
         if not series:
             raise PacsError(f"{self.url}: no series in study {study_uid} (not on this server?)")
+        if len(series) > lim.max_series:  # refused before one more request (10 000 series = 10 000 requests)
+            raise PacsError(f"{self.url}: study {study_uid} lists {len(series)} series, more than the limit of "
+                            f"{lim.max_series} (not a chest radiograph study?; ELVIS_PACS_MAX_SERIES raises it)")
         wanted = {m.upper() for m in modalities}
         out: List[Tuple[str, str, str]] = []
         for s in series:
-            mod = str(_value(s, "00080060")).upper()
+            mod = self._call(what, attr_str, s, "00080060", what, 16).upper()
             if wanted and mod not in wanted:
                 continue
-            se_uid = _safe_uid(_value(s, "0020000E"), "Series Instance UID")
-            inst = self._call("list the series' instances", self._client.search_for_instances,
-                              study_instance_uid=study_uid, series_instance_uid=se_uid)
-            for i in inst or []:
-                out.append((se_uid, _safe_uid(_value(i, "00080018"), "SOP Instance UID"), mod))
+            se_uid = self._call(what, attr_uid, s, "0020000E", what)
+            w2 = "list the series' instances"
+            inst = self._call(w2, self._client.search_for_instances, study_instance_uid=study_uid,
+                              series_instance_uid=se_uid, limit=lim.max_instances + 1)
+            inst = self._call(w2, qido_items, inst, w2, 10 ** 9)
+            if len(out) + len(inst) > lim.max_instances:
+                raise PacsError(f"{self.url}: study {study_uid} has more than {lim.max_instances} instances to fetch "
+                                "(the limit; ELVIS_PACS_MAX_INSTANCES raises it)")
+            for i in inst:
+                out.append((se_uid, self._call(w2, attr_uid, i, "00080018", w2), mod))
         return out
 
     # -- WADO-RS --------------------------------------------------------------------------------------------------
@@ -281,31 +305,41 @@ class PacsClient:
                 result.cached += 1
             else:
                 try:
-                    ds = self._retrieve(study_uid, se_uid, sop_uid)
+                    ds = self._retrieve(study_uid, se_uid, sop_uid, expect_image=_mod in IMAGE_MODALITIES)
                 except PacsError as err:
                     raise PacsError(f"{err} — stopped after {k} of {total} instances; the cache holds only complete "
                                     "instances, fetch again to resume") from None
-                if str(getattr(ds, "SOPInstanceUID", "")) != sop_uid:
-                    raise PacsError(f"{self.url}: the server sent another instance than asked for ({sop_uid})")
-                _write_instance(ds, dest)
+                _write_instance(ds, dest)  # only a parsed, complete instance with the asked-for UID gets here
                 result.downloaded += 1
             result.files.append(dest)
             if progress is not None:
                 progress(k + 1, total)
         return result
 
-    def _retrieve(self, study_uid: str, se_uid: str, sop_uid: str):
+    def _retrieve(self, study_uid: str, se_uid: str, sop_uid: str, expect_image: bool = False):
         """One instance in its stored transfer syntax (``transfer-syntax=*``: no server-side transcoding, which
-        would decompress, or worse, recompress); a server that refuses ``*`` (406) is asked for its default."""
+        would decompress, or worse, recompress); a server that refuses ``*`` (406) is asked for its default.
+        The answer is read by the bounded session, parsed strictly as one multipart part and checked as a complete
+        DICOM instance with the asked-for SOP Instance UID (validate.py) before anyone may cache it."""
+        what = "retrieve an instance"
+        url = f"{self.url}/studies/{study_uid}/series/{se_uid}/instances/{sop_uid}"
         if self._any_syntax:
             try:
-                return self._call("retrieve an instance", self._client.retrieve_instance, study_uid, se_uid,
-                                  sop_uid, media_types=(("application/dicom", "*"),))
+                return self._call(what, self._get_instance, url, sop_uid, expect_image,
+                                  'multipart/related; type="application/dicom"; transfer-syntax=*')
             except PacsError as err:
                 if "HTTP 406" not in str(err) and "HTTP 400" not in str(err):
                     raise
                 self._any_syntax = False
-        return self._call("retrieve an instance", self._client.retrieve_instance, study_uid, se_uid, sop_uid)
+        return self._call(what, self._get_instance, url, sop_uid, expect_image,
+                          'multipart/related; type="application/dicom"')
+
+    def _get_instance(self, url: str, sop_uid: str, expect_image: bool, accept: str):
+        resp = self._session.get(url, headers={"Accept": accept}, timeout=self.timeout)
+        resp.raise_for_status()
+        what = "retrieve an instance"
+        part = single_part(resp.content, resp.headers.get("Content-Type", ""), what)
+        return check_instance(part, sop_uid, what, self.limits.max_response_bytes, expect_image=expect_image)
 
     # -- STOW-RS --------------------------------------------------------------------------------------------------
     def store(self, paths: Sequence[os.PathLike | str]) -> int:

@@ -222,16 +222,11 @@ def read_json_for_review(path: str | Path, images_root: str | Path, rescale: boo
     if not path.is_file():
         raise AnnotationError("annotation file not found" if not path.exists() else "is not a file", path)
     check_annotation_size(path)
-    try:
-        data = json.loads(path.read_text(encoding="utf-8-sig"))
-    except FileNotFoundError:
-        raise AnnotationError("annotation file not found", path) from None
-    except OSError as err:
-        raise AnnotationError(f"cannot be read ({err.strerror or type(err).__name__})", path) from None
-    except (UnicodeDecodeError, json.JSONDecodeError) as err:
-        raise AnnotationError(f"not valid JSON ({err.__class__.__name__})", path) from None
-    except RecursionError:
-        raise AnnotationError("not usable JSON: nested too deeply", path) from None
+    from elvis_core.io.limits import limits
+    from elvis_core.io.safe_json import read_json_file
+
+    # depth checked before parsing; a 100 000-digit number, bad UTF-8, bad JSON: one clean line
+    data = read_json_file(path, AnnotationError, max_bytes=limits().max_annotation_bytes)
     if not isinstance(data, dict) or not isinstance(data.get("images"), list) or not isinstance(
         data.get("annotations"), list
     ):

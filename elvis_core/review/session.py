@@ -359,9 +359,13 @@ def open_session(annotations: str | os.PathLike, images_root: str | os.PathLike,
 
 
 def find_report(item: ReviewItem, images_root: Optional[str | os.PathLike] = None) -> Optional[Path]:
-    """The study report of an item in the MIMIC-CXR layout: ``.../sYYYYYYYY/x.dcm`` → ``.../sYYYYYYYY.txt``."""
+    """The study report of an item: in the MIMIC-CXR layout ``.../sYYYYYYYY/x.dcm`` → ``.../sYYYYYYYY.txt``; for a
+    study fetched from a PACS (``<StudyUID>/<SeriesUID>/<SOPUID>.dcm``) the text SR of the same study."""
     study_dir = Path(item.image_path).parent
     cand = study_dir.with_name(study_dir.name + ".txt")
     if cand.is_file():
         return cand
-    return None
+    from elvis_core.io.sr_report import find_study_sr_report
+
+    sr = find_study_sr_report(item.image_path)
+    return Path(sr) if sr else None

@@ -34,6 +34,7 @@ from torch import nn
 
 from elvis_core.errors import CheckpointError, ConfigError, ElvisError
 from elvis_core.model.checkpoint import load_checkpoint, save_checkpoint
+from elvis_core.model.vocab import merge_known_words, tokenizer_whole_words
 from elvis_core.training.config import INIT_FROM_OVERRIDES, model_config_from
 from elvis_core.training.objectives import CombinedObjective
 
@@ -428,6 +429,7 @@ def train(cfg: Dict[str, Any], out_dir: Optional[str] = None, progress: Optional
                 {k: model_cfg["image"].get(k) for k in INIT_FROM_OVERRIDES}:  # same weights, another grid/anchor
             again = build_model(model_cfg, tokenizer=model.tokenizer, init_text_from_path=False)
             again.load_state_dict(model.state_dict())
+            again.known_words = getattr(model, "known_words", None)
             model = again
         model = model.train()
         if is0:
@@ -445,6 +447,11 @@ def train(cfg: Dict[str, Any], out_dir: Optional[str] = None, progress: Optional
             tokenizer = _tokenizer_from_rank0(tokenizer, world, rank)
         torch.manual_seed(tc["seed"])
         model = build_model(model_cfg, tokenizer=tokenizer)
+    prior_known = getattr(model, "known_words", None) if (resume or cfg["model"].get("init_from")) else None
+    if prior_known is None and model_cfg["text"]["source"] != "config":  # a pretrained text encoder's own words
+        prior_known = {"source": "pretrained tokenizer whole words", "words": tokenizer_whole_words(model.tokenizer)}
+    if not (resume and prior_known):  # a resumed run's checkpoint already holds this run's words
+        model.known_words = merge_known_words(prior_known, train_texts, f"{len(train_texts)} training reports")
     model.to(device).train()
     if device.type == "cuda":
         torch.backends.cuda.matmul.allow_tf32 = True  # fp32 matmuls outside autocast (objectives' fp32 parts)

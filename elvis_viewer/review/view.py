@@ -572,6 +572,7 @@ class ReviewView(QtWidgets.QWidget):
             raise ElvisError("nothing loaded to export")
         stem = stem or (self.annotations_path.stem + ".reviewed" if self.annotations_path else "review")
         paths = export_all(self.session.items, out_dir, stem)
+        self.session.store.checkpoint()  # the review .sqlite alone holds every exported decision
         self._say("exported " + ", ".join(p.name for p in paths.values()))
         return paths
 
@@ -586,7 +587,11 @@ class ReviewView(QtWidgets.QWidget):
             except ElvisError as err:
                 QtWidgets.QMessageBox.warning(self, "Export failed", str(err))
 
-    def closeEvent(self, ev) -> None:
+    def close_session(self) -> None:
+        """Checkpoint and close the review file (quit, switching annotations): the .sqlite alone holds it all."""
         if self.session is not None:
-            self.session.close()
+            self.session.close()  # idempotent; the object stays for callbacks still queued (they read memory only)
+
+    def closeEvent(self, ev) -> None:
+        self.close_session()
         super().closeEvent(ev)

@@ -74,14 +74,14 @@ def test_render_overlay_shapes_and_colours():
     eng = GroundingEngine(StandInModel(), device="cpu")
     eng.set_image(rad)
     gm = eng.ground("bright")
-    fig0 = render_overlay(rad, gm, opacity=0.0, min_side=0)
+    fig0 = render_overlay(rad, gm, opacity=0.0, min_side=0, trust="")
     assert fig0.dtype == np.uint8 and fig0.ndim == 3 and fig0.shape[0] == 96 and fig0.shape[1] > 160
     assert (fig0[:, :160, 0] == fig0[:, :160, 1]).all()  # opacity 0: grey image only
     assert fig0[50, 0, 0] < fig0[50, 159, 0]  # the display window keeps the ramp
     fig = render_overlay(rad, gm, boxes=[(10, 10, 20, 20)], phrase="bright", footer="ckpt abc", opacity=1.0,
                          min_side=0)
     assert fig.shape[0] > 96  # phrase + footer bands
-    big = render_overlay(rad, gm, opacity=1.0)  # small images are enlarged to 512 px on the long side
+    big = render_overlay(rad, gm, opacity=1.0, trust="")  # small images are enlarged to 512 px on the long side
     assert big.shape[0] == 307 and big.shape[1] > 512
     # opacity 1: the bright right end (similarity ~ +0.9 for "bright") is red, the dark left end (~ 0) near white
     assert big[150, 500, 0] > 2 * big[150, 500, 2]

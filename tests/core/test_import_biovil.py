@@ -84,6 +84,9 @@ def test_biovil_maps_and_text_match_reference(biovil, biovil_ckpt):
     from elvis_core.model.checkpoint import load_checkpoint
 
     m = load_checkpoint(biovil_ckpt)
+    # an imported model records its tokenizer's whole words (its pretraining corpus is not published)
+    assert "tokenizer whole-word vocabulary" in m.known_words["source"]
+    assert "atelectasis" in m.known_words["words"] and not any(w.startswith("##") for w in m.known_words["words"])
     with torch.no_grad():
         ours = m.encode_image(x[:, :1]).global_emb[0]
     assert float((ours - biovil["image"].global_embedding(x)[0]).abs().max()) < 1e-4

@@ -82,8 +82,8 @@ def test_bad_files_listed_junk_ignored_sr_skipped(tree):
     errs = {os.path.basename(p): m for p, m in res.errors}
     assert set(errs) == {"broken.dcm", "trunc.dcm", "emptyfile.dcm"}
     assert "not a DICOM" in errs["broken.dcm"] and "empty" in errs["emptyfile.dcm"]
-    assert [os.path.basename(p) for p, _ in res.skipped] == ["sr.dcm"]
-    assert "Structured Report" in res.skipped[0][1]
+    # an SR belongs to its study (a report, a review): never a problem, neither an error nor "skipped (no image)"
+    assert res.skipped == [] and "sr.dcm" not in errs
     assert not any("README" in p or "DS_Store" in p for p, _ in res.errors)
 
 

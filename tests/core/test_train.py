@@ -199,6 +199,15 @@ def test_tiny_training_run_loss_falls_reloads_and_resumes(phantom, tmp_path):
     assert cfg_json["provenance"]["training"]["steps_done"] == 24
     assert cfg_json["provenance"]["data"]["n_train_pairs"] == 23
     assert cfg_json["provenance"]["objectives"]["weights"]["global"] == 1.0
+    # the words its text encoder was trained on, recorded beside config.json (unknown words are named later)
+    from elvis_core.model.vocab import known_words_from_texts
+    from elvis_core.training.data import find_pairs
+
+    pairs = find_pairs(root)[0]
+    report_words = set(known_words_from_texts(p.text for p in pairs))
+    assert (out / "model" / "known_words.json").is_file()
+    assert m.known_words["source"] == f"{len(pairs)} training reports" and 20 < len(m.known_words["words"])
+    assert set(m.known_words["words"]) <= report_words
     x = torch.randn(2, 1, 64, 64)
     tok = m.tokenize(["small left pleural effusion", "cardiomegaly"])
     m2 = load_checkpoint(res.model_dir)
@@ -363,6 +372,8 @@ def test_init_from_with_weight_preserving_overrides(phantom, tmp_path):
     fine = load_checkpoint(res.model_dir)
     assert fine.config["image"]["dilate_stages"] == 1 and fine.config["image"]["mirror_average"] is True
     assert fine.grid_shape()[0] == 2 * coarse.grid_shape()[0]
+    assert set(coarse.known_words["words"]) <= set(fine.known_words["words"])  # trained further: keeps its words
+    assert fine.known_words["source"].endswith("+ " + coarse.known_words["source"])
     with pytest.raises(ConfigError, match="projection"):
         train(_tiny_cfg(phantom, tmp_path / "bad", **{"model.init_from": repr(str(base.model_dir)),
                                                        "model.overrides": "{projection = {dim = 64}}"}))

@@ -35,7 +35,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Dict, List, Optional, Tuple
 
-KINDS = ("dicom", "report", "csv", "coco", "checkpoint")
+KINDS = ("dicom", "report", "csv", "coco", "checkpoint", "pacs", "import", "review", "special")
 
 #: small pydicom / pydicom-data files (every codec the reader handles, colour, big endian, deflate, multi-frame, RT)
 DICOM_SEEDS = (
@@ -646,6 +646,10 @@ MAKERS: Dict[str, Callable] = {"dicom": make_dicom, "report": make_report, "csv"
 def make_case(kind: str, seeds: Seeds, seed: int, out_dir: Path, big: bool = True) -> Case:
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
+    from tests.fuzz.fuzz_surfaces import MAKERS as SURFACE_MAKERS
+
+    if kind in SURFACE_MAKERS:  # issue 24's surfaces: hostile server, model folders, review files, special files
+        return SURFACE_MAKERS[kind](seeds, seed, out_dir)
     try:
         if kind in ("report", "csv"):
             return MAKERS[kind](seeds, seed, out_dir, big=big)
@@ -809,7 +813,9 @@ def run_case(case: Case, seeds: Seeds) -> Outcome:
                 rad = read_image(str(seeds.dicoms[-1]))
                 run.call("ground", eng.ground_image, rad, "left lower lobe opacity")
     else:
-        raise ValueError(kind)
+        from tests.fuzz.fuzz_surfaces import RUNNERS
+
+        RUNNERS[case.kind](case, run)
     return Outcome(run.status, run.detail)
 
 

@@ -109,6 +109,21 @@ def test_rust_panic_in_the_rle_decoder_is_a_clean_error():
     assert "PanicException" in str(exc.value) or "cannot decode" in str(exc.value)
 
 
+def test_rust_panic_output_is_swallowed_even_with_a_backtrace():
+    """With RUST_BACKTRACE=1 the panic printed 124 lines on stderr before our line: now one line only."""
+    import os
+    import subprocess
+    import sys
+
+    repo = Path(__file__).resolve().parents[2]
+    env = dict(os.environ, RUST_BACKTRACE="1", PYTHONPATH=str(repo))
+    r = subprocess.run([sys.executable, "-m", "elvis_core", "inspect", str(DATA / "rle_panic.dcm")],
+                       capture_output=True, text=True, env=env, cwd=str(repo), timeout=120)
+    lines = [ln for ln in r.stderr.splitlines() if ln.strip()]
+    assert r.returncode != 0 and len(lines) == 1 and "rle_panic.dcm" in lines[0], r.stderr[-2000:]
+    assert "panicked" not in r.stderr and "stack backtrace" not in r.stderr
+
+
 def test_keyboard_interrupt_in_a_decoder_is_not_swallowed(tmp_path, monkeypatch):
     import elvis_core.io.dicom as dicom_mod
 
@@ -607,3 +622,15 @@ def test_jpeg_marker_bytes_inside_a_jpeg2000_file_are_not_read_as_a_jpeg_header(
     rg = read_radiograph(out)
     assert rg.pixels.shape == ref.pixels.shape
     assert np.array_equal(rg.pixels, ref.pixels)
+
+
+def test_coco_with_a_100000_digit_number_is_a_clean_error(tmp_path):
+    """json.loads raises a plain ValueError past Python's 4 300-digit integer limit (it escaped as a traceback)."""
+    from elvis_core.errors import AnnotationError
+    from elvis_core.review.importer import import_annotations
+
+    p = tmp_path / "big.json"
+    p.write_text('{"images": [{"id": ' + "9" * 100000 + ', "file_name": "a.png"}], "annotations": []}')
+    with pytest.raises(AnnotationError) as e:
+        import_annotations(p, tmp_path)
+    assert "too many digits" in str(e.value) and "\n" not in str(e.value) and str(p) in str(e.value)

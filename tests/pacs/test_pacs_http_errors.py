@@ -124,4 +124,4 @@ def test_pacs_cli_without_url_or_with_bad_dates(monkeypatch, capsys):
     assert main(["pacs", "search"]) == 2
     assert "no server: give --url or set $ELVIS_PACS_URL" in capsys.readouterr().err
     assert main(["pacs", "search", "--url", "http://127.0.0.1:9/dicom-web", "--from", "01/02/2024"]) == 2
-    assert "date must be YYYYMMDD or YYYY-MM-DD" in capsys.readouterr().err
+    assert "--from: '01/02/2024' is not a valid date (YYYY-MM-DD or YYYYMMDD)" in capsys.readouterr().err

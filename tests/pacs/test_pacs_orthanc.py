@@ -15,7 +15,7 @@ import pydicom
 import pytest
 from pydicom.data import get_testdata_file
 
-from elvis_core.dicom_results import SrBox, grounding_seg, read_source, review_sr, write_dataset
+from elvis_core.dicom_results import MapLayer, ModelInfo, SrBox, maps_seg, read_source, review_sr, write_dataset
 from elvis_core.io.report import read_report
 from elvis_core.io.studies import scan_folder
 from elvis_core.pacs import PacsCancelled, PacsClient, PacsError, redact_url
@@ -148,7 +148,7 @@ def test_export_sr_and_seg_stow_and_find_them(orthanc, seeded, tmp_path, capsys)
                                                   "accepted", "alice")]), tmp_path / "boxes.sr.dcm")
     yy, xx = np.mgrid[0:src.Rows, 0:src.Columns]
     sim = np.cos(xx / 300.0).astype(np.float32) * 0.3
-    seg, _ = grounding_seg(src, sim, "right apical pneumothorax", "demo_model", "0123456789abcdef" * 4)
+    seg = maps_seg(src, [MapLayer("right apical pneumothorax", sim)], ModelInfo("demo_model", "0123456789abcdef" * 4))
     seg_path = write_dataset(seg, tmp_path / "map.seg.dcm")
     for p in (sr_path, seg_path):
         assert_dciodvfy_clean(p, capsys)
@@ -220,7 +220,9 @@ def test_cli_search_fetch_store_keep_credentials_and_identifiers_out(orthanc, se
     assert r.returncode == 0, r.stderr
     folder = Path(r.stdout.strip().splitlines()[-1])
     got = [pydicom.dcmread(str(p), stop_before_pixels=True).Modality for p in folder.rglob("*.dcm")]
-    assert folder.is_dir() and got.count("CR") == 1 and "SEG" not in got  # CR + SR(s) only: no stored SEG
+    # the CR, its SRs (report + our review SR stored earlier) and the SEG stored back: results come both ways
+    assert folder.is_dir() and got.count("CR") == 1 and got.count("SEG") == 1 and got.count("SR") >= 1
+    assert set(got) <= {"CR", "SR", "SEG"}
     # bearer token path: Orthanc wants basic auth, so the token is refused (401) — and never printed
     r = _cli(["search"], {"ELVIS_PACS_URL": orthanc.dicomweb, "ELVIS_PACS_TOKEN": "tok-SECRET-123"})
     last = r.stderr.strip().splitlines()[-1]

@@ -57,6 +57,7 @@ def test_open_from_pacs_export_and_stow(orthanc, win, qtbot, tmp_path, capsys):
         dlg.search_button.click()
     assert sig.args == [1] and dlg.table.rowCount() == 1, dlg.last_error
     assert dlg.table.item(0, 1).text() == "•••"  # identifiers hidden unless the privacy toggle is on
+    assert dlg.table.item(0, 2).text() == "•••" and dlg.table.item(0, 4).text() == "•••"  # accession, description
     settings_text = Path(win.settings.fileName()).read_text()
     assert orthanc.dicomweb in settings_text and PASSWORD not in settings_text
     with qtbot.waitSignal(dlg.fetched, timeout=60000):
@@ -76,8 +77,11 @@ def test_open_from_pacs_export_and_stow(orthanc, win, qtbot, tmp_path, capsys):
                                on_done=lambda dest, n: seg_done.append((dest, n)))
     qtbot.waitUntil(lambda: bool(seg_done), timeout=60000)
     seg_path, stored = seg_done[0]
-    assert stored == 1
+    assert stored == 2  # the FRACTIONAL SEG and the RGB Secondary Capture heat map
     assert_dciodvfy_clean(Path(seg_path), capsys)
+    sc_path = Path(str(seg_path).replace(".seg.dcm", ".sc.dcm"))
+    assert_dciodvfy_clean(sc_path, capsys)
+    assert "small right pleural effusion" in pydicom.dcmread(str(sc_path), stop_before_pixels=True).ImageComments
 
     # review the fetched image's boxes and export them as SR, stored back too
     cr = Path(win.session.rad_path)
@@ -98,3 +102,36 @@ def test_open_from_pacs_export_and_stow(orthanc, win, qtbot, tmp_path, capsys):
     uids = {pydicom.dcmread(str(p), stop_before_pixels=True).SOPInstanceUID for p in (seg_path, res.written[0])}
     inst = win.pacs_client._client.search_for_instances(study_instance_uid=RG1_STUDY)
     assert uids <= {i["00080018"]["Value"][0] for i in inst}
+
+
+def test_review_resumes_from_the_pacs_sr(orthanc, win, qtbot, tmp_path):
+    """A study whose review SR is on the PACS: fetched, opened, File → Resume review from the study's DICOM SR gives
+    the Review tab with every decision restored (the reading tab shows the study's narrative SR report)."""
+    from elvis_core.dicom_results import SrBox, read_source, review_sr, write_dataset
+    from elvis_core.pacs import PacsClient
+
+    src = read_source(RG1)
+    boxes = [SrBox(200, 300, 400, 350, "Pneumothorax", "right apical pneumothorax", "accepted", "alice"),
+             SrBox(900, 1200, 300, 300, "Pleural Effusion", "small effusion", "rejected", "alice", reason="artefact")]
+    orthanc.upload(RG1)
+    orthanc.upload(report_sr(RG1, {"FINDINGS": "Right apical pneumothorax.", "IMPRESSION": "Pneumothorax."},
+                             tmp_path / "rep.dcm"))
+    orthanc.upload(write_dataset(review_sr(src, boxes), tmp_path / "rev.sr.dcm"))
+    client = PacsClient(orthanc.dicomweb, username=USER, password=PASSWORD, cache_dir=tmp_path / "cache")
+    folder = client.fetch_study(RG1_STUDY).folder
+    assert pacs_dialog._has_review_sr(sorted(folder.rglob("*.dcm")))  # the dialog's hint after a fetch
+    assert not pacs_dialog._has_review_sr([p for p in folder.rglob("*.dcm")
+                                           if pydicom.dcmread(p, stop_before_pixels=True).Modality != "SR"])
+    win.open_folder(str(folder))
+    qtbot.waitUntil(lambda: win.session.rad is not None and win.session.report is not None, timeout=60000)
+    # a narrative SR of the study is the report (this module's server holds two), never our review SR
+    assert "FINDINGS" in win.session.report.text and any("Enhanced SR" in w for w in win.session.report.warnings)
+    got = []
+    pacs_dialog.review_from_pacs_sr(win, on_done=got.append)
+    qtbot.waitUntil(lambda: bool(got), timeout=60000)
+    assert got[0] is not None and got[0].n_decisions == 2
+    rs = win.review_view.session
+    status = {it.label_text: [(b.status, b.reason, b.reviewer) for b in it.boxes] for it in rs.items}
+    assert status == {"right apical pneumothorax": [("accepted", "", "alice")],
+                      "small effusion": [("rejected", "artefact", "alice")]}
+    assert win.tabs.currentWidget() is win.review_view

@@ -72,6 +72,15 @@ def test_basic_text_sr_and_a_single_text_item_with_its_own_headers(tmp_path):
     assert rep.text == whole + "\n"
     assert [s.name for s in rep.sections] == ["FINDINGS", "IMPRESSION"]
     assert any("Basic Text SR" in w for w in rep.warnings)
+    # MIMIC-style: a title line first, the headers further down: no spurious FINDINGS before the real one
+    mimic = ("                                 FINAL REPORT\n EXAMINATION:  CHEST (PA AND LAT)\n\n"
+             " FINDINGS:  Heart size is normal.  No effusion.\n\n IMPRESSION:  No acute process.")
+    ds.ContentSequence[0].ContentSequence[0].TextValue = mimic
+    ds.save_as(str(tmp_path / "mimic.dcm"), enforce_file_format=True)
+    rep = read_report(tmp_path / "mimic.dcm")
+    assert rep.text.count("FINDINGS") == 1 and rep.text.lstrip().startswith("FINAL REPORT")
+    assert [s.name for s in rep.sections].count("FINDINGS") == 1
+    assert "IMPRESSION" in [s.name for s in rep.sections]
     ds.ContentSequence = []
     ds.save_as(str(tmp_path / "empty.dcm"), enforce_file_format=True)
     with pytest.raises(ReportReadError, match="empty.dcm: structured report holds no text"):

@@ -55,10 +55,13 @@ def test_demo_selects_first_annotated_phrase_and_draws_map_and_boxes(qtbot, tmp_
     # the drawn overlay: its hottest cell lands where the core's GroundingMap says, and it covers the image
     iv = win.image_view
     g = iv.gmap
-    # the overlay range is auto for every model, symmetric about 0 (white = similarity 0), with the fade on
+    # the overlay range is auto, symmetric about 0 (white = similarity 0), with the fade on: stretched to ±max for
+    # a confident map, the fixed [-1, 1] for a map below its presence threshold or from an uncalibrated model
     assert win.overlay_panel.settings().range == "auto" and win.overlay_panel.settings().fade
     lo, hi = iv.overlay_levels()
-    assert lo == -hi and hi == pytest.approx(float(np.abs(g.similarity).max()))
+    assert g.peak is not None
+    assert lo == -hi and hi == pytest.approx(float(np.abs(g.similarity).max()) if g.confident else 1.0)
+    assert g.trust_line(words=False) in iv.corner_text("tl")
     i, j = g.peak_cell()
     # the drawn (smooth) overlay is at its top level where the core's map peaks (a bilateral phrase has two
     # near-equal peaks, so the drawn argmax may be the other one: compare values, not places)

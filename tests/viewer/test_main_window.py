@@ -160,6 +160,10 @@ def test_click_sentence_grounds_and_overlay_covers_image(qtbot, win, study_root)
     assert win.overlay_panel.token_combo.count() > 1
     win.overlay_panel.token_combo.setCurrentIndex(1)
     assert "token" in iv.gmap.phrase
+    # a token map is its own, uncalibrated map: its own peak, on the fixed scale
+    g = win.session.slots[0].gmap
+    assert iv.gmap.peak == pytest.approx(float(np.max(g.token_maps[0])), abs=1e-6) and iv.gmap.presence is None
+    assert iv.overlay_levels() == (-1.0, 1.0) and f"uncalibrated (peak {iv.gmap.peak:.2f})" in iv.corner_text("tl")
 
 
 def test_new_selection_supersedes_old(qtbot, win, study_root):
@@ -264,8 +268,12 @@ def test_compare_mode_two_maps_synchronised(qtbot, win, study_root):
     a.view_box.setRange(QtCore.QRectF(20, 20, 40, 40), padding=0)
     assert b.view_box.viewRect().center().x() == pytest.approx(a.view_box.viewRect().center().x(), abs=1e-3)
     assert "baseline" in a.corner_text("tl") and "elvis" in b.corner_text("tl")
-    # one shared scale (±max over both maps) by default; split on request
-    assert a.overlay_levels() == b.overlay_levels() == win.session.shared_levels()
+    # in-memory models are uncalibrated: "auto" keeps both maps on the fixed [-1, 1] scale (never stretched)
+    assert a.gmap.presence is None and a.overlay_levels() == b.overlay_levels() == (-1.0, 1.0)
+    assert "uncalibrated (peak" in a.corner_text("tl") and "uncalibrated (peak" in b.corner_text("tl")
+    # stretched on request: one shared scale (±max over both maps) by default; split on request
+    win.overlay_panel.change(range="stretch")
+    assert a.overlay_levels() == b.overlay_levels() == win.session.shared_levels() != (-1.0, 1.0)
     win.overlay_panel.change(shared_scale=False)
     assert a.overlay_levels() != b.overlay_levels()
 
