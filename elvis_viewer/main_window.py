@@ -292,6 +292,7 @@ class MainWindow(WindowLayoutMixin, WindowDialogsMixin, QtWidgets.QMainWindow):
             self.session.ground_phrase(phrase.label_text)
 
     def show_message(self, text: str, banner: bool = True) -> None:
+        text = self.mask_text(text)
         if text:
             self.statusBar().showMessage(text, 15000)
         if banner:
@@ -322,14 +323,13 @@ class MainWindow(WindowLayoutMixin, WindowDialogsMixin, QtWidgets.QMainWindow):
         self.preset_combo.clear()
         self.preset_combo.addItems([w.name for w in self.image_view.presets()])
         self._update_identity()
-        self.setWindowTitle(f"ELVIS Viewer — {os.path.basename(path)}")
+        self._update_titles()  # the file name, a UID masked while identifiers are hidden
         self.imageShown.emit(path)
 
     def _on_report(self) -> None:
         s = self.session
         rep = s.report
-        self.report_title.setText("Report — " + (os.path.basename(rep.source_path) if rep is not None and
-                                                 rep.source_path else "none found"))
+        self._update_titles()
         phrases = s.annotated_phrases()
         self.report_view.set_report(rep, [p.label_text for p in phrases])
         self.annot_combo.clear()

@@ -1,10 +1,13 @@
 """Privacy toggle and the main window's dialogs (file pickers, tag inspector, shortcut sheet, export), a mixin of
 :class:`elvis_viewer.main_window.MainWindow`. Patient identifiers are shown only in the tag inspector and the corner
-text, only while the privacy toggle is on (off by default, never saved)."""
+text, only while the privacy toggle is on (off by default, never saved); while it is off, DICOM UIDs in the window
+title, the study list, the thumbnails, the report title and messages (a PACS cache names folders and files by UID)
+are shown as their pseudonym, and the tag inspector shows the PS3.15 pseudonym of every UID of the profile."""
 
 from __future__ import annotations
 
 import os
+
 from typing import Any, Callable
 
 from PySide6 import QtWidgets
@@ -20,6 +23,25 @@ class WindowDialogsMixin:
         if act.isChecked() != self.reveal_identifiers:
             act.setChecked(self.reveal_identifiers)
         self._update_identity()
+        for lst in (self.study_browser, self.thumb_strip):
+            lst.set_reveal(self.reveal_identifiers)
+        self._update_titles()
+
+    def mask_text(self, text: str) -> str:
+        """``text`` as the window shows it: DICOM UIDs in it pseudonymised unless the privacy toggle is on."""
+        if getattr(self, "reveal_identifiers", False):
+            return text
+        from elvis_core.io.uid_mask import mask_uids_in_text
+
+        return mask_uids_in_text(text)
+
+    def _update_titles(self) -> None:
+        s = self.session
+        self.setWindowTitle("ELVIS Viewer" + (f" — {self.mask_text(os.path.basename(s.rad_path))}"
+                                              if s.rad_path and s.rad is not None else ""))
+        rep = s.report
+        self.report_title.setText("Report — " + (self.mask_text(os.path.basename(rep.source_path))
+                                                 if rep is not None and rep.source_path else "none found"))
 
     @property
     def privacy_act(self):
@@ -76,11 +98,11 @@ class WindowDialogsMixin:
             self.load_annotations(p)
 
     def export_dialog(self):
-        from elvis_viewer.export import default_name
+        from elvis_viewer.export import default_name, safe_stem
 
         s = self.session
         e = s.entry(s.rad_path) if s.rad_path else None
-        study = os.path.basename(e.study_key) if e else "image"
+        study = safe_stem(e.study_key) if e else "image"  # a StudyInstanceUID never names an export
         p = self._ask(QtWidgets.QFileDialog.getSaveFileName, "Export view", default_name(study, s.phrase.text),
                       "PNG (*.png)")
         if p:
