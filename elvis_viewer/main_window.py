@@ -44,7 +44,6 @@ class MainWindow(WindowLayoutMixin, WindowDialogsMixin, QtWidgets.QMainWindow):
         self.session = session or ViewerSession(self)
         self.setWindowTitle("ELVIS Viewer")
         self.setAcceptDrops(True)
-        self.resize(1500, 950)
         self.reveal_identifiers = False
         self.tag_dialog = self.shortcut_dialog = None
         self._tab_layouts: dict = {}
@@ -54,6 +53,7 @@ class MainWindow(WindowLayoutMixin, WindowDialogsMixin, QtWidgets.QMainWindow):
         self.actions_by_id = build_actions(self)
         self._build_toolbar_extras()
         self._connect()
+        self._init_geometry()
         self._restore_state()
         self._apply_overlay_settings(self.overlay_panel.settings())
 
