@@ -105,6 +105,12 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     args = build_parser().parse_args(argv)
     if args.install_desktop_entry:
         return _install_desktop_entry()
+    from elvis_viewer.xlibs import check_x11
+
+    problem = check_x11()  # before Qt: one line naming the missing X libraries instead of Qt's abort
+    if problem:
+        print(problem, file=sys.stderr)
+        return 2
     from PySide6 import QtCore, QtWidgets
 
     from elvis_viewer.main_window import MainWindow
