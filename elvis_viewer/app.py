@@ -135,6 +135,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             print(f"--size {args.size}: expected WIDTHxHEIGHT, e.g. 1280x720", file=sys.stderr)
             return 2
         win.resize(w, h)
+    if args.screenshot and win.review_view is not None:
+        win.review_view.unattended = True  # never waits on a dialog (reviewer name, rescale, file in use)
     win.show()
     timing = os.environ.get("ELVIS_VIEWER_TIMING")
     if timing:  # benchmarks/viewer_speed.py: wall-clock stamps of the window and the first painted image

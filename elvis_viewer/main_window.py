@@ -15,7 +15,7 @@ from typing import Optional
 
 from PySide6 import QtCore, QtGui, QtWidgets
 
-from elvis_viewer.actions import build_actions
+from elvis_viewer.actions import build_actions, pass_window_shortcuts
 from elvis_viewer.image_view import ImageView
 from elvis_viewer.overlay_panel import OverlayPanel, OverlaySettings, apply_settings
 from elvis_viewer.report_view import ReportView
@@ -51,6 +51,7 @@ class MainWindow(WindowLayoutMixin, WindowDialogsMixin, QtWidgets.QMainWindow):
         self._build_docks()
         self._build_status()
         self.actions_by_id = build_actions(self)
+        pass_window_shortcuts(self.phrase_edit, self.actions_by_id.values())  # Ctrl+E etc. while typing
         self._build_toolbar_extras()
         self._connect()
         self._init_geometry()
@@ -191,6 +192,7 @@ class MainWindow(WindowLayoutMixin, WindowDialogsMixin, QtWidgets.QMainWindow):
         self.overlay_panel.settingsChanged.connect(self._apply_overlay_settings)
         self.overlay_panel.tokenChosen.connect(self._on_token_choice)
         self.tabs.currentChanged.connect(self._on_tab)
+        self.image_view.windowChanged.connect(self._sync_preset_box)
         if self.review_view is not None and hasattr(self.review_view, "engine_ready"):
             # Review asks for the current item's map as soon as the model has loaded (not only on the next key)
             s.modelChanged.connect(lambda k: k == 0 and s.slots[0].engine is not None and self.review_view.engine_ready())
@@ -280,7 +282,7 @@ class MainWindow(WindowLayoutMixin, WindowDialogsMixin, QtWidgets.QMainWindow):
         return self.image_view.measure.add(kind)
 
     def apply_preset(self, name: str) -> None:
-        if name and self.image_view.rad is not None:
+        if name and name != "Custom" and self.image_view.rad is not None:
             self.image_view.apply_preset(name)  # the compare view follows through the link (compare mode only)
 
     def select_annotated_phrase(self, phrase) -> None:
@@ -295,6 +297,8 @@ class MainWindow(WindowLayoutMixin, WindowDialogsMixin, QtWidgets.QMainWindow):
         text = self.mask_text(text)
         if text:
             self.statusBar().showMessage(text, 15000)
+        else:  # e.g. a read ended without warnings: "Reading FILE …" goes
+            self.statusBar().clearMessage()
         if banner:
             self.message_label.setText(text)
             self.message_label.setVisible(bool(text))
@@ -322,9 +326,23 @@ class MainWindow(WindowLayoutMixin, WindowDialogsMixin, QtWidgets.QMainWindow):
             self.compare_view.set_radiograph(rad)
         self.preset_combo.clear()
         self.preset_combo.addItems([w.name for w in self.image_view.presets()])
+        self._sync_preset_box(*self.image_view.window())
         self._update_identity()
         self._update_titles()  # the file name, a UID masked while identifiers are hidden
         self.imageShown.emit(path)
+
+    def _sync_preset_box(self, center: float, width: float) -> None:
+        """The preset box names the preset the window matches, else "Custom" (after a W/L drag)."""
+        box = self.preset_combo
+        voi = getattr(self.image_view, "_use_voi_lut", False)
+        match = "DICOM VOI LUT" if voi else next((w.name for w in self.image_view.presets()
+                      if w.name != "DICOM VOI LUT" and abs(w.center - center) <= 1e-6 * max(1.0, abs(w.center))
+                      and abs(w.width - width) <= 1e-6 * max(1.0, abs(w.width))), None)
+        k = box.findText(match or "Custom")
+        if k < 0:
+            box.addItem("Custom")
+            k = box.count() - 1
+        box.setCurrentIndex(k)
 
     def _on_report(self) -> None:
         s = self.session
