@@ -48,10 +48,33 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+def menu_check_style(base_name: str = "Fusion"):
+    """Fusion, whose menus draw a box around every checkable item's state: empty when off (Fusion alone draws
+    nothing, so "Isolines" off looked like a plain command), its ✓ inside when on."""
+    from PySide6 import QtCore, QtGui, QtWidgets
+
+    class MenuCheckStyle(QtWidgets.QProxyStyle):
+        def drawControl(self, element, option, painter, widget=None):
+            super().drawControl(element, option, painter, widget)
+            if element == QtWidgets.QStyle.ControlElement.CE_MenuItem and isinstance(option, QtWidgets.QStyleOptionMenuItem) \
+                    and option.checkType == QtWidgets.QStyleOptionMenuItem.CheckType.NonExclusive \
+                    and option.icon.isNull():
+                r = QtCore.QRect(option.rect.left() + 8, option.rect.center().y() - 5, 11, 11)
+                painter.save()
+                painter.setPen(QtGui.QColor("#9aa0a8" if option.state & QtWidgets.QStyle.StateFlag.State_Enabled
+                                            else "#5a5e64"))
+                painter.setBrush(QtCore.Qt.BrushStyle.NoBrush)
+                painter.drawRect(r)
+                painter.restore()
+
+    return MenuCheckStyle(QtWidgets.QStyleFactory.create(base_name))
+
+
 def apply_dark_theme(app) -> None:
     from PySide6 import QtGui, QtWidgets
 
-    app.setStyle(QtWidgets.QStyleFactory.create("Fusion"))
+    app._elvis_style = menu_check_style()  # kept referenced: the application does not own a Python style
+    app.setStyle(app._elvis_style)
     pal = QtGui.QPalette()
     C = QtGui.QColor
     R = QtGui.QPalette.ColorRole

@@ -296,3 +296,31 @@ def test_review_screenshot_never_waits_on_a_dialog(qtbot, tmp_path, monkeypatch)
     rc = app_mod.main(["--review", "--annotations", str(csv), "--images", str(tmp_path / "demo"),
                        "--screenshot", str(out), "--timeout", "60"])
     assert rc == 0 and out.exists()
+
+
+def test_checkable_menu_items_show_their_state(qtbot):
+    """An unchecked checkable entry draws an empty box (Fusion alone draws nothing: it looked like a command)."""
+    from elvis_viewer.app import menu_check_style
+
+    style = menu_check_style()
+    m = QtWidgets.QMenu()
+    m.setStyle(style)
+    qtbot.addWidget(m)
+    acts = []
+    for text, checked in (("Isolines", False), ("Plain command", None), ("Show overlay", True)):
+        a = m.addAction(text)
+        if checked is not None:
+            a.setCheckable(True)
+            a.setChecked(checked)
+        acts.append(a)
+    m.popup(QtCore.QPoint(0, 0))
+    qtbot.waitExposed(m)
+    img = m.grab().toImage()
+
+    def ink(a):  # pixels of the check column of an entry that differ from the menu's background
+        r = m.actionGeometry(a)
+        bg = QtGui.QColor(img.pixel(r.right() - 2, r.center().y())).lightness()
+        return sum(abs(QtGui.QColor(img.pixel(x, y)).lightness() - bg) > 40
+                   for x in range(r.left() + 4, r.left() + 22) for y in range(r.top(), r.bottom()))
+    off, plain, on = (ink(a) for a in acts)
+    assert plain == 0 and off > 20 and on > off  # a box when off, a box with its check when on
