@@ -43,7 +43,8 @@ class WindowLayoutMixin:
         self.fit_to_screen()
 
     def available_geometry(self) -> QtCore.QRect:
-        scr = (self.screen() if self.isVisible() else None) or QtGui.QGuiApplication.primaryScreen()
+        scr = (self.screen() if self.isVisible() else None) \
+            or QtGui.QGuiApplication.screenAt(self.frameGeometry().center()) or QtGui.QGuiApplication.primaryScreen()
         return scr.availableGeometry()
 
     def _frame_extra(self) -> tuple:
