@@ -56,9 +56,9 @@ def menu_check_style(base_name: str = "Fusion"):
     class MenuCheckStyle(QtWidgets.QProxyStyle):
         def drawControl(self, element, option, painter, widget=None):
             super().drawControl(element, option, painter, widget)
-            if element == QtWidgets.QStyle.ControlElement.CE_MenuItem and isinstance(option, QtWidgets.QStyleOptionMenuItem) \
-                    and option.checkType == QtWidgets.QStyleOptionMenuItem.CheckType.NonExclusive \
-                    and option.icon.isNull():
+            item = QtWidgets.QStyleOptionMenuItem
+            if element == QtWidgets.QStyle.ControlElement.CE_MenuItem and isinstance(option, item) \
+                    and option.checkType == item.CheckType.NonExclusive and option.icon.isNull():
                 r = QtCore.QRect(option.rect.left() + 8, option.rect.center().y() - 5, 11, 11)
                 painter.save()
                 painter.setPen(QtGui.QColor("#9aa0a8" if option.state & QtWidgets.QStyle.StateFlag.State_Enabled

@@ -42,7 +42,8 @@ def pixel_data_problem(path: str) -> Optional[str]:
         if length == 0xFFFFFFFF:  # encapsulated: items, then the sequence delimiter
             f.seek(max(start, size - TAIL_BYTES))
             if _SEQ_DELIM not in f.read():
-                return f"truncated DICOM: the compressed pixel data has no end ({size} bytes; sequence delimiter missing)"
+                return (f"truncated DICOM: the compressed pixel data has no end ({size} bytes; sequence delimiter "
+                        "missing)")
             return None
     if start + length > size:
         return (f"truncated DICOM: the pixel data needs {length} bytes, the file ends {start + length - size} bytes "

@@ -75,8 +75,8 @@ def _fits(s):
 
 
 def _all_panels_visible(s):
-    return s["status"] and all(vis and inside and dw >= 80 and dh >= 80 for dw, dh, vis, inside in s["docks"].values()) \
-        and s["image"][0] >= 300 and s["image"][1] >= 200
+    docks_ok = all(vis and inside and dw >= 80 and dh >= 80 for dw, dh, vis, inside in s["docks"].values())
+    return s["status"] and docks_ok and s["image"][0] >= 300 and s["image"][1] >= 200
 
 
 def test_first_window_fits_1280x720(tmp_path):

@@ -1,7 +1,6 @@
 """Exports never carry identifiers, whatever the privacy toggle says; UIDs are masked with the other identifiers
 (PS3.15) in the tag inspector, the study list, the thumbnails and the window title while identifiers are hidden."""
 
-import os
 import shutil
 
 import numpy as np
