@@ -64,8 +64,13 @@ def missing_x11_libraries(finder: Optional[Callable[[str], bool]] = None) -> Lis
 
 def check_x11(environ: Optional[Mapping[str, str]] = None, finder: Optional[Callable[[str], bool]] = None,
               platform: str = sys.platform) -> Optional[str]:
-    """None when Qt can start here; else one line naming what is missing and how to install it."""
+    """None when Qt can start here; else one line naming what is missing (a display, X libraries and the packages
+    that provide them)."""
     environ = os.environ if environ is None else environ
+    if platform.startswith("linux") and not (environ.get("QT_QPA_PLATFORM") or environ.get("DISPLAY")
+                                             or environ.get("WAYLAND_DISPLAY")):
+        return ("elvis-viewer: no display (DISPLAY is not set): run it in a desktop session, or with "
+                "QT_QPA_PLATFORM=offscreen and --screenshot")
     if not uses_x11(environ, platform):
         return None
     missing = missing_x11_libraries(finder)

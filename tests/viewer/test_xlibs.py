@@ -25,6 +25,12 @@ def test_nothing_said_when_all_there_or_not_x11():
     assert xlibs.check_x11({"QT_QPA_PLATFORM": "xcb"}, finder=nothing, platform="linux") is not None
 
 
+def test_no_display_said_in_one_line():
+    line = xlibs.check_x11({}, finder=lambda so: True, platform="linux")
+    assert line is not None and "DISPLAY" in line and "\n" not in line
+    assert xlibs.check_x11({}, finder=lambda so: True, platform="darwin") is None
+
+
 def test_real_finder_sees_a_library_that_exists_and_not_one_that_does_not():
     assert xlibs.can_load("libc.so.6")
     assert not xlibs.can_load("libelvis-no-such-library.so.9")
