@@ -18,7 +18,7 @@ DEFAULT_SIZE = (1500, 950)
 #: window-manager decorations assumed before the window is shown (title bar, borders), replaced by the real frame
 FRAME_GUESS = (8, 40)
 #: side panels (left + right) never take more of the window's width than this after a restore
-MAX_DOCK_SHARE = 0.55
+MAX_DOCK_SHARE = 0.5
 
 
 def fitted_size(want: QtCore.QSize, avail: QtCore.QRect, frame: tuple, minimum: QtCore.QSize) -> QtCore.QSize:
