@@ -180,6 +180,36 @@ def build_actions(window, actions: Optional[List[Action]] = None) -> Dict[str, Q
     return out
 
 
+class _ShortcutPassThrough(QtCore.QObject):
+    """On a text field, lets the window's shortcuts with a modifier (Ctrl+E, Ctrl+K, Ctrl+T, F1, …) win over the
+    field's own editing keys (QLineEdit takes Ctrl+E / Ctrl+K for end-of-line / kill-line); plain letters and
+    digits stay the field's, so typing a phrase never triggers "R" or "1"."""
+
+    def __init__(self, sequences, parent):
+        super().__init__(parent)
+        self.sequences = set(sequences)
+
+    def eventFilter(self, obj, ev) -> bool:
+        if ev.type() == QtCore.QEvent.Type.ShortcutOverride:
+            mods = ev.modifiers() & (QtCore.Qt.KeyboardModifier.ControlModifier
+                                     | QtCore.Qt.KeyboardModifier.AltModifier
+                                     | QtCore.Qt.KeyboardModifier.MetaModifier)
+            fkey = QtCore.Qt.Key.Key_F1 <= ev.key() <= QtCore.Qt.Key.Key_F35
+            seq = QtGui.QKeySequence(ev.keyCombination()).toString()
+            if (mods or fkey) and seq in self.sequences:
+                ev.ignore()
+                return True  # not overridden: the window's shortcut fires
+        return False
+
+
+def pass_window_shortcuts(field, qactions) -> QtCore.QObject:
+    """Install :class:`_ShortcutPassThrough` on ``field`` for the shortcuts of ``qactions``."""
+    seqs = [sc.toString() for qa in qactions for sc in qa.shortcuts() if not sc.isEmpty()]
+    f = _ShortcutPassThrough(seqs, field)
+    field.installEventFilter(f)
+    return f
+
+
 def shortcut_rows(actions: Optional[List[Action]] = None) -> List[Tuple[str, str]]:
     actions = ACTIONS if actions is None else actions
     rows = [(QtGui.QKeySequence(a.shortcut).toString(QtGui.QKeySequence.SequenceFormat.NativeText), a.text)

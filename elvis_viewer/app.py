@@ -50,10 +50,33 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+def menu_check_style(base_name: str = "Fusion"):
+    """Fusion, whose menus draw a box around every checkable item's state: empty when off (Fusion alone draws
+    nothing, so "Isolines" off looked like a plain command), its ✓ inside when on."""
+    from PySide6 import QtCore, QtGui, QtWidgets
+
+    class MenuCheckStyle(QtWidgets.QProxyStyle):
+        def drawControl(self, element, option, painter, widget=None):
+            super().drawControl(element, option, painter, widget)
+            item = QtWidgets.QStyleOptionMenuItem
+            if element == QtWidgets.QStyle.ControlElement.CE_MenuItem and isinstance(option, item) \
+                    and option.checkType == item.CheckType.NonExclusive and option.icon.isNull():
+                r = QtCore.QRect(option.rect.left() + 8, option.rect.center().y() - 5, 11, 11)
+                painter.save()
+                painter.setPen(QtGui.QColor("#9aa0a8" if option.state & QtWidgets.QStyle.StateFlag.State_Enabled
+                                            else "#5a5e64"))
+                painter.setBrush(QtCore.Qt.BrushStyle.NoBrush)
+                painter.drawRect(r)
+                painter.restore()
+
+    return MenuCheckStyle(QtWidgets.QStyleFactory.create(base_name))
+
+
 def apply_dark_theme(app) -> None:
     from PySide6 import QtGui, QtWidgets
 
-    app.setStyle(QtWidgets.QStyleFactory.create("Fusion"))
+    app._elvis_style = menu_check_style()  # kept referenced: the application does not own a Python style
+    app.setStyle(app._elvis_style)
     pal = QtGui.QPalette()
     C = QtGui.QColor
     R = QtGui.QPalette.ColorRole
@@ -107,6 +130,12 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     args = build_parser().parse_args(argv)
     if args.install_desktop_entry:
         return _install_desktop_entry()
+    from elvis_viewer.xlibs import check_x11
+
+    problem = check_x11()  # before Qt: one line naming the missing X libraries instead of Qt's abort
+    if problem:
+        print(problem, file=sys.stderr)
+        return 2
     from PySide6 import QtCore, QtWidgets
 
     from elvis_viewer.main_window import MainWindow
@@ -131,6 +160,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             print(f"--size {args.size}: expected WIDTHxHEIGHT, e.g. 1280x720", file=sys.stderr)
             return 2
         win.resize(w, h)
+    if args.screenshot and win.review_view is not None:
+        win.review_view.unattended = True  # never waits on a dialog (reviewer name, rescale, file in use)
     win.show()
     timing = os.environ.get("ELVIS_VIEWER_TIMING")
     if timing:  # benchmarks/viewer_speed.py: wall-clock stamps of the window and the first painted image

@@ -29,13 +29,16 @@ def identity_text(path: Optional[str]) -> str:
 
 
 def tag_inspector(parent, path: str, reveal: bool) -> Optional[QtWidgets.QDialog]:
-    from elvis_core.io.privacy import dicom_tag_rows
+    from elvis_core.io.privacy import UID_TAGS, dicom_tag_rows
 
     try:
         rows = dicom_tag_rows(path, reveal_identifiers=reveal)
     except ElvisError as e:
         parent.show_message(str(e))
         return None
+    if not reveal:  # a pseudonymised UID says so (PS3.15 action U: it is not the file's UID)
+        rows = [(t, kw, vr, v + "  (pseudonym)" if v and int(t[1:5] + t[6:10], 16) in UID_TAGS else v)
+                for t, kw, vr, v in rows]
     dlg = QtWidgets.QDialog(parent)
     dlg.setWindowTitle("DICOM tags — " + ("identifiers SHOWN" if reveal else "identifiers masked"))
     table = QtWidgets.QTableWidget(len(rows), 4)

@@ -1,7 +1,11 @@
 """Export = what the screen shows: the visible view(s) (both compare views), with the orientation markers,
 colours, fade, boxes and measurements as drawn, plus a header with the phrase and its report mark (negated /
 uncertain) and a footer with the checkpoint(s), hash, W/L, opacity and range. Text is drawn by Qt (full Unicode).
-The PNG is written atomically (``elvis_core.atomic``); the default name comes from the study and the phrase."""
+The PNG is written atomically (``elvis_core.atomic``); the default name comes from the study and the phrase.
+
+An export never carries a patient identifier, whatever the privacy toggle says: the views are grabbed with the
+identity corner text cleared, and a DICOM UID used as a study or file name is replaced by its PS3.15 pseudonym
+(:func:`elvis_core.io.privacy.mask_uid_text`)."""
 
 from __future__ import annotations
 
@@ -22,6 +26,29 @@ def default_name(study: str, phrase: str) -> str:
         return s[:n].strip("-") or ""
     parts = [p for p in (slug(study, 40), slug(phrase, 40)) if p]
     return ("_".join(parts) or "elvis_view") + ".png"
+
+
+def safe_stem(path_or_key: str) -> str:
+    """A study key or file name fit for an export: its base name (extension dropped), a UID as its pseudonym."""
+    from elvis_core.io.privacy import mask_uid_text
+
+    base = os.path.basename(str(path_or_key or "").rstrip("/\\"))
+    stem, ext = os.path.splitext(base)
+    if ext.lower() in (".dcm", ".dicom", ".png", ".jpg", ".jpeg"):
+        base = stem
+    return mask_uid_text(base)
+
+
+def grab_views(win) -> List[QtGui.QImage]:
+    """The visible views as drawn, with the identity corner text (shown while the privacy toggle is on) cleared for
+    the grab and put back after."""
+    views = [iv for iv in win.views() if iv.isVisible() and iv.rad is not None] or [win.image_view]
+    for iv in win.views():
+        iv.set_identity_text("")
+    try:
+        return [iv.grab_view() for iv in views]
+    finally:
+        win._update_identity()
 
 
 def compose(views: List[QtGui.QImage], header: List[tuple], footer: str, scale: float = 1.0) -> QtGui.QImage:
@@ -103,8 +130,7 @@ def export_window(win, path: str) -> Optional[Path]:
     if s.rad is None:
         win.show_message("Nothing to export: open an image first")
         return None
-    views = [iv.grab_view() for iv in win.views() if iv.isVisible() and iv.rad is not None] \
-        or [win.image_view.grab_view()]
+    views = grab_views(win)
     header = []
     if s.phrase.text:
         header.append((f"“{s.phrase.text}”", "#ffffff"))
@@ -116,7 +142,7 @@ def export_window(win, path: str) -> Optional[Path]:
     if s.provenance_text:
         header.append(("⚠ " + s.provenance_text, "#ffc04d"))
     if not header:
-        header.append((os.path.basename(s.rad_path or ""), "#ffffff"))
+        header.append((safe_stem(s.rad_path or ""), "#ffffff"))
     c, w = win.image_view.window()
     ov = win.overlay_panel.settings()
     foot = []

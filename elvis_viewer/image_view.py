@@ -373,9 +373,9 @@ class ImageView(QtWidgets.QWidget):
         cmap = _overlay_colormap(self._overlay_cmap)
         lut = cmap.getLookupTable(nPts=256, alpha=False)
         if self._overlay_fade:
-            # alpha grows with the distance from the middle of the range (0 on the fixed [-1, 1] scale): neutral
-            # cells let the image through, strong positive/negative cells cover it
-            a = np.abs(np.linspace(-1.0, 1.0, 256))
+            # alpha grows with the similarity above the middle of the range (0: every range is symmetric about 0);
+            # where the map is <= 0 the film is left untouched (no veil), strong positive cells cover it
+            a = np.linspace(-1.0, 1.0, 256)
             lut = np.concatenate([lut[:, :3], (np.clip(a * 1.5, 0, 1) * 255).astype(np.uint8)[:, None]], axis=1)
         self.colorbar.setColorMap(cmap)  # (the colour bar pushes its own LUT to the item: set ours after it)
         self.overlay_item.setLookupTable(lut)
@@ -568,7 +568,15 @@ class ImageView(QtWidgets.QWidget):
         self._layout_texts()
 
     def _layout_texts(self, *_):
-        layout_corner_texts(self.view_box.size(), self._corners, self._markers, narrow_ok=self.rad is not None)
+        img = None
+        if self.rad is not None:  # the image in the view box's own coordinates: the markers sit at its edges
+            r, c = self.rad.shape
+            vr, size = self.view_box.viewRect(), self.view_box.size()  # the range as just set (y down)
+            if vr.width() > 0 and vr.height() > 0:
+                sx, sy = size.width() / vr.width(), size.height() / vr.height()
+                img = QtCore.QRectF(-vr.left() * sx, -vr.top() * sy, c * sx, r * sy)
+        layout_corner_texts(self.view_box.size(), self._corners, self._markers, narrow_ok=self.rad is not None,
+                            image_rect=img)
 
     # ------------------------------------------------------------------------------------------------- keyboard
     def keyPressEvent(self, ev: QtGui.QKeyEvent) -> None:

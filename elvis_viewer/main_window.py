@@ -2,25 +2,27 @@
 
 Widgets render the session and forward user input to it; nothing here computes. Panels: Studies (left), Report
 and Overlay (right), the thumbnail strip under the image; every panel is toggled from the View menu, and each tab
-keeps its own panel layout (the Review tab gets the whole window). Menus, toolbar and shortcuts come from the
-actions table (:mod:`elvis_viewer.actions`). Patient identifiers are never shown except in the tag inspector and
+keeps its own panel layout (the Review tab gets the whole window; :mod:`elvis_viewer.window_layout`). Menus,
+toolbar and shortcuts come from the actions table (:mod:`elvis_viewer.actions`); dialogs and the privacy toggle from
+:mod:`elvis_viewer.window_dialogs`. Patient identifiers are never shown except in the tag inspector and
 the corner text while the privacy toggle is on (off by default, not saved).
 """
 
 from __future__ import annotations
 
 import os
-from typing import Any, Callable, Optional
+from typing import Optional
 
 from PySide6 import QtCore, QtGui, QtWidgets
 
-from elvis_viewer import dialogs
-from elvis_viewer.actions import build_actions
+from elvis_viewer.actions import build_actions, pass_window_shortcuts
 from elvis_viewer.image_view import ImageView
 from elvis_viewer.overlay_panel import OverlayPanel, OverlaySettings, apply_settings
 from elvis_viewer.report_view import ReportView
 from elvis_viewer.session import ViewerSession
 from elvis_viewer.study_browser import StudyBrowser, ThumbnailStrip
+from elvis_viewer.window_dialogs import WindowDialogsMixin
+from elvis_viewer.window_layout import VIEWER_ONLY_PREFIXES, WindowLayoutMixin  # noqa: F401 (re-exported)
 
 #: box colours of the viewer (no yellow: in the Review tab yellow means "unreviewed")
 BOX_COLORS = ["#00e676", "#40c4ff", "#ff4081", "#b388ff", "#ff9100"]
@@ -28,10 +30,9 @@ EMPTY_HINT = ("<h2>ELVIS Viewer</h2><p>Open a chest X-ray: <b>File → Open file
               "(Ctrl+Shift+O), or drop DICOM / JPG / PNG files, a study folder or a report here.</p>"
               "<p>Then <b>File → Open checkpoint</b> (Ctrl+K) and click a report sentence to see where the model "
               "grounds it. <b>F1</b> lists every shortcut.</p>")
-VIEWER_ONLY_PREFIXES = ("view.", "go.", "overlay.", "tools.")
 
 
-class MainWindow(QtWidgets.QMainWindow):
+class MainWindow(WindowLayoutMixin, WindowDialogsMixin, QtWidgets.QMainWindow):
     overlayUpdated = QtCore.Signal(int)  # slot whose overlay was just drawn
     imageShown = QtCore.Signal(str)
     scanFinished = QtCore.Signal()
@@ -43,7 +44,6 @@ class MainWindow(QtWidgets.QMainWindow):
         self.session = session or ViewerSession(self)
         self.setWindowTitle("ELVIS Viewer")
         self.setAcceptDrops(True)
-        self.resize(1500, 950)
         self.reveal_identifiers = False
         self.tag_dialog = self.shortcut_dialog = None
         self._tab_layouts: dict = {}
@@ -51,8 +51,10 @@ class MainWindow(QtWidgets.QMainWindow):
         self._build_docks()
         self._build_status()
         self.actions_by_id = build_actions(self)
+        pass_window_shortcuts(self.phrase_edit, self.actions_by_id.values())  # Ctrl+E etc. while typing
         self._build_toolbar_extras()
         self._connect()
+        self._init_geometry()
         self._restore_state()
         self._apply_overlay_settings(self.overlay_panel.settings())
 
@@ -190,6 +192,7 @@ class MainWindow(QtWidgets.QMainWindow):
         self.overlay_panel.settingsChanged.connect(self._apply_overlay_settings)
         self.overlay_panel.tokenChosen.connect(self._on_token_choice)
         self.tabs.currentChanged.connect(self._on_tab)
+        self.image_view.windowChanged.connect(self._sync_preset_box)
         if self.review_view is not None and hasattr(self.review_view, "engine_ready"):
             # Review asks for the current item's map as soon as the model has loaded (not only on the next key)
             s.modelChanged.connect(lambda k: k == 0 and s.slots[0].engine is not None and self.review_view.engine_ready())
@@ -279,7 +282,7 @@ class MainWindow(QtWidgets.QMainWindow):
         return self.image_view.measure.add(kind)
 
     def apply_preset(self, name: str) -> None:
-        if name and self.image_view.rad is not None:
+        if name and name != "Custom" and self.image_view.rad is not None:
             self.image_view.apply_preset(name)  # the compare view follows through the link (compare mode only)
 
     def select_annotated_phrase(self, phrase) -> None:
@@ -291,8 +294,11 @@ class MainWindow(QtWidgets.QMainWindow):
             self.session.ground_phrase(phrase.label_text)
 
     def show_message(self, text: str, banner: bool = True) -> None:
+        text = self.mask_text(text)
         if text:
             self.statusBar().showMessage(text, 15000)
+        else:  # e.g. a read ended without warnings: "Reading FILE …" goes
+            self.statusBar().clearMessage()
         if banner:
             self.message_label.setText(text)
             self.message_label.setVisible(bool(text))
@@ -320,15 +326,28 @@ class MainWindow(QtWidgets.QMainWindow):
             self.compare_view.set_radiograph(rad)
         self.preset_combo.clear()
         self.preset_combo.addItems([w.name for w in self.image_view.presets()])
+        self._sync_preset_box(*self.image_view.window())
         self._update_identity()
-        self.setWindowTitle(f"ELVIS Viewer — {os.path.basename(path)}")
+        self._update_titles()  # the file name, a UID masked while identifiers are hidden
         self.imageShown.emit(path)
+
+    def _sync_preset_box(self, center: float, width: float) -> None:
+        """The preset box names the preset the window matches, else "Custom" (after a W/L drag)."""
+        box = self.preset_combo
+        voi = getattr(self.image_view, "_use_voi_lut", False)
+        match = "DICOM VOI LUT" if voi else next((w.name for w in self.image_view.presets()
+                      if w.name != "DICOM VOI LUT" and abs(w.center - center) <= 1e-6 * max(1.0, abs(w.center))
+                      and abs(w.width - width) <= 1e-6 * max(1.0, abs(w.width))), None)
+        k = box.findText(match or "Custom")
+        if k < 0:
+            box.addItem("Custom")
+            k = box.count() - 1
+        box.setCurrentIndex(k)
 
     def _on_report(self) -> None:
         s = self.session
         rep = s.report
-        self.report_title.setText("Report — " + (os.path.basename(rep.source_path) if rep is not None and
-                                                 rep.source_path else "none found"))
+        self._update_titles()
         phrases = s.annotated_phrases()
         self.report_view.set_report(rep, [p.label_text for p in phrases])
         self.annot_combo.clear()
@@ -447,142 +466,10 @@ class MainWindow(QtWidgets.QMainWindow):
         if 0 < index <= len(phrases):
             self.select_annotated_phrase(phrases[index - 1])
 
-    def resizeEvent(self, ev) -> None:
-        super().resizeEvent(ev)
-        if not getattr(self, "_docks_sized", False) and self.isVisible():
-            # side panels in proportion to the window (at 1280 px: 240 + 350, the image keeps the rest)
-            self._docks_sized = True
-            w = self.width()
-            self.resizeDocks([self.study_dock, self.report_dock], [max(200, int(0.19 * w)), max(300, int(0.27 * w))],
-                             QtCore.Qt.Orientation.Horizontal)
-
-    def _on_tab(self, index: int) -> None:
-        """Each tab keeps its own panel layout: the Review tab gets the whole window (no side panels, no toolbar)."""
-        name = "viewer" if self.tabs.widget(index) is self.viewer_page else "review"
-        if name == "review":
-            self._tab_layouts["viewer"] = {d: d.isVisible() for d in self.docks["viewer"] + [self.toolbar]}
-            for d in self.docks["viewer"] + [self.toolbar]:
-                d.hide()
-        else:
-            default = {d: True for d in self.docks["viewer"] + [self.toolbar]}
-            for d, vis in self._tab_layouts.get("viewer", default).items():
-                d.setVisible(vis)
-        for aid, qa in self.actions_by_id.items():
-            qa.setEnabled(name == "viewer" or not aid.startswith(VIEWER_ONLY_PREFIXES))
-
     def _fill_presets_menu(self) -> None:
         self.presets_menu.clear()
         for w in self.image_view.presets():
             self.presets_menu.addAction(w.name).triggered.connect(lambda *_, n=w.name: self.apply_preset(n))
-
-    # ============================================================================================ privacy + dialogs
-    def set_reveal_identifiers(self, on: bool) -> None:
-        """The privacy toggle (off by default, never saved): identifiers in the tag inspector and the corner text."""
-        self.reveal_identifiers = bool(on)
-        act = self.actions_by_id["view.privacy"]
-        if act.isChecked() != self.reveal_identifiers:
-            act.setChecked(self.reveal_identifiers)
-        self._update_identity()
-
-    @property
-    def privacy_act(self):
-        return self.actions_by_id["view.privacy"]
-
-    @property
-    def overlay_act(self):
-        return self.actions_by_id["overlay.show"]
-
-    def _update_identity(self) -> None:
-        text = dialogs.identity_text(self.session.rad_path) if self.reveal_identifiers else ""
-        for iv in self.views():
-            iv.set_identity_text(text)
-
-    def show_tag_inspector(self):
-        if not self.session.rad_path:
-            self.show_message("Open a DICOM image first", banner=False)
-            return None
-        self.tag_dialog = dialogs.tag_inspector(self, self.session.rad_path, self.reveal_identifiers)
-        return self.tag_dialog
-
-    def show_shortcuts(self):
-        self.shortcut_dialog = dialogs.shortcut_sheet(self)
-        return self.shortcut_dialog
-
-    def show_about(self) -> None:
-        QtWidgets.QMessageBox.about(self, "ELVIS Viewer",
-                                    "ELVIS Viewer — chest X-ray studies and phrase grounding (arXiv 2304.05303).")
-
-    def _ask(self, fn: Callable[..., Any], *a, **kw) -> str:
-        res = fn(self, *a, **kw)
-        return res[0] if isinstance(res, tuple) else res
-
-    def open_file_dialog(self):
-        p = self._ask(QtWidgets.QFileDialog.getOpenFileName, "Open DICOM, image, report or annotation file")
-        if p:
-            self.open_paths([p])
-
-    def open_folder_dialog(self):
-        p = self._ask(QtWidgets.QFileDialog.getExistingDirectory, "Open study folder")
-        if p:
-            self.open_paths([p])
-
-    def open_checkpoint_dialog(self, slot: int = 0):
-        p = self._ask(QtWidgets.QFileDialog.getExistingDirectory, "Open checkpoint directory")
-        if p:
-            self.load_checkpoint(p, slot)
-            if slot == 1:
-                self.set_compare_mode(True)
-
-    def open_annotations_dialog(self):
-        p = self._ask(QtWidgets.QFileDialog.getOpenFileName, "Open MS-CXR annotations", filter="CSV (*.csv)")
-        if p:
-            self.load_annotations(p)
-
-    def export_dialog(self):
-        from elvis_viewer.export import default_name
-
-        s = self.session
-        e = s.entry(s.rad_path) if s.rad_path else None
-        study = os.path.basename(e.study_key) if e else "image"
-        p = self._ask(QtWidgets.QFileDialog.getSaveFileName, "Export view", default_name(study, s.phrase.text),
-                      "PNG (*.png)")
-        if p:
-            self.export_png(p)
-
-    # ============================================================================================ settings
-    def _add_recent(self, path: str) -> None:
-        rec = [p for p in self.recent() if p != os.path.abspath(path)]
-        rec.insert(0, os.path.abspath(path))
-        self.settings.setValue("recent", rec[:10])
-        self._refresh_recent()
-
-    def recent(self):
-        rec = self.settings.value("recent", []) or []
-        return [rec] if isinstance(rec, str) else list(rec)
-
-    def _refresh_recent(self):
-        if not hasattr(self, "recent_menu"):
-            return
-        self.recent_menu.clear()
-        for p in self.recent():
-            self.recent_menu.addAction(p).triggered.connect(lambda *_, p=p: self.open_paths([p]))
-        if not self.recent():
-            self.recent_menu.addAction("(none)").setEnabled(False)
-
-    def _restore_state(self):
-        for key, restore in (("geometry", self.restoreGeometry), ("state", self.restoreState)):
-            if self.settings.value(key) is not None:
-                restore(self.settings.value(key))
-
-    def save_state(self):  # saves the Viewer's own panel layout, not the Review tab's (which hides them all)
-        self.settings.setValue("geometry", self.saveGeometry())
-        layout = self._tab_layouts.get("viewer", {}) if self.tabs.currentWidget() is not self.viewer_page else {}
-        for d, vis in layout.items():
-            d.setVisible(vis)
-        self.settings.setValue("state", self.saveState())
-        for d in layout:
-            d.hide()
-        self.settings.sync()
 
     def closeEvent(self, ev):
         self.save_state()

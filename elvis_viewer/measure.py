@@ -33,9 +33,13 @@ class _Tool:
         for r in rois:
             r.setZValue(30)
             vb.addItem(r)
-            r.sigRegionChanged.connect(self.update)
+            r.sigRegionChanged.connect(self.changed)
         vb.addItem(self.label)
         self.update()
+
+    def changed(self, *_):
+        self.update()
+        self.layer.declutter()
 
     def remove(self) -> None:
         vb = self.layer.view.view_box
@@ -93,15 +97,36 @@ class Angle(_Tool):
 
 
 class CTR(_Tool):
-    """Two horizontal widths: the heart (pink) and the inner thorax (blue); the ratio is shown on the heart."""
+    """Two horizontal widths: the heart (pink) and the inner thorax (blue); the ratio is shown on the heart only
+    once the user has placed BOTH lines (dragged each, or :meth:`set_points`): the lines start at a generic place,
+    not measured from this image, and a number there would look like a measurement."""
 
     kind = "ctr"
+    PROMPT = "CTR: drag the heart (pink) and thorax (blue) lines onto the film"
+
+    def __init__(self, layer, rois):
+        self.placed = [False] * len(rois)
+        super().__init__(layer, rois)
+        for i, r in enumerate(rois):
+            r.sigRegionChangeFinished.connect(lambda *_, i=i: self._placed_by_user(i))
+
+    def _placed_by_user(self, i: int) -> None:
+        self.placed[i] = True
+        self.update()
+
+    def set_points(self, pts) -> None:
+        self.placed = [True] * len(self.rois)
+        super().set_points(pts)
 
     def value(self):
+        if not all(self.placed):
+            return None, "ratio"
         h, t = _pts(self.rois[0]), _pts(self.rois[1])
         return M.cardiothoracic_ratio(h, t), "ratio"
 
     def text(self) -> str:
+        if not all(self.placed):
+            return self.PROMPT
         h, t = _pts(self.rois[0]), _pts(self.rois[1])
         hw, unit = M.horizontal_width(*h, self.spacing())
         tw, _ = M.horizontal_width(*t, self.spacing())
@@ -141,7 +166,29 @@ class MeasureLayer:
         else:
             raise ValueError(f"unknown measurement {kind!r} (ruler, angle, ctr)")
         self.tools.append(tool)
+        if not getattr(self, "_follows_zoom", False):
+            self._follows_zoom = True
+            self.view.view_box.sigRangeChanged.connect(lambda *_: self.declutter())
+        self.declutter()
         return tool
+
+    def declutter(self) -> None:
+        """Labels never overlap: each label that would cover an earlier one moves up, one label height at a time
+        (screen pixels: the labels keep their size whatever the zoom)."""
+        placed = []
+        for t in self.tools:
+            lab = t.label
+            if not lab.isVisible() or not lab.scene():
+                continue
+            lab.updateTransform(force=True)
+            k = 0
+            lab.setAnchor((0.5, 1.2))
+            r = lab.sceneBoundingRect()
+            while k < 30 and any(r.intersects(p) for p in placed):
+                k += 1
+                lab.setAnchor((0.5, 1.2 + 1.15 * k))
+                r = lab.sceneBoundingRect()
+            placed.append(r)
 
     def last(self, kind: str, create: bool = False) -> Optional[_Tool]:
         for t in reversed(self.tools):

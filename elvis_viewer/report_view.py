@@ -201,18 +201,44 @@ class ReportView(QtWidgets.QTextEdit):
                 self.select_span(start, end)
             return
         off = self.spans.to_py(self.cursorForPosition(ev.position().toPoint()).position())
+        for a, b, _phrase in self.annotated:  # a click on an underlined (annotated) phrase grounds that phrase
+            if a <= off < b:
+                self.select_span(a, b)
+                return
         sent = self.report.sentence_at(off)
         if sent is not None:
             self.select_span(sent.start, sent.end)
 
+    def readable_sentences(self) -> list:
+        """The report's sentences without placeholders: a sentence with no word left once the de-identification
+        blanks ("___") are removed is skipped by Up/Down."""
+        import re
+
+        if self.report is None:
+            return []
+        text = self.report.text
+        return [st for st in self.report.sentences
+                if re.search(r"[^\W\d_]{2,}", text[st.start:st.end].replace("___", " "))]
+
+    def step(self, delta: int) -> None:
+        """Down (+1) / Up (-1): the next sentence after / the last one before the current phrase (a sentence, a
+        selection or an annotated phrase); from nothing, the first sentence."""
+        sents = self.readable_sentences()
+        if not sents:
+            return
+        if self.current is None:
+            nxt = sents[0]
+        elif delta > 0:
+            nxt = next((st for st in sents if st.start >= self.current[1]), None)
+        else:
+            nxt = next((st for st in reversed(sents) if st.end <= self.current[0]), None)
+        if nxt is not None:
+            self.select_span(nxt.start, nxt.end)
+
     def keyPressEvent(self, ev: QtGui.QKeyEvent) -> None:
         if self.report is not None and ev.key() in (QtCore.Qt.Key.Key_Down, QtCore.Qt.Key.Key_Up) \
                 and self.report.sentences:
-            i = self.current_sentence_index()
-            if ev.key() == QtCore.Qt.Key.Key_Down:
-                self.select_sentence(0 if i < 0 else i + 1)
-            else:
-                self.select_sentence(max(i - 1, 0))
+            self.step(+1 if ev.key() == QtCore.Qt.Key.Key_Down else -1)
             return
         super().keyPressEvent(ev)
 

@@ -1,6 +1,8 @@
 """`StudyBrowser` (left dock: one row per image under a header row per study, plus the Problems list) and
 `ThumbnailStrip` (a flat horizontal strip under the image, as in OHIF/Weasis). Both render the session's flat
-image list; moving the current row (click, Up/Down, Home/End) opens that image."""
+image list; moving the current row (click, Up/Down, Home/End) opens that image. While patient identifiers are hidden
+(the default) every DICOM UID in a label or tooltip (a study key, a PACS cache's folder and file names) is shown as
+its pseudonym."""
 
 from __future__ import annotations
 
@@ -12,13 +14,29 @@ from PySide6 import QtCore, QtGui, QtWidgets
 ROLE = QtCore.Qt.ItemDataRole.UserRole
 
 
+class _Masking:
+    reveal = False  # the window's privacy toggle
+
+    def shown(self, text: str) -> str:
+        if self.reveal:
+            return str(text)
+        from elvis_core.io.uid_mask import mask_uids_in_text
+
+        return mask_uids_in_text(text)
+
+    def set_reveal(self, on: bool) -> None:
+        if bool(on) != self.reveal:
+            self.reveal = bool(on)
+            self.rebuild()
+
+
 def _icon(arr: np.ndarray) -> QtGui.QIcon:
     h, w = arr.shape
     img = QtGui.QImage(np.ascontiguousarray(arr).data, w, h, w, QtGui.QImage.Format.Format_Grayscale8).copy()
     return QtGui.QIcon(QtGui.QPixmap.fromImage(img))
 
 
-class _EntryList(QtWidgets.QListWidget):
+class _EntryList(_Masking, QtWidgets.QListWidget):
     """A list of the session's images; the current row follows the session and opens images."""
 
     def __init__(self, session, parent=None):
@@ -63,12 +81,13 @@ class _EntryList(QtWidgets.QListWidget):
         return [self.item(i).data(ROLE) for i in range(self.count()) if self.item(i).data(ROLE)]
 
 
-class StudyBrowser(QtWidgets.QWidget):
+class StudyBrowser(_Masking, QtWidgets.QWidget):
     """Studies → images as one list (a bold header per study, then its images), and the Problems list."""
 
     def __init__(self, session, parent=None):
         super().__init__(parent)
         self.session = session
+        self.problems = []  # (path, message) as they came; shown masked
         self.list = _EntryList(session)
         session.studiesChanged.connect(self.rebuild)
         self.list.setIconSize(QtCore.QSize(40, 40))
@@ -105,15 +124,16 @@ class StudyBrowser(QtWidgets.QWidget):
         for e in self.session.entries:
             if e.study_key != last_study:
                 last_study = e.study_key
-                head = QtWidgets.QListWidgetItem(e.study_label or e.study_key)
+                head = QtWidgets.QListWidgetItem(self.shown(e.study_label or e.study_key))
                 head.setFlags(QtCore.Qt.ItemFlag.NoItemFlags)  # keyboard navigation skips it
                 head.setFont(bold)
                 head.setForeground(QtGui.QColor("#9fc3ff"))
-                head.setToolTip(e.study_key + ("\nreport: " + e.report_path if e.report_path else "\nno report"))
+                head.setToolTip(self.shown(e.study_key + ("\nreport: " + e.report_path if e.report_path
+                                                          else "\nno report")))
                 lst.addItem(head)
-            item = QtWidgets.QListWidgetItem("   " + e.label)
+            item = QtWidgets.QListWidgetItem("   " + self.shown(e.label))
             item.setData(ROLE, e.path)
-            item.setToolTip(e.path)
+            item.setToolTip(self.shown(e.path))
             lst.addItem(item)
             lst.rows[e.path] = item
             lst._apply_icon(e.path)
@@ -121,10 +141,20 @@ class StudyBrowser(QtWidgets.QWidget):
         if self.session.rad_path:
             lst.follow(self.session.rad_path)
 
+    def set_reveal(self, on: bool) -> None:
+        if bool(on) != self.reveal:
+            self.reveal = bool(on)
+            self.rebuild()
+            self.problem_list.clear()
+            problems, self.problems = self.problems, []
+            for p, m in problems:
+                self.add_problem(p, m)
+
     def add_problem(self, path: str, message: str) -> None:
-        item = QtWidgets.QListWidgetItem(message)
+        self.problems.append((path, message))
+        item = QtWidgets.QListWidgetItem(self.shown(message))
         item.setForeground(QtGui.QColor("#ff8a80"))
-        item.setToolTip(message)
+        item.setToolTip(self.shown(message))
         self.problem_list.addItem(item)
         self.problem_list.setVisible(True)
         self.problem_title.setText(f"Problems ({self.problem_list.count()})")
@@ -158,9 +188,9 @@ class ThumbnailStrip(_EntryList):
         self.clear()
         self.rows = {}
         for k, e in enumerate(self.session.entries):
-            item = QtWidgets.QListWidgetItem(f"{k + 1}. {e.label.split()[0]}")
+            item = QtWidgets.QListWidgetItem(f"{k + 1}. {self.shown(e.label.split()[0])}")
             item.setData(ROLE, e.path)
-            item.setToolTip(f"{e.study_label or e.study_key}\n{e.label}")
+            item.setToolTip(self.shown(f"{e.study_label or e.study_key}\n{e.label}"))
             item.setTextAlignment(QtCore.Qt.AlignmentFlag.AlignHCenter)
             self.addItem(item)
             self.rows[e.path] = item

@@ -254,10 +254,12 @@ def unseen_items(gmap, shape) -> list:
     return [hatch, frame, label]
 
 
-def layout_corner_texts(size, corners: dict, markers: dict, narrow_ok: bool = True) -> None:
+def layout_corner_texts(size, corners: dict, markers: dict, narrow_ok: bool = True, image_rect=None) -> None:
     """Place the four corner texts and the orientation markers of an ImageView of ``size`` (QSizeF): corners never
     overlap (in a narrow view the top-right text goes under the top-left one and drops the spacing source), and
-    the top/bottom markers sit clear of the corner texts."""
+    the top/bottom markers sit clear of the corner texts. With ``image_rect`` (the image in the same coordinates)
+    the markers sit just inside the image's edges, centred on its visible part (at the view's edges when the image
+    is larger than the view)."""
     w, h = size.width(), size.height()
     pad = 6
     c = corners
@@ -276,14 +278,19 @@ def layout_corner_texts(size, corners: dict, markers: dict, narrow_ok: bool = Tr
     br = c["br"].boundingRect()
     c["br"].setPos(w - br.width() - pad, h - br.height() - pad)
     mk = markers
+    if image_rect is not None and image_rect.width() > 0 and image_rect.height() > 0:
+        il, ir = max(0.0, image_rect.left()), min(w, image_rect.right())
+        it, ib = max(0.0, image_rect.top()), min(h, image_rect.bottom())
+    else:
+        il, ir, it, ib = 0.0, w, 0.0, h
     b = mk["left"].boundingRect()
-    mk["left"].setPos(pad, (h - b.height()) / 2)
+    mk["left"].setPos(max(pad, il + pad), (it + ib - b.height()) / 2)
     b = mk["right"].boundingRect()
-    mk["right"].setPos(w - b.width() - pad, (h - b.height()) / 2)
+    mk["right"].setPos(min(w - b.width() - pad, ir - b.width() - pad), (it + ib - b.height()) / 2)
     # top/bottom markers sit below/above the corner texts so they never overlap in narrow (compare) views
     top_h = max(c["tl"].boundingRect().height(), c["tr"].pos().y() - pad + c["tr"].boundingRect().height())
     bot_h = max(c["bl"].boundingRect().height(), c["br"].boundingRect().height())
     b = mk["top"].boundingRect()
-    mk["top"].setPos((w - b.width()) / 2, pad + top_h)
+    mk["top"].setPos((il + ir - b.width()) / 2, max(pad + top_h, it + pad))
     b = mk["bottom"].boundingRect()
-    mk["bottom"].setPos((w - b.width()) / 2, h - b.height() - pad - bot_h)
+    mk["bottom"].setPos((il + ir - b.width()) / 2, min(h - b.height() - pad - bot_h, ib - b.height() - pad))

@@ -149,6 +149,7 @@ def test_viewer_demo_screenshot(tmp_path):
     h, w = img.shape[:2]
     centre = img[int(0.2 * h):int(0.8 * h), int(0.3 * w):int(0.6 * w)].astype(int)
     tinted = np.abs(centre[..., 2] - centre[..., 0]) > 20
-    # "Fade near 0" is on by default: cells near similarity 0 leave the film clear (measured: 18.5 % tinted)
-    assert tinted.mean() > 0.08, f"only {tinted.mean():.3f} of the image view is tinted: no overlay?"
+    # "Fade near 0" is on by default: only positive cells tint the film, where the map is <= 0 it is untouched
+    # (measured: 5.7 % of this crop tinted)
+    assert tinted.mean() > 0.03, f"only {tinted.mean():.3f} of the image view is tinted: no overlay?"
     assert float(img.std()) > 20.0

@@ -118,18 +118,21 @@ class Assertion:
     cue: str = ""
     cue_start: int = -1
     cue_end: int = -1
+    source: str = "report"  # "report": read in the report; "typed": from the typed phrase's own words
 
     @property
     def marked(self) -> bool:
         return self.kind != AFFIRMED
 
     def label(self) -> str:
-        """Short text for captions and exports: "" when affirmed."""
-        if self.kind == NEGATED:
-            return f"NEGATED in the report (“{self.cue}”)" if self.cue else "NEGATED in the report"
-        if self.kind == UNCERTAIN:
-            return f"UNCERTAIN in the report (“{self.cue}”)" if self.cue else "UNCERTAIN in the report"
-        return ""
+        """Short text for captions and exports: "" when affirmed; says where the cue was read (a typed phrase
+        that is not in the report is "NEGATED (typed …)", never "in the report")."""
+        if self.kind not in (NEGATED, UNCERTAIN):
+            return ""
+        kind = self.kind.upper()
+        if self.source == "typed":
+            return f"{kind} (typed: “{self.cue}”)" if self.cue else f"{kind} (typed)"
+        return f"{kind} in the report (“{self.cue}”)" if self.cue else f"{kind} in the report"
 
 
 def _sentences(text: str, start: int, end: int):
@@ -202,4 +205,6 @@ def phrase_assertion(phrase: str, report_text: Optional[str] = None) -> Assertio
             m = re.compile(_pattern(" ".join(words)), re.IGNORECASE).search(report_text)
             if m:
                 return assertion_of(report_text, m.start(), m.end())
-    return assertion_of(phrase, 0, len(phrase))
+    import dataclasses
+
+    return dataclasses.replace(assertion_of(phrase, 0, len(phrase)), source="typed")

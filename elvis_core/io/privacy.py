@@ -42,6 +42,9 @@ def _load_profile():
 PROFILE_EDITION, BASIC_PROFILE = _load_profile()
 
 
+from elvis_core.io.uid_mask import mask_uids_in_text, pseudonym_uid, short_pseudonym  # noqa: E402,F401
+
+
 def _keywords_of(tags) -> frozenset:
     from pydicom.datadict import keyword_for_tag
 
@@ -66,15 +69,6 @@ def is_identifying_tag(tag: int) -> bool:
     """True for an attribute of the basic confidentiality profile and for every private tag (odd group)."""
     tag = int(tag)
     return tag in BASIC_PROFILE or bool((tag >> 16) & 1)
-
-
-def pseudonym_uid(uid: str) -> str:
-    """A consistent replacement UID (``2.25.<128 bits of sha256>``): the same input always gives the same output,
-    so series and studies still group, and the original cannot be read back."""
-    import hashlib
-
-    h = int.from_bytes(hashlib.sha256(str(uid).strip().encode("utf-8", "replace")).digest()[:16], "big")
-    return f"2.25.{h}"
 
 
 def mask_uid_value(value) -> str:

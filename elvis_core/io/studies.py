@@ -393,6 +393,12 @@ class _Builder:
             else:
                 errors.append((path, f"zero-size image (Rows={rows}, Columns={cols})"))
             return
+        from elvis_core.io.truncation import pixel_data_problem
+
+        cut = pixel_data_problem(path)  # cut short in its pixel data: a problem now, not a failure when opened
+        if cut:
+            errors.append((path, cut))
+            return
         key = _mimic_study_key(path)
         study_uid = str(ds.get("StudyInstanceUID", "") or "") or key or os.path.dirname(os.path.abspath(path))
         series_uid = str(ds.get("SeriesInstanceUID", "") or "") or f"{study_uid}/series"

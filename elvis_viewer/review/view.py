@@ -26,8 +26,8 @@ from elvis_viewer.image_view import ImageView
 from elvis_viewer.report_view import ReportView
 from elvis_viewer.review.box_layer import STATUS_COLORS, BoxLayer
 from elvis_viewer.review.tasks import _ground, _load_item_data, _preload
-from elvis_viewer.review.dialogs import (ask_open_read_only, ask_reject_reason, ask_rescale, ask_reviewer_name,
-                                         open_review_session, settings_or_default)
+from elvis_viewer.review.dialogs import (SETTINGS_KEY, ask_open_read_only, ask_reject_reason, ask_rescale,
+                                         ask_reviewer_name, open_review_session, settings_or_default)
 from elvis_viewer.workers import Generation, run_task, while_alive
 
 STATUS_MARK = {"unreviewed": "·", "accepted": "✓", "edited": "✎", "rejected": "✗"}
@@ -192,7 +192,11 @@ class ReviewView(QtWidgets.QWidget):
         images' and no choice is stored yet, whether to rescale the boxes. Returns False when cancelled or failed
         (the reason is in :attr:`last_error` and the status message).
         """
-        reviewer = ask_reviewer_name(self, self.settings)
+        unattended = getattr(self, "unattended", False)  # --screenshot: nobody to answer a dialog
+        if unattended:
+            reviewer = str(self.settings.value(SETTINGS_KEY, "") or "").strip() or "unattended"
+        else:
+            reviewer = ask_reviewer_name(self, self.settings)
         if not reviewer:
             return self._fail("a reviewer name is needed to record decisions")
         if self.session is not None:
@@ -200,7 +204,8 @@ class ReviewView(QtWidgets.QWidget):
             self.session = None
         try:  # the module's dialog functions are passed in (tests replace them here)
             session = open_review_session(self, annotations_path, images_root, rescale, reviewer,
-                                          ask_open_read_only, ask_rescale)
+                                          (lambda *_: True) if unattended else ask_open_read_only,
+                                          (lambda *_: False) if unattended else ask_rescale)
         except ElvisError as err:
             return self._fail(str(err))
         self.session = session
