@@ -16,11 +16,13 @@ from PySide6 import QtCore, QtGui, QtWidgets
 
 from elvis_viewer import dialogs
 from elvis_viewer.actions import build_actions
+from elvis_viewer.display_binding import DisplayBinding, map_is_current, phrase_note
 from elvis_viewer.image_view import ImageView
 from elvis_viewer.overlay_panel import OverlayPanel, OverlaySettings, apply_settings
 from elvis_viewer.report_view import ReportView
 from elvis_viewer.session import ViewerSession
 from elvis_viewer.study_browser import StudyBrowser, ThumbnailStrip
+from elvis_viewer.window_api import SessionShortcuts
 
 #: box colours of the viewer (no yellow: in the Review tab yellow means "unreviewed")
 BOX_COLORS = ["#00e676", "#40c4ff", "#ff4081", "#b388ff", "#ff9100"]
@@ -31,7 +33,7 @@ EMPTY_HINT = ("<h2>ELVIS Viewer</h2><p>Open a chest X-ray: <b>File → Open file
 VIEWER_ONLY_PREFIXES = ("view.", "go.", "overlay.", "tools.")
 
 
-class MainWindow(QtWidgets.QMainWindow):
+class MainWindow(SessionShortcuts, QtWidgets.QMainWindow):
     overlayUpdated = QtCore.Signal(int)  # slot whose overlay was just drawn
     imageShown = QtCore.Signal(str)
     scanFinished = QtCore.Signal()
@@ -53,6 +55,7 @@ class MainWindow(QtWidgets.QMainWindow):
         self.actions_by_id = build_actions(self)
         self._build_toolbar_extras()
         self._connect()
+        self.display_binding = DisplayBinding(self)  # loading / failed states, title, report pairing, the pin
         self._restore_state()
         self._apply_overlay_settings(self.overlay_panel.settings())
 
@@ -195,39 +198,6 @@ class MainWindow(QtWidgets.QMainWindow):
             s.modelChanged.connect(lambda k: k == 0 and s.slots[0].engine is not None and self.review_view.engine_ready())
 
     # ============================================================================================ public API
-    # thin conveniences over the session (tests and app.py use them)
-    @property
-    def rad(self):
-        return self.session.rad
-
-    @property
-    def rad_path(self):
-        return self.session.rad_path
-
-    @property
-    def report(self):
-        return self.session.report
-
-    @property
-    def phrase(self) -> Optional[str]:
-        return self.session.phrase.text or None
-
-    @property
-    def slots(self):
-        return self.session.slots
-
-    @property
-    def problems(self):
-        return self.session.problems
-
-    @property
-    def annotations(self):
-        return self.session.annotations
-
-    @property
-    def last_latency_s(self):
-        return self.session.last_latency_s
-
     def views(self):
         return (self.image_view, self.compare_view)
 
@@ -321,14 +291,13 @@ class MainWindow(QtWidgets.QMainWindow):
         self.preset_combo.clear()
         self.preset_combo.addItems([w.name for w in self.image_view.presets()])
         self._update_identity()
-        self.setWindowTitle(f"ELVIS Viewer — {os.path.basename(path)}")
+        self.setWindowTitle(self.session.display.title())
         self.imageShown.emit(path)
 
     def _on_report(self) -> None:
         s = self.session
         rep = s.report
-        self.report_title.setText("Report — " + (os.path.basename(rep.source_path) if rep is not None and
-                                                 rep.source_path else "none found"))
+        self.report_title.setText(s.display.report_header())  # with how the report was paired
         phrases = s.annotated_phrases()
         self.report_view.set_report(rep, [p.label_text for p in phrases])
         self.annot_combo.clear()
@@ -340,12 +309,14 @@ class MainWindow(QtWidgets.QMainWindow):
         s = self.session
         if s.phrase.span is None:
             self.report_view.clear_current()
-        a = s.phrase.assertion
-        note = a.label() if a is not None and a.marked else ""
+        note = phrase_note(s)  # a carried (pinned) phrase says so, and how THIS report asserts it
         self.assertion_label.setText(f"<span style='color:#ff8a80'>⚠ {note}: the map shows where these words "
                                      "point, not that the finding is present</span>" if note else "")
         for iv in self.views():
             iv.set_note(note)
+            iv.set_overlay(None)  # the previous phrase's map is not this phrase's (its own arrives next)
+        if self.display_binding.pin.isChecked() != s.phrase_pinned:
+            self.display_binding.pin.setChecked(s.phrase_pinned)
         boxes, box_note = s.boxes_for_phrase()
         drawn = [(b, label, QtGui.QColor(BOX_COLORS[i % len(BOX_COLORS)])) for i, (b, label) in enumerate(boxes)]
         for iv in self.views():
@@ -359,6 +330,8 @@ class MainWindow(QtWidgets.QMainWindow):
     def _on_map(self, slot: int) -> None:
         s = self.session
         gmap = s.slots[slot].gmap
+        if not map_is_current(s, slot):  # never another item's, phrase's or checkpoint's map
+            return
         view = self.image_view if slot == 0 else self.compare_view
         view.set_overlay(gmap)
         self._apply_levels()

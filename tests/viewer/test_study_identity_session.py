@@ -135,3 +135,64 @@ def test_a_map_of_the_previous_item_never_lands_on_the_next(qtbot, session, tmp_
     _idle(qtbot, session)
     session._on_map(session._ground_gen.current, 0, Late(), key_a, "")
     assert session.slots[0].gmap is None and violations(session) == []
+
+
+def test_the_window_clears_a_failed_read_and_dims_while_loading(qtbot, tmp_path, monkeypatch):
+    import threading
+
+    from PySide6 import QtCore
+
+    import elvis_viewer.session as session_mod
+    from elvis_viewer.main_window import MainWindow
+
+    shutil.copy(get_testdata_file("RG1_UNCI.dcm"), tmp_path / "a_rg1.dcm")
+    raw = open(get_testdata_file("RG1_UNCI.dcm"), "rb").read()
+    (tmp_path / "b_trunc.dcm").write_bytes(raw[:len(raw) // 2])
+    shutil.copy(get_testdata_file("CT_small.dcm"), tmp_path / "c_ct.dcm")
+    (tmp_path / "loose.txt").write_text("Large left pneumothorax.\n")
+    win = MainWindow(settings=QtCore.QSettings(str(tmp_path / "s.ini"), QtCore.QSettings.Format.IniFormat))
+    qtbot.addWidget(win)
+    win.resize(1280, 720)
+    win.show()
+    s = win.session
+    with qtbot.waitSignal(s.imageChanged, timeout=30000):
+        win.open_folder(str(tmp_path))
+    _idle(qtbot, s)
+    first = s.rad_path
+    assert win.image_view.rad is s.rad and win.windowTitle() == "ELVIS Viewer — " + os.path.basename(first)
+    assert win.report_title.text() == "Report — none paired with this study" and win.report_view.report is None
+    trunc = next(e.path for e in s.entries if e.path.endswith("b_trunc.dcm"))
+    s.select_image(trunc)
+    _idle(qtbot, s)
+    assert win.image_view.rad is None and win.image_view.image_item.image is None  # RG1's film is gone
+    assert win.windowTitle().startswith("ELVIS Viewer — cannot display b_trunc.dcm: ")
+    assert win.display_binding.label.isVisible() and win.display_binding.label.text() == s.display.error
+    assert win.message_label.isVisible() and win.message_label.text() == s.display.error
+    assert win.report_title.text() == "Report — none (the image could not be read)"
+    # a slow read: the item on screen is dimmed and labelled, not presented as current
+    release = threading.Event()
+    real = session_mod.image_and_report
+
+    def slow(path, report_path):
+        release.wait(10)
+        return real(path, report_path)
+    monkeypatch.setattr(session_mod, "image_and_report", slow)
+    s._cache.clear()
+    s.select_image(first)
+    release.set()
+    _idle(qtbot, s)
+    assert s.rad_path == first and not win.display_binding.dimmed
+    c = next(e.path for e in s.entries if e.path not in (first, trunc))
+    name = os.path.basename(c)
+    release.clear()
+    s._cache.clear()
+    s.select_image(c)
+    assert win.display_binding.dimmed and f"loading {name}" in win.windowTitle()
+    assert win.display_binding.label.text().startswith(f"Loading {name}")
+    assert not win.report_view.isEnabled()  # the previous report cannot be clicked meanwhile
+    release.set()
+    _idle(qtbot, s)
+    assert not win.display_binding.dimmed and not win.display_binding.label.isVisible()
+    assert win.image_view.rad is s.rad and s.rad_path == c, (s.rad_path, c)
+    assert win.windowTitle() == "ELVIS Viewer — " + name
+    workers.wait_all(30000)
