@@ -18,7 +18,7 @@ from PySide6 import QtCore, QtWidgets
 
 from elvis_viewer.display_record import FAILED, LOADING
 
-PIN_TEXT = "Pin phrase (keep it on the next study)"
+PIN_TEXT = "Pin phrase"
 
 
 def map_is_current(session, slot: int) -> bool:
@@ -52,6 +52,7 @@ class DisplayBinding(QtCore.QObject):
         self.pin.setToolTip("Off: changing study clears the phrase and its maps. On: the phrase is kept and grounded "
                             "on the next study as typed text, its negation checked against that study's report.")
         self.pin.setFocusPolicy(QtCore.Qt.FocusPolicy.ClickFocus)
+        win.report_title.setWordWrap(True)  # "Report — NAME (paired: …)" never widens the panel
         lay = win.phrase_edit.parentWidget().layout()
         lay.insertWidget(lay.indexOf(win.phrase_edit) + 1, self.pin)
         self.pin.toggled.connect(s.set_phrase_pinned)
