@@ -201,10 +201,10 @@ class MainWindow(SessionShortcuts, QtWidgets.QMainWindow):
     def views(self):
         return (self.image_view, self.compare_view)
 
-    def open_paths(self, paths) -> None:
+    def open_paths(self, paths, report_path=None) -> None:
         for p in paths:
             self._add_recent(os.fspath(p))
-        self.session.open_paths(paths)
+        self.session.open_paths(paths, report_path=report_path)
 
     def open_file(self, path) -> None:
         self.open_paths([path])

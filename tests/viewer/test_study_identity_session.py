@@ -196,3 +196,28 @@ def test_the_window_clears_a_failed_read_and_dims_while_loading(qtbot, tmp_path,
     assert win.image_view.rad is s.rad and s.rad_path == c, (s.rad_path, c)
     assert win.windowTitle() == "ELVIS Viewer — " + name
     workers.wait_all(30000)
+
+
+def test_cli_report_pairs_explicitly_and_the_header_says_how(qtbot, tmp_path):
+    from PySide6 import QtCore
+
+    from elvis_viewer import app as app_mod
+    from elvis_viewer.main_window import MainWindow
+
+    img = tmp_path / "img" / "chest.dcm"
+    img.parent.mkdir()
+    shutil.copy(get_testdata_file("RG1_UNCI.dcm"), img)
+    rep = tmp_path / "notes" / "r.txt"
+    rep.parent.mkdir()
+    rep.write_text(EDEMA)
+    win = MainWindow(settings=QtCore.QSettings(str(tmp_path / "s.ini"), QtCore.QSettings.Format.IniFormat))
+    qtbot.addWidget(win)
+    app_mod.open_from_args(win, app_mod.build_parser().parse_args([str(img), "--report", str(rep)]))
+    qtbot.waitUntil(lambda: win.session.rad is not None and not win.busy(), timeout=30000)
+    assert win.report_title.text() == "Report — r.txt (paired: explicit)"
+    assert "perihilar edema" in win.report_view.toPlainText()
+    a, _b = _mimic_two_studies(tmp_path / "m")
+    win.open_paths([a])
+    qtbot.waitUntil(lambda: win.session.rad_path == a and not win.busy(), timeout=30000)
+    assert win.report_title.text() == "Report — s50000001.txt (paired: MIMIC layout)"
+    workers.wait_all(30000)
