@@ -49,6 +49,8 @@ class PhraseState:
     key: Optional[StudyKey] = None
     pinned: bool = False
     carried: bool = False
+    #: the study the phrase was chosen on (its report, or typed there)
+    origin: str = ""
 
     @property
     def origin_note(self) -> str:
@@ -119,11 +121,11 @@ class DisplayRecord:
         return f"Report — {name} (paired: {self.pairing or 'unknown'})"
 
 
-def carried_phrase(text: str, key: StudyKey, report) -> PhraseState:
+def carried_phrase(text: str, key: StudyKey, report, origin: str) -> PhraseState:
     """A pinned phrase taken to another study: typed text, its negation checked against the new report."""
     from elvis_core.io.negation import pinned_phrase_assertion
 
-    return PhraseState(text=text, span=None, key=key, pinned=True, carried=True, t0=time.perf_counter(),
+    return PhraseState(text=text, span=None, key=key, pinned=True, carried=True, t0=time.perf_counter(), origin=origin,
                        assertion=pinned_phrase_assertion(text, report.text if report is not None else None))
 
 
@@ -142,6 +144,8 @@ def violations(session) -> List[str]:
     p = session.phrase
     if p.text and p.key != d.key:
         out.append(f"phrase {p.text!r} of {p.key} shown for {d.key}")
+    if p.text and d.key is not None and p.origin != d.key.study and not p.carried:
+        out.append(f"phrase {p.text!r} of study {p.origin!r} shown on study {d.key.study!r} as if from its report")
     for k, s in enumerate(session.slots):
         if s.gmap is None:
             continue

@@ -51,6 +51,7 @@ class ModelSlot:
     #: the item and checkpoint the map on screen was made for (the display invariant)
     map_key: Optional[StudyKey] = None
     map_hash: str = ""
+    load_gen: int = 0  # the latest load into this slot (an older load finishing later is dropped)
 
     @property
     def provenance(self) -> dict:
@@ -329,7 +330,7 @@ class ViewerSession(FilesMixin, QtCore.QObject):
             p.key = key
             return False
         if self.phrase_pinned:
-            self.phrase = carried_phrase(p.text, key, self.display.report)
+            self.phrase = carried_phrase(p.text, key, self.display.report, p.origin)
         else:
             self.phrase = PhraseState(key=key)
         return True
@@ -372,18 +373,23 @@ class ViewerSession(FilesMixin, QtCore.QObject):
         slot 0 (main) or 1 (compare). torch is imported by the worker, never at start-up."""
         s = self.slots[slot]
         s.loading, s.error, s.engine, s.gmap, s.map_key, s.path = True, "", None, None, None, path
+        s.hash, s.load_gen = "", s.load_gen + 1
         s.name = name or (os.path.basename(os.path.normpath(path)) if path else "in-memory model")
         self.modelChanged.emit(slot)
         self.message.emit(f"Loading checkpoint {s.name} …", False)
-        self.run(load_engine, path, model, factory, on_result=lambda e: self._on_engine(slot, e),
-                 on_error=lambda e: self._on_engine_error(slot, e))
+        gen = s.load_gen
+        self.run(load_engine, path, model, factory, on_result=lambda e: self._on_engine(slot, e, gen),
+                 on_error=lambda e: self._on_engine_error(slot, e, gen))
 
-    def _on_engine(self, slot: int, engine) -> None:
+    def _on_engine(self, slot: int, engine, gen: Optional[int] = None) -> None:
         from elvis_viewer.session_tasks import limit_torch_threads
 
-        limit_torch_threads()  # the GUI thread runs the cached matrix-vector products (try_ground_cached)
         s = self.slots[slot]
+        if gen is not None and gen != s.load_gen:
+            return  # a newer load into this slot supersedes this one
+        limit_torch_threads()  # the GUI thread runs the cached matrix-vector products (try_ground_cached)
         s.engine, s.loading, s.hash = engine, False, str(engine.checkpoint_hash)
+        s.gmap, s.map_key = None, None  # a map of the previous checkpoint is not this one's
         self.modelChanged.emit(slot)
         self.message.emit(f"Checkpoint {s.name} ready ({s.hash[:12]})", False)
         self._update_provenance()
@@ -391,8 +397,10 @@ class ViewerSession(FilesMixin, QtCore.QObject):
         if self.rad is not None and self.phrase.text:
             self.ground_phrase(self.phrase.text, self.phrase.span, carried=self.phrase.carried)
 
-    def _on_engine_error(self, slot: int, exc) -> None:
+    def _on_engine_error(self, slot: int, exc, gen: Optional[int] = None) -> None:
         s = self.slots[slot]
+        if gen is not None and gen != s.load_gen:
+            return
         s.loading, s.error = False, err_text(exc)
         self.modelChanged.emit(slot)
         self.problem(s.path or "checkpoint", s.error)
@@ -474,14 +482,14 @@ class ViewerSession(FilesMixin, QtCore.QObject):
             return
         key, report = self.display.key, self.report
         if carried:
-            self.phrase = carried_phrase(text, key, report)
+            self.phrase = carried_phrase(text, key, report, self.phrase.origin)
         else:
             if span is not None and report is not None:
                 assertion = assertion_of(report.text, *span)
             else:
                 assertion = phrase_assertion(text, report.text if report is not None else None)
             self.phrase = PhraseState(text=text, span=span, assertion=assertion, t0=time.perf_counter(), key=key,
-                                      pinned=self.phrase_pinned)
+                                      pinned=self.phrase_pinned, origin=key.study if key is not None else "")
         gen = self._ground_gen.next()
         for s in self.slots:  # a map of the previous phrase is not this phrase's map
             s.gmap, s.map_key = None, None
