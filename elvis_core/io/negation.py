@@ -224,10 +224,23 @@ def pinned_phrase_assertion(phrase: str, report_text: Optional[str] = None) -> A
     if re.search(_pattern(" ".join(phrase.split())), report_text, re.IGNORECASE):
         return own  # found verbatim and affirmed there
     scopes = cue_scopes(report_text)
+    # what the report found, not why it was asked (INDICATION: "?edema") nor what it compared with
+    headers = [(m.start(), m.group(1).strip().upper()) for m in _HEADER_RE.finditer(report_text)]
+
+    def reading(pos: int) -> bool:
+        before = [h for p, h in headers if p <= pos]
+        return not before or before[-1] not in _NOT_READING
+
     for word in (w for w in re.findall(r"[a-z]+", phrase.lower()) if len(w) > 3 and w not in _MODIFIERS):
         stem = word[:-1] if word.endswith("s") else word
         found = [assertion_of(report_text, m.start(), m.end(), scopes)
-                 for m in re.finditer(r"(?<!\w)" + re.escape(stem) + r"\w{0,3}", report_text, re.IGNORECASE)]
+                 for m in re.finditer(r"(?<!\w)" + re.escape(stem) + r"\w{0,3}", report_text, re.IGNORECASE)
+                 if reading(m.start())]
         if found and all(a.marked for a in found):
             return found[0]
     return own
+
+
+_HEADER_RE = re.compile(r"^[ \t]*([A-Z][A-Z /&-]{2,40}):", re.MULTILINE)
+_NOT_READING = frozenset({"INDICATION", "HISTORY", "CLINICAL HISTORY", "COMPARISON", "EXAMINATION", "TECHNIQUE",
+                          "REASON FOR EXAMINATION", "REASON FOR EXAM", "CLINICAL INFORMATION", "NOTIFICATION"})

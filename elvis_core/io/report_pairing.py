@@ -29,9 +29,8 @@ EXPLICIT = "explicit"
 _STUDY_DIR_RE = re.compile(r"^s\d{6,}$")
 _PATIENT_DIR_RE = re.compile(r"^p\d{6,}$")
 
-UNPAIRED = ("unpaired report: not tied to exactly one study (pairing rules: MIMIC layout sYYYYYYYY.txt, a report "
-            "SR of the same StudyInstanceUID, a .txt with the image's file stem, or explicit: "
-            "elvis-viewer IMAGE --report TXT); shown with no study")
+UNPAIRED = ("unpaired report: no rule ties it to exactly one study (MIMIC layout, SR of the StudyInstanceUID, the "
+            "image's file stem, or IMAGE --report TXT); shown with no study")
 
 
 @dataclass(frozen=True)
