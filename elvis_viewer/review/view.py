@@ -461,6 +461,7 @@ class ReviewView(FiltersMixin, QtWidgets.QWidget):
             self.loaded_key = None
             self.image_view.clear()
             self.report_view.set_report(None)
+            self.figures_label.setText("")  # the previous item's figures too
         self.image_view.set_caption("loading …" if on else "")
 
     def _on_screen(self) -> bool:

@@ -288,7 +288,7 @@ def test_review_decisions_land_on_the_item_on_screen(qtbot, monkeypatch, tmp_pat
             if v.loaded_key not in (None, it.key):
                 self.bad.append((where, f"header names {it.key}, screen shows {v.loaded_key}"))
             if v.loaded_key is None and (v.image_view.rad is not None or v.image_view.gmap is not None
-                                         or v.report_view.report is not None):
+                                         or v.report_view.report is not None or v.figures_label.text()):
                 self.bad.append((where, "the previous item's film, map or report shown while loading"))
             if v.image_view.gmap is not None and v.image_view.gmap.phrase != it.label_text:
                 self.bad.append((where, f"map of {v.image_view.gmap.phrase!r} under {it.label_text!r}"))
