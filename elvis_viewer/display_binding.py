@@ -107,6 +107,7 @@ class DisplayBinding(QtCore.QObject):
         elif d.state == FAILED:
             for iv in w.views():
                 iv.clear()
+                iv.measure.clear()  # rulers and angles belong to the film that is gone
             w.current_boxes = []
             w.view_stack.setCurrentWidget(w.view_splitter)
             w.preset_combo.clear()

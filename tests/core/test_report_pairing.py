@@ -74,3 +74,17 @@ def test_a_single_file_pairs_by_layout_or_stem_only(tmp_path):
     assert rp.pair_single_file(str(img)) is None
     (tmp_path / "x.txt").write_text("mine")
     assert rp.pair_single_file(str(img)) == rp.Pairing(str(tmp_path / "x.txt"), rp.SAME_STEM)
+
+
+def test_inspect_lists_unpaired_reports_and_says_how_reports_paired(tmp_path, capsys):
+    from elvis_core.cli import main
+
+    mimic = tmp_path / "files" / "p10" / "p10000032" / "s50414267"
+    mimic.mkdir(parents=True)
+    make_dicom(mimic / "a.dcm", PIX)
+    (mimic.parent / "s50414267.txt").write_text("FINDINGS: Clear.\n")
+    (tmp_path / "loose.txt").write_text("Large left pneumothorax.\n")
+    assert main(["inspect", str(tmp_path)]) == 0
+    out = capsys.readouterr().out
+    assert "(paired: MIMIC layout)" in out
+    assert "unpaired: " in out and "loose.txt" in out

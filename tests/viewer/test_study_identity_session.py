@@ -162,13 +162,16 @@ def test_the_window_clears_a_failed_read_and_dims_while_loading(qtbot, tmp_path,
     assert win.image_view.rad is s.rad and win.windowTitle() == "ELVIS Viewer — " + os.path.basename(first)
     assert win.report_title.text() == "Report — none paired with this study" and win.report_view.report is None
     trunc = next(e.path for e in s.entries if e.path.endswith("b_trunc.dcm"))
+    assert win.add_measurement("ruler") is not None and win.image_view.measure.tools
     s.select_image(trunc)
     _idle(qtbot, s)
+    assert not win.image_view.measure.tools  # the ruler belonged to the film that is gone
     assert win.image_view.rad is None and win.image_view.image_item.image is None  # RG1's film is gone
     assert win.windowTitle().startswith("ELVIS Viewer — cannot display b_trunc.dcm: ")
     assert win.display_binding.label.isVisible() and win.display_binding.label.text() == s.display.error
     assert win.message_label.isVisible() and win.message_label.text() == s.display.error
     assert win.report_title.text() == "Report — none (the image could not be read)"
+    assert win.export_png(str(tmp_path / "x.png")) is None and not (tmp_path / "x.png").exists()
     # a slow read: the item on screen is dimmed and labelled, not presented as current
     release = threading.Event()
     real = session_mod.image_and_report
@@ -190,6 +193,8 @@ def test_the_window_clears_a_failed_read_and_dims_while_loading(qtbot, tmp_path,
     assert win.display_binding.dimmed and f"loading {name}" in win.windowTitle()
     assert win.display_binding.label.text().startswith(f"Loading {name}")
     assert not win.report_view.isEnabled()  # the previous report cannot be clicked meanwhile
+    assert win.export_png(str(tmp_path / "y.png")) is None  # nor exported as if it were the item asked for
+    assert "is still loading" in win.statusBar().currentMessage()
     release.set()
     _idle(qtbot, s)
     assert not win.display_binding.dimmed and not win.display_binding.label.isVisible()
