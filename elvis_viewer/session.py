@@ -22,7 +22,7 @@ from PySide6 import QtCore
 
 from elvis_core.errors import ElvisError
 from elvis_viewer import workers
-from elvis_viewer.display_record import (FAILED, SHOWN, DisplayRecord, PhraseState, StudyKey,
+from elvis_viewer.display_record import (FAILED, DisplayRecord, PhraseState, StudyKey,
                                          carried_phrase)
 from elvis_viewer.session_files import FilesMixin, ImageEntry, _is_report_file, err_text  # noqa: F401 (re-exported)
 from elvis_viewer.session_tasks import (encode_typed, ground, image_and_report, load_engine, prepare_engine,
@@ -269,11 +269,11 @@ class ViewerSession(FilesMixin, QtCore.QObject):
             return
         e = self.entry(path) or entry
         key = e.key() if e else StudyKey(path, path)
-        self._retarget_phrase(key, same_study=False)
         for sl in self.slots:
             sl.gmap, sl.map_key = None, None
         reason = exc.problem if isinstance(exc, ElvisError) else msg
         self.display.fail(key, f"cannot display {os.path.basename(path)}: {reason}")
+        self._retarget_phrase(key, same_study=False)  # after fail(): a pinned phrase is checked against no report
         self._target = None
         self.message.emit(self.display.error, True)
         self._update_provenance()
@@ -299,8 +299,10 @@ class ViewerSession(FilesMixin, QtCore.QObject):
             return
         e = self.entry(path) or entry
         key = e.key() if e else StudyKey(path, path)
-        old = self.display.key
-        same_study = old is not None and old.study == key.study and self.display.state == SHOWN
+        old, old_report = self.display.key, self.display.report
+        # the phrase (a span of the report) stays only on another image of the same study with the same report
+        same_study = (old is not None and old.study == key.study and self.display.rad is not None
+                      and getattr(old_report, "source_path", None) == getattr(report, "source_path", None))
         for s in self.slots:
             s.gmap, s.map_key = None, None
         self.display.show(key, rad, report, e.pairing if e else "")

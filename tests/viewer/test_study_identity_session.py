@@ -226,3 +226,32 @@ def test_cli_report_pairs_explicitly_and_the_header_says_how(qtbot, tmp_path):
     qtbot.waitUntil(lambda: win.session.rad_path == a and not win.busy(), timeout=30000)
     assert win.report_title.text() == "Report — s50000001.txt (paired: MIMIC layout)"
     workers.wait_all(30000)
+
+
+def test_the_phrase_stays_on_another_view_of_the_same_study(qtbot, session, tmp_path):
+    """PA then lateral of one study (the lateral read in a worker, not from the cache): the report phrase stays,
+    with its span, and is grounded again; a read that fails drops it (nothing is shown to ground it on)."""
+    a, _b = _mimic_two_studies(tmp_path)
+    lat = os.path.join(os.path.dirname(a), "lat.dcm")
+    shutil.copy(a, lat)
+    with qtbot.waitSignal(session.imageChanged, timeout=30000):
+        session.open_folder(str(tmp_path))
+    _idle(qtbot, session)
+    session.select_image(a)
+    _idle(qtbot, session)
+    span = session.report.find("Small left effusion.")
+    session.ground_phrase("Small left effusion.", span)
+    session._cache.clear()
+    session.select_image(lat)
+    assert session.display.state == "loading"
+    _idle(qtbot, session)
+    assert session.rad_path == lat and session.phrase.text == "Small left effusion." and session.phrase.span == span
+    assert not session.phrase.carried and violations(session) == []
+    with open(lat, "r+b") as f:  # the lateral becomes unreadable: its next read fails
+        f.truncate(400)
+    session._cache.clear()
+    session.select_image(a)
+    _idle(qtbot, session)
+    session.select_image(lat)
+    _idle(qtbot, session)
+    assert session.display.state == FAILED and session.phrase.text == "" and violations(session) == []
