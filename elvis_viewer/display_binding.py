@@ -103,7 +103,8 @@ class DisplayBinding(QtCore.QObject):
         w.setWindowTitle(d.title())
         self._dim(d.state == LOADING)
         if d.state == LOADING:
-            self._say(f"Loading {d.pending.name} …\n(the dimmed film is the previous item)", "#e8e8e8")
+            self._say(f"Loading {d.pending.name} …" + ("\n(the dimmed film is the previous item)" if d.rad is not None
+                                                     else ""), "#e8e8e8")
         elif d.state == FAILED:
             for iv in w.views():
                 iv.clear()
