@@ -1,7 +1,9 @@
 """`ViewerSession`: the viewer's state and work, headless (a QObject without widgets; napari's ``ViewerModel``).
 
-It holds the study list, the current image and report, the phrase (and how the report asserts it), the two model
-slots and the request generations; it runs every slow call on the thread pool and emits signals. Widgets render it
+It holds the study list, the display record (image, report and how it was paired, keyed by the item it belongs to:
+:mod:`elvis_viewer.display_record`), the phrase (and how the report asserts it), the two model slots (each map keyed
+by its item and checkpoint) and the request generations; it runs every slow call on the thread pool and emits
+signals. Files and reports are opened by :mod:`elvis_viewer.session_files`. Widgets render it
 (:mod:`elvis_viewer.main_window`) and tests drive it without a window (``tests/viewer/test_session.py``).
 
 Latency design: when an image and its report open, each loaded engine embeds the image and encodes the report's
@@ -331,6 +333,13 @@ class ViewerSession(FilesMixin, QtCore.QObject):
         if same_study or not p.text:
             p.key = key
             return False
+        if p.key is None and not p.origin:  # typed before any image was open: it is this first image's phrase
+            from elvis_core.io.negation import phrase_assertion
+
+            rep = self.display.report
+            self.phrase = PhraseState(text=p.text, key=key, origin=key.study, pinned=p.pinned, t0=time.perf_counter(),
+                                      assertion=phrase_assertion(p.text, rep.text if rep is not None else None))
+            return True
         if self.phrase_pinned:
             self.phrase = carried_phrase(p.text, key, self.display.report, p.origin)
         else:

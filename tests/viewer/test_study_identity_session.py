@@ -255,3 +255,13 @@ def test_the_phrase_stays_on_another_view_of_the_same_study(qtbot, session, tmp_
     session.select_image(lat)
     _idle(qtbot, session)
     assert session.display.state == FAILED and session.phrase.text == "" and violations(session) == []
+
+
+def test_a_phrase_typed_before_any_image_is_the_first_images(qtbot, session, tmp_path):
+    a, _b = _mimic_two_studies(tmp_path)
+    session.ground_phrase("no pneumothorax")  # typed into an empty window
+    assert session.phrase.key is None
+    session.open_paths([a])
+    _idle(qtbot, session)
+    p = session.phrase
+    assert p.text == "no pneumothorax" and p.key.image == a and not p.carried and violations(session) == []
