@@ -362,10 +362,10 @@ class ReviewView(FiltersMixin, QtWidgets.QWidget):
         if not self._gen.is_current(n) or self.session is None:
             return
         key, rad, report = result
-        self._rad = rad
         it = self.session.item
         if it is None or it.key != key:
             return
+        self._rad = rad  # only the film of the item on screen (a map requested when the model arrives uses it)
         self._set_loading(False)
         self.image_view.set_radiograph(rad)
         self.image_view.set_caption(it.label_text)
