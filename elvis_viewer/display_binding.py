@@ -100,7 +100,8 @@ class DisplayBinding(QtCore.QObject):
 
     def render(self) -> None:
         w, d = self.win, self.win.session.display
-        w.setWindowTitle(d.title())
+        mask = getattr(w, "mask_text", str)  # file names masked like the rest of the window (privacy toggle)
+        w.setWindowTitle(d.title(mask))
         self._dim(d.state == LOADING)
         if d.state == LOADING:
             self._say(f"Loading {d.pending.name} …" + ("\n(the dimmed film is the previous item)" if d.rad is not None
@@ -115,4 +116,4 @@ class DisplayBinding(QtCore.QObject):
             self._say(d.error, "#ff8a80")
         else:
             self._say("", "")
-        w.report_title.setText(d.report_header())
+        w.report_title.setText(d.report_header(mask))

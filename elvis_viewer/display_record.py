@@ -17,7 +17,7 @@ from __future__ import annotations
 import os
 import time
 from dataclasses import dataclass, field
-from typing import Any, Dict, List, Optional, Tuple
+from typing import Any, Callable, Dict, List, Optional, Tuple
 
 EMPTY, LOADING, SHOWN, FAILED = "empty", "loading", "shown", "failed"
 CARRIED_NOTE = "typed, not from this report"
@@ -101,16 +101,17 @@ class DisplayRecord:
         """True when the parts on screen are the item the user asked for (not loading, not failed)."""
         return self.state == SHOWN
 
-    def title(self) -> str:
+    def title(self, mask: Callable[[str], str] = str) -> str:
+        """The window title; ``mask`` masks a file name (a UID while identifiers are hidden)."""
         if self.state == FAILED and self.key is not None:
-            return f"ELVIS Viewer — {self.error}"
+            return f"ELVIS Viewer — {self.error.replace(self.key.name, mask(self.key.name))}"
         if self.state == LOADING and self.pending is not None:
-            return f"ELVIS Viewer — loading {self.pending.name} …"
+            return f"ELVIS Viewer — loading {mask(self.pending.name)} …"
         if self.key is not None and self.rad is not None:
-            return f"ELVIS Viewer — {self.key.name}"
+            return f"ELVIS Viewer — {mask(self.key.name)}"
         return "ELVIS Viewer"
 
-    def report_header(self) -> str:
+    def report_header(self, mask: Callable[[str], str] = str) -> str:
         """"Report — s5001.txt (paired: MIMIC layout)", or why there is none."""
         if self.state == FAILED:
             return "Report — none (the image could not be read)"
@@ -118,7 +119,7 @@ class DisplayRecord:
         if rep is None:
             return "Report — none paired with this study" if self.key is not None else "Report"
         name = os.path.basename(rep.source_path) if getattr(rep, "source_path", None) else "report"
-        return f"Report — {name} (paired: {self.pairing or 'unknown'})"
+        return f"Report — {mask(name)} (paired: {self.pairing or 'unknown'})"
 
 
 def carried_phrase(text: str, key: StudyKey, report, origin: str) -> PhraseState:
