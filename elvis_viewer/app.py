@@ -29,6 +29,8 @@ def build_parser() -> argparse.ArgumentParser:
         epilog="Example: elvis-viewer study_folder/ --checkpoint resources/demo_model --annotations ms_cxr.csv",
     )
     p.add_argument("paths", nargs="*", help="DICOM / image files, report .txt, study folders")
+    p.add_argument("--report", metavar="TXT", help="the report of the IMAGE(s) given (explicit pairing: they must be "
+                   "of one study; otherwise it is listed as unpaired and shown with none)")
     p.add_argument("--checkpoint", metavar="DIR", help="checkpoint directory (config.json + model.safetensors)")
     p.add_argument("--compare", metavar="CKPT2", help="second checkpoint: opens compare mode side by side")
     p.add_argument("--annotations", metavar="CSV", help="MS-CXR annotation CSV (phrase boxes)")
@@ -266,8 +268,8 @@ def open_from_args(win, args, app=None) -> None:
                 win.review_view.load(annotations, images)
             except Exception as e:  # shown, not a traceback
                 win.show_message(f"Review: {e}")
-    if paths:
-        win.open_paths(paths)
+    if paths or getattr(args, "report", None):
+        win.open_paths(paths, report_path=getattr(args, "report", None))
     if args.phrase:
         _after_first_image(win, lambda: win.ground_phrase(args.phrase))
     elif args.demo or (annotations and paths):

@@ -126,18 +126,22 @@ def trust_header(win) -> List[tuple]:
 
 def export_window(win, path: str) -> Optional[Path]:
     """Write the main window's current viewer picture to ``path`` (PNG); returns the path or None (message shown)."""
+    from elvis_viewer.display_binding import phrase_note
+
     s = win.session
-    if s.rad is None:
-        win.show_message("Nothing to export: open an image first")
+    d = s.display
+    if s.rad is None or not d.current:  # never the previous item while the next one loads or failed to read
+        why = (f"{d.pending.name} is still loading" if d.pending is not None else d.error or "open an image first")
+        win.show_message("Nothing to export: " + why)
         return None
     views = grab_views(win)
     header = []
     if s.phrase.text:
         header.append((f"“{s.phrase.text}”", "#ffffff"))
-        a = s.phrase.assertion
-        if a is not None and a.marked:
-            header.append(("⚠ " + a.label() + ": the map shows where the words point, not that it is present",
-                           "#ff6e6e" if a.kind == "negated" else "#ffc04d"))
+        a, note = s.phrase.assertion, phrase_note(s)  # a pinned phrase carried here says so, as on screen
+        if note:
+            header.append(("⚠ " + note + ": the map shows where the words point, not that it is present",
+                           "#ff6e6e" if a is not None and a.kind == "negated" else "#ffc04d"))
     header += trust_header(win)
     if s.provenance_text:
         header.append(("⚠ " + s.provenance_text, "#ffc04d"))

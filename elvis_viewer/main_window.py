@@ -16,6 +16,7 @@ from typing import Optional
 from PySide6 import QtCore, QtGui, QtWidgets
 
 from elvis_viewer.actions import build_actions, pass_window_shortcuts
+from elvis_viewer.display_binding import DisplayBinding, map_is_current, phrase_note
 from elvis_viewer.image_view import ImageView
 from elvis_viewer.overlay_panel import OverlayPanel, OverlaySettings, apply_settings
 from elvis_viewer.report_view import ReportView
@@ -23,6 +24,7 @@ from elvis_viewer.session import ViewerSession
 from elvis_viewer.study_browser import StudyBrowser, ThumbnailStrip
 from elvis_viewer.window_dialogs import WindowDialogsMixin
 from elvis_viewer.window_layout import VIEWER_ONLY_PREFIXES, WindowLayoutMixin  # noqa: F401 (re-exported)
+from elvis_viewer.window_api import SessionShortcuts
 
 #: box colours of the viewer (no yellow: in the Review tab yellow means "unreviewed")
 BOX_COLORS = ["#00e676", "#40c4ff", "#ff4081", "#b388ff", "#ff9100"]
@@ -32,7 +34,7 @@ EMPTY_HINT = ("<h2>ELVIS Viewer</h2><p>Open a chest X-ray: <b>File → Open file
               "grounds it. <b>F1</b> lists every shortcut.</p>")
 
 
-class MainWindow(WindowLayoutMixin, WindowDialogsMixin, QtWidgets.QMainWindow):
+class MainWindow(WindowLayoutMixin, WindowDialogsMixin, SessionShortcuts, QtWidgets.QMainWindow):
     overlayUpdated = QtCore.Signal(int)  # slot whose overlay was just drawn
     imageShown = QtCore.Signal(str)
     scanFinished = QtCore.Signal()
@@ -55,6 +57,7 @@ class MainWindow(WindowLayoutMixin, WindowDialogsMixin, QtWidgets.QMainWindow):
         self._build_toolbar_extras()
         self._connect()
         self._init_geometry()
+        self.display_binding = DisplayBinding(self)  # loading / failed states, title, report pairing, the pin
         self._restore_state()
         self._apply_overlay_settings(self.overlay_panel.settings())
 
@@ -198,46 +201,13 @@ class MainWindow(WindowLayoutMixin, WindowDialogsMixin, QtWidgets.QMainWindow):
             s.modelChanged.connect(lambda k: k == 0 and s.slots[0].engine is not None and self.review_view.engine_ready())
 
     # ============================================================================================ public API
-    # thin conveniences over the session (tests and app.py use them)
-    @property
-    def rad(self):
-        return self.session.rad
-
-    @property
-    def rad_path(self):
-        return self.session.rad_path
-
-    @property
-    def report(self):
-        return self.session.report
-
-    @property
-    def phrase(self) -> Optional[str]:
-        return self.session.phrase.text or None
-
-    @property
-    def slots(self):
-        return self.session.slots
-
-    @property
-    def problems(self):
-        return self.session.problems
-
-    @property
-    def annotations(self):
-        return self.session.annotations
-
-    @property
-    def last_latency_s(self):
-        return self.session.last_latency_s
-
     def views(self):
         return (self.image_view, self.compare_view)
 
-    def open_paths(self, paths) -> None:
+    def open_paths(self, paths, report_path=None) -> None:
         for p in paths:
             self._add_recent(os.fspath(p))
-        self.session.open_paths(paths)
+        self.session.open_paths(paths, report_path=report_path)
 
     def open_file(self, path) -> None:
         self.open_paths([path])
@@ -359,12 +329,14 @@ class MainWindow(WindowLayoutMixin, WindowDialogsMixin, QtWidgets.QMainWindow):
         s = self.session
         if s.phrase.span is None:
             self.report_view.clear_current()
-        a = s.phrase.assertion
-        note = a.label() if a is not None and a.marked else ""
+        note = phrase_note(s)  # a carried (pinned) phrase says so, and how THIS report asserts it
         self.assertion_label.setText(f"<span style='color:#ff8a80'>⚠ {note}: the map shows where these words "
                                      "point, not that the finding is present</span>" if note else "")
         for iv in self.views():
             iv.set_note(note)
+            iv.set_overlay(None)  # the previous phrase's map is not this phrase's (its own arrives next)
+        if self.display_binding.pin.isChecked() != s.phrase_pinned:
+            self.display_binding.pin.setChecked(s.phrase_pinned)
         boxes, box_note = s.boxes_for_phrase()
         drawn = [(b, label, QtGui.QColor(BOX_COLORS[i % len(BOX_COLORS)])) for i, (b, label) in enumerate(boxes)]
         for iv in self.views():
@@ -378,6 +350,8 @@ class MainWindow(WindowLayoutMixin, WindowDialogsMixin, QtWidgets.QMainWindow):
     def _on_map(self, slot: int) -> None:
         s = self.session
         gmap = s.slots[slot].gmap
+        if not map_is_current(s, slot):  # never another item's, phrase's or checkpoint's map
+            return
         view = self.image_view if slot == 0 else self.compare_view
         view.set_overlay(gmap)
         self._apply_levels()

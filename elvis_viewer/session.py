@@ -1,7 +1,9 @@
 """`ViewerSession`: the viewer's state and work, headless (a QObject without widgets; napari's ``ViewerModel``).
 
-It holds the study list, the current image and report, the phrase (and how the report asserts it), the two model
-slots and the request generations; it runs every slow call on the thread pool and emits signals. Widgets render it
+It holds the study list, the display record (image, report and how it was paired, keyed by the item it belongs to:
+:mod:`elvis_viewer.display_record`), the phrase (and how the report asserts it), the two model slots (each map keyed
+by its item and checkpoint) and the request generations; it runs every slow call on the thread pool and emits
+signals. Files and reports are opened by :mod:`elvis_viewer.session_files`. Widgets render it
 (:mod:`elvis_viewer.main_window`) and tests drive it without a window (``tests/viewer/test_session.py``).
 
 Latency design: when an image and its report open, each loaded engine embeds the image and encodes the report's
@@ -15,29 +17,18 @@ from __future__ import annotations
 import os
 import time
 from collections import OrderedDict
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
 from PySide6 import QtCore
 
 from elvis_core.errors import ElvisError
 from elvis_viewer import workers
+from elvis_viewer.display_record import (FAILED, DisplayRecord, PhraseState, StudyKey,
+                                         carried_phrase)
+from elvis_viewer.session_files import FilesMixin, ImageEntry, _is_report_file, err_text  # noqa: F401 (re-exported)
 from elvis_viewer.session_tasks import (encode_typed, ground, image_and_report, load_engine, prepare_engine,
-                                        read_report, report_beside, scan_folder, thumbnail_of,
-                                        thumbnails)
-
-
-def err_text(exc: BaseException) -> str:
-    return str(exc) if isinstance(exc, ElvisError) else f"{type(exc).__name__}: {exc}"
-
-
-def _is_report_file(path: str) -> bool:
-    """A .txt report or a report stored as a DICOM SR (header-only check)."""
-    if path.lower().endswith(".txt"):
-        return True
-    from elvis_core.io.sr_report import is_text_report_sr
-
-    return bool(is_text_report_sr(path))
+                                        scan_folder, thumbnail_of, thumbnails)
 
 
 def _label_from_image(entry: "ImageEntry", rad) -> None:
@@ -59,31 +50,17 @@ class ModelSlot:
     error: str = ""
     gmap: Any = None
     hash: str = ""
+    #: the item and checkpoint the map on screen was made for (the display invariant)
+    map_key: Optional[StudyKey] = None
+    map_hash: str = ""
+    load_gen: int = 0  # the latest load into this slot (an older load finishing later is dropped)
 
     @property
     def provenance(self) -> dict:
         return getattr(self.engine, "provenance", None) or {}
 
 
-@dataclass
-class ImageEntry:
-    path: str
-    label: str
-    study_key: str
-    report_path: Optional[str] = None
-    study_label: str = ""
-
-
-@dataclass
-class PhraseState:
-    text: str = ""
-    span: Optional[Tuple[int, int]] = None
-    assertion: Any = None  # elvis_core.io.negation.Assertion
-    t0: float = 0.0
-    gens: Dict[int, int] = field(default_factory=dict)
-
-
-class ViewerSession(QtCore.QObject):
+class ViewerSession(FilesMixin, QtCore.QObject):
     studiesChanged = QtCore.Signal()
     problemAdded = QtCore.Signal(str, str)  # path, one-line message
     message = QtCore.Signal(str, bool)  # text, show as banner
@@ -98,6 +75,7 @@ class ViewerSession(QtCore.QObject):
     provenanceChanged = QtCore.Signal(str)  # banner text ("" = none)
     compareChanged = QtCore.Signal(bool)
     thumbnailReady = QtCore.Signal(str, object)  # path, uint8 array
+    displayChanged = QtCore.Signal()  # the display record's state: loading / shown / failed (display.title())
 
     def __init__(self, parent=None):
         super().__init__(parent)
@@ -105,9 +83,9 @@ class ViewerSession(QtCore.QObject):
         self._index: Dict[str, int] = {}
         self._abs: Dict[str, int] = {}  # absolute path -> index: one entry per file however it was opened
         self.problems: List[Tuple[str, str]] = []
-        self.rad = None
-        self.rad_path: Optional[str] = None
-        self.report = None
+        self.display = DisplayRecord()  # image, report, pairing: one record keyed by its item (display_record.py)
+        self.phrase_pinned = False  # the pin toggle: keep the phrase when the study changes
+        self._target: Optional[str] = None  # the image last asked for (navigation steps from it while it loads)
         self.annotations = None
         self.annotations_root: Optional[str] = None
         self.phrase = PhraseState()
@@ -122,7 +100,8 @@ class ViewerSession(QtCore.QObject):
         self._ground_gen = workers.Generation()
         self._thumb_gen = workers.Generation()
         self._scan_task: Optional[workers.Task] = None
-        self._cache: "OrderedDict[str, tuple]" = OrderedDict()  # path -> (rad, report, report_err): preloaded
+        # (path, report path) -> (rad, report, report_err): preloaded
+        self._cache: "OrderedDict[tuple, tuple]" = OrderedDict()
         # a long task (thumbnails, a model load) must not queue a grounding
         workers.pool().setMaxThreadCount(max(4, workers.pool().maxThreadCount()))
 
@@ -167,42 +146,6 @@ class ViewerSession(QtCore.QObject):
     def _find_abs(self, abspath: str) -> Optional[int]:
         return self._abs.get(abspath)
 
-    def open_paths(self, paths: Sequence[str]) -> None:
-        paths = [os.fspath(p) for p in paths]
-        files = [p for p in paths if os.path.isfile(p) and not p.lower().endswith(".csv")]
-        reports = [p for p in files if _is_report_file(p)]
-        # one report opened together with image files (`elvis-viewer img.dcm report.txt`, a drop): it is theirs
-        with_report = reports[0] if len(reports) == 1 and len(files) > 1 else None
-        for p in paths:
-            if os.path.isdir(p):
-                self.open_folder(p)
-            elif p == with_report:
-                continue
-            elif os.path.exists(p):
-                self.open_file(p, report_path=with_report)
-            else:
-                self.problem(p, f"{p}: no such file or folder")
-
-    def open_file(self, path: str, report_path: Optional[str] = None) -> None:
-        """Open one file: annotations (.csv), a report (.txt or a report SR: the current image's report), or an
-        image (listed once it reads), whose report is ``report_path`` or the one beside its study folder."""
-        path = os.fspath(path)
-        if path.lower().endswith(".csv"):
-            self.load_annotations(path)
-            return
-        if _is_report_file(path):
-            self.run(read_report, path, on_result=self._set_report,
-                     on_error=lambda e: self.problem(path, err_text(e)))
-            return
-        known = self._find_abs(os.path.abspath(path))
-        if known is not None:  # already listed: just show it
-            self.select_image(self.entries[known].path)
-            return
-        # listed only once it reads: a broken file goes to Problems, never into the study list
-        self.select_image(path, entry=ImageEntry(path=path, label=os.path.basename(path), study_key=path,
-                                                 report_path=report_path or report_beside(path),
-                                                 study_label=os.path.basename(os.path.dirname(path))))
-
     def open_folder(self, root: str) -> None:
         root = os.fspath(root)
         self.cancel_scan()
@@ -219,7 +162,7 @@ class ViewerSession(QtCore.QObject):
 
     def _on_scan(self, result) -> None:
         entries, errors, cancelled = result
-        for path, msg in errors:
+        for path, msg in errors:  # unreadable files and unpaired reports
             self.problems.append((path, msg))
             self.problemAdded.emit(path, msg)
         before = len(self.entries)
@@ -230,7 +173,7 @@ class ViewerSession(QtCore.QObject):
             msg += f" ({len(entries) - n_new} already listed)"
         self.message.emit(msg + (" (scan cancelled)" if cancelled else ""), False)
         self.start_thumbnails(self.entries[before:])
-        if self.rad is None and self.entries:
+        if self.display.key is None and self._target is None and self.entries:
             self.select_image(self.entries[before if before < len(self.entries) else 0].path)
         self.scanFinished.emit()
 
@@ -253,8 +196,23 @@ class ViewerSession(QtCore.QObject):
         start(0)
 
     # ---------------------------------------------------------------------------------------------- browsing
+    @property
+    def rad(self):
+        return self.display.rad
+
+    @property
+    def rad_path(self) -> Optional[str]:
+        """The image on screen (None while nothing is, or its read failed)."""
+        return self.display.key.image if self.display.rad is not None else None
+
+    @property
+    def report(self):
+        return self.display.report
+
     def current_index(self) -> int:
-        return self._index.get(self.rad_path, -1) if self.rad_path else -1
+        """The item asked for last (being read, shown or failed): navigation steps from it."""
+        path = self._target or (self.display.key.image if self.display.key else None)
+        return self._index.get(path, -1) if path else -1
 
     def step_image(self, delta: int) -> Optional[str]:
         """Open the next (delta > 0) or previous image of the flat list; returns its path (None at the end)."""
@@ -287,23 +245,50 @@ class ViewerSession(QtCore.QObject):
     # ------------------------------------------------------------------------------------------------- image
     def select_image(self, path: str, entry: Optional[ImageEntry] = None) -> None:
         gen = self._image_gen.next()
+        self._ground_gen.next()  # a map still computing for the item on screen is not wanted any more
         e = entry or self.entry(path)
-        report_path = e.report_path if e else None
-        if path in self._cache:  # preloaded: no worker round trip
-            self._cache.move_to_end(path)
-            self._on_read(gen, path, entry, self._cache[path])
+        key = e.key() if e else StudyKey(path, path)
+        self._target = path
+        ck = (path, e.report_path if e else None)
+        if ck in self._cache:  # preloaded: no worker round trip
+            self._cache.move_to_end(ck)
+            self._on_read(gen, path, entry, self._cache[ck])
             return
+        self.display.start_loading(key)  # the item on screen is dimmed and labelled "loading", not shown as current
+        self.displayChanged.emit()
         self.message.emit(f"Reading {os.path.basename(path)} …", False)
-        # a newly opened file (``entry``) is reported even when a later request superseded it (several files opened)
-        self.run(image_and_report, path, report_path, on_result=lambda r: self._on_read(gen, path, entry, r),
-                 on_error=lambda exc: (entry is not None or self._image_gen.is_current(gen))
-                 and self.problem(path, err_text(exc)))
+        self.run(image_and_report, path, ck[1], on_result=lambda r: self._on_read(gen, path, entry, r),
+                 on_error=lambda exc: self._on_read_error(gen, path, entry, exc))
+
+    def _on_read_error(self, gen, path, entry, exc) -> None:
+        """A failed read: listed in Problems; when it was the item asked for, the screen is cleared and says
+        "cannot display FILE: reason" (never the previous patient's film under the new name)."""
+        current = self._image_gen.is_current(gen)
+        msg = err_text(exc)
+        if entry is not None or current:
+            self.problem(path, msg, banner=False)
+        if not current:
+            return
+        e = self.entry(path) or entry
+        key = e.key() if e else StudyKey(path, path)
+        for sl in self.slots:
+            sl.gmap, sl.map_key = None, None
+        reason = exc.problem if isinstance(exc, ElvisError) else msg
+        self.display.fail(key, f"cannot display {os.path.basename(path)}: {reason}")
+        self._retarget_phrase(key, same_study=False)  # after fail(): a pinned phrase is checked against no report
+        self._target = None
+        self.message.emit(self.display.error, True)
+        self._update_provenance()
+        self.reportChanged.emit()
+        self.phraseChanged.emit(self.phrase.text)
+        self.displayChanged.emit()
 
     def _on_read(self, gen, path, entry, result) -> None:
         current = self._image_gen.is_current(gen)
         if not current and entry is None:
             return
-        self._remember(path, result)
+        e0 = self.entry(path) or entry
+        self._remember((path, e0.report_path if e0 else None), result)
         rad, report, report_err = result
         if entry is not None and self._find_abs(os.path.abspath(path)) is None:
             _label_from_image(entry, rad)
@@ -314,25 +299,61 @@ class ViewerSession(QtCore.QObject):
                      on_error=lambda e: None)
         if not current:
             return
-        self.rad, self.rad_path = rad, path
+        e = self.entry(path) or entry
+        key = e.key() if e else StudyKey(path, path)
+        old, old_report = self.display.key, self.display.report
+        # the phrase (a span of the report) stays only on another image of the same study with the same report
+        same_study = (old is not None and old.study == key.study and self.display.rad is not None
+                      and getattr(old_report, "source_path", None) == getattr(report, "source_path", None))
         for s in self.slots:
-            s.gmap = None
+            s.gmap, s.map_key = None, None
+        self.display.show(key, rad, report, e.pairing if e else "")
+        self._target = None
+        phrase_changed = self._retarget_phrase(key, same_study)
         if report_err:
             self.problem(path, report_err, banner=False)
-        self.report = report
         self.message.emit("; ".join(rad.warnings) if rad.warnings else "", False)
         self._update_provenance()
         self.reportChanged.emit()  # before imageChanged: listeners of imageChanged may select a report span
         self.imageChanged.emit(path)
+        self.displayChanged.emit()
+        if phrase_changed:
+            self.phraseChanged.emit(self.phrase.text)
         for k in (0, 1):
             self._prepare(k)
         if self.phrase.text:
-            self.ground_phrase(self.phrase.text, self._span_in_report(self.phrase.text))
+            self.ground_phrase(self.phrase.text, self.phrase.span, carried=self.phrase.carried)
         QtCore.QTimer.singleShot(150, self._preload_next)  # after this image is drawn (no GIL contention)
 
-    def _remember(self, path, result) -> None:
-        self._cache[path] = result
-        self._cache.move_to_end(path)
+    def _retarget_phrase(self, key: StudyKey, same_study: bool) -> bool:
+        """The phrase follows its study: kept (re-keyed) on another image of the same study; on another study it
+        is cleared, unless pinned: then it is carried as "typed, not from this report", its negation checked
+        against the new report. Returns True when the phrase changed."""
+        p = self.phrase
+        if same_study or not p.text:
+            p.key = key
+            return False
+        if p.key is None and not p.origin:  # typed before any image was open: it is this first image's phrase
+            from elvis_core.io.negation import phrase_assertion
+
+            rep = self.display.report
+            self.phrase = PhraseState(text=p.text, key=key, origin=key.study, pinned=p.pinned, t0=time.perf_counter(),
+                                      assertion=phrase_assertion(p.text, rep.text if rep is not None else None))
+            return True
+        if self.phrase_pinned:
+            self.phrase = carried_phrase(p.text, key, self.display.report, p.origin)
+        else:
+            self.phrase = PhraseState(key=key)
+        return True
+
+    def set_phrase_pinned(self, on: bool) -> None:
+        """The pin toggle: keep the phrase (as typed text) when the study changes."""
+        self.phrase_pinned = bool(on)
+        self.phrase.pinned = self.phrase_pinned
+
+    def _remember(self, ck, result) -> None:
+        self._cache[ck] = result
+        self._cache.move_to_end(ck)
         while len(self._cache) > 3:
             self._cache.popitem(last=False)
 
@@ -340,60 +361,13 @@ class ViewerSession(QtCore.QObject):
         i = self.current_index()
         if 0 <= i < len(self.entries) - 1:
             nxt = self.entries[i + 1]
-            if nxt.path not in self._cache:
+            ck = (nxt.path, nxt.report_path)
+            if ck not in self._cache:
                 self.run(image_and_report, nxt.path, nxt.report_path,
-                         on_result=lambda r, p=nxt.path: self._remember(p, r), on_error=lambda e: None)
-
-    def _set_report(self, report) -> None:
-        self.report = report
-        self.reportChanged.emit()
-        for k in (0, 1):
-            self._prepare(k)
+                         on_result=lambda r, ck=ck: self._remember(ck, r), on_error=lambda e: None)
 
     def _span_in_report(self, text: str) -> Optional[Tuple[int, int]]:
         return self.report.find(text) if self.report is not None else None
-
-    # --------------------------------------------------------------------------------------------- annotations
-    def load_annotations(self, path: str, images_root: Optional[str] = None) -> None:
-        from elvis_core.io.annotations import read_ms_cxr_csv
-
-        self.annotations_root = images_root
-        try:
-            aset = read_ms_cxr_csv(path)
-        except ElvisError as e:
-            self.problem(path, str(e))
-            return
-        self.annotations = aset
-        for line, msg in aset.errors:
-            self.problem(path, f"{path}:{line}: {msg}", banner=False)
-        self.message.emit(f"{len(aset)} annotated phrases from {os.path.basename(path)}", False)
-        self.annotationsChanged.emit()
-        for k in (0, 1):
-            self._prepare(k)
-
-    def annotated_phrases(self, path: Optional[str] = None) -> list:
-        path = path or self.rad_path
-        if self.annotations is None or not path:
-            return []
-        try:
-            return self.annotations.for_path(str(path).replace(os.sep, "/"))
-        except Exception:
-            return []
-
-    def boxes_for_phrase(self) -> Tuple[list, str]:
-        """[(Box, label)] of the current phrase on the current image (rescaled to the image), and a note."""
-        from elvis_core.io.annotations import rescale_boxes
-
-        out, note = [], ""
-        if not self.phrase.text or self.rad is None:
-            return out, note
-        want = " ".join(self.phrase.text.lower().split())
-        for p in self.annotated_phrases():
-            if " ".join(p.label_text.lower().split()) == want:
-                bxs, n = rescale_boxes(p, self.rad.shape)
-                note = n or note
-                out += [(b, p.category or p.label_text) for b in bxs]
-        return out, note
 
     def report_phrases(self) -> List[str]:
         """What a reader will likely click: the report's sentences and the image's annotated phrases."""
@@ -409,28 +383,35 @@ class ViewerSession(QtCore.QObject):
         """Load a checkpoint directory (or wrap an in-memory ``model``, or ``factory()`` run in the worker) into
         slot 0 (main) or 1 (compare). torch is imported by the worker, never at start-up."""
         s = self.slots[slot]
-        s.loading, s.error, s.engine, s.gmap, s.path = True, "", None, None, path
+        s.loading, s.error, s.engine, s.gmap, s.map_key, s.path = True, "", None, None, None, path
+        s.hash, s.load_gen = "", s.load_gen + 1
         s.name = name or (os.path.basename(os.path.normpath(path)) if path else "in-memory model")
         self.modelChanged.emit(slot)
         self.message.emit(f"Loading checkpoint {s.name} …", False)
-        self.run(load_engine, path, model, factory, on_result=lambda e: self._on_engine(slot, e),
-                 on_error=lambda e: self._on_engine_error(slot, e))
+        gen = s.load_gen
+        self.run(load_engine, path, model, factory, on_result=lambda e: self._on_engine(slot, e, gen),
+                 on_error=lambda e: self._on_engine_error(slot, e, gen))
 
-    def _on_engine(self, slot: int, engine) -> None:
+    def _on_engine(self, slot: int, engine, gen: Optional[int] = None) -> None:
         from elvis_viewer.session_tasks import limit_torch_threads
 
-        limit_torch_threads()  # the GUI thread runs the cached matrix-vector products (try_ground_cached)
         s = self.slots[slot]
+        if gen is not None and gen != s.load_gen:
+            return  # a newer load into this slot supersedes this one
+        limit_torch_threads()  # the GUI thread runs the cached matrix-vector products (try_ground_cached)
         s.engine, s.loading, s.hash = engine, False, str(engine.checkpoint_hash)
+        s.gmap, s.map_key = None, None  # a map of the previous checkpoint is not this one's
         self.modelChanged.emit(slot)
         self.message.emit(f"Checkpoint {s.name} ready ({s.hash[:12]})", False)
         self._update_provenance()
         self._prepare(slot)
         if self.rad is not None and self.phrase.text:
-            self.ground_phrase(self.phrase.text, self.phrase.span)
+            self.ground_phrase(self.phrase.text, self.phrase.span, carried=self.phrase.carried)
 
-    def _on_engine_error(self, slot: int, exc) -> None:
+    def _on_engine_error(self, slot: int, exc, gen: Optional[int] = None) -> None:
         s = self.slots[slot]
+        if gen is not None and gen != s.load_gen:
+            return
         s.loading, s.error = False, err_text(exc)
         self.modelChanged.emit(slot)
         self.problem(s.path or "checkpoint", s.error)
@@ -478,12 +459,12 @@ class ViewerSession(QtCore.QObject):
             self.message.emit("Compare mode: open a second checkpoint (File → Open compare checkpoint, or "
                               "--compare DIR)", False)
         if on and self.phrase.text:
-            self.ground_phrase(self.phrase.text, self.phrase.span)
+            self.ground_phrase(self.phrase.text, self.phrase.span, carried=self.phrase.carried)
 
     def set_token_mode(self, on: bool) -> None:
         self.token_mode = bool(on)
         if self.phrase.text:
-            self.ground_phrase(self.phrase.text, self.phrase.span)
+            self.ground_phrase(self.phrase.text, self.phrase.span, carried=self.phrase.carried)
 
     def _update_provenance(self) -> None:
         from elvis_core.grounding.provenance import provenance_warning
@@ -501,21 +482,31 @@ class ViewerSession(QtCore.QObject):
             self.provenanceChanged.emit(text)
 
     # ---------------------------------------------------------------------------------------------- grounding
-    def ground_phrase(self, phrase: str, span: Optional[Tuple[int, int]] = None) -> None:
-        """Ground ``phrase`` on the current image with every active model (the newest request wins)."""
+    def ground_phrase(self, phrase: str, span: Optional[Tuple[int, int]] = None, carried: bool = False) -> None:
+        """Ground ``phrase`` on the current image with every active model (the newest request wins). The phrase is
+        keyed to the item on screen; ``carried``: a pinned phrase from another study ("typed, not from this
+        report", its negation checked against this report)."""
         from elvis_core.io.negation import assertion_of, phrase_assertion
 
         text = " ".join(str(phrase).split())
         if not text:
             return
-        if span is not None and self.report is not None:
-            assertion = assertion_of(self.report.text, *span)
+        key, report = self.display.key, self.report
+        if carried:
+            self.phrase = carried_phrase(text, key, report, self.phrase.origin)
         else:
-            assertion = phrase_assertion(text, self.report.text if self.report is not None else None)
-        self.phrase = PhraseState(text=text, span=span, assertion=assertion, t0=time.perf_counter())
+            if span is not None and report is not None:
+                assertion = assertion_of(report.text, *span)
+            else:
+                assertion = phrase_assertion(text, report.text if report is not None else None)
+            self.phrase = PhraseState(text=text, span=span, assertion=assertion, t0=time.perf_counter(), key=key,
+                                      pinned=self.phrase_pinned, origin=key.study if key is not None else "")
+        gen = self._ground_gen.next()
+        for s in self.slots:  # a map of the previous phrase is not this phrase's map
+            s.gmap, s.map_key = None, None
         self.phraseChanged.emit(text)
         if self.rad is None:
-            self.message.emit("Open an image first", False)
+            self.message.emit("Open an image first" if self.display.state != FAILED else self.display.error, False)
             return
         active = self.active_slots()
         if not active:
@@ -523,22 +514,24 @@ class ViewerSession(QtCore.QObject):
                 self.message.emit("No checkpoint loaded: File → Open checkpoint (or --checkpoint DIR) to see maps",
                                   False)
             return
-        gen = self._ground_gen.next()
         rad, tokens = self.rad, self.token_mode
         for k in active:
             eng = self.slots[k].engine
+            h = self.slots[k].hash
             if not tokens:
                 gm = eng.try_ground_cached(rad, text)  # a matrix-vector product when both are cached
                 if gm is not None:
-                    self._on_map(gen, k, gm)
+                    self._on_map(gen, k, gm, key, h)
                     continue
-            self.run(ground, eng, rad, text, tokens, on_result=lambda g, k=k: self._on_map(gen, k, g),
+            self.run(ground, eng, rad, text, tokens, on_result=lambda g, k=k, h=h: self._on_map(gen, k, g, key, h),
                      on_error=lambda e: self._ground_gen.is_current(gen) and self.message.emit(err_text(e), False))
 
-    def _on_map(self, gen: int, slot: int, gmap) -> None:
-        if not self._ground_gen.is_current(gen):
-            return  # superseded by a newer selection
-        self.slots[slot].gmap = gmap
+    def _on_map(self, gen: int, slot: int, gmap, key: Optional[StudyKey] = None, ckpt: str = "") -> None:
+        s = self.slots[slot]
+        if not self._ground_gen.is_current(gen) or key != self.display.key or ckpt != s.hash \
+                or gmap.phrase != self.phrase.text or s.engine is None:
+            return  # superseded: a newer selection, another item or another checkpoint
+        s.gmap, s.map_key, s.map_hash = gmap, key, ckpt
         self.last_latency_s = float(gmap.latency_s)
         self.last_wall_s = time.perf_counter() - self.phrase.t0
         if gmap.warnings:

@@ -25,13 +25,6 @@ def read_report(path: str):
     return _read(path)
 
 
-def report_beside(path: str) -> Optional[str]:
-    """MIMIC-CXR layout: ``.../sYYYY/img.dcm`` has its report at ``.../sYYYY.txt``."""
-    d = os.path.dirname(os.path.abspath(path))
-    cand = d.rstrip(os.sep) + ".txt"
-    return cand if os.path.isfile(cand) else None
-
-
 def image_and_report(path: str, report_path: Optional[str]):
     """(Radiograph, Report | None, report error | None); the display is prepared here, off the GUI thread."""
     rad = read_image(path)
@@ -135,7 +128,8 @@ def scan_folder(root: str, progress=None, cancel=None):
                 size = f" {im.cols}x{im.rows}" if im.rows and im.cols else ""
                 entries.append({"path": im.path, "label": f"{view}{os.path.basename(im.path)}{size}",
                                 "study_key": str(st.key), "report_path": st.report_path,
-                                "study_label": study_label})
+                                "study_label": study_label, "pairing": st.report_pairing})
     errors = [(p, m if p in m else f"{p}: {m}") for p, m in res.errors]
     errors += [(p, f"{p}: skipped ({m})") for p, m in getattr(res, "skipped", [])]
+    errors += list(res.unpaired)  # reports tied to no study: listed, shown with none
     return entries, errors, bool(res.cancelled)

@@ -47,7 +47,14 @@ class _EntryList(_Masking, QtWidgets.QListWidget):
         self._syncing = False
         self.currentItemChanged.connect(self._on_current)
         session.imageChanged.connect(self.follow)
+        session.displayChanged.connect(self._follow_display)  # the item being read, or whose read failed
         session.thumbnailReady.connect(self.set_thumbnail)
+
+    def _follow_display(self) -> None:
+        d = self.session.display
+        key = d.pending or d.key
+        if key is not None:
+            self.follow(key.image)
 
     def _on_current(self, cur, _prev) -> None:
         if self._syncing or cur is None:

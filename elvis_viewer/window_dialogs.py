@@ -6,7 +6,6 @@ are shown as their pseudonym, and the tag inspector shows the PS3.15 pseudonym o
 
 from __future__ import annotations
 
-import os
 
 from typing import Any, Callable
 
@@ -36,12 +35,10 @@ class WindowDialogsMixin:
         return mask_uids_in_text(text)
 
     def _update_titles(self) -> None:
-        s = self.session
-        self.setWindowTitle("ELVIS Viewer" + (f" — {self.mask_text(os.path.basename(s.rad_path))}"
-                                              if s.rad_path and s.rad is not None else ""))
-        rep = s.report
-        self.report_title.setText("Report — " + (self.mask_text(os.path.basename(rep.source_path))
-                                                 if rep is not None and rep.source_path else "none found"))
+        """Window title and report header from the display record (loading / failed / paired how), names masked."""
+        d = self.session.display
+        self.setWindowTitle(d.title(self.mask_text))
+        self.report_title.setText(d.report_header(self.mask_text))
 
     @property
     def privacy_act(self):

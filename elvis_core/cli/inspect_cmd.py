@@ -141,6 +141,7 @@ def scan_summary(path: str, progress: bool = True, reports_root: str | None = No
                 "uid": mask_uid_text(st.uid),
                 "root": st.root,
                 "report": st.report_path,
+                "report_pairing": st.report_pairing,
                 "series": [
                     {
                         "uid": mask_uid_text(se.uid),
@@ -159,6 +160,7 @@ def scan_summary(path: str, progress: bool = True, reports_root: str | None = No
         ],
         "errors": [{"path": p, "message": m} for p, m in res.errors],
         "skipped": [{"path": p, "reason": m} for p, m in res.skipped],
+        "unpaired_reports": [{"path": p, "message": m} for p, m in res.unpaired],
     }
 
 
@@ -213,12 +215,15 @@ def _print_text(info: Dict[str, Any]) -> None:
               f"({info['n_files_seen']} files seen, {len(info['errors'])} errors, {len(info['skipped'])} skipped)")
         for st in info["studies"]:
             n = sum(len(se["images"]) for se in st["series"])
-            print(f"  study {st['key']}: {len(st['series'])} series, {n} images, report: {st['report'] or '-'}")
+            how = f" (paired: {st['report_pairing']})" if st.get("report_pairing") else ""
+            print(f"  study {st['key']}: {len(st['series'])} series, {n} images, report: {st['report'] or '-'}{how}")
             for se in st["series"]:
                 views = ",".join(sorted({im["view_position"] or "?" for im in se["images"]}))
                 print(f"    series {se['modality'] or '-'} {se['description'] or ''} {len(se['images'])} images ({views})")
         for e in info["errors"]:
             print(f"  error: {e['path']}: {e['message']}")
+        for e in info.get("unpaired_reports", []):
+            print(f"  unpaired: {e['message']}")
     elif kind == "tags":
         for tag, kw, vr, value in info["rows"]:
             print(f"{tag} {kw:<36} {vr:<3} {value}")

@@ -208,3 +208,44 @@ def phrase_assertion(phrase: str, report_text: Optional[str] = None) -> Assertio
     import dataclasses
 
     return dataclasses.replace(assertion_of(phrase, 0, len(phrase)), source="typed")
+
+
+#: words of a phrase that do not name the finding (a pinned phrase is checked against a new report by its others)
+_MODIFIERS = frozenset("""a an the of in on at to and or with without is are there this that mild mildly moderate
+moderately severe small large tiny trace minimal minor slight slightly new old left right bilateral both upper lower
+middle mid basal base apical apex perihilar lobe lobar zone zones side sided focal diffuse patchy subtle likely
+possible probable some area areas region regions increased decreased improved worsening worsened stable unchanged
+interval""".split())
+
+
+def pinned_phrase_assertion(phrase: str, report_text: Optional[str] = None) -> Assertion:
+    """The assertion of a phrase carried (pinned) from another study onto ``report_text``: where the phrase occurs
+    verbatim, there; else where the report speaks of the finding the phrase names ("Mild bilateral perihilar
+    edema" on a report saying "No evidence of pulmonary edema" is NEGATED, cue "No evidence of"); else the phrase's
+    own words. A finding word every mention of which the report negates (or doubts) marks the phrase."""
+    own = phrase_assertion(phrase, report_text)
+    if not report_text or own.marked:
+        return own
+    if re.search(_pattern(" ".join(phrase.split())), report_text, re.IGNORECASE):
+        return own  # found verbatim and affirmed there
+    scopes = cue_scopes(report_text)
+    # what the report found, not why it was asked (INDICATION: "?edema") nor what it compared with
+    headers = [(m.start(), m.group(1).strip().upper()) for m in _HEADER_RE.finditer(report_text)]
+
+    def reading(pos: int) -> bool:
+        before = [h for p, h in headers if p <= pos]
+        return not before or before[-1] not in _NOT_READING
+
+    for word in (w for w in re.findall(r"[a-z]+", phrase.lower()) if len(w) > 3 and w not in _MODIFIERS):
+        stem = word[:-1] if word.endswith("s") else word
+        found = [assertion_of(report_text, m.start(), m.end(), scopes)
+                 for m in re.finditer(r"(?<!\w)" + re.escape(stem) + r"\w{0,3}", report_text, re.IGNORECASE)
+                 if reading(m.start())]
+        if found and all(a.marked for a in found):
+            return found[0]
+    return own
+
+
+_HEADER_RE = re.compile(r"^[ \t]*([A-Z][A-Z /&-]{2,40}):", re.MULTILINE)
+_NOT_READING = frozenset({"INDICATION", "HISTORY", "CLINICAL HISTORY", "COMPARISON", "EXAMINATION", "TECHNIQUE",
+                          "REASON FOR EXAMINATION", "REASON FOR EXAM", "CLINICAL INFORMATION", "NOTIFICATION"})

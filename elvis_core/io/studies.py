@@ -1,12 +1,10 @@
 """Find studies on disk: any folder of DICOM files, the MIMIC-CXR layout, a DICOMDIR (DESIGN.md, "Studies on disk").
 
 :func:`scan_folder` walks a folder recursively, reads DICOM **headers only** (a few tags, never the pixel data),
-groups images into :class:`Study` / :class:`Series`, and matches free-text reports:
-
-1. MIMIC-CXR layout ``files/pXX/pXXXXXXXX/sYYYYYYYY/*.dcm|*.jpg`` → ``files/pXX/pXXXXXXXX/sYYYYYYYY.txt``
-   (the study key is ``sYYYYYYYY``);
-2. a ``.txt`` with the DICOM's stem beside it (``img.dcm`` + ``img.txt``);
-3. a single ``.txt`` in the study's folder.
+groups images into :class:`Study` / :class:`Series`, and pairs reports with studies by rule
+(:mod:`elvis_core.io.report_pairing`: MIMIC layout, a report SR of the same StudyInstanceUID, a ``.txt`` with an
+image's stem). A ``.txt`` no study takes is listed in ``unpaired`` and given to no study (a loose note in a folder of
+two studies used to become the report of both).
 
 Non-DICOM junk (README, .DS_Store, ...) is skipped silently; a file that claims to be DICOM (DICM preamble or
 ``.dcm``/``.dicom`` extension) and cannot be read is listed in ``errors`` with the reason, and the scan goes on.
@@ -23,6 +21,9 @@ from typing import Callable, Dict, List, Optional, Tuple
 
 from elvis_core.errors import DicomReadError, ElvisError, StudyScanError
 from elvis_core.io.images import raster_header_shape
+from elvis_core.io.report_pairing import mimic_study_key, pair_study, unpaired
+from elvis_core.io.scan_header import (_FAST_TAGS, _SCAN_TAGS, _fast_scan_header,  # noqa: F401 (re-exported)
+                                       _read_scan_header, _read_scan_header_pydicom)
 
 ProgressFn = Callable[[int, int], None]
 CancelFn = Callable[[], bool]
@@ -32,21 +33,6 @@ _PATIENT_DIR_RE = re.compile(r"^p\d{6,}$")
 _DICOM_EXTS = (".dcm", ".dicom", ".dic")
 from elvis_core.io.images import IMAGE_EXTENSIONS as _IMAGE_EXTS  # noqa: E402  (one suffix list)
 _JUNK_NAMES = {".DS_Store", "Thumbs.db", "desktop.ini"}
-
-_SCAN_TAGS = [
-    "SOPClassUID",
-    "SOPInstanceUID",
-    "StudyInstanceUID",
-    "SeriesInstanceUID",
-    "SeriesDescription",
-    "SeriesNumber",
-    "InstanceNumber",
-    "Modality",
-    "ViewPosition",
-    "Rows",
-    "Columns",
-    "NumberOfFrames",
-]
 
 
 @dataclass
@@ -83,6 +69,8 @@ class Study:
     root: str
     report_path: Optional[str] = None
     series: List[Series] = field(default_factory=list)
+    #: how the report was paired (report_pairing.MIMIC / SAME_STUDY_SR / SAME_STEM), "" without a report
+    report_pairing: str = ""
 
     @property
     def images(self) -> List[ImageRef]:
@@ -98,6 +86,8 @@ class ScanResult:
     cancelled: bool = False
     #: (path, reason) for valid DICOM objects that hold no image (SR, presentation state, DICOMDIR)
     skipped: List[Tuple[str, str]] = field(default_factory=list)
+    #: (path, message) for reports no study could be tied to (shown with no study)
+    unpaired: List[Tuple[str, str]] = field(default_factory=list)
 
     @property
     def n_images(self) -> int:
@@ -107,14 +97,7 @@ class ScanResult:
 # ------------------------------------------------------------------------------------------------------------------ #
 
 
-def _mimic_study_key(path: str) -> Optional[str]:
-    """``sYYYYYYYY`` when ``path`` lies in ``.../pXXXXXXXX/sYYYYYYYY/`` (MIMIC-CXR layout), else None."""
-    folder = os.path.dirname(os.path.abspath(path))
-    study = os.path.basename(folder)
-    patient = os.path.basename(os.path.dirname(folder))
-    if _STUDY_DIR_RE.match(study) and _PATIENT_DIR_RE.match(patient):
-        return study
-    return None
+_mimic_study_key = mimic_study_key
 
 
 def _int(v, default=None):
@@ -130,187 +113,6 @@ def _image_size(path: str) -> Tuple[int, int]:
         return raster_header_shape(path)
     except ElvisError:
         return 0, 0
-
-
-# ---- fast header parser (the scan's hot path; pydicom is the fallback for anything unusual) -------------------- #
-
-_FAST_TAGS = {
-    0x00080016: "SOPClassUID",
-    0x00080018: "SOPInstanceUID",
-    0x00080060: "Modality",
-    0x0008103E: "SeriesDescription",
-    0x00185101: "ViewPosition",
-    0x0020000D: "StudyInstanceUID",
-    0x0020000E: "SeriesInstanceUID",
-    0x00200011: "SeriesNumber",
-    0x00200013: "InstanceNumber",
-    0x00280008: "NumberOfFrames",
-    0x00280010: "Rows",
-    0x00280011: "Columns",
-}
-_LAST_FAST_TAG = 0x00280011
-_LONG_VRS = {b"OB", b"OW", b"OF", b"SQ", b"UT", b"UN", b"UC", b"UR", b"OD", b"OL", b"OV", b"SV", b"UV"}
-_US_TAGS = {0x00280010, 0x00280011}
-_INT_STR_TAGS = {0x00200011, 0x00200013, 0x00280008}
-_IMPLICIT_LE = "1.2.840.10008.1.2"
-_EXPLICIT_LE = "1.2.840.10008.1.2.1"
-
-
-class _FastHeader(dict):
-    """The few scan tags as a dict that answers like a pydicom Dataset for ``get`` / ``in`` / ``file_meta``."""
-
-    file_meta: dict = {}
-
-
-class _Unusual(Exception):
-    """The fast parser met something it does not handle: use pydicom."""
-
-
-def _skip_undefined(buf: bytes, pos: int, explicit: bool, end_tag: int) -> int:
-    """Skip elements/items from ``pos`` until the delimiter ``end_tag`` (group<<16|elem); returns the position after
-    it."""
-    n = len(buf)
-    while True:
-        if pos + 8 > n:
-            raise _Unusual
-        group = buf[pos] | buf[pos + 1] << 8
-        elem = buf[pos + 2] | buf[pos + 3] << 8
-        tag = group << 16 | elem
-        if group == 0xFFFE:
-            length = int.from_bytes(buf[pos + 4:pos + 8], "little")
-            pos += 8
-            if tag == end_tag:
-                return pos
-            if tag == 0xFFFEE000:  # item
-                pos = _skip_undefined(buf, pos, explicit, 0xFFFEE00D) if length == 0xFFFFFFFF else pos + length
-                continue
-            raise _Unusual
-        pos, _vr, length = _element_head(buf, pos, explicit)
-        if length == 0xFFFFFFFF:
-            pos = _skip_undefined(buf, pos, explicit, 0xFFFEE0DD)
-        else:
-            pos += length
-
-
-def _element_head(buf: bytes, pos: int, explicit: bool):
-    """(value position, VR bytes or None, length) of the element whose tag starts at ``pos``."""
-    if explicit:
-        vr = buf[pos + 4:pos + 6]
-        if vr in _LONG_VRS:
-            if pos + 12 > len(buf):
-                raise _Unusual
-            return pos + 12, vr, int.from_bytes(buf[pos + 8:pos + 12], "little")
-        if not (len(vr) == 2 and 65 <= vr[0] <= 90 and 65 <= vr[1] <= 90):
-            raise _Unusual
-        return pos + 8, vr, buf[pos + 6] | buf[pos + 7] << 8
-    return pos + 8, None, int.from_bytes(buf[pos + 4:pos + 8], "little")
-
-
-def _fast_scan_header(path: str, chunk: int = 8192) -> Optional[_FastHeader]:
-    """Parse the scan tags straight from the file's first bytes (explicit/implicit VR little endian with a DICM
-    preamble). None when the file needs pydicom (no preamble, big endian, deflate, a header longer than the chunk,
-    anything odd)."""
-    with open(path, "rb") as f:
-        buf = f.read(chunk)
-        if len(buf) < 144 or buf[128:132] != b"DICM":
-            return None
-        try:
-            return _parse_fast(buf)
-        except _Unusual:
-            pass
-        buf += f.read(262144 - chunk)  # long headers (big sequences before the image tags): one more try
-    try:
-        return _parse_fast(buf)
-    except (_Unusual, IndexError, ValueError):
-        return None
-
-
-def _parse_fast(buf: bytes) -> _FastHeader:
-    n = len(buf)
-    pos = 132
-    ts = None
-    meta = {}
-    # file meta group: always explicit VR little endian
-    while pos + 8 <= n and buf[pos] | buf[pos + 1] << 8 == 0x0002:
-        elem = buf[pos + 2] | buf[pos + 3] << 8
-        vpos, _vr, length = _element_head(buf, pos, True)
-        if length == 0xFFFFFFFF or vpos + length > n:
-            raise _Unusual
-        if elem == 0x0010:
-            ts = buf[vpos:vpos + length].rstrip(b"\x00 ").decode("ascii", "replace")
-        elif elem == 0x0002:
-            meta["MediaStorageSOPClassUID"] = buf[vpos:vpos + length].rstrip(b"\x00 ").decode("ascii", "replace")
-        pos = vpos + length
-    if ts not in (_EXPLICIT_LE, _IMPLICIT_LE) and not (ts or "").startswith("1.2.840.10008.1.2.4.") and ts not in (
-        "1.2.840.10008.1.2.5",
-    ):
-        raise _Unusual  # big endian, deflate, unknown: pydicom
-    explicit = ts != _IMPLICIT_LE
-    out = _FastHeader()
-    out.file_meta = meta
-    out["_TransferSyntaxUID"] = ts
-    while True:
-        if pos + 8 > n:
-            raise _Unusual  # header continues past what we read (or the file is truncated): pydicom decides
-        group = buf[pos] | buf[pos + 1] << 8
-        elem = buf[pos + 2] | buf[pos + 3] << 8
-        tag = group << 16 | elem
-        if tag > _LAST_FAST_TAG:
-            break
-        vpos, vr, length = _element_head(buf, pos, explicit)
-        if length == 0xFFFFFFFF:
-            pos = _skip_undefined(buf, vpos, explicit, 0xFFFEE0DD)
-            continue
-        if vpos + length > n:
-            raise _Unusual
-        name = _FAST_TAGS.get(tag)
-        if name is not None:
-            raw = buf[vpos:vpos + length]
-            if tag in _US_TAGS:
-                if length != 2:
-                    raise _Unusual
-                out[name] = raw[0] | raw[1] << 8
-            else:
-                text = raw.rstrip(b"\x00 ").lstrip(b" ")
-                try:
-                    value = text.decode("utf-8")
-                except UnicodeDecodeError:
-                    value = text.decode("latin-1")
-                if tag in _INT_STR_TAGS:
-                    try:
-                        out[name] = int(value.split("\\")[0]) if value else None
-                    except ValueError:
-                        raise _Unusual from None
-                else:
-                    out[name] = value.split("\\")[0] if tag != 0x0008103E else value
-        pos = vpos + length
-    return out
-
-
-def _read_scan_header(path: str):
-    fast = _fast_scan_header(path)
-    if fast is not None:
-        return fast
-    return _read_scan_header_pydicom(path)
-
-
-def _read_scan_header_pydicom(path: str):
-    import pydicom
-    from pydicom.errors import InvalidDicomError
-
-    from elvis_core.io.dicom import _check_deflate, is_dicom_file
-
-    _check_deflate(path)
-
-    try:
-        return pydicom.dcmread(path, stop_before_pixels=True, specific_tags=_SCAN_TAGS)
-    except InvalidDicomError:
-        if not is_dicom_file(path):
-            raise
-        ds = pydicom.dcmread(path, stop_before_pixels=True, specific_tags=_SCAN_TAGS, force=True)
-        if len(ds) == 0:
-            raise
-        return ds
 
 
 def _classify(path: str, name: str) -> str:
@@ -453,49 +255,22 @@ class _Builder:
         for st in studies.values():
             dirs = sorted(folders[st.uid])
             st.root = dirs[0] if len(dirs) == 1 else os.path.commonpath(dirs)
-            st.report_path = self._match_report(st, dirs, stems[st.uid]) or self._sr_report(st.uid)
+            pairing = pair_study(dirs, stems[st.uid], self.sr_reports.get(st.uid, ()), self.reports_root)
+            if pairing is not None:
+                st.report_path, st.report_pairing = pairing.path, pairing.how
             for se in st.series:
                 se.images.sort(key=lambda r: (r.instance_number if r.instance_number is not None else 1 << 30, r.path))
             st.series.sort(key=lambda s: (s.number if s.number is not None else 1 << 30, s.uid))
         return sorted(studies.values(), key=lambda s: (s.key, s.uid))
 
-    def _sr_report(self, study_uid: str) -> Optional[str]:
-        """4. no .txt: a DICOM SR of the same study holding a narrative report (not a measurement report)."""
+    def unpaired(self, studies: List[Study]) -> List[Tuple[str, str]]:
+        """Reports no study took: every .txt candidate, and narrative SRs of a StudyInstanceUID with no image."""
         from elvis_core.io.sr_report import is_text_report_sr
 
-        for p in sorted(self.sr_reports.get(study_uid, [])):
-            if is_text_report_sr(p):
-                return p
-        return None
-
-    def _match_report(self, st: Study, dirs: List[str], paths: List[str]) -> Optional[str]:
-        # 1. MIMIC: sYYYYYYYY.txt beside the study folder
-        if _STUDY_DIR_RE.match(st.key):
-            for d in dirs:
-                if os.path.basename(d) == st.key:
-                    cand = os.path.join(os.path.dirname(d), st.key + ".txt")
-                    if os.path.isfile(cand):
-                        return cand
-                    # 1b. the same layout under a separate reports tree (mimic-cxr-reports next to mimic-cxr-jpg)
-                    if self.reports_root:
-                        patient = os.path.dirname(d)
-                        rel = os.path.join(os.path.basename(os.path.dirname(patient)), os.path.basename(patient),
-                                           st.key + ".txt")
-                        for cand in (os.path.join(self.reports_root, "files", rel),
-                                     os.path.join(self.reports_root, rel)):
-                            if os.path.isfile(cand):
-                                return cand
-        # 2. a .txt with an image's stem beside it
-        for p in sorted(paths):
-            cand = os.path.splitext(p)[0] + ".txt"
-            if os.path.isfile(cand):
-                return cand
-        # 3. a single .txt in the study folder
-        for d in dirs:
-            txts = self.reports.get(d, [])
-            if len(txts) == 1:
-                return txts[0]
-        return None
+        cands = [p for ps in self.reports.values() for p in ps]
+        uids = {st.uid for st in studies}
+        cands += [p for uid, ps in self.sr_reports.items() if uid not in uids for p in ps if is_text_report_sr(p)]
+        return unpaired(cands, [st.report_path for st in studies])
 
 
 def scan_folder(
@@ -556,6 +331,7 @@ def scan_folder(
     total = len(work)
     _scan_files(work, builder, result, progress, cancel)
     result.studies = builder.build()
+    result.unpaired = builder.unpaired(result.studies)
     return result
 
 
@@ -630,6 +406,7 @@ def read_dicomdir(path: os.PathLike | str) -> ScanResult:
             except OSError:
                 pass
     result.studies = builder.build()
+    result.unpaired = builder.unpaired(result.studies)
     return result
 
 

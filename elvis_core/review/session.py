@@ -184,10 +184,21 @@ class ReviewSession:
         return None
 
     # -- decisions -----------------------------------------------------------------------------------------------
-    def _commit(self, action: str, mutate, advance: bool = False, record: bool = True) -> ReviewItem:
+    def _require(self, expected_key: Optional[str]) -> ReviewItem:
+        """The current item, when a decision made on ``expected_key`` (the item the annotator saw; None = not
+        checked) may land on it. A key that differs is refused: a decision never lands on an item the user did not
+        see (a key pressed while the screen still showed the previous item)."""
         it = self.item
         if it is None:
             raise ElvisError("no item selected in the review queue")
+        if expected_key is not None and expected_key != it.key:
+            raise ElvisError(f"decision refused: it was made on item {expected_key!r} but the current item is "
+                             f"{it.key!r} (the screen had not caught up); nothing was saved")
+        return it
+
+    def _commit(self, action: str, mutate, advance: bool = False, record: bool = True,
+                expected_key: Optional[str] = None) -> ReviewItem:
+        it = self._require(expected_key)
         before = copy.deepcopy(it.boxes_state())
         mutate(it)
         after = it.boxes_state()
@@ -223,8 +234,10 @@ class ReviewSession:
             raise ElvisError(f"no box {box_id!r} in item {it.key!r}")
         return [b]
 
-    def accept(self, box_id: Optional[str] = None, advance: bool = False) -> ReviewItem:
-        """A: accept one box, or every unreviewed box of the item (edited/added/rejected boxes keep their status)."""
+    def accept(self, box_id: Optional[str] = None, advance: bool = False,
+               expected_key: Optional[str] = None) -> ReviewItem:
+        """A: accept one box, or every unreviewed box of the item (edited/added/rejected boxes keep their status).
+        Every decision takes ``expected_key``: the key of the item on screen (see :meth:`_require`)."""
         def mutate(it: ReviewItem) -> None:
             for b in self._targets(it, box_id):
                 if b.status == UNREVIEWED or (box_id is not None and b.status == REJECTED):
@@ -234,9 +247,10 @@ class ReviewSession:
                         b.status = ACCEPTED if tuple(b.original) == b.xywh else EDITED
                     b.reason = ""
                     self._stamp(b)
-        return self._commit("accept", mutate, advance)
+        return self._commit("accept", mutate, advance, expected_key=expected_key)
 
-    def reject(self, reason: str, box_id: Optional[str] = None, advance: bool = False) -> ReviewItem:
+    def reject(self, reason: str, box_id: Optional[str] = None, advance: bool = False,
+               expected_key: Optional[str] = None) -> ReviewItem:
         """R: reject one box, or every box of the item, with a reason."""
         reason = (reason or "").strip()
         if not reason:
@@ -247,7 +261,7 @@ class ReviewSession:
                 b.status = REJECTED
                 b.reason = reason
                 self._stamp(b)
-        return self._commit("reject", mutate, advance)
+        return self._commit("reject", mutate, advance, expected_key=expected_key)
 
     def _clip(self, it: ReviewItem, xywh) -> Tuple[float, float, float, float]:
         x, y, w, h = (float(v) for v in xywh)
@@ -259,7 +273,7 @@ class ReviewSession:
         x1, y1 = min(max(x + w, x0 + 1.0), float(it.image_width)), min(max(y + h, y0 + 1.0), float(it.image_height))
         return (x0, y0, x1 - x0, y1 - y0)
 
-    def edit_box(self, box_id: str, xywh) -> ReviewItem:
+    def edit_box(self, box_id: str, xywh, expected_key: Optional[str] = None) -> ReviewItem:
         """Drag result: move/resize a box (clipped to the image, at least 1 px). Original boxes become 'edited'."""
         def mutate(it: ReviewItem) -> None:
             b = self._targets(it, box_id)[0]
@@ -275,13 +289,11 @@ class ReviewSession:
                 b.status = EDITED
             b.reason = ""
             self._stamp(b)
-        return self._commit("edit", mutate)
+        return self._commit("edit", mutate, expected_key=expected_key)
 
-    def add_box(self, xywh=None) -> ReviewBox:
+    def add_box(self, xywh=None, expected_key: Optional[str] = None) -> ReviewBox:
         """N: add a box (default: a quarter-size box in the image centre); returns it."""
-        it = self.item
-        if it is None:
-            raise ElvisError("no item selected in the review queue")
+        it = self._require(expected_key)
         if xywh is None:
             w, h = it.image_width / 4.0, it.image_height / 4.0
             xywh = ((it.image_width - w) / 2.0, (it.image_height - h) / 2.0, w, h)
@@ -295,10 +307,10 @@ class ReviewSession:
             b = ReviewBox(box_id=new_id, x=x, y=y, w=w, h=h, original=None, status=ADDED)
             self._stamp(b)
             item.boxes.append(b)
-        self._commit("add", mutate)
+        self._commit("add", mutate, expected_key=expected_key)
         return it.box(new_id)
 
-    def delete_box(self, box_id: str) -> ReviewItem:
+    def delete_box(self, box_id: str, expected_key: Optional[str] = None) -> ReviewItem:
         """Del: an added box disappears; an original box is rejected with reason 'deleted' (kept for the export)."""
         def mutate(it: ReviewItem) -> None:
             b = self._targets(it, box_id)[0]
@@ -308,7 +320,7 @@ class ReviewSession:
                 b.status = REJECTED
                 b.reason = "deleted"
                 self._stamp(b)
-        return self._commit("delete", mutate)
+        return self._commit("delete", mutate, expected_key=expected_key)
 
     # -- undo / redo ---------------------------------------------------------------------------------------------
     @property

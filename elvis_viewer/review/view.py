@@ -20,11 +20,12 @@ from typing import Callable, Dict, Optional
 from PySide6 import QtCore, QtGui, QtWidgets
 
 from elvis_core.errors import ElvisError
-from elvis_core.review import ITEM_STATUSES, ReviewSession, export_all, find_report, item_figures
+from elvis_core.review import ReviewSession, export_all, find_report, item_figures
 from elvis_core.review.store import ReviewStoreError
 from elvis_viewer.image_view import ImageView
 from elvis_viewer.report_view import ReportView
 from elvis_viewer.review.box_layer import STATUS_COLORS, BoxLayer
+from elvis_viewer.review.filters import FiltersMixin
 from elvis_viewer.review.tasks import _ground, _load_item_data, _preload
 from elvis_viewer.review.dialogs import (SETTINGS_KEY, ask_open_read_only, ask_reject_reason, ask_rescale,
                                          ask_reviewer_name, open_review_session, settings_or_default)
@@ -33,7 +34,7 @@ from elvis_viewer.workers import Generation, run_task, while_alive
 STATUS_MARK = {"unreviewed": "·", "accepted": "✓", "edited": "✎", "rejected": "✗"}
 
 
-class ReviewView(QtWidgets.QWidget):
+class ReviewView(FiltersMixin, QtWidgets.QWidget):
     #: key of the item now shown
     itemChanged = QtCore.Signal(str)
     #: a one-line status message for the main window's status bar
@@ -234,47 +235,6 @@ class ReviewView(QtWidgets.QWidget):
         self.message.emit(msg)
         self.setStatusTip(msg)
 
-    # ------------------------------------------------------------------------------------------------ filters
-    def _fill_filters(self, counts=None) -> None:
-        s = self.session
-        counts = counts or s.counts()
-        for combo, key, label in ((self.category_combo, "category", "All categories"),
-                                  (self.split_combo, "split", "All splits")):
-            combo.blockSignals(True)
-            cur = combo.currentData()
-            combo.clear()
-            combo.addItem(f"{label} ({len(s.items)})", None)
-            for v in sorted(counts[key]):
-                combo.addItem(f"{v or '(none)'} ({counts[key][v]})", v)
-            i = combo.findData(cur)
-            combo.setCurrentIndex(max(i, 0))
-            combo.blockSignals(False)
-        self.status_combo.blockSignals(True)
-        cur = self.status_combo.currentData()
-        self.status_combo.clear()
-        self.status_combo.addItem(f"Any status ({len(s.items)})", None)
-        self.status_combo.addItem(f"reviewed ({counts['total']['reviewed']})", "reviewed")
-        for st in ITEM_STATUSES:
-            self.status_combo.addItem(f"{st} ({counts['status'].get(st, 0)})", st)
-        i = self.status_combo.findData(cur)
-        self.status_combo.setCurrentIndex(max(i, 0))
-        self.status_combo.blockSignals(False)
-
-    def set_filters(self, category: Optional[str] = None, split: Optional[str] = None,
-                    status: Optional[str] = None) -> None:
-        for combo, v in ((self.category_combo, category), (self.split_combo, split), (self.status_combo, status)):
-            combo.blockSignals(True)
-            combo.setCurrentIndex(max(combo.findData(v), 0))
-            combo.blockSignals(False)
-        self._on_filter()
-
-    def _on_filter(self, *_):
-        if self.session is None:
-            return
-        self.session.set_filter(self.category_combo.currentData(), self.split_combo.currentData(),
-                                self.status_combo.currentData())
-        self._show_current()
-
     # -------------------------------------------------------------------------------------------------- queue
     def _queue_text(self, it) -> str:
         return f"{STATUS_MARK.get(it.status, '?')} {it.label_text}  — {it.category}"
@@ -351,6 +311,7 @@ class ReviewView(QtWidgets.QWidget):
         self.gmap, self._map_values, self.map_key = None, None, None
         self.boxes.clear()
         self.box_list.clear()
+        self.image_view.set_overlay(None)  # the previous item's map never sits under this item's header
         ahead = self._ahead.pop(it.key, None)
         if ahead is not None:  # preloaded: shown now, map included when the same model made it
             data, mapped, engine = ahead
@@ -358,6 +319,7 @@ class ReviewView(QtWidgets.QWidget):
             if mapped is not None and engine is self._engine():
                 self._on_map(n, (it.key,) + tuple(mapped))
             return
+        self._set_loading(True)  # the previous item's film, dimmed, until this one is read
         report = find_report(it)
         run_task(_load_item_data, it.key, it.image_path, None if report is None else str(report),
                  on_result=while_alive(self, lambda r, n=n: self._on_loaded(n, r)),
@@ -405,10 +367,11 @@ class ReviewView(QtWidgets.QWidget):
         if not self._gen.is_current(n) or self.session is None:
             return
         key, rad, report = result
-        self._rad = rad
         it = self.session.item
         if it is None or it.key != key:
             return
+        self._rad = rad  # only the film of the item on screen (a map requested when the model arrives uses it)
+        self._set_loading(False)
         self.image_view.set_radiograph(rad)
         self.image_view.set_caption(it.label_text)
         self.report_view.set_report(report)
@@ -431,6 +394,7 @@ class ReviewView(QtWidgets.QWidget):
         if not self._gen.is_current(n):
             return
         self.loaded_key = None
+        self._set_loading(False)
         self.image_view.clear()
         self._say(f"cannot show this image: {err}")
         self.header.setText(self.header.text() + f"<br><span style='color:#ff4d4d'>cannot show the image: {err}"
@@ -491,15 +455,36 @@ class ReviewView(QtWidgets.QWidget):
     def _on_box_edited(self, bid: str, x: float, y: float, w: float, h: float) -> None:
         # MS-CXR boxes are whole pixels: a drag ends on the nearest one (exports never get fractional pixels)
         x0, y0, x1, y1 = round(x), round(y), round(x + w), round(y + h)
-        self._decide(lambda s: s.edit_box(bid, (x0, y0, max(1, x1 - x0), max(1, y1 - y0))))
+        self._decide(lambda s, k: s.edit_box(bid, (x0, y0, max(1, x1 - x0), max(1, y1 - y0)), expected_key=k))
         QtCore.QTimer.singleShot(0, self._show_current)  # not from inside the ROI's own event handler
 
     # ----------------------------------------------------------------------------------------------- actions
-    def _decide(self, fn) -> bool:
+    def _set_loading(self, on: bool) -> None:
+        """While the item named in the header is being read, the previous item's film, map and report are NOT
+        shown under it (blank, "loading …"); decisions wait for the item to be on screen."""
+        if on:
+            self.loaded_key = None
+            self.image_view.clear()
+            self.report_view.set_report(None)
+            self.figures_label.setText("")  # the previous item's figures too
+        self.image_view.set_caption("loading …" if on else "")
+
+    def _on_screen(self) -> bool:
+        """True when the queue's current item is the one on screen; else says why nothing is decided."""
         if self.session is None or self.session.item is None:
             return False
+        if self.loaded_key != self.session.item.key:
+            self._say("not decided: this phrase's image is not on screen yet (still loading, or unreadable)")
+            return False
+        return True
+
+    def _decide(self, fn) -> bool:
+        """Run a decision ``fn(session, key)`` for the item ON SCREEN (``key``: the core refuses it when the queue's
+        current item differs, so a key pressed before the screen caught up never lands on an unseen item)."""
+        if not self._on_screen():
+            return False
         try:
-            fn(self.session)
+            fn(self.session, self.loaded_key)
         except (OSError, ReviewStoreError) as err:  # the decision was NOT saved (and was rolled back): say so loudly
             self._say(f"NOT SAVED: {err}")
             QtWidgets.QMessageBox.critical(self, "Decision not saved", f"The decision could not be saved: {err}")
@@ -526,21 +511,21 @@ class ReviewView(QtWidgets.QWidget):
             self._show_current()
 
     def accept(self) -> None:
-        if self._decide(lambda s: s.accept(advance=True)):
+        if self._decide(lambda s, k: s.accept(advance=True, expected_key=k)):
             self._show_current()
 
     def reject(self) -> None:
-        if self.session is None or self.session.item is None:
+        if not self._on_screen():  # before asking for a reason
             return
         reason = self.reason_provider(self)
         if not reason:
             return
-        if self._decide(lambda s: s.reject(reason, advance=True)):
+        if self._decide(lambda s, k: s.reject(reason, advance=True, expected_key=k)):
             self._show_current()
 
     def add_box(self) -> None:
         out = {}
-        if self._decide(lambda s: out.setdefault("b", s.add_box())):
+        if self._decide(lambda s, k: out.setdefault("b", s.add_box(expected_key=k))):
             self.boxes.selected = out["b"].box_id
             self._show_current()
 
@@ -549,7 +534,7 @@ class ReviewView(QtWidgets.QWidget):
         if bid is None:
             self._say("select a box first (S, or click it)")
             return
-        if self._decide(lambda s: s.delete_box(bid)):
+        if self._decide(lambda s, k: s.delete_box(bid, expected_key=k)):
             self._show_current()
 
     def nudge_box(self, dx: float, dy: float, dw: float = 0.0, dh: float = 0.0) -> None:
@@ -559,15 +544,16 @@ class ReviewView(QtWidgets.QWidget):
         b = it.box(bid) if it is not None and bid else None
         if b is None:
             return
-        if self._decide(lambda s: s.edit_box(bid, (b.x + dx, b.y + dy, max(1.0, b.w + dw), max(1.0, b.h + dh)))):
+        if self._decide(lambda s, k: s.edit_box(bid, (b.x + dx, b.y + dy, max(1.0, b.w + dw), max(1.0, b.h + dh)),
+                                                expected_key=k)):
             self._show_current()
 
     def undo(self) -> None:
-        if self._decide(lambda s: s.undo()):
+        if self._decide(lambda s, k: s.undo()):
             self._show_current()
 
     def redo(self) -> None:
-        if self._decide(lambda s: s.redo()):
+        if self._decide(lambda s, k: s.redo()):
             self._show_current()
 
     # ------------------------------------------------------------------------------------------------- export

@@ -1,4 +1,4 @@
-"""scan_folder / read_dicomdir on a temporary tree: MIMIC layout, stem-matched and single reports, junk, bad files,
+"""scan_folder / read_dicomdir on a temporary tree: MIMIC layout, stem-matched and unpaired reports, junk, bad files,
 progress, cancel; DICOMDIR compared with the directory records read independently with pydicom."""
 
 import os
@@ -72,7 +72,10 @@ def test_groups_studies_series_and_matches_reports(tree):
     others = [s for s in res.studies if s.key not in ("s50414267", "s50000001")]
     reports = {os.path.basename(os.path.dirname(s.images[0].path)): s.report_path for s in others}
     assert reports["other"] == str(root / "other" / "img.txt")  # the stem match wins over the other .txt
-    assert reports["third"] == str(root / "third" / "notes.txt")
+    assert reports["third"] is None  # a lone .txt is tied to no study by any rule: listed as unpaired
+    # and the SR of a StudyInstanceUID with no image here
+    assert {os.path.basename(p) for p, _ in res.unpaired} == {"zz.txt", "notes.txt", "sr.dcm"}
+    assert mimic.report_pairing == "MIMIC layout" and by_key["s50000001"].report_pairing == "MIMIC layout"
     assert all(s.key == s.uid for s in others)
 
 

@@ -115,6 +115,7 @@ def test_keyboard_only_review_and_exports(qtbot, annotations, settings, tmp_path
     first = v.session.item.key
     _press(qtbot, v, Key.Key_A)
     assert v.session.items[0].status == "accepted" and v.session.current == 1
+    _wait_item(qtbot, v)  # a decision waits for its item to be on screen
     # 2: reject (R) with a reason picked by keyboard in the dialog
     _answer_modal(qtbot, [Key.Key_Down, Key.Key_Return])
     _press(qtbot, v, Key.Key_R)
@@ -253,6 +254,7 @@ def test_filters_by_category_status(qtbot, annotations, settings):
     v.set_filters(category=cat)
     assert v.queue.count() == cats[cat]
     assert all(v.session.items[i].category == cat for i in v.session.visible())
+    _wait_item(qtbot, v)
     _press(qtbot, v, Key.Key_A)
     v.set_filters(status="unreviewed")
     assert v.queue.count() == len(v.session.items) - 1
@@ -294,6 +296,7 @@ def test_inside_main_window_with_a_real_engine(qtbot, annotations, settings):
     assert rv.session.items[0].status == "rejected" and len(w.image_view.measure.tools) == rulers_before
     assert not w.actions_by_id["tools.ruler"].isEnabled()  # the Viewer's tools are off while Review is shown
     _press(qtbot, rv, Key.Key_K)
+    _wait_item(qtbot, rv)
     _press(qtbot, rv, Key.Key_A)
     assert rv.session.items[0].status == "rejected"  # A accepts unreviewed boxes only; the rejection stands
     rv.close()
@@ -313,6 +316,7 @@ def test_a_failed_save_is_shown_and_the_queue_does_not_move(qtbot, annotations, 
         raise ReviewStoreError("cannot save decision (database or disk is full)", v.session.store.path)
 
     monkeypatch.setattr(v.session.store, "save", full)
+    _wait_item(qtbot, v)
     _press(qtbot, v, Key.Key_A)
     assert v.session.current == 0 and v.session.items[0].status == "unreviewed"
     assert shown and "disk is full" in shown[0]
