@@ -8,6 +8,8 @@ import shutil
 
 import pytest
 
+pytest.importorskip("elvis_core.grounding.presence")  # helper h21a's module (the shared contract); on main soon
+
 
 @pytest.fixture(scope="module")
 def sets(tmp_path_factory):
