@@ -30,7 +30,7 @@ DEFAULTS: Dict[str, Any] = {
     "steps": 600, "batch_size": 8, "lr": 1e-4, "weight_decay": 0.01, "warmup_steps": 20, "seed": 0,
     "threads": 2, "checkpoint_every": 50, "log_every": 10, "freeze_batchnorm": True,
     "loss": {"temperature": 0.1, "margin": 0.1, "rank_temperature": 0.05, "box_weight": 1.0, "rank_weight": 1.0,
-             "out_of_box_weight": 0.5},
+             "out_of_box_weight": 0.5, "negation_weight": 0.0},
 }
 
 
@@ -136,7 +136,9 @@ def make_batch(items, idx, model):
 
     x = torch.from_numpy(np.stack([items[i]["x"] for i in idx] + [items[i]["twin"] for i in idx]).astype(np.float32))
     seen = torch.from_numpy(np.stack([items[i]["seen"] for i in idx]))
-    texts, owner, boxes, negs, neg_of = [], [], [], [], []
+    from elvis_core.grounding.sides import negated
+
+    texts, owner, boxes, negs, neg_of, is_neg = [], [], [], [], [], []
     for b, i in enumerate(idx):
         for text, cells in items[i]["phrases"]:
             k = len(texts)
@@ -146,8 +148,10 @@ def make_batch(items, idx, model):
             for n in negatives_for(text):
                 negs.append(n)
                 neg_of.append(k)
+                is_neg.append(n == negated(text))
     return {"pixels": x[:, None], "seen": seen, "texts": texts, "owner": torch.tensor(owner),
-            "box": torch.from_numpy(np.stack(boxes)), "negs": negs, "neg_of": torch.tensor(neg_of, dtype=torch.long)}
+            "box": torch.from_numpy(np.stack(boxes)), "negs": negs, "neg_of": torch.tensor(neg_of, dtype=torch.long),
+            "neg_is_negation": torch.tensor(is_neg, dtype=torch.bool)}
 
 
 def train(cfg: Dict[str, Any], log=print) -> Path:
@@ -180,7 +184,8 @@ def train(cfg: Dict[str, Any], log=print) -> Path:
     bs = int(cfg["batch_size"])
     with open(out / "log.csv", "a", newline="") as fh:
         wr = csv.writer(fh)
-        wr.writerow(["step", "loss", "box", "rank", "out_of_box", "present_peak", "absent_peak", "seconds"])
+        wr.writerow(["step", "loss", "box", "rank", "out_of_box", "negation", "present_peak", "absent_peak",
+                     "seconds"])
         t0 = time.perf_counter()
         for step in range(1, steps + 1):
             if pos + bs > len(order):
@@ -194,14 +199,15 @@ def train(cfg: Dict[str, Any], log=print) -> Path:
             emb = model.encode_text(tok["input_ids"], tok["attention_mask"]).global_emb
             p = len(b["texts"])
             loss, parts = loss_fn(img.patch_emb[:n], img.patch_emb[n:], b["seen"], emb[:p], b["owner"], b["box"],
-                                  emb[p:], b["neg_of"])
+                                  emb[p:], b["neg_of"], b["neg_is_negation"])
             opt.zero_grad(set_to_none=True)
             loss.backward()
             torch.nn.utils.clip_grad_norm_(params, 1.0)
             opt.step()
             sched.step()
             wr.writerow([step, f"{float(loss.detach()):.5f}"] + [f"{parts[k]:.5f}" for k in
-                                                        ("box", "rank", "out_of_box", "present_peak", "absent_peak")]
+                                                        ("box", "rank", "out_of_box", "negation", "present_peak",
+                                                         "absent_peak")]
                         + [f"{time.perf_counter() - t0:.1f}"])
             fh.flush()
             if step % int(cfg["log_every"]) == 0:

@@ -75,3 +75,15 @@ def test_finetune_loop_writes_a_loadable_checkpoint(tmp_path):
     assert model.grid_shape() == load_checkpoint(demo_model()).grid_shape()
     assert (out / "log.csv").read_text().count("\n") == 3  # header + 2 steps
     assert any("films" in ln for ln in logs)
+
+
+def test_negation_shape_term_punishes_a_no_p_map_like_p():
+    loss = WordNegatives(negation_weight=1.0)
+    args = _setup(True, False, False)
+    same = dict(args, neg_emb=args["pos_emb"].clone(), neg_is_negation=torch.tensor([True]))
+    _t, p_same = loss(**same)
+    opposite = dict(args, neg_emb=-args["pos_emb"].clone(), neg_is_negation=torch.tensor([True]))
+    _t, p_opp = loss(**opposite)
+    assert p_same["negation"] > 1.0 and p_opp["negation"] == 0.0
+    _t, p_off = loss(**dict(same, neg_is_negation=torch.tensor([False])))
+    assert p_off["negation"] == 0.0
