@@ -109,8 +109,8 @@ class TrustCollector:
             if self.do_words:
                 xywh = [(b.x, b.y, b.w, b.h) for b in boxes]
                 recs = word_following(self.engine.ground, ph.label_text, xywh, mid, span, self._presence_of)
-                row["word_following"] = [{k: r[k] for k in ("kind", "swapped", "named", "presence", "followed")}
-                                         for r in recs]
+                row["word_following"] = [{k: r[k] for k in ("kind", "swapped", "named", "peak", "presence",
+                                                            "followed")} for r in recs]
         if self.twins_root is None:
             return
         from elvis_core.errors import ElvisError

@@ -109,7 +109,7 @@ def word_following(ground: Callable[[str], Any], phrase: str, true_boxes: Sequen
     image already set); ``presence_of(map)`` returns (presence, threshold) (None, None when uncalibrated: then only
     the peak decides). ``midline_x`` (image px) and ``lung_span`` (top, bottom of the lungs, image px) place the
     sides and bands. Returns one record per swap: ``kind``, ``phrase``, ``swapped``, ``named``, ``peak_xy``,
-    ``presence``, ``followed``.
+    ``peak`` (the swapped phrase's raw peak), ``presence``, ``followed``.
     """
     out: List[Dict[str, Any]] = []
     swaps: List[Tuple[str, str, str]] = []
@@ -122,9 +122,14 @@ def word_following(ground: Callable[[str], Any], phrase: str, true_boxes: Sequen
     for kind, text, named in swaps:
         gm = ground(text)
         peak_xy = map_peak_xy(gm)
+        peak = getattr(gm, "peak", None)
+        if peak is None:
+            raw = np.asarray(gm.raw_similarity if getattr(gm, "raw_similarity", None) is not None
+                             else gm.similarity, np.float64)
+            peak = float(np.nanmax(raw))
         presence, threshold = presence_of(gm) if presence_of is not None else (None, None)
         out.append({"kind": kind, "phrase": phrase, "swapped": text, "named": named, "peak_xy": peak_xy,
-                    "presence": presence,
+                    "peak": peak, "presence": presence,
                     "followed": followed(peak_xy, presence, threshold, kind, named, true_boxes, midline_x,
                                          lung_span)})
     return out
