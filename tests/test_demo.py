@@ -84,6 +84,13 @@ def test_demo_model_is_an_inference_checkpoint_that_says_how_it_was_made():
     # the demo studies come from another phantom seed than the training set: no demo patient was trained on
     assert build["phantom"]["seed"] != build["demo_studies"]["seed"]
     assert build["steps"] > 0 and np.isfinite(build["final_loss"]) and build["code_version"]
+    # then fine-tuned to follow the words (issue 21): its recipe is in the repository, its step was chosen on
+    # validation data, and it carries a presence calibration fitted on validation films and their twins
+    ft = build["word_following_fine_tune"]
+    assert (REPO / ft["config_file"]).is_file() and ft["step"] > 0 and "word_finetune" in ft["command"]
+    assert "seed 31" in ft["chosen_on"] and "4242" not in ft["chosen_on"]
+    cal = cfg["presence_calibration"]
+    assert cal["a"] > 0 and 0 < cal["threshold"] < 1 and "validation" in cal["calibrated_on"]
     model = load_checkpoint(MODEL)
     assert model.config["preprocessing"]["size"] == 256
 
