@@ -199,12 +199,17 @@ def _trust_collector(args: argparse.Namespace, engine):
         raise ElvisError("twins folder not found", args.twins)
     cal = read_checkpoint_config(args.checkpoint).get("presence_calibration")
     if cal is not None:
-        from elvis_core.grounding.presence import check_calibration
-
         try:
-            cal = check_calibration(cal)
-        except ValueError as err:
-            raise ElvisError(f"presence calibration: {err}", Path(args.checkpoint) / "config.json") from None
+            from elvis_core.grounding.presence import check_calibration
+        except ImportError:  # a tree without the presence module (elvis_core/grounding/presence.py): uncalibrated
+            print("presence calibration in the checkpoint, but this build has no presence module: uncalibrated",
+                  file=sys.stderr)
+            cal = None
+        else:
+            try:
+                cal = check_calibration(cal)
+            except ValueError as err:
+                raise ElvisError(f"presence calibration: {err}", Path(args.checkpoint) / "config.json") from None
     anatomy_path = args.anatomy or os.path.join(args.images, "anatomy.csv")
     anatomy = {}
     if os.path.isfile(anatomy_path):
