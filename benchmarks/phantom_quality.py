@@ -18,7 +18,11 @@ RAM cache is reused across runs) and test images once.
 Bootstrap: ``--bootstrap`` resamples (default 2000) draw the seeds with replacement and, independently, the test
 phrases with replacement (the same draw for every run: paired), and recompute each statistic; the interval is the
 2.5-97.5 % percentile range. Metrics: CNR, mIoU, pointing, in>out (share of phrases with a higher map inside the
-boxes than outside) and, over one-sided phrases, laterality (peak on the named side).
+boxes than outside) and, over one-sided phrases, laterality (peak on the named side); pointing on the finding-free
+twins (``elvis phantom --twins``; the generated test set has them), word following (share of each one-sided phrase's
+side- and zone-swapped versions whose peak moves to the named place) and the presence AUC (raw peak on the film vs its
+twin). A *text prior* row (the mean training box of phrases with the same category + side + zone words; it never
+looks at the image) is added unless ``--no-prior``, with every run's margin over it (paired bootstrap CI).
 """
 
 from __future__ import annotations
@@ -61,7 +65,11 @@ RUN_SETS = {"global+anatomy (GK-MVLP)": ["objectives.sentences='separate'", "dat
             # ours (issue #12's demo model): mirror consistency, attention kind (docs/training.md)
             "global+local+mirror": ["objectives.mirror.kind='attention'"]}
 REFERENCE = "global+elvis"
-METRICS = ("cnr", "miou", "pointing", "in_gt_out", "laterality")
+METRICS = ("cnr", "miou", "pointing", "in_gt_out", "laterality", "twin_pointing", "words")
+#: column titles of METRICS (twin pointing: peak in the box on the finding-free twin; words: share of the phrase's
+#: side/zone swaps whose peak moved to the named place, elvis_core.grounding.word_following)
+TITLES = ("CNR", "mIoU", "pointing", "in>out", "laterality", "pointing on twins", "word following")
+PRIOR = "text prior (no image)"
 
 
 def parse_args(argv=None):
@@ -84,6 +92,8 @@ def parse_args(argv=None):
                    help="extra config override for every run (e.g. model.overrides.preprocessing.size=128)")
     p.add_argument("--runs", default=",".join(RUNS), help="comma-separated subset of: " + ", ".join(RUNS))
     p.add_argument("--no-random", action="store_true", help="skip the untrained (random init) column")
+    p.add_argument("--no-prior", action="store_true",
+                   help="skip the text-prior row (the training boxes' mean for the phrase's category/side/zone words)")
     p.add_argument("--bootstrap", type=int, default=2000)
     p.add_argument("--threads", type=int, default=0, help="torch threads (0: torch default)")
     p.add_argument("--device", default="cpu", help="cpu | cuda | auto")
@@ -157,18 +167,32 @@ def install_caches():
 
 # -- scoring ------------------------------------------------------------------------------------------------------------
 
+def _twins(root):
+    t = Path(root) / "twins"
+    return str(t) if t.is_dir() else None
+
+
 def score_rows(engine, aset, root, split):
-    """Per-phrase metrics (same phrase order for every run) incl. laterality for one-sided phrases (else NaN)."""
+    """Per-phrase metrics (same phrase order for every run) incl. laterality for one-sided phrases (else NaN), pointing
+    on the finding-free twin (when ROOT/twins exists) and word following (share of the phrase's swaps followed)."""
     from elvis_core.grounding.evaluate import evaluate
     from elvis_core.grounding.sides import phrase_side
+    from elvis_core.grounding.trust_eval import TrustCollector, read_anatomy
 
-    res = evaluate(engine, aset, root, split=split)
+    anat = Path(root) / "anatomy.csv"
+    col = TrustCollector(engine, twins_root=_twins(root), word_following=True,
+                         anatomy=read_anatomy(str(anat)) if anat.is_file() else None)
+    res = evaluate(engine, aset, root, split=split, on_image=col)
     rows = []
     for r in res.rows:
+        wf = [w["followed"] for w in r.get("word_following", [])]
         rows.append({"key": f"{r['path']}|{r['label_text']}", "category": r["category"], "cnr": r["cnr"],
                      "miou": r["miou"], "pointing": float(r["pointing"]),
                      "in_gt_out": float(r["contrast"] > 0) if not math.isnan(r["contrast"]) else float("nan"),
-                     "side": phrase_side(r["label_text"])})
+                     "side": phrase_side(r["label_text"]),
+                     "twin_pointing": float(r["twin_pointing"]) if "twin_pointing" in r else float("nan"),
+                     "words": float(np.mean(wf)) if wf else float("nan"),
+                     "peak": r.get("peak"), "twin_peak": r.get("twin_peak")})
     # laterality: peak on the named side (patient's left = image right), only for one-sided phrases
     from elvis_core.grounding.sides import side_checks
 
@@ -177,6 +201,55 @@ def score_rows(engine, aset, root, split):
     for r in rows:
         r["laterality"] = float(peak[r["key"]] == r["side"]) if r["side"] and r["key"] in peak else float("nan")
     return rows, sc["negation_median_r"]
+
+
+def prior_rows(prior, aset, root, split):
+    """The text prior's per-phrase metrics, keyed like ``score_rows`` (it never sees the image, so its map on the twin
+    is its map on the film, and a swapped phrase gets the swapped words' mean box)."""
+    import elvis_core.grounding.evaluate as ev
+    from elvis_core.grounding.metrics import cnr, contrast, miou, pointing_game
+    from elvis_core.grounding.sides import phrase_side
+    from elvis_core.grounding.trust_eval import read_anatomy
+    from elvis_core.grounding.word_following import followed, swap_side, swap_zone
+    from elvis_core.io.annotations import rescale_boxes
+
+    anat = Path(root) / "anatomy.csv"
+    anatomy = read_anatomy(str(anat)) if anat.is_file() else {}
+    rows = {}
+    for ph in aset.filter_split(split).phrases:
+        try:
+            shape = ev.read_any_image(Path(root) / ph.path).shape[:2]
+        except Exception:  # noqa: BLE001 - a missing image is missing for the models too
+            continue
+        boxes, _note = rescale_boxes(ph, shape)
+        boxes, _notes = ev.boxes_in_image(boxes, shape)
+        if not boxes:
+            continue
+        mid, span = anatomy.get(ph.path, (shape[1] / 2.0, (0.1 * shape[0], 0.75 * shape[0])))
+        m = prior.map_for(ph.label_text, ph.category, shape)
+        xywh = [(b.x, b.y, b.w, b.h) for b in boxes]
+        hit = pointing_game(m, boxes)
+        side = phrase_side(ph.label_text)
+        swaps = []
+        if swap_side(ph.label_text):
+            swaps.append(("side", swap_side(ph.label_text), "left" if side == "right" else "right"))
+        z = swap_zone(ph.label_text)
+        if z and side:
+            swaps.append(("zone", z[0], z[1]))
+        wf = []
+        for kind, text, named in swaps:
+            sm = prior.map_for(text, ph.category, shape)
+            iy, ix = np.unravel_index(int(np.argmax(sm)), sm.shape)
+            wf.append(followed((ix + 0.5, iy + 0.5), None, None, kind, named, xywh, mid, span))
+        iy, ix = np.unravel_index(int(np.argmax(m)), m.shape)
+        c = contrast(m, boxes)
+        key = f"{ph.path}|{ph.label_text}"
+        rows[key] = {"key": key, "category": ph.category, "cnr": cnr(m, boxes), "miou": miou(m, boxes),
+                     "pointing": float(hit), "in_gt_out": float(c > 0) if not math.isnan(c) else float("nan"),
+                     "laterality": (float(("left" if ix + 0.5 > shape[1] / 2 else "right") == side) if side
+                                    else float("nan")),
+                     "twin_pointing": float(hit), "words": float(np.mean(wf)) if wf else float("nan")}
+    return rows
 
 
 # -- statistics ---------------------------------------------------------------------------------------------------------
@@ -232,19 +305,26 @@ def summarise(results, n_boot: int, seed: int = 12345):
             mat = arr[run][m]
             n_seed = mat.shape[0]
             point = stat(mat, all_ph, None)
-            boots, diffs = [], []
+            boots, diffs, over_prior = [], [], []
             ref = arr.get(REFERENCE, {}).get(m)
+            pri = arr.get(PRIOR, {}).get(m)
             for sd, ph in draws:
                 si = np.random.default_rng(sd).integers(0, n_seed, n_seed)
                 b = stat(mat, ph, si)
                 boots.append(b)
                 if ref is not None and run != REFERENCE and ref.shape[0] == n_seed:
                     diffs.append(stat(ref, ph, si) - b)
+                if pri is not None and run != PRIOR and pri.shape[0] == n_seed:  # paired: same phrases and seeds
+                    over_prior.append(b - stat(pri, ph, si))
             d = {"mean": point, "lo": float(np.nanpercentile(boots, 2.5)), "hi": float(np.nanpercentile(boots, 97.5))}
             if diffs:
                 d["ref_minus_this"] = {"mean": stat(arr[REFERENCE][m], all_ph, None) - point,
                                        "lo": float(np.nanpercentile(diffs, 2.5)),
                                        "hi": float(np.nanpercentile(diffs, 97.5))}
+            if over_prior:
+                d["this_minus_prior"] = {"mean": point - stat(pri, all_ph, None),
+                                         "lo": float(np.nanpercentile(over_prior, 2.5)),
+                                         "hi": float(np.nanpercentile(over_prior, 97.5))}
             d["per_category"] = {c: stat(mat, all_ph, None, i) for i, c in enumerate(cats)}
             rs[m] = d
         out["runs"][run] = rs
@@ -258,26 +338,41 @@ def fmt(v) -> str:
 def tables(summary, markdown: bool) -> str:
     runs = list(summary["runs"])
     lines = []
-    head = ["objectives"] + [f"{m} (95 % CI)" for m in ("CNR", "mIoU", "pointing", "in>out", "laterality")]
+    ms = [m for m in METRICS if m in summary["runs"][runs[0]]]  # a saved run may predate some columns
+    titles = [TITLES[METRICS.index(m)] for m in ms]
+    head = ["objectives"] + [f"{t} (95 % CI)" for t in titles]
     rows = []
     for run in runs:
         cells = [run]
-        for m in METRICS:
+        for m in ms:
             d = summary["runs"][run][m]
             cells.append(f"{fmt(d['mean'])} [{fmt(d['lo'])}, {fmt(d['hi'])}]")
         rows.append(cells)
-    diff_head = ["objectives"] + [f"{REFERENCE} − this: {m}" for m in ("CNR", "mIoU", "pointing", "in>out",
-                                                                        "laterality")]
+    diff_head = ["objectives"] + [f"{REFERENCE} − this: {t}" for t in titles]
     diff_rows = []
     for run in runs:
         if "ref_minus_this" not in summary["runs"][run]["cnr"]:
             continue
         cells = [run]
-        for m in METRICS:
+        for m in ms:
             d = summary["runs"][run][m]["ref_minus_this"]
             tag = " *" if (d["lo"] > 0 or d["hi"] < 0) else ""
             cells.append(f"{d['mean']:+.3f} [{d['lo']:+.3f}, {d['hi']:+.3f}]{tag}")
         diff_rows.append(cells)
+    prior_head = ["objectives"] + [f"this − text prior: {t}" for t in titles]
+    prior_rows_ = []
+    for run in runs:
+        if "this_minus_prior" not in summary["runs"][run].get("pointing", {}):
+            continue
+        cells = [run]
+        for m in ms:
+            d = summary["runs"][run][m].get("this_minus_prior")
+            if d is None:
+                cells.append("n/a")
+                continue
+            tag = " *" if (d["lo"] > 0 or d["hi"] < 0) else ""
+            cells.append(f"{d['mean']:+.3f} [{d['lo']:+.3f}, {d['hi']:+.3f}]{tag}")
+        prior_rows_.append(cells)
     cats = summary["categories"]
     cat_head = ["category", "n"] + runs
     cat_rows = []
@@ -301,6 +396,9 @@ def tables(summary, markdown: bool) -> str:
     if diff_rows:
         lines += ["", f"difference {REFERENCE} minus each run (95 % CI; * = interval excludes 0):"]
         lines += render(diff_head, diff_rows)
+    if prior_rows_:
+        lines += ["", "margin of each run over the text prior (95 % paired CI; * = interval excludes 0):"]
+        lines += render(prior_head, prior_rows_)
     lines += ["", "per category (mean over seeds): CNR / mIoU / pointing"] + render(cat_head, cat_rows)
     return "\n".join(lines)
 
@@ -343,7 +441,7 @@ def main(argv=None) -> int:
     else:
         test_dir = work / "test"
         if not (test_dir / "ms_cxr.csv").is_file():
-            generate(test_dir, a.test_studies, seed=a.test_seed, size=a.size, splits=(0, 0, 100))
+            generate(test_dir, a.test_studies, seed=a.test_seed, size=a.size, splits=(0, 0, 100), twins=True)
     for d in (train_dir, test_dir):
         if not (d / "ms_cxr.csv").is_file():
             print(f"{d}: not a phantom folder (no ms_cxr.csv)", file=sys.stderr)
@@ -390,9 +488,25 @@ def main(argv=None) -> int:
                                                 "n_train_pairs": res.n_train_pairs}
                 print(f"{name} seed {s}: {res.steps} steps in {res.seconds:.0f} s, loss {res.first_loss:.3f} -> "
                       f"{res.last_loss:.3f}", flush=True)
+        if not a.no_prior and results:
+            from elvis_core.grounding.text_prior import TextPrior
+
+            prior = TextPrior.from_csv(str(train_dir / "ms_cxr.csv"), split=None)
+            by_key = prior_rows(prior, aset, test_dir, a.split)
+            nan = {m: float("nan") for m in METRICS}
+            first = results[next(iter(results))]
+            results[PRIOR] = {s: [{**nan, "key": r["key"], "category": r["category"], **by_key.get(r["key"], {})}
+                                  for r in rows] for s, rows in first.items()}
+            print(f"{PRIOR}: {prior.describe()}", flush=True)
     except ElvisError as err:
         print(str(err), file=sys.stderr)
         return 2
+    from elvis_core.grounding.trust_eval import auc
+
+    presence_auc = {name: float(np.nanmean([auc([r["peak"] for r in rows if r.get("twin_peak") is not None],
+                                                [r["twin_peak"] for r in rows if r.get("twin_peak") is not None])
+                                            for rows in per_seed.values()]))
+                    for name, per_seed in results.items() if name != PRIOR}
     summary = summarise(results, a.bootstrap)
     total, cpu = time.perf_counter() - t0, cpu_seconds() - c0
     n_train = next((m["n_train_pairs"] for r in meta.values() for m in r.values()), "?")
@@ -409,11 +523,14 @@ def main(argv=None) -> int:
     neg = {k: float(np.median(list(v.values()))) for k, v in negation.items()}
     print("\nnegation: median over seeds of the median Pearson r(map('no P'), map(P)): "
           + ", ".join(f"{k} {fmt(v)}" for k, v in neg.items()))
+    print("presence AUC (raw peak on the film vs on its finding-free twin; mean over seeds): "
+          + ", ".join(f"{k} {fmt(v)}" for k, v in presence_auc.items()))
     if a.json:
         from elvis_core.grounding.evaluate import _clean
 
         Path(a.json).write_text(json.dumps(_clean({"args": {k: v for k, v in vars(a).items()}, "summary": summary,
-                                                   "runs": meta, "negation": neg, "wall_s": total, "cpu_s": cpu,
+                                                   "runs": meta, "negation": neg, "presence_auc": presence_auc,
+                                                   "wall_s": total, "cpu_s": cpu,
                                                    "code": code, "budget": budget,
                                                    "phrases": {k: {str(s): rows for s, rows in v.items()}
                                                                for k, v in results.items()}}), indent=1))

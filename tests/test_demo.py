@@ -84,6 +84,13 @@ def test_demo_model_is_an_inference_checkpoint_that_says_how_it_was_made():
     # the demo studies come from another phantom seed than the training set: no demo patient was trained on
     assert build["phantom"]["seed"] != build["demo_studies"]["seed"]
     assert build["steps"] > 0 and np.isfinite(build["final_loss"]) and build["code_version"]
+    # then fine-tuned to follow the words (issue 21): its recipe is in the repository, its step was chosen on
+    # validation data, and it carries a presence calibration fitted on validation films and their twins
+    ft = build["word_following_fine_tune"]
+    assert (REPO / ft["config_file"]).is_file() and ft["step"] > 0 and "word_finetune" in ft["command"]
+    assert "seed 31" in ft["chosen_on"] and "4242" not in ft["chosen_on"]
+    cal = cfg["presence_calibration"]
+    assert cal["a"] > 0 and 0 < cal["threshold"] < 1 and "validation" in cal["calibrated_on"]
     model = load_checkpoint(MODEL)
     assert model.config["preprocessing"]["size"] == 256
 
@@ -153,3 +160,25 @@ def test_viewer_demo_screenshot(tmp_path):
     # (measured: 5.7 % of this crop tinted)
     assert tinted.mean() > 0.03, f"only {tinted.mean():.3f} of the image view is tinted: no overlay?"
     assert float(img.std()) > 20.0
+
+
+def test_demo_model_follows_the_words_on_phantom_v2(tmp_path):
+    """The shipped model (issue 21): on unseen phantom v2 films, a one-sided phrase with its side word swapped is
+    either placed on the named side or called absent, and a phrase on the film's finding-free twin is mostly called
+    absent, by the checkpoint's own presence calibration."""
+    pytest.importorskip("elvis_core.grounding.presence")
+    from elvis_core.grounding.engine import GroundingEngine
+    from elvis_core.grounding.trust_eval import TrustCollector, read_anatomy, trust_summary
+    from elvis_core.grounding.evaluate import evaluate
+    from elvis_core.io.annotations import read_ms_cxr_csv
+    from elvis_core.phantom import generate
+
+    generate(tmp_path / "ph", 12, seed=777, size=256, splits=(0, 0, 100), twins=True)
+    cal = json.loads((MODEL / "config.json").read_text())["presence_calibration"]
+    eng = GroundingEngine(MODEL, device="cpu")
+    col = TrustCollector(eng, calibration=cal, twins_root=str(tmp_path / "ph" / "twins"),
+                         anatomy=read_anatomy(str(tmp_path / "ph" / "anatomy.csv")))
+    res = evaluate(eng, read_ms_cxr_csv(tmp_path / "ph" / "ms_cxr.csv"), tmp_path / "ph", on_image=col)
+    s = trust_summary(res.rows, cal, n_boot=10)
+    assert s["word_following"]["n_side"] >= 5 and s["word_following"]["side"] >= 0.8, s["word_following"]
+    assert s["twin_confident"] <= 0.3 and s["present_confident"] >= 0.6, s

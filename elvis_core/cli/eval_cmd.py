@@ -44,6 +44,20 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--side-checks", action="store_true",
                    help="also: laterality (peak on the named side of one-sided phrases) and negation (median "
                         "Pearson r between the maps of 'no P' and 'P'); elvis_core.grounding.sides")
+    p.add_argument("--prior-annotations", metavar="TRAIN.csv", default=None,
+                   help="also score the text prior (mean training box of phrases with the same category + side + zone "
+                        "words, from this CSV's --prior-split rows) and every metric's margin over it with a paired "
+                        "bootstrap 95 %% CI")
+    p.add_argument("--prior-split", default="train", help="rows of --prior-annotations to use (default train; '' = all)")
+    p.add_argument("--twins", metavar="ROOT", default=None,
+                   help="finding-free twins (`elvis phantom --twins`: IMAGES/twins): pointing on twins, presence AUC "
+                        "(present vs twin) and, for a calibrated checkpoint, ECE")
+    p.add_argument("--word-following", action="store_true",
+                   help="ground each one-sided phrase with its side word swapped and with its zone word swapped on the "
+                        "same image: share where the peak moves to the named place or presence drops below threshold")
+    p.add_argument("--anatomy", metavar="CSV", default=None,
+                   help="anatomy boxes for the midline and lung span of word following (default IMAGES/anatomy.csv "
+                        "when present; else the image centre line and 10-75 %% of its height)")
     p.add_argument("--device", default=None, help="torch device (default: cuda when available, else cpu)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.set_defaults(func=run)
@@ -110,11 +124,13 @@ def run(args: argparse.Namespace) -> int:
         if bar is not None:
             bar.update(done - bar.n)
 
+    collector = _trust_collector(args, engine)
     t0 = time.perf_counter()
     try:
         result = evaluate(engine, aset, args.images, split=args.split, progress=progress,
                           clamp_negative=args.clamp_negative,
-                          allow_outside=getattr(args, "allow_paths_outside_images", False))
+                          allow_outside=getattr(args, "allow_paths_outside_images", False),
+                          on_image=collector)
     finally:
         if bar is not None:
             bar.close()
@@ -132,6 +148,15 @@ def run(args: argparse.Namespace) -> int:
           f"split {args.split or 'all'}; "
           f"{result.n_evaluated} phrases in {elapsed:.1f}s")
     print(result.table())
+    trust = None
+    if collector is not None:
+        from elvis_core.grounding.trust_eval import trust_lines, trust_summary
+
+        trust = trust_summary(result.rows, collector.cal)
+        for line in trust_lines(trust, result.macro):
+            print(line)
+        for rel, msg in collector.twins_missing[:10]:
+            print(f"{rel}: twin not scored: {msg}", file=sys.stderr)
     sides = None
     if args.side_checks:
         from elvis_core.grounding.sides import side_checks, side_checks_lines
@@ -146,8 +171,50 @@ def run(args: argparse.Namespace) -> int:
                              "code_version": code_version(), "device": engine.device_name,
                              "elapsed_s": round(elapsed, 3),
                              "time_utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
+        if trust is not None:
+            from elvis_core.grounding.evaluate import _clean
+
+            doc["trust"] = _clean(trust)
         if sides is not None:
             doc["side_checks"] = {k: v for k, v in sides.items() if k != "negation_r"}
         write_json_atomic(args.json_out, doc)
         print(f"wrote {args.json_out}")
     return 0 if result.n_evaluated else 1
+
+
+def _trust_collector(args: argparse.Namespace, engine):
+    """The TrustCollector for --prior-annotations / --twins / --word-following (None when none is asked for)."""
+    if not (args.prior_annotations or args.twins or args.word_following):
+        return None
+    from elvis_core.grounding.trust_eval import TrustCollector, read_anatomy
+    from elvis_core.model.checkpoint import read_checkpoint_config
+
+    prior = None
+    if args.prior_annotations:
+        from elvis_core.grounding.text_prior import TextPrior
+
+        prior = TextPrior.from_csv(args.prior_annotations, split=args.prior_split or None)
+        print(prior.describe())
+    if args.twins and not Path(args.twins).is_dir():
+        raise ElvisError("twins folder not found", args.twins)
+    cal = read_checkpoint_config(args.checkpoint).get("presence_calibration")
+    if cal is not None:
+        try:
+            from elvis_core.grounding.presence import check_calibration
+        except ImportError:  # a tree without the presence module (elvis_core/grounding/presence.py): uncalibrated
+            print("presence calibration in the checkpoint, but this build has no presence module: uncalibrated",
+                  file=sys.stderr)
+            cal = None
+        else:
+            try:
+                cal = check_calibration(cal)
+            except ValueError as err:
+                raise ElvisError(f"presence calibration: {err}", Path(args.checkpoint) / "config.json") from None
+    anatomy_path = args.anatomy or os.path.join(args.images, "anatomy.csv")
+    anatomy = {}
+    if os.path.isfile(anatomy_path):
+        anatomy = read_anatomy(anatomy_path)
+    elif args.anatomy:
+        raise ElvisError("anatomy CSV not found", args.anatomy)
+    return TrustCollector(engine, calibration=cal, prior=prior, twins_root=args.twins,
+                          word_following=args.word_following, anatomy=anatomy)

@@ -12,6 +12,7 @@ EPILOG = """example:
 
 writes files/pXX/pXXXXXXXX/sYYYYYYYY/<dicom_id>.dcm, the report files/pXX/pXXXXXXXX/sYYYYYYYY.txt and
 ms_cxr.csv (MS-CXR v1.1.0 columns; split by patient). The same seed and options give identical bytes.
+--twins also writes each image's finding-free twin at OUT/twins/<same relative path> (for `elvis eval --twins`).
 """
 
 
@@ -36,6 +37,12 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--size", type=_size, default=1024, help="image height in pixels, 256..2500 (default 1024)")
     p.add_argument("--splits", default="70/15/15", help="train/val/test shares by patient (default 70/15/15)")
     p.add_argument("--workers", type=int, default=1, help="processes (default 1; output does not depend on it)")
+    p.add_argument("--generator-version", type=int, choices=(1, 2), default=2,
+                   help="phantom generator: 2 (default: nodules/masses, support devices, two findings of a kind, "
+                        "unlocated phrases, heart-silhouette cardiomegaly boxes) or 1 (the original, same bytes by seed)")
+    p.add_argument("--twins", action="store_true",
+                   help="also write each image's finding-free twin (same patient, exposure, noise) at "
+                        "OUT/twins/<same relative path>")
     p.add_argument("--contact-sheet", metavar="PNG", help="also draw 16 studies with their boxes to this PNG")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.set_defaults(func=run)
@@ -60,7 +67,7 @@ def run(args: argparse.Namespace) -> int:
 
     try:
         summary = generate(args.out, args.studies, args.seed, size=args.size, splits=splits, progress=progress,
-                           workers=args.workers)
+                           workers=args.workers, version=args.generator_version, twins=args.twins)
     finally:
         if bar is not None:
             bar.close()

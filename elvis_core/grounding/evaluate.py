@@ -176,13 +176,18 @@ def aggregate(rows: Sequence[Dict[str, Any]]) -> Tuple[Dict[str, Dict[str, float
 
 def evaluate(engine, annotation_set: AnnotationSet, images_root: os.PathLike | str, split: Optional[str] = None,
              progress: Optional[ProgressFn] = None, clamp_negative: bool = False,
-             thresholds: Sequence[float] = DEFAULT_THRESHOLDS, allow_outside: bool = False) -> EvalResult:
+             thresholds: Sequence[float] = DEFAULT_THRESHOLDS, allow_outside: bool = False,
+             on_image: Optional[Callable[[str, Any, List[Tuple[Phrase, list, Any, Dict[str, Any]]]], None]] = None
+             ) -> EvalResult:
     """Ground and score every phrase of ``annotation_set`` (optionally one split) on images under ``images_root``.
 
     A bad item never stops the batch: an image that is missing, outside ``images_root`` (unless ``allow_outside``),
     unreadable or that the engine rejects goes to ``missing``; a phrase whose boxes all lie outside its image (or
     whose grounding fails) goes to ``unscored`` with the reason; boxes partly outside are clipped, with a warning.
-    ``progress(done_phrases, total_phrases)`` is called after each image.
+    ``progress(done_phrases, total_phrases)`` is called after each image. ``on_image(path, radiograph, scored)``
+    is called after an image's phrases are scored, while that image is still the engine's current one, with
+    ``scored`` = [(phrase, boxes, map, row)]; it may add keys to the rows (``trust_eval.TrustCollector`` does:
+    presence, twins, text prior, word following).
     """
     from elvis_core.io.dicom_header import is_fatal
 
@@ -239,6 +244,7 @@ def evaluate(engine, annotation_set: AnnotationSet, images_root: os.PathLike | s
                                 for ph, _b, _n in scorable)
                 maps = []
                 scorable = []
+            scored = []
             for (ph, boxes, notes), gm in zip(scorable, maps):
                 m = gm.to_image()
                 warnings = list(gm.warnings) + notes
@@ -248,6 +254,9 @@ def evaluate(engine, annotation_set: AnnotationSet, images_root: os.PathLike | s
                              "miou": miou(m, boxes, thresholds), "pointing": pointing_game(m, boxes),
                              "contrast": contrast(m, boxes),
                              "rows": list(ph.rows), "warnings": "; ".join(warnings)})
+                scored.append((ph, boxes, gm, rows[-1]))
+            if on_image is not None and scored:
+                on_image(rel, rad, scored)
         done += len(phrases)
         if progress is not None:
             progress(done, total)

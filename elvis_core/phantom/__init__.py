@@ -9,9 +9,10 @@ Public API:
 
 from elvis_core.phantom.anatomy import Anatomy, sample_anatomy
 from elvis_core.phantom.findings import CATEGORIES, Finding
-from elvis_core.phantom.generate import CSV_COLUMNS, PhantomStudy, PhantomSummary, generate, parse_splits, render_study
+from elvis_core.phantom.v2 import CATEGORIES_V2
+from elvis_core.phantom.generate import CSV_COLUMNS, GENERATOR_VERSION, TWINS_DIR, PhantomStudy, PhantomSummary, generate, parse_splits, render_study
 
-__all__ = ["Anatomy", "sample_anatomy", "CATEGORIES", "Finding", "CSV_COLUMNS", "PhantomStudy", "PhantomSummary",
+__all__ = ["Anatomy", "sample_anatomy", "CATEGORIES", "CATEGORIES_V2", "GENERATOR_VERSION", "TWINS_DIR", "Finding", "CSV_COLUMNS", "PhantomStudy", "PhantomSummary",
            "generate", "parse_splits", "render_study", "make_contact_sheet"]
 
 

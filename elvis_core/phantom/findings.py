@@ -45,6 +45,8 @@ class Finding:
     label_text: str = ""
     #: the finding's phrase as written in FINDINGS and in IMPRESSION (both verbatim in the report)
     mentions: List[str] = field(default_factory=list)
+    #: False: the report names the finding without side or zone ("patchy opacity"; generator v2 only)
+    located: bool = True
 
 
 def sample_finding_spec(rng: np.random.Generator, category: str, exclude: set) -> Optional[Tuple[str, str, str]]:

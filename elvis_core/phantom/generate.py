@@ -31,6 +31,11 @@ CSV_COLUMNS = ("dicom_id", "category_name", "label_text", "path", "x", "y", "w",
 #: columns of ``anatomy.csv`` (one row per region and image; region names as Chest ImaGenome's ``bbox_name``)
 ANATOMY_CSV_COLUMNS = ("dicom_id", "path", "bbox_name", "x", "y", "w", "h", "image_width", "image_height", "split")
 MIN_SIZE, MAX_SIZE = 64, 4096
+#: folder (inside the output) of the finding-free twins, at the same relative paths as the images
+TWINS_DIR = "twins"
+#: the generator versions (1: the original; 2: :mod:`elvis_core.phantom.v2`) and the default for new data
+GENERATOR_VERSIONS = (1, 2)
+GENERATOR_VERSION = 2
 #: probabilities of 0, 1, 2, 3 findings per study
 N_FINDINGS_P = (0.25, 0.35, 0.25, 0.15)
 
@@ -54,6 +59,10 @@ class PhantomStudy:
     layers: List[np.ndarray] = field(default_factory=list, repr=False)
     #: anatomy region name (``ANATOMY_REGIONS``) -> (x, y, w, h) in ``image`` pixels
     anatomy_boxes: Dict[str, Tuple[int, int, int, int]] = field(default_factory=dict)
+    #: report sentences of the support devices drawn on the film (generator v2; on the twin too, never boxed)
+    devices: List[str] = field(default_factory=list)
+    #: generator version that drew the study
+    version: int = 1
 
     @property
     def height(self) -> int:
@@ -114,16 +123,24 @@ def _choose_findings(rng: np.random.Generator, n: int, categories: Optional[Sequ
 
 def render_study(rng_or_seed, size: int = 1024, anatomy: Optional[Anatomy] = None, n_findings: Optional[int] = None,
                  categories: Optional[Sequence[str]] = None, view: Optional[str] = None,
-                 with_clean: bool = True) -> PhantomStudy:
+                 with_clean: bool = True, version: int = GENERATOR_VERSION) -> PhantomStudy:
     """Render one study in memory.
 
     ``rng_or_seed``: a ``numpy.random.Generator`` or an int seed. ``size``: image height in pixels (the width is
     ``size * anatomy.aspect``, 0.82-1.0). ``anatomy``: reuse a patient's anatomy (else sampled). ``n_findings``: 0-3
-    (else random: 25 % normal studies). ``categories``: restrict the finding categories. ``view``: "PA" or "AP".
+    (else random: 25 % normal studies in v1, 20 % in v2). ``categories``: restrict the finding categories.
+    ``view``: "PA" or "AP". ``version``: the generator (1: the original, reproducible by seed; 2: nodules/masses,
+    devices, two findings of a kind, unlocated phrases, heart-silhouette cardiomegaly boxes; :mod:`.v2`).
     """
     if not (MIN_SIZE <= int(size) <= MAX_SIZE):
         raise ElvisError(f"phantom size must be {MIN_SIZE}..{MAX_SIZE} pixels, got {size}")
+    if version not in GENERATOR_VERSIONS:
+        raise ElvisError(f"phantom generator version must be one of {GENERATOR_VERSIONS}, got {version!r}")
     rng = _as_rng(rng_or_seed)
+    if version == 2:
+        from elvis_core.phantom.v2 import render_study_v2
+
+        return render_study_v2(rng, size, anatomy, n_findings, categories, view, with_clean)
     a = anatomy if anatomy is not None else sample_anatomy(rng)
     height = int(size)
     width = int(round(height * a.aspect / 2.0)) * 2
@@ -173,6 +190,8 @@ class PhantomSummary:
     split_counts: Dict[str, int]  # studies per split
     syntax_counts: Dict[str, int]
     seconds: float
+    version: int = 1
+    n_twins: int = 0
 
     def lines(self) -> List[str]:
         cats = ", ".join(f"{k}: {v}" for k, v in sorted(self.category_counts.items()))
@@ -181,7 +200,9 @@ class PhantomSummary:
                 f"{self.n_phrases} phrases with {self.n_boxes} boxes in {self.csv_path}; {self.n_normal} normal studies",
                 f"phrases per category: {cats}",
                 "studies per split: " + ", ".join(f"{k}: {v}" for k, v in self.split_counts.items()),
-                "transfer syntaxes: " + ", ".join(f"{k}: {v}" for k, v in sorted(self.syntax_counts.items()))]
+                "transfer syntaxes: " + ", ".join(f"{k}: {v}" for k, v in sorted(self.syntax_counts.items())),
+                f"generator version {self.version}"
+                + (f"; {self.n_twins} finding-free twins under {TWINS_DIR}/" if self.n_twins else "")]
 
 
 @dataclass
@@ -195,6 +216,8 @@ class _Job:
     dicom_id: str
     ids: Dict[str, str]
     split: str
+    version: int = GENERATOR_VERSION
+    twins: bool = False
 
 
 def _seq(seed: int, *key: int) -> np.random.Generator:
@@ -250,11 +273,17 @@ def _plan(n_studies: int, seed: int, size: int, splits: Tuple[float, float, floa
 
 def _run_job(job: _Job, out_dir: str) -> Tuple[List[Dict[str, object]], str, int, List[str]]:
     anatomy = sample_anatomy(_seq(job.seed, 2, job.patient))
-    study = render_study(_seq(job.seed, 3, job.index), size=job.size, anatomy=anatomy, with_clean=False)
+    study = render_study(_seq(job.seed, 3, job.index), size=job.size, anatomy=anatomy, with_clean=job.twins,
+                         version=job.version)
     enc: Encoding = sample_encoding(_seq(job.seed, 4, job.index))
     dcm = os.path.join(out_dir, job.rel_dcm)
     os.makedirs(os.path.dirname(dcm), exist_ok=True)
     write_dicom(dcm, study.image, enc, job.ids, view=study.view, sex=anatomy.sex)
+    if job.twins:  # the finding-free twin: same patient, exposure, noise and encoding; its own SOP instance UID
+        twin = os.path.join(out_dir, TWINS_DIR, job.rel_dcm)
+        os.makedirs(os.path.dirname(twin), exist_ok=True)
+        ids = dict(job.ids, sop_uid=random_uid(_seq(job.seed, 6, job.index)))
+        write_dicom(twin, study.clean, enc, ids, view=study.view, sex=anatomy.sex)
     with open(os.path.join(out_dir, job.rel_txt), "w", encoding="utf-8", newline="\n") as fh:
         fh.write(study.report)
     rows = []
@@ -294,12 +323,14 @@ def _check_splits(splits) -> Tuple[float, float, float]:
 
 def generate(out_dir: os.PathLike | str, n_studies: int, seed: int, size: int = 1024,
              splits: Sequence[float] = (70, 15, 15), progress: Optional[Callable[[int, int], None]] = None,
-             workers: int = 1) -> PhantomSummary:
+             workers: int = 1, version: int = GENERATOR_VERSION, twins: bool = False) -> PhantomSummary:
     """Write ``n_studies`` phantom studies under ``out_dir`` (must be missing or empty).
 
     Layout: ``files/pXX/pXXXXXXXX/sYYYYYYYY/<dicom_id>.dcm``, the report ``files/pXX/pXXXXXXXX/sYYYYYYYY.txt``,
     ``ms_cxr.csv`` (MS-CXR v1.1.0 columns, one row per box, sorted by path; split by patient into
     train/val/test) and ``anatomy.csv`` (one row per anatomy region and image: ``ANATOMY_CSV_COLUMNS``). Identical bytes for the same arguments, whatever ``workers``.
+    ``version``: the generator (see :func:`render_study`; 1 reproduces the original generator's files byte for
+    byte). ``twins``: also write each image's finding-free twin at ``twins/<same relative path>``.
     ``progress(done, total)`` is called after each study.
     """
     t0 = time.perf_counter()
@@ -320,7 +351,10 @@ def generate(out_dir: os.PathLike | str, n_studies: int, seed: int, size: int = 
         os.makedirs(out, exist_ok=True)
     except OSError as err:
         raise ElvisError(f"cannot create output folder: {err.strerror}", out) from None
-    jobs = _plan(int(n_studies), int(seed), int(size), sp)
+    if version not in GENERATOR_VERSIONS:
+        raise ElvisError(f"phantom generator version must be one of {GENERATOR_VERSIONS}, got {version!r}")
+    jobs = [dataclasses.replace(j, version=int(version), twins=bool(twins))
+            for j in _plan(int(n_studies), int(seed), int(size), sp)]
     results: List = [None] * len(jobs)
     done = 0
     if workers == 1:
@@ -364,4 +398,5 @@ def generate(out_dir: os.PathLike | str, n_studies: int, seed: int, size: int = 
         out_dir=out, csv_path=csv_path, n_patients=len({j.patient for j in jobs}), n_studies=len(jobs),
         n_images=len(jobs), n_phrases=sum(res[2] for res in results), n_boxes=len(rows),
         n_normal=sum(1 for res in results if res[2] == 0), category_counts=cat_counts, split_counts=split_counts,
-        syntax_counts=syn, seconds=time.perf_counter() - t0)
+        syntax_counts=syn, seconds=time.perf_counter() - t0, version=int(version),
+        n_twins=len(jobs) if twins else 0)

@@ -88,6 +88,8 @@ def phrase_for(rng: np.random.Generator, f: Finding) -> str:
 
 def _phrase_once(rng: np.random.Generator, f: Finding) -> str:
     cat, side, zone, size = f.category, f.side, f.zone, f.size
+    if cat in _V2_NOUNS or not f.located:  # generator v2 only: v1 never draws these (its random stream is unchanged)
+        return _phrase_v2(rng, f)
     if cat in _OPACITY_NOUNS:
         noun = _c(rng, _OPACITY_NOUNS[cat])
         adj, pp = _loc(rng, side, zone)
@@ -124,6 +126,27 @@ def _phrase_once(rng: np.random.Generator, f: Finding) -> str:
         return _c(rng, [f"{sev} cardiomegaly", "cardiomegaly", "enlarged cardiac silhouette",
                         f"{sev} enlargement of the cardiac silhouette", f"{_SEVERITY_ADV[size]} enlarged heart"])
     raise ValueError(cat)
+
+
+_V2_NOUNS = {"Nodule": ["nodule", "pulmonary nodule", "nodular opacity", "rounded nodule", "well-defined nodule"],
+             "Mass": ["mass", "pulmonary mass", "mass-like opacity", "lobulated mass"]}
+_V2_SIZE = {"Nodule": {"small": ["small", "6 mm", "8 mm"], "moderate": ["1 cm", "12 mm"],
+                       "large": ["large", "2 cm"]},
+            "Mass": {"small": ["3 cm"], "moderate": ["4 cm", "moderate-sized"], "large": ["large", "6 cm"]}}
+
+
+def _phrase_v2(rng: np.random.Generator, f: Finding) -> str:
+    """Phrases of generator v2: nodules and masses, and findings named without any location word."""
+    if f.category in _V2_NOUNS:
+        noun = _c(rng, _V2_NOUNS[f.category])
+        sz = _c(rng, _V2_SIZE[f.category][f.size]) + " " if rng.random() < 0.6 else ""
+    else:
+        noun = _c(rng, _OPACITY_NOUNS[f.category])
+        sz = _c(rng, _SIZE_OPACITY[f.size]) + " " if rng.random() < 0.5 else ""
+    if not f.located:
+        return f"{sz}{noun}"
+    adj, pp = _loc(rng, f.side, f.zone)
+    return f"{sz}{adj} {noun}" if rng.random() < 0.5 else f"{sz}{noun} {pp}"
 
 
 _POSITIVE = ["There is {p}.", "{P} is seen.", "{P} is present.", "{P} is noted.", "{P} is again demonstrated.",
@@ -182,8 +205,16 @@ def _protect(p: str) -> str:
     return p.replace(" ", _NBSP)
 
 
-def write_report(rng: np.random.Generator, findings: List[Finding], view: str = "PA", sex: str = "F") -> str:
-    """Build the report text and set ``label_text`` on every finding (exact substring of the returned text)."""
+_NEG_V2 = {"Nodule": ["No suspicious pulmonary nodules.", "No pulmonary nodules are seen."],
+           "Mass": ["No lung mass is identified.", "No mass."]}
+
+
+def write_report(rng: np.random.Generator, findings: List[Finding], view: str = "PA", sex: str = "F",
+                 extra: Sequence[str] = (), version: int = 1) -> str:
+    """Build the report text and set ``label_text`` on every finding (exact substring of the returned text).
+
+    ``extra``: sentences added to FINDINGS (support devices); ``version`` 2 may also deny absent nodules/masses.
+    """
     present = {f.category for f in findings}
     # FINDINGS: one sentence per finding (some hedged), negatives for absent categories, a few normal statements
     sentences: List[str] = []
@@ -218,11 +249,16 @@ def write_report(rng: np.random.Generator, findings: List[Finding], view: str = 
         if f.side in ("right", "left") and f.category in _NEG_SIDE and rng.random() < 0.5:
             other = "left" if f.side == "right" else "right"
             neg = _c(rng, _NEG_SIDE[f.category]).format(o=other)
-            if "clear" in neg and any(g.side in (other, "bilateral") and g.category != "Cardiomegaly"
-                                      for g in findings):
-                continue  # that lung is not clear
+            if ("clear" in neg or version >= 2) and any(g.side in (other, "bilateral") and
+                                                       g.category != "Cardiomegaly" for g in findings):
+                continue  # that lung is not clear (v2: nothing is denied on a side that has a finding)
             if neg not in negs:
                 negs.append(neg)
+    if version >= 2:
+        for c, opts in _NEG_V2.items():
+            if c not in present and rng.random() < 0.3:
+                negs.append(_c(rng, opts))
+    negs.extend(extra)
     for _ in range(int(rng.integers(0, 3))):
         o = _c(rng, _OTHER)
         if o not in negs:
