@@ -166,6 +166,28 @@ def _report_timing(win, app, exit_after_paint: bool) -> None:
             os._exit(0)
     win.imageShown.connect(painted)
 
+    gaps = [time.perf_counter(), 0.0]  # last tick, largest gap: the GUI event loop's stalls until the first map
+    if os.environ.get("ELVIS_VIEWER_GAPS"):
+        from PySide6 import QtCore
+
+        def tick():
+            now = time.perf_counter()
+            gaps[1] = max(gaps[1], now - gaps[0])
+            gaps[0] = now
+        win._timing_timer = QtCore.QTimer(win, interval=5, timeout=tick)
+        win._timing_timer.start()
+
+    def mapped(_slot):  # the first map drawn on screen (benchmarks/first_map.py)
+        win.repaint()
+        print(f"elvis-timing mapped {time.time():.6f} torch_loaded={'torch' in sys.modules} "
+              f"engine={type(win.session.slots[0].engine).__name__} gap_ms={gaps[1] * 1000:.1f}",
+              file=sys.stderr, flush=True)
+        if timing == "map":
+            os._exit(0)
+    timing = os.environ.get("ELVIS_VIEWER_TIMING")
+    if timing in ("map", "all"):
+        win.overlayUpdated.connect(mapped)
+
 
 def _install_desktop_entry() -> int:
     from elvis_core.errors import ElvisError

@@ -1,6 +1,9 @@
 """Worker functions of :class:`elvis_viewer.session.ViewerSession` (run on the thread pool; no Qt in here).
 
-torch / transformers are imported only inside :func:`load_engine`, i.e. in a worker when a model is needed.
+torch / transformers are imported only inside :func:`load_engine`, i.e. in a worker when a model is needed, and
+only when the checkpoint carries no usable ONNX export: with one (``elvis export-onnx``; the shipped demo model has
+it) the engine is :class:`~elvis_core.grounding.onnx_engine.OnnxGroundingEngine` (ONNX Runtime + tokenizers, no
+torch at all), which gives the first map seconds sooner and holds the GIL far less while it loads (issue 25).
 """
 
 from __future__ import annotations
@@ -82,8 +85,13 @@ def torch_threads() -> int:
 
 def limit_torch_threads() -> None:
     """Apply :func:`torch_threads` in THIS thread (OpenMP's thread count is per calling thread): every worker
-    function that runs the model calls it first."""
-    import torch
+    function that runs the model calls it first. Nothing to do while torch is not imported (the ONNX engine sets
+    its own thread count): importing it here would cost the seconds the ONNX path saves."""
+    import sys
+
+    torch = sys.modules.get("torch")
+    if torch is None or not hasattr(torch, "get_num_threads"):
+        return
 
     n = torch_threads()
     if torch.get_num_threads() != n:
@@ -96,7 +104,17 @@ def ground(engine, rad, phrase: str, tokens: bool):
 
 
 def load_engine(path: Optional[str], model=None, factory=None):
-    """Build, warm up and hash a GroundingEngine (imports torch on first use, in this worker)."""
+    """Build, warm up and hash an engine: the checkpoint's ONNX export when it is current and checked
+    (:func:`~elvis_core.grounding.onnx_engine.load_fast_engine`), else a torch GroundingEngine (imports torch on
+    first use, in this worker)."""
+    if path is not None and model is None and factory is None and not os.environ.get("ELVIS_NO_ONNX"):
+        from elvis_core.grounding.onnx_engine import load_fast_engine
+
+        engine = load_fast_engine(path)
+        if engine is not None:
+            return engine
+    import torch  # noqa: F401 - first, so that limit_torch_threads applies to this worker
+
     limit_torch_threads()
     from elvis_core.grounding.engine import GroundingEngine
 

@@ -16,7 +16,8 @@ from typing import Optional, Sequence
 from elvis_core.errors import ElvisError
 
 #: subcommand modules, in the order ``elvis --help`` lists them
-SUBCOMMANDS = ("inspect", "render", "phantom", "prepare", "train", "eval", "ground", "review", "import", "pacs")
+SUBCOMMANDS = ("inspect", "render", "phantom", "prepare", "train", "eval", "ground", "review", "import", "pacs",
+               "export_onnx")
 
 
 def build_parser() -> argparse.ArgumentParser:

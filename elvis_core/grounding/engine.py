@@ -46,7 +46,8 @@ import numpy as np
 import torch
 
 from elvis_core.errors import GroundingError
-from elvis_core.grounding.types import GroundingMap
+from elvis_core.grounding.mapbuild import build_map, image_key, smooth_grid  # noqa: F401 - smooth_grid re-exported
+from elvis_core.grounding.types import GroundingMap  # noqa: F401 - re-exported
 
 log = logging.getLogger(__name__)
 
@@ -59,26 +60,6 @@ PHRASE_MAPS = ("global", "token-mean")
 
 def _default_device() -> torch.device:
     return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-
-
-def smooth_grid(grid: np.ndarray, sigma: float) -> np.ndarray:
-    """Gaussian smoothing of a small grid (sigma in grid cells), exactly as hi-ml's ``scipy.ndimage.gaussian_filter``
-    (kernel radius ``int(4 sigma + 0.5)``, mirrored borders ``d c b a | a b c d``), so ``sigma=1.5`` reproduces
-    BioViL's smoothed maps. A convex combination of the cells: values stay within the grid's [min, max]."""
-    if sigma <= 0:
-        return grid.astype(np.float32, copy=True)
-    radius = max(1, int(4.0 * float(sigma) + 0.5))
-    x = np.arange(-radius, radius + 1, dtype=np.float64)
-    k = np.exp(-0.5 * x * x / (float(sigma) ** 2))
-    k /= k.sum()
-    g = np.asarray(grid, dtype=np.float64)
-    for axis in (0, 1):
-        n = g.shape[axis]
-        pad = [(0, 0), (0, 0)]
-        pad[axis] = (radius, radius)
-        p = np.pad(g, pad, mode="symmetric")
-        g = sum(k[i] * np.take(p, np.arange(i, i + n), axis=axis) for i in range(2 * radius + 1))
-    return g.astype(np.float32)
 
 
 def _model_device(model) -> Optional[torch.device]:
@@ -196,28 +177,8 @@ class GroundingEngine:
 
     # -- image ----------------------------------------------------------------------------------------------------
     def image_key(self, radiograph) -> str:
-        """Content hash of what the model input depends on: pixels, shape and (for window normalisation) window.
-
-        The pixel hash is computed once per ``Radiograph`` object and kept on it (``_content_hash``, checked against
-        the array's identity and shape): radiographs are not modified after reading."""
-        px = radiograph.pixels
-        cached = getattr(radiograph, "_content_hash", None)
-        if cached is not None and cached[0] is px and cached[1] == px.shape:
-            digest = cached[2]
-        else:
-            arr = np.ascontiguousarray(px)
-            h = hashlib.blake2b(digest_size=16)
-            h.update(str((arr.shape, arr.dtype.str)).encode())
-            h.update(arr.data)
-            digest = h.hexdigest()
-            try:
-                radiograph._content_hash = (px, px.shape, digest)
-            except AttributeError:  # a frozen or slotted stand-in: hash every time
-                pass
-        if self.transform.normalization == "window":
-            w = radiograph.default_window()
-            return digest + repr((float(w.center), float(w.width)))
-        return digest
+        """Content hash of the pixels, shape and (window normalisation) window: :func:`mapbuild.image_key`."""
+        return image_key(radiograph, self.transform)
 
     def set_image(self, radiograph) -> None:
         """Make ``radiograph`` the current image, encoding it only when it is not cached yet."""
@@ -348,15 +309,8 @@ class GroundingEngine:
 
     def _make_map(self, phrase: str, raw: np.ndarray, shape, g2i, seen, truncated: bool, t0: float
                   ) -> GroundingMap:
-        sim = smooth_grid(raw, self.smoothing_sigma)
-        gm = GroundingMap(similarity=sim.astype(np.float32), grid_to_image=np.array(g2i, dtype=np.float64),
-                          image_shape=tuple(shape), phrase=phrase, smoothing_sigma=self.smoothing_sigma,
-                          raw_similarity=np.asarray(raw, dtype=np.float32),
-                          seen_region=seen)
-        if truncated:
-            gm.warnings.append(self._truncation_warning())
-        gm.latency_s = time.perf_counter() - t0
-        return gm
+        return build_map(phrase, raw, shape, g2i, seen, self.smoothing_sigma,
+                         self._truncation_warning() if truncated else None, t0)
 
     def ground(self, phrase: str) -> GroundingMap:
         """The phrase's similarity map against the current image."""

@@ -1,0 +1,183 @@
+"""Launch -> first map drawn, side by side with its floors (issue 25); offscreen or in a real X session.
+
+    python benchmarks/first_map.py [--runs 3] [--x11] [--skip-large]
+    python benchmarks/viewer_speed.py --first-map [...]      # the same
+
+Every row is a fresh process (wall clock from just before ``subprocess`` starts it):
+
+- floor "bare Qt": a process importing PySide6.QtWidgets, pyqtgraph, pydicom and numpy, nothing else;
+- floor "torch": a process importing torch, building the model from its config and embedding one image (what any
+  torch-based first map must pay at least);
+- ``elvis-viewer --demo`` (first study, its first annotated phrase grounded): window shown, image painted, first map
+  drawn (``ELVIS_VIEWER_TIMING=map``), as shipped (the demo model carries an ONNX export: ONNX Runtime, no torch)
+  and with ``ELVIS_NO_ONNX=1`` (the torch engine: torch + transformers imported by the loading worker);
+- the same with ``--checkpoint`` of a ResNet-50 + BERT-base model built from the preset (random weights, no
+  downloads), exported to ONNX once before the runs (the export time is printed), RG1 (a real 1955x1841 CR) and
+  ``--phrase``;
+- the largest GUI event-loop gap (a 5 ms QTimer) from the window until the first map, in the same processes
+  (``ELVIS_VIEWER_GAPS=1``), i.e. what the first model load costs the GUI.
+
+``--x11`` runs everything under Xvfb (display :95) with openbox as window manager (``QT_QPA_PLATFORM=xcb``),
+otherwise offscreen. The table gives each median and its ratio to the bare Qt floor. Numbers depend on the machine
+and its load (printed); compare rows of one run.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+ENV_BASE = dict(os.environ, PYTHONPATH=str(ROOT), HF_HUB_OFFLINE="1", OMP_NUM_THREADS=os.environ.get(
+    "OMP_NUM_THREADS", "1"))
+
+FLOOR_QT = "import PySide6.QtWidgets, pyqtgraph, pydicom, numpy"
+FLOOR_TORCH = """
+import sys, numpy as np, torch
+from elvis_core.model import build_model, preset
+from elvis_core.model.checkpoint import load_checkpoint
+torch.set_num_threads(1)
+m = load_checkpoint(sys.argv[1]) if len(sys.argv) > 1 else build_model(preset("demo"), texts=["a b c"])
+with torch.inference_mode():
+    s = int(m.transform.size); m.encode_image(torch.zeros(1, 1, s, s))
+"""
+
+
+def start_x11(display: str = ":95"):
+    """Xvfb + openbox on ``display``; returns (env additions, processes to stop)."""
+    xvfb = subprocess.Popen(["Xvfb", display, "-screen", "0", "1920x1080x24", "-nolisten", "tcp"],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    env = dict(DISPLAY=display, QT_QPA_PLATFORM="xcb")
+    for _ in range(100):
+        if subprocess.run(["xdpyinfo"], env=dict(os.environ, **env), capture_output=True).returncode == 0:
+            break
+        time.sleep(0.05)
+    wm = subprocess.Popen(["openbox"], env=dict(os.environ, **env), stdout=subprocess.DEVNULL,
+                          stderr=subprocess.DEVNULL)
+    time.sleep(0.5)
+    return env, [wm, xvfb]
+
+
+def run_floor(code: str, env, args=()) -> float:
+    t0 = time.time()
+    subprocess.run([sys.executable, "-c", code, *args], env=env, cwd=str(ROOT), check=True, capture_output=True,
+                   timeout=600)
+    return time.time() - t0
+
+
+def run_viewer(viewer_args, env, no_onnx: bool):
+    """(window s, painted s, mapped s, engine class, max GUI gap ms) of one fresh viewer process."""
+    env = dict(env, ELVIS_VIEWER_TIMING="map", ELVIS_VIEWER_GAPS="1",
+               ELVIS_VIEWER_SETTINGS=os.path.join(tempfile.mkdtemp(), "s.ini"))
+    if no_onnx:
+        env["ELVIS_NO_ONNX"] = "1"
+    t0 = time.time()
+    p = subprocess.run([sys.executable, "-m", "elvis_viewer", *viewer_args], env=env, cwd=tempfile.gettempdir(),
+                       capture_output=True, text=True, timeout=600)
+    st, extra = {}, {}
+    for ln in p.stderr.splitlines():
+        if ln.startswith("elvis-timing"):
+            parts = ln.split()
+            st[parts[1]] = float(parts[2]) - t0
+            extra.update(kv.split("=", 1) for kv in parts[3:] if "=" in kv)
+    if "mapped" not in st:
+        raise RuntimeError("viewer did not draw a map:\n" + p.stderr[-1500:])
+    return st.get("window"), st.get("painted"), st["mapped"], extra.get("engine", "?"), float(extra.get("gap_ms",
+                                                                                                      "nan"))
+
+
+def large_checkpoint(tmp: Path) -> Path:
+    """ResNet-50 + BERT-base from the preset (random weights), saved and exported to ONNX (timed)."""
+    code = f"""
+import sys, time, torch
+from elvis_core.model import build_model, preset
+from elvis_core.model.checkpoint import save_checkpoint
+from elvis_core.model.onnx_export import export_onnx
+torch.manual_seed(0)
+m = build_model(preset("resnet50-bert-base"), texts=["left basal opacity. no pneumothorax. cardiomegaly."] * 3)
+save_checkpoint(m, {str(tmp / 'r50bb')!r})
+t = time.time(); man = export_onnx({str(tmp / 'r50bb')!r}, int8=True, model=m)
+print("EXPORT", round(time.time() - t, 1), man["fidelity"]["min_r"], (man.get("text_int8") or {{}}).get("min_r"),
+      (man.get("text_int8") or {{}}).get("passed"))
+"""
+    p = subprocess.run([sys.executable, "-c", code], env=ENV_BASE, cwd=str(ROOT), capture_output=True, text=True,
+                       timeout=1800)
+    line = [ln for ln in p.stdout.splitlines() if ln.startswith("EXPORT")]
+    if p.returncode or not line:
+        raise RuntimeError(p.stderr[-2000:])
+    print("ResNet-50 + BERT-base export (s, fp32 min r, int8 min r, int8 used):", line[0][7:], flush=True)
+    return tmp / "r50bb"
+
+
+def med(xs):
+    xs = [x for x in xs if x is not None]
+    return statistics.median(xs) if xs else float("nan")
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--runs", type=int, default=3)
+    ap.add_argument("--x11", action="store_true", help="run under Xvfb :95 + openbox (real X) instead of offscreen")
+    ap.add_argument("--skip-large", action="store_true", help="leave out ResNet-50 + BERT-base")
+    ap.add_argument("--first-map", action="store_true", help=argparse.SUPPRESS)
+    a = ap.parse_args(argv)
+    stop = []
+    env = dict(ENV_BASE, QT_QPA_PLATFORM="offscreen")
+    if a.x11:
+        extra, stop = start_x11()
+        env.update(extra)
+    mode = "real X (Xvfb :95 + openbox)" if a.x11 else "offscreen"
+    try:
+        from pydicom.data import get_testdata_file
+
+        rg1 = get_testdata_file("RG1_UNCR.dcm")
+        tmp = Path(tempfile.mkdtemp(prefix="first_map_"))
+        cases = [("--demo", ["--demo"], str(ROOT / "resources" / "demo_model"))]
+        if not a.skip_large:
+            big = large_checkpoint(tmp)
+            cases.append(("--checkpoint ResNet-50 + BERT-base", [rg1, "--checkpoint", str(big), "--phrase",
+                                                                 "left basal opacity"], str(big)))
+        rows = []
+        qt = [run_floor(FLOOR_QT, env) for _ in range(a.runs)]
+        floor = med(qt)
+        rows.append(("floor: import PySide6.QtWidgets, pyqtgraph, pydicom, numpy", floor, "", ""))
+        for label, args, ckpt in cases:
+            tf = [run_floor(FLOOR_TORCH, env, [ckpt]) for _ in range(a.runs)]
+            rows.append((f"floor: import torch, load {label.split()[-1] if 'BERT' in label else 'demo'} model, "
+                         "embed one image", med(tf), "", ""))
+            for no_onnx in (False, True):
+                res = [run_viewer(args, env, no_onnx) for _ in range(a.runs)]
+                eng = res[0][3]
+                tag = f"{label}, {'torch engine (ELVIS_NO_ONNX=1)' if no_onnx else 'as shipped'} [{eng}]"
+                rows.append((f"launch -> window, {tag}", med([r[0] for r in res]), "", ""))
+                rows.append((f"launch -> image painted, {tag}", med([r[1] for r in res]), "", ""))
+                rows.append((f"launch -> FIRST MAP drawn, {tag}", med([r[2] for r in res]),
+                             f"max {max(r[2] for r in res):.2f}", ""))
+                rows.append((f"largest GUI gap until the first map (ms), {tag}", None, "",
+                             f"{med([r[4] for r in res]):.0f} ms (max {max(r[4] for r in res):.0f})"))
+        load = os.getloadavg()
+        print(f"\nfirst map, {mode}; {a.runs} fresh processes per row (median); load average "
+              f"{load[0]:.1f} / {load[1]:.1f} on {os.cpu_count()} cores")
+        print(f"{'measurement':96s} {'s':>6s} {'x bare Qt':>9s}  note")
+        for name, v, note, gap in rows:
+            if v is None:
+                print(f"{name:96s} {'':>6s} {'':>9s}  {gap}")
+            else:
+                print(f"{name:96s} {v:6.2f} {v / floor:9.2f}  {note}")
+        shutil.rmtree(tmp, ignore_errors=True)
+    finally:
+        for p in stop:
+            p.terminate()
+            p.wait(10)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
