@@ -64,13 +64,14 @@ def test_non_editable_install_runs_the_demo(tmp_path):
              "print(json.dumps({'core': elvis_core.__file__, 'viewer': elvis_viewer.__file__, "
              "'demo_model': str(app.DEMO_MODEL), 'demo': str(app.DEMO_STUDIES), "
              "'has_model': (app.DEMO_MODEL / 'model.safetensors').is_file(), "
+             "'has_onnx': (app.DEMO_MODEL / 'onnx' / 'manifest.json').is_file(), "
              "'n_dcm': len(list(app.DEMO_STUDIES.rglob('*.dcm')))}))")
     r = subprocess.run([str(py), "-c", probe], capture_output=True, text=True, env=env, cwd=str(work), timeout=120)
     assert r.returncode == 0, r.stderr[-2000:]
     info = json.loads(r.stdout.strip().splitlines()[-1])
     for key in ("core", "viewer", "demo_model", "demo"):
         assert Path(info[key]).resolve().is_relative_to(Path(site).resolve()), (key, info[key], site)
-    assert info["has_model"] and info["n_dcm"] >= 5, info
+    assert info["has_model"] and info["has_onnx"] and info["n_dcm"] >= 5, info
 
     shot = work / "out.png"
     r = subprocess.run([str(viewer), "--demo", "--screenshot", str(shot), "--timeout", "90"],
