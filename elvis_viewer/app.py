@@ -101,10 +101,34 @@ def preload_heavy_modules() -> None:
     from transformers import PreTrainedTokenizerFast, ResNetModel, BertModel  # noqa: F401  (lazy submodules)
 
 
+def warm_inference_imports(args):
+    """Start importing ONNX Runtime + tokenizers in a thread at launch when a checkpoint to open carries an ONNX
+    export; returns the thread (or None). Importing them holds the GIL for ~0.1 s in one piece (the extension's
+    initialisation), which would freeze a shown window: the import overlaps Qt's own import and the window's
+    construction instead, and :func:`main` joins it before the window is shown (issue 25)."""
+    ckpts = [args.checkpoint or (str(DEMO_MODEL) if args.demo else None), args.compare]
+    if not any(c and (Path(c) / "onnx" / "manifest.json").is_file() for c in ckpts) or os.environ.get("ELVIS_NO_ONNX"):
+        return None
+    import threading
+
+    def run():
+        try:
+            import onnxruntime  # noqa: F401
+            import tokenizers  # noqa: F401
+
+            from elvis_core.grounding import onnx_engine  # noqa: F401
+        except Exception:  # the loading worker reports it (and falls back to torch)
+            pass
+    t = threading.Thread(target=run, name="elvis-warm-import", daemon=True)
+    t.start()
+    return t
+
+
 def main(argv: Optional[Sequence[str]] = None) -> int:
     args = build_parser().parse_args(argv)
     if args.install_desktop_entry:
         return _install_desktop_entry()
+    warm = warm_inference_imports(args)
     from PySide6 import QtCore, QtWidgets
 
     from elvis_viewer.main_window import MainWindow
@@ -129,6 +153,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             print(f"--size {args.size}: expected WIDTHxHEIGHT, e.g. 1280x720", file=sys.stderr)
             return 2
         win.resize(w, h)
+    if warm is not None:
+        warm.join(timeout=10.0)
     win.show()
     timing = os.environ.get("ELVIS_VIEWER_TIMING")
     if timing:  # benchmarks/viewer_speed.py: wall-clock stamps of the window and the first painted image

@@ -243,6 +243,15 @@ def export_or_warn(ckpt, say: Optional[Callable[[str], None]] = None, **kw) -> O
     return None
 
 
+def export_after_write(ckpt, enabled: bool = True, say: Optional[Callable[[str], None]] = None):
+    """The hook of the commands that write a checkpoint (``elvis train``, ``elvis import``): export unless
+    ``--no-onnx`` or ``ELVIS_ONNX_EXPORT=0`` (the test suite sets it: its many tiny checkpoints are never viewed).
+    Returns the manifest, or None when skipped or failed (a warning; the viewer then uses torch)."""
+    if not enabled or os.environ.get("ELVIS_ONNX_EXPORT", "1").strip() == "0":
+        return None
+    return export_or_warn(ckpt, say=say)
+
+
 def summary_lines(manifest: Dict[str, Any]) -> List[str]:
     fid = manifest.get("fidelity") or {}
     lines = [f"fidelity: {'passed' if fid.get('passed') else 'FAILED'} (min r {fid.get('min_r', float('nan')):.6f} "

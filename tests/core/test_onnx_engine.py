@@ -165,6 +165,24 @@ def test_stale_or_broken_exports_fall_back_to_torch(exported, tmp_path):
         OnnxGroundingEngine(f)
 
 
+def test_writers_export_unless_told_not_to(exported, tmp_path, monkeypatch):
+    from elvis_core.model.onnx_export import export_after_write
+
+    d, m = exported
+    said = []
+    monkeypatch.setenv("ELVIS_ONNX_EXPORT", "1")
+    assert export_after_write(d, say=said.append)["weights_hash"] == m["weights_hash"]  # up to date: kept
+    assert export_after_write(d, enabled=False) is None  # --no-onnx
+    monkeypatch.setenv("ELVIS_ONNX_EXPORT", "0")
+    assert export_after_write(d) is None
+    monkeypatch.setenv("ELVIS_ONNX_EXPORT", "1")
+    bad = tmp_path / "bad"
+    bad.mkdir()
+    (bad / "config.json").write_text("{")
+    assert export_after_write(bad, say=said.append) is None  # a failed export warns, never fails the writer
+    assert any("ONNX export failed" in s and "not valid JSON" in s for s in said), said
+
+
 def test_cli_export_onnx_up_to_date_and_bad_folder(exported, tmp_path):
     d, _ = exported
     env = dict(os.environ, PYTHONPATH=str(REPO))
