@@ -126,6 +126,8 @@ def main(argv=None) -> int:
     ap.add_argument("--runs", type=int, default=3)
     ap.add_argument("--x11", action="store_true", help="run under Xvfb :95 + openbox (real X) instead of offscreen")
     ap.add_argument("--skip-large", action="store_true", help="leave out ResNet-50 + BERT-base")
+    ap.add_argument("--large-checkpoint", metavar="DIR",
+                    help="an exported ResNet-50 + BERT-base checkpoint to reuse (default: built and exported here)")
     ap.add_argument("--first-map", action="store_true", help=argparse.SUPPRESS)
     a = ap.parse_args(argv)
     stop = []
@@ -141,7 +143,7 @@ def main(argv=None) -> int:
         tmp = Path(tempfile.mkdtemp(prefix="first_map_"))
         cases = [("--demo", ["--demo"], str(ROOT / "resources" / "demo_model"))]
         if not a.skip_large:
-            big = large_checkpoint(tmp)
+            big = Path(a.large_checkpoint) if a.large_checkpoint else large_checkpoint(tmp)
             cases.append(("--checkpoint ResNet-50 + BERT-base", [rg1, "--checkpoint", str(big), "--phrase",
                                                                  "left basal opacity"], str(big)))
         rows = []
