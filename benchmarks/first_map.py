@@ -14,8 +14,8 @@ Every row is a fresh process (wall clock from just before ``subprocess`` starts 
 - the same with ``--checkpoint`` of a ResNet-50 + BERT-base model built from the preset (random weights, no
   downloads), exported to ONNX once before the runs (the export time is printed), RG1 (a real 1955x1841 CR) and
   ``--phrase``;
-- the largest GUI event-loop gap (a 5 ms QTimer) from the window until the first map, in the same processes
-  (``ELVIS_VIEWER_GAPS=1``), i.e. what the first model load costs the GUI.
+- the largest GUI event-loop gap (a 5 ms QTimer) from the window until the first map, and while the checkpoint
+  loads (``ELVIS_VIEWER_GAPS=1``), in the same processes: what the first model load costs the GUI.
 
 ``--x11`` runs everything under Xvfb (display :95) with openbox as window manager (``QT_QPA_PLATFORM=xcb``),
 otherwise offscreen. The table gives each median and its ratio to the bare Qt floor. Numbers depend on the machine
@@ -48,6 +48,64 @@ m = load_checkpoint(sys.argv[1]) if len(sys.argv) > 1 else build_model(preset("d
 with torch.inference_mode():
     s = int(m.transform.size); m.encode_image(torch.zeros(1, 1, s, s))
 """
+
+
+GIL_PROBE = """
+import sys, threading, time
+step, arg = sys.argv[1], (sys.argv[2] if len(sys.argv) > 2 else None)
+if step.startswith("engine") or step == "torch-load":  # what the viewer imports at launch (elvis_viewer/app.py)
+    import onnxruntime, tokenizers, cv2  # noqa (measured separately: 'import onnxruntime + tokenizers')
+    import elvis_core.grounding.onnx_engine  # noqa
+if step == "torch-load":
+    import torch, transformers  # noqa
+done = threading.Event()
+took = []
+def work():
+    t = time.perf_counter()
+    if step == "baseline (a thread that sleeps)":
+        time.sleep(1.0)
+    elif step == "import onnxruntime + tokenizers":
+        import onnxruntime, tokenizers  # noqa
+    elif step == "import torch + transformers":
+        import torch, transformers  # noqa
+        from transformers import BertModel, ResNetModel, PreTrainedTokenizerFast  # noqa
+    elif step.startswith("engine"):
+        from elvis_core.grounding.onnx_engine import OnnxGroundingEngine
+        OnnxGroundingEngine.load(arg)
+    elif step == "torch-load":
+        from elvis_core.grounding.engine import GroundingEngine
+        GroundingEngine.load(arg)
+    took.append(time.perf_counter() - t)
+    done.set()
+th = threading.Thread(target=work)
+last = time.perf_counter(); mx = 0.0
+th.start()
+while not done.is_set():
+    time.sleep(0.005)
+    now = time.perf_counter(); mx = max(mx, now - last); last = now
+print("GIL", took[0] * 1000, mx * 1000)
+"""
+
+
+def gil_rows(env, ckpts, runs: int):
+    """Each step of a first model load in a worker thread of a fresh process while the main thread ticks every 5 ms:
+    the step's time and the largest tick gap (= how long the GUI thread could not run), next to a thread that only
+    sleeps (the machine's own scheduling noise)."""
+    steps = [("baseline (a thread that sleeps)", None), ("import onnxruntime + tokenizers", None),
+             ("import torch + transformers", None)]
+    steps += [(f"engine: ONNX Runtime load of {name}", str(c)) for name, c in ckpts]
+    steps += [("torch-load", str(c)) for name, c in ckpts[:1]]
+    rows = []
+    for step, arg in steps:
+        res = []
+        for _ in range(runs):
+            p = subprocess.run([sys.executable, "-c", GIL_PROBE, step] + ([arg] if arg else []), env=env,
+                               cwd=str(ROOT), capture_output=True, text=True, timeout=900)
+            res += [tuple(map(float, ln.split()[1:])) for ln in p.stdout.splitlines() if ln.startswith("GIL")]
+        label = "torch engine load of the demo model (torch imported first)" if step == "torch-load" else step
+        if res:
+            rows.append((label, med([r[0] for r in res]), med([r[1] for r in res]), max(r[1] for r in res)))
+    return rows
 
 
 def start_x11(display: str = ":95"):
@@ -89,8 +147,8 @@ def run_viewer(viewer_args, env, no_onnx: bool):
             extra.update(kv.split("=", 1) for kv in parts[3:] if "=" in kv)
     if "mapped" not in st:
         raise RuntimeError("viewer did not draw a map:\n" + p.stderr[-1500:])
-    return st.get("window"), st.get("painted"), st["mapped"], extra.get("engine", "?"), float(extra.get("gap_ms",
-                                                                                                      "nan"))
+    return (st.get("window"), st.get("painted"), st["mapped"], extra.get("engine", "?"),
+            float(extra.get("gap_ms", "nan")), float(extra.get("load_gap_ms", "nan")))
 
 
 def large_checkpoint(tmp: Path) -> Path:
@@ -164,6 +222,10 @@ def main(argv=None) -> int:
                              f"max {max(r[2] for r in res):.2f}", ""))
                 rows.append((f"largest GUI gap until the first map (ms), {tag}", None, "",
                              f"{med([r[4] for r in res]):.0f} ms (max {max(r[4] for r in res):.0f})"))
+                rows.append((f"largest GUI gap while the checkpoint loads (ms), {tag}", None, "",
+                             f"{med([r[5] for r in res]):.0f} ms (max {max(r[5] for r in res):.0f})"))
+        grows = gil_rows(env, [(label.split()[-1] if "BERT" not in label else "ResNet-50 + BERT-base", c)
+                               for label, _, c in cases], a.runs)
         load = os.getloadavg()
         print(f"\nfirst map, {mode}; {a.runs} fresh processes per row (median); load average "
               f"{load[0]:.1f} / {load[1]:.1f} on {os.cpu_count()} cores")
@@ -173,6 +235,11 @@ def main(argv=None) -> int:
                 print(f"{name:96s} {'':>6s} {'':>9s}  {gap}")
             else:
                 print(f"{name:96s} {v:6.2f} {v / floor:9.2f}  {note}")
+        print(f"\nwhere the GIL is held during a first load (a step in a worker thread, the main thread ticking every "
+              f"5 ms; {a.runs} fresh processes, median)")
+        print(f"{'step':80s} {'step ms':>8s} {'gap ms':>8s} {'max gap':>8s}")
+        for name, t, g, gmax in grows:
+            print(f"{name:80s} {t:8.0f} {g:8.0f} {gmax:8.0f}")
         shutil.rmtree(tmp, ignore_errors=True)
     finally:
         for p in stop:

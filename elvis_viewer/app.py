@@ -104,12 +104,12 @@ def preload_heavy_modules() -> None:
 def warm_inference_imports(args):
     """Start importing ONNX Runtime + tokenizers in a thread at launch when a checkpoint to open carries an ONNX
     export; returns the thread (or None). Importing them holds the GIL for ~0.1 s in one piece (the extension's
-    initialisation), which would freeze a shown window: the import overlaps Qt's own import and the window's
+    initialisation; OpenCV's, needed by the model-input transform, another ~0.09 s), which would freeze a shown window: the import overlaps Qt's own import and the window's
     construction instead, and :func:`main` joins it before the window is shown (issue 25)."""
     ckpts = [args.checkpoint or (str(DEMO_MODEL) if args.demo else None), args.compare]
     if not any(c and (Path(c) / "onnx" / "manifest.json").is_file() for c in ckpts) or os.environ.get("ELVIS_NO_ONNX"):
         return None
-    return _import_in_thread("onnxruntime", "tokenizers", "elvis_core.grounding.onnx_engine")
+    return _import_in_thread("onnxruntime", "tokenizers", "cv2", "elvis_core.grounding.onnx_engine")
 
 
 def warm_reader_imports(args):
@@ -207,13 +207,16 @@ def _report_timing(win, app, exit_after_paint: bool) -> None:
             os._exit(0)
     win.imageShown.connect(painted)
 
-    gaps = [time.perf_counter(), 0.0]  # last tick, largest gap: the GUI event loop's stalls until the first map
+    # last tick, largest gap until the first map, largest gap while a checkpoint loads: the GUI event loop's stalls
+    gaps = [time.perf_counter(), 0.0, 0.0]
     if os.environ.get("ELVIS_VIEWER_GAPS"):
         from PySide6 import QtCore
 
         def tick():
             now = time.perf_counter()
             gaps[1] = max(gaps[1], now - gaps[0])
+            if any(s.loading for s in win.session.slots):
+                gaps[2] = max(gaps[2], now - gaps[0])
             gaps[0] = now
         win._timing_timer = QtCore.QTimer(win, interval=5, timeout=tick)
         win._timing_timer.start()
@@ -221,7 +224,8 @@ def _report_timing(win, app, exit_after_paint: bool) -> None:
     def mapped(_slot):  # the first map drawn on screen (benchmarks/first_map.py)
         win.repaint()
         print(f"elvis-timing mapped {time.time():.6f} torch_loaded={'torch' in sys.modules} "
-              f"engine={type(win.session.slots[0].engine).__name__} gap_ms={gaps[1] * 1000:.1f}",
+              f"engine={type(win.session.slots[0].engine).__name__} gap_ms={gaps[1] * 1000:.1f} "
+              f"load_gap_ms={gaps[2] * 1000:.1f}",
               file=sys.stderr, flush=True)
         if timing == "map":
             os._exit(0)
