@@ -142,6 +142,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     args = build_parser().parse_args(argv)
     if args.install_desktop_entry:
         return _install_desktop_entry()
+    import numpy  # noqa: F401 - before the warm threads: numpy's core refuses a concurrent first import
+    # ("cannot load module more than once per process"); every thread below imports it
+
     warm = warm_inference_imports(args)
     warm_reader_imports(args)
     from PySide6 import QtCore, QtWidgets
