@@ -109,7 +109,13 @@ def warm_inference_imports(args):
     ckpts = [args.checkpoint or (str(DEMO_MODEL) if args.demo else None), args.compare]
     if not any(c and (Path(c) / "onnx" / "manifest.json").is_file() for c in ckpts) or os.environ.get("ELVIS_NO_ONNX"):
         return None
-    return _import_in_thread("onnxruntime", "tokenizers", "cv2", "elvis_core.grounding.onnx_engine")
+    t = _import_in_thread("onnxruntime", "tokenizers", "cv2", "elvis_core.grounding.onnx_engine")
+    from elvis_viewer.session_tasks import preload_fast_engine
+
+    for c in ckpts:  # the engine itself is built meanwhile too (the loading worker takes it)
+        if c and (Path(c) / "onnx" / "manifest.json").is_file():
+            preload_fast_engine(c, after=t)
+    return t
 
 
 def warm_reader_imports(args):

@@ -9,7 +9,9 @@ torch at all), which gives the first map seconds sooner and holds the GIL far le
 from __future__ import annotations
 
 import os
-from typing import List, Optional
+import threading
+from concurrent.futures import Future
+from typing import Dict, List, Optional
 
 import numpy as np
 
@@ -103,6 +105,40 @@ def ground(engine, rad, phrase: str, tokens: bool):
     return engine.ground_image(rad, phrase, tokens=tokens)
 
 
+_PRELOADED: Dict[str, Future] = {}
+_PRELOAD_LOCK = threading.Lock()
+
+
+def preload_fast_engine(path: str, after: Optional[threading.Thread] = None) -> None:
+    """Start building the ONNX Runtime engine of the checkpoint ``path`` in a daemon thread (at launch, while Qt
+    and the window come up; after the thread ``after``, which imports onnxruntime); :func:`load_engine` for the
+    same path takes it instead of building another. A checkpoint without a usable export preloads ``None`` (torch
+    is then loaded by the worker as before)."""
+    key = os.path.realpath(path)
+    with _PRELOAD_LOCK:
+        if key in _PRELOADED:
+            return
+        fut: Future = Future()
+        _PRELOADED[key] = fut
+
+    def run():
+        try:
+            if after is not None:
+                after.join()
+            from elvis_core.grounding.onnx_engine import load_fast_engine
+
+            fut.set_result(load_fast_engine(path))
+        except BaseException:  # noqa: BLE001 - the worker loads it again and reports what is wrong
+            fut.set_result(None)
+    threading.Thread(target=run, name="elvis-preload-engine", daemon=True).start()
+
+
+def _take_preloaded(path: str):
+    with _PRELOAD_LOCK:
+        fut = _PRELOADED.pop(os.path.realpath(path), None)
+    return None if fut is None else fut.result(timeout=900)
+
+
 def load_engine(path: Optional[str], model=None, factory=None):
     """Build, warm up and hash an engine: the checkpoint's ONNX export when it is current and checked
     (:func:`~elvis_core.grounding.onnx_engine.load_fast_engine`), else a torch GroundingEngine (imports torch on
@@ -110,7 +146,7 @@ def load_engine(path: Optional[str], model=None, factory=None):
     if path is not None and model is None and factory is None and not os.environ.get("ELVIS_NO_ONNX"):
         from elvis_core.grounding.onnx_engine import load_fast_engine
 
-        engine = load_fast_engine(path)
+        engine = _take_preloaded(path) or load_fast_engine(path)
         if engine is not None:
             return engine
     import torch  # noqa: F401 - first, so that limit_torch_threads applies to this worker
