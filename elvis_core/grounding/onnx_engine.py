@@ -442,7 +442,12 @@ class OnnxGroundingEngine:
 
 def load_fast_engine(checkpoint_dir, **kw) -> Optional[OnnxGroundingEngine]:
     """The ONNX Runtime engine of a checkpoint when its export is usable, else None (the caller loads torch).
-    Never raises for a missing/stale/failed export or a missing onnxruntime: says why in the log."""
+    Never raises for a missing/stale/failed export or a missing onnxruntime: says why in the log. A checkpoint
+    without an export costs one file check: onnxruntime is not imported for it (its initialisation holds the GIL
+    for ~0.1 s, a GUI stall the torch path would not otherwise have)."""
+    if read_manifest(Path(checkpoint_dir)) is None:
+        log.info("%s: no ONNX export: grounding with torch", checkpoint_dir)
+        return None
     try:
         import onnxruntime  # noqa: F401
     except ImportError:

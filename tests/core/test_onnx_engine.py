@@ -140,6 +140,12 @@ def test_stale_or_broken_exports_fall_back_to_torch(exported, tmp_path):
     save_file(state, str(w / "model.safetensors"))
     assert "other weights" in onnx_problem(w)
     assert load_fast_engine(w) is None
+    # no export at all: decided from the file system, onnxruntime is not even imported (a GUI stall otherwise)
+    code = ("import sys; from elvis_core.grounding.onnx_engine import load_fast_engine\n"
+            f"print(load_fast_engine({str(demo_model().parent / 'demo')!r}), 'onnxruntime' in sys.modules)")
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                       env=dict(os.environ, PYTHONPATH=str(REPO)), timeout=120)
+    assert r.stdout.split() == ["None", "False"], r.stdout + r.stderr[-1000:]
     # config changed (the graph bakes the architecture and pooling in)
     c = tmp_path / "config"
     shutil.copytree(d, c)
