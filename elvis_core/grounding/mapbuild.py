@@ -7,7 +7,7 @@ warnings and trust fields. Torch-free (numpy only): the viewer's ONNX path impor
 from __future__ import annotations
 
 import time
-from typing import Optional, Sequence, Tuple
+from typing import Any, Optional, Sequence, Tuple
 
 import numpy as np
 
@@ -35,14 +35,19 @@ def smooth_grid(grid: np.ndarray, sigma: float) -> np.ndarray:
 
 
 def build_map(phrase: str, raw: np.ndarray, shape: Sequence[int], g2i, seen: Optional[Tuple[float, ...]],
-              smoothing_sigma: float, truncation_warning: Optional[str], t0: float) -> GroundingMap:
+              smoothing_sigma: float, truncation_warning: Optional[str], t0: float,
+              trust: Optional[Tuple[Any, Any]] = None) -> GroundingMap:
     """The map of ``phrase`` from its raw (unsmoothed, clipped) cosine grid ``raw`` [gh, gw] on an image of
     ``shape``: smoothed, placed by the grid->image affine ``g2i``, with what the model saw (``seen``) and the
-    truncation warning (None when the phrase fitted); ``latency_s`` counted from ``t0`` (``time.perf_counter``)."""
+    truncation warning (None when the phrase fitted); ``latency_s`` counted from ``t0`` (``time.perf_counter``).
+    ``trust``: (presence calibration, known words) of the checkpoint, given to the map-trust function
+    (``elvis_core.grounding.presence.attach_trust``) when the core has it."""
     sim = smooth_grid(raw, smoothing_sigma)
     gm = GroundingMap(similarity=sim.astype(np.float32), grid_to_image=np.array(g2i, dtype=np.float64),
                       image_shape=tuple(shape), phrase=phrase, smoothing_sigma=float(smoothing_sigma),
                       raw_similarity=np.asarray(raw, dtype=np.float32), seen_region=seen)
+    if trust is not None and _attach_trust() is not None:
+        _attach_trust()(gm, *trust)
     if truncation_warning:
         gm.warnings.append(truncation_warning)
     gm.latency_s = time.perf_counter() - t0
@@ -74,3 +79,28 @@ def image_key(radiograph, transform) -> str:
         w = radiograph.default_window()
         return digest + repr((float(w.center), float(w.width)))
     return digest
+
+
+def _attach_trust():
+    """``presence.attach_trust`` (the one function that fills a map's trust fields), or None in a core without it."""
+    try:
+        from elvis_core.grounding.presence import attach_trust
+    except ImportError:
+        return None
+    return attach_trust
+
+
+def trust_sources_of(checkpoint_dir, checkpoint_config, tokenizer):
+    """(presence calibration, known words, where the words come from) of a checkpoint for an engine without a torch
+    model (the ONNX Runtime one), through the same ``presence.trust_sources`` as the torch engine; None when the core
+    has no map-trust module."""
+    try:
+        from elvis_core.grounding.presence import trust_sources
+        from elvis_core.model.checkpoint import read_known_words
+    except ImportError:
+        return None
+    from types import SimpleNamespace
+
+    model = SimpleNamespace(checkpoint_config=checkpoint_config, known_words=read_known_words(checkpoint_dir),
+                            tokenizer=tokenizer)
+    return trust_sources(model, checkpoint_config)

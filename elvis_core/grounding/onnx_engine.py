@@ -32,7 +32,7 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple
 import numpy as np
 
 from elvis_core.errors import GroundingError
-from elvis_core.grounding.mapbuild import build_map, image_key
+from elvis_core.grounding.mapbuild import build_map, image_key, trust_sources_of
 from elvis_core.grounding.types import GroundingMap
 
 log = logging.getLogger(__name__)
@@ -174,6 +174,13 @@ class OnnxGroundingEngine:
         self.output_stride = int(self.manifest.get("output_stride", 1))
         self.max_text_length = int(self.manifest.get("max_text_length", model["text"]["max_length"]))
         self.tokenizer = _Tokenizer(path, self.max_text_length, model["text"].get("strip_trailing", ""))
+        try:  # how far to believe a map (presence calibration, known words): the torch engine's sources
+            src = trust_sources_of(path, cfg, self.tokenizer.tok)
+        except ValueError as err:
+            raise GroundingError(str(err), str(path)) from None
+        self._trust = None if src is None else (src[0], src[1])
+        if src is not None:
+            self.presence_calibration, self.known_words, self.known_words_source = src
         n = int(threads or ort_threads())
         d = path / ONNX_DIR
         self._image = _session(d / self.manifest["image_file"], n)
@@ -366,7 +373,7 @@ class OnnxGroundingEngine:
 
     def _make_map(self, phrase, raw, shape, g2i, seen, truncated: bool, t0: float) -> GroundingMap:
         return build_map(phrase, raw, shape, g2i, seen, self.smoothing_sigma,
-                         self._truncation_warning() if truncated else None, t0)
+                         self._truncation_warning() if truncated else None, t0, trust=self._trust)
 
     def ground(self, phrase: str) -> GroundingMap:
         text = self._check_phrase(phrase)

@@ -206,3 +206,21 @@ def test_shipped_demo_model_carries_a_current_export():
     """The viewer's --demo grounds with ONNX Runtime: the shipped export must match the shipped weights (after
     replacing resources/demo_model, run: python -m elvis_core export-onnx resources/demo_model)."""
     assert onnx_problem(demo_model()) is None
+
+
+def test_trust_fields_come_from_the_same_function_as_torch(exported, torch_engine, rad):
+    """With the map-trust module in the core (presence.attach_trust), the ONNX engine's maps carry the same peak,
+    presence, threshold and unknown words as the torch engine's: one function, the same sources."""
+    presence = pytest.importorskip("elvis_core.grounding.presence")
+    if not hasattr(presence, "attach_trust"):
+        pytest.skip("this core has no map-trust function yet")
+    d, _ = exported
+    eng = OnnxGroundingEngine(d, use_int8=False)
+    for phrase in ("small left pleural effusion", "zzqx nodule in the left apex"):
+        a, b = torch_engine.ground_image(rad, phrase), eng.ground_image(rad, phrase)
+        assert b.unknown_words == a.unknown_words
+        assert b.peak == pytest.approx(a.peak, abs=1e-5)
+        assert (a.presence is None) == (b.presence is None)
+        if a.presence is not None:
+            assert b.presence == pytest.approx(a.presence, abs=1e-4)
+        assert b.trust_line().split("peak")[0] == a.trust_line().split("peak")[0]
