@@ -14,7 +14,7 @@ setup(
     package_dir={"elvis_resources": "resources"},
     package_data={
         "elvis_viewer": ["*.qss"],
-        "elvis_resources": ["demo/**/*", "demo_model/*", "configs/*", "icons/*", "*.desktop"],
+        "elvis_resources": ["demo/**/*", "demo_model/*", "demo_model/onnx/*", "configs/*", "icons/*", "*.desktop"],
     },
     # review stores beside the demo CSV (elvis-viewer --demo --review in a checkout) are user data, not the demo
     exclude_package_data={"elvis_resources": ["make_demo.py", "demo/*.review.sqlite*"]},

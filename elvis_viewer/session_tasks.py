@@ -1,12 +1,17 @@
 """Worker functions of :class:`elvis_viewer.session.ViewerSession` (run on the thread pool; no Qt in here).
 
-torch / transformers are imported only inside :func:`load_engine`, i.e. in a worker when a model is needed.
+torch / transformers are imported only inside :func:`load_engine`, i.e. in a worker when a model is needed, and
+only when the checkpoint carries no usable ONNX export: with one (``elvis export-onnx``; the shipped demo model has
+it) the engine is :class:`~elvis_core.grounding.onnx_engine.OnnxGroundingEngine` (ONNX Runtime + tokenizers, no
+torch at all), which gives the first map seconds sooner and holds the GIL far less while it loads (issue 25).
 """
 
 from __future__ import annotations
 
 import os
-from typing import List, Optional
+import threading
+from concurrent.futures import Future
+from typing import Dict, List, Optional
 
 import numpy as np
 
@@ -75,8 +80,13 @@ def torch_threads() -> int:
 
 def limit_torch_threads() -> None:
     """Apply :func:`torch_threads` in THIS thread (OpenMP's thread count is per calling thread): every worker
-    function that runs the model calls it first."""
-    import torch
+    function that runs the model calls it first. Nothing to do while torch is not imported (the ONNX engine sets
+    its own thread count): importing it here would cost the seconds the ONNX path saves."""
+    import sys
+
+    torch = sys.modules.get("torch")
+    if torch is None or not hasattr(torch, "get_num_threads"):
+        return
 
     n = torch_threads()
     if torch.get_num_threads() != n:
@@ -88,8 +98,52 @@ def ground(engine, rad, phrase: str, tokens: bool):
     return engine.ground_image(rad, phrase, tokens=tokens)
 
 
+_PRELOADED: Dict[str, Future] = {}
+_PRELOAD_LOCK = threading.Lock()
+
+
+def preload_fast_engine(path: str, after: Optional[threading.Thread] = None) -> None:
+    """Start building the ONNX Runtime engine of the checkpoint ``path`` in a daemon thread (at launch, while Qt
+    and the window come up; after the thread ``after``, which imports onnxruntime); :func:`load_engine` for the
+    same path takes it instead of building another. A checkpoint without a usable export preloads ``None`` (torch
+    is then loaded by the worker as before)."""
+    key = os.path.realpath(path)
+    with _PRELOAD_LOCK:
+        if key in _PRELOADED:
+            return
+        fut: Future = Future()
+        _PRELOADED[key] = fut
+
+    def run():
+        try:
+            if after is not None:
+                after.join()
+            from elvis_core.grounding.onnx_engine import load_fast_engine
+
+            fut.set_result(load_fast_engine(path))
+        except BaseException:  # noqa: BLE001 - the worker loads it again and reports what is wrong
+            fut.set_result(None)
+    threading.Thread(target=run, name="elvis-preload-engine", daemon=True).start()
+
+
+def _take_preloaded(path: str):
+    with _PRELOAD_LOCK:
+        fut = _PRELOADED.pop(os.path.realpath(path), None)
+    return None if fut is None else fut.result(timeout=900)
+
+
 def load_engine(path: Optional[str], model=None, factory=None):
-    """Build, warm up and hash a GroundingEngine (imports torch on first use, in this worker)."""
+    """Build, warm up and hash an engine: the checkpoint's ONNX export when it is current and checked
+    (:func:`~elvis_core.grounding.onnx_engine.load_fast_engine`), else a torch GroundingEngine (imports torch on
+    first use, in this worker)."""
+    if path is not None and model is None and factory is None and not os.environ.get("ELVIS_NO_ONNX"):
+        from elvis_core.grounding.onnx_engine import load_fast_engine
+
+        engine = _take_preloaded(path) or load_fast_engine(path)
+        if engine is not None:
+            return engine
+    import torch  # noqa: F401 - first, so that limit_torch_threads applies to this worker
+
     limit_torch_threads()
     from elvis_core.grounding.engine import GroundingEngine
 

@@ -5,3 +5,6 @@ import os
 os.environ.setdefault("QT_QPA_PLATFORM", "offscreen")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+# `elvis train` / `elvis import` export each new checkpoint to ONNX (20-60 s); the suite's many tiny checkpoints are
+# never viewed: tests/core/test_onnx_engine.py tests the export and this hook
+os.environ.setdefault("ELVIS_ONNX_EXPORT", "0")

@@ -17,8 +17,7 @@ from elvis_core.errors import ElvisError
 
 #: subcommand modules, in the order ``elvis --help`` lists them
 SUBCOMMANDS = ("inspect", "render", "phantom", "prepare", "train", "eval", "calibrate", "ground", "review", "import",
-               "models",
-               "pacs")
+               "models", "pacs", "export_onnx")
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -4,6 +4,7 @@ checkpoint folder, once. Everything afterwards (viewer, ground, eval, compare, t
 from __future__ import annotations
 
 import argparse
+import sys
 
 EXAMPLE = """examples:
   elvis import biovil   --image-weights biovil_image_resnet50_proj_size_128.pt \\
@@ -32,6 +33,8 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="pad the whole image to a square instead of hi-ml's centre crop (no border lost)")
     p.add_argument("--resize", type=int, default=None, help="short side before the crop (default 512)")
     p.add_argument("--crop", type=int, default=None, help="centre crop side (default 480 BioViL, 448 BioViL-T)")
+    p.add_argument("--no-onnx", action="store_true", help="do not export the checkpoint to ONNX for the viewer "
+                   "(default: exported and checked against torch; 'elvis export-onnx' does it later)")
     p.set_defaults(func=run)
 
 
@@ -62,4 +65,9 @@ def run(args: argparse.Namespace) -> int:
     how = (f"centre crop {pre['crop']} of the image resized to short side {pre['resize']}"
            if pre.get("kind") == "resize_short_side_center_crop" else f"whole image padded to {pre['size']}")
     print(f"{out}: {args.model} imported ({cfg['n_parameters']:,} parameters; preprocessing: {how})")
+    from elvis_core.model.onnx_export import export_after_write, summary_lines
+
+    manifest = export_after_write(out, enabled=not args.no_onnx, say=lambda m: print(m, file=sys.stderr))
+    for line in summary_lines(manifest) if manifest else ():
+        print(f"{out}: ONNX export: {line}")
     return 0

@@ -27,6 +27,8 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="override a config key (TOML literal; repeatable), e.g. --set train.lr=3e-4")
     p.add_argument("--out", default=None, help="output folder (default: output.dir of the config)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.add_argument("--no-onnx", action="store_true", help="do not export OUT/model to ONNX for the viewer "
+                   "(default: exported and checked against torch; 'elvis export-onnx' does it later)")
     p.set_defaults(func=run)
 
 
@@ -49,6 +51,11 @@ def run(args: argparse.Namespace) -> int:
         print("validation: " + ", ".join(f"{k} {v:.4f}" for k, v in res.val_metrics.items()
                                            if not (isinstance(v, float) and math.isnan(v))))
     print(f"checkpoint: {res.model_dir}")
+    from elvis_core.model.onnx_export import export_after_write, summary_lines
+
+    manifest = export_after_write(res.model_dir, enabled=not args.no_onnx, say=lambda m: print(m, file=sys.stderr))
+    for line in summary_lines(manifest) if manifest else ():
+        print(f"ONNX export: {line}")
     return 0
 
 

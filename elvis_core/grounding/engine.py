@@ -46,9 +46,10 @@ import numpy as np
 import torch
 
 from elvis_core.errors import GroundingError
-from elvis_core.grounding.grid_ops import mirror_model_input, smooth_grid  # noqa: F401 - public names kept here
-from elvis_core.grounding.presence import attach_trust, trust_sources
-from elvis_core.grounding.types import GroundingMap
+from elvis_core.grounding.grid_ops import mirror_model_input  # noqa: F401 - public name kept here
+from elvis_core.grounding.mapbuild import build_map, image_key, smooth_grid  # noqa: F401 - smooth_grid re-exported
+from elvis_core.grounding.presence import trust_sources
+from elvis_core.grounding.types import GroundingMap  # noqa: F401 - re-exported
 
 log = logging.getLogger(__name__)
 
@@ -171,28 +172,8 @@ class GroundingEngine:
 
     # -- image ----------------------------------------------------------------------------------------------------
     def image_key(self, radiograph) -> str:
-        """Content hash of what the model input depends on: pixels, shape and (for window normalisation) window.
-
-        The pixel hash is computed once per ``Radiograph`` object and kept on it (``_content_hash``, checked against
-        the array's identity and shape): radiographs are not modified after reading."""
-        px = radiograph.pixels
-        cached = getattr(radiograph, "_content_hash", None)
-        if cached is not None and cached[0] is px and cached[1] == px.shape:
-            digest = cached[2]
-        else:
-            arr = np.ascontiguousarray(px)
-            h = hashlib.blake2b(digest_size=16)
-            h.update(str((arr.shape, arr.dtype.str)).encode())
-            h.update(arr.data)
-            digest = h.hexdigest()
-            try:
-                radiograph._content_hash = (px, px.shape, digest)
-            except AttributeError:  # a frozen or slotted stand-in: hash every time
-                pass
-        if self.transform.normalization == "window":
-            w = radiograph.default_window()
-            return digest + repr((float(w.center), float(w.width)))
-        return digest
+        """Content hash of the pixels, shape and (window normalisation) window: :func:`mapbuild.image_key`."""
+        return image_key(radiograph, self.transform)
 
     def set_image(self, radiograph) -> None:
         """Make ``radiograph`` the current image, encoding it only when it is not cached yet."""
@@ -323,16 +304,10 @@ class GroundingEngine:
 
     def _make_map(self, phrase: str, raw: np.ndarray, shape, g2i, seen, truncated: bool, t0: float
                   ) -> GroundingMap:
-        sim = smooth_grid(raw, self.smoothing_sigma)
-        gm = GroundingMap(similarity=sim.astype(np.float32), grid_to_image=np.array(g2i, dtype=np.float64),
-                          image_shape=tuple(shape), phrase=phrase, smoothing_sigma=self.smoothing_sigma,
-                          raw_similarity=np.asarray(raw, dtype=np.float32),
-                          seen_region=seen)
-        attach_trust(gm, self.presence_calibration, self.known_words)
-        if truncated:
-            gm.warnings.append(self._truncation_warning())
-        gm.latency_s = time.perf_counter() - t0
-        return gm
+        # the one map builder of every engine; it calls presence.attach_trust (the one trust function)
+        return build_map(phrase, raw, shape, g2i, seen, self.smoothing_sigma,
+                         self._truncation_warning() if truncated else None, t0,
+                         trust=(self.presence_calibration, self.known_words))
 
     def ground(self, phrase: str) -> GroundingMap:
         """The phrase's similarity map against the current image."""

@@ -21,11 +21,12 @@ import json
 import os
 import subprocess
 from pathlib import Path
-from typing import Any, Dict, Optional, Union
-
-import torch
+from typing import TYPE_CHECKING, Any, Dict, Optional, Union
 
 from elvis_core.errors import CheckpointError, ConfigError
+
+if TYPE_CHECKING:  # torch is imported where weights are read or written: reading config.json or hashing the
+    import torch  # weights must not cost torch's import (the viewer's ONNX path, issue 25)
 
 FORMAT = "elvis-checkpoint"
 FORMAT_VERSION = 1
@@ -226,6 +227,8 @@ def load_checkpoint(path: Union[str, os.PathLike], device: Union[str, torch.devi
     bad_dtype = [k for k, v in state.items() if v.dtype.is_floating_point != expected[k].dtype.is_floating_point]
     if bad_dtype:
         raise CheckpointError(f"tensor(s) of the wrong kind (float vs integer): {_list(bad_dtype)}", d)
+    import torch
+
     bad_values = [k for k, v in state.items() if v.dtype.is_floating_point and not bool(torch.isfinite(v).all())]
     if bad_values:
         raise CheckpointError(f"tensor(s) with NaN or infinite values (a diverged training run?): {_list(bad_values)}",
