@@ -86,7 +86,7 @@ def demo_copy(tmp_path_factory):
     return d
 
 
-def test_demo_model_knows_its_training_words_not_nodule_or_basal(demo_copy):
+def test_demo_model_knows_its_training_words_not_basal_or_pacemaker(demo_copy):
     assert (DEMO / "known_words.json").is_file()
     eng = GroundingEngine(demo_copy, device="cpu")
     assert "training reports" in eng.known_words_source
@@ -94,14 +94,18 @@ def test_demo_model_knows_its_training_words_not_nodule_or_basal(demo_copy):
     for w in ("effusion", "pneumothorax", "cardiomegaly", "left", "right", "basilar", "retrocardiac"):
         assert w in eng.known_words
     gm = eng.ground_image(phantom(), "nodule in the left basal lung pacemaker")
+    known = set(json.loads((DEMO / "known_words.json").read_text())["words"])
     for w in ("nodule", "basal", "pacemaker"):
-        if len(tok.tokenize(w)) > 1:  # never a whole token: it was in no training report
-            assert w in gm.unknown_words
+        # the recorded training words decide, not the tokenizer: a word split into pieces may still have been trained
+        assert (w in gm.unknown_words) == (w not in known), (w, gm.unknown_words)
     assert "left" not in gm.unknown_words and "lung" not in gm.unknown_words
-    cfg = json.loads((DEMO / "config.json").read_text())
-    if cfg["provenance"]["data"].get("pairs_hash") == "ae930441149c":  # the model trained on phantom4k (seed 11)
-        assert tok.tokenize("nodule") == ["no", "##d", "##ul", "##e"] and tok.tokenize("basal") == ["bas", "##al"]
-        assert "pacemaker" in tok.get_vocab()  # in the tokenizer's seed corpus, but in no training report
+    assert tok.tokenize("nodule") == ["no", "##d", "##ul", "##e"] and tok.tokenize("basal") == ["bas", "##al"]
+    assert "pacemaker" in tok.get_vocab()  # in the tokenizer's seed corpus, but in no training report or phrase
+    assert "basal" not in known and "pacemaker" not in known
+    if "nodule" in known:  # the word-following fine-tune trained on phantom v2's nodule phrases
+        assert gm.unknown_words == ["basal", "pacemaker"]
+        assert gm.trust_line().endswith("unknown to this model: basal, pacemaker")
+    else:  # the model trained on phantom4k alone (seed 11)
         assert gm.unknown_words == ["nodule", "basal", "pacemaker"]
         assert gm.trust_line().endswith("unknown to this model: nodule, basal, pacemaker")
 

@@ -22,6 +22,16 @@ def session(qtbot):
     workers.wait_all(30000)
 
 
+def _short_pixel_data(path):
+    """RG1 whose header claims twice its rows: the folder scan lists it (the file is whole, its header reads), the
+    pixel read fails ("truncated pixel data"). A file cut short is caught by the scan and never listed."""
+    import pydicom
+
+    ds = pydicom.dcmread(get_testdata_file("RG1_UNCI.dcm"))
+    ds.Rows = 2 * ds.Rows
+    ds.save_as(path)
+
+
 def _idle(qtbot, s, timeout=30000):
     qtbot.waitUntil(lambda: not s.busy(), timeout=timeout)
 
@@ -46,8 +56,7 @@ def test_a_failed_read_clears_the_image_and_says_why(qtbot, session, tmp_path):
     """RG1 on screen, then a DICOM whose pixel data is truncated (its header scans fine, so it is listed): the
     screen used to keep RG1's film under the new file's name."""
     shutil.copy(get_testdata_file("RG1_UNCI.dcm"), tmp_path / "a_rg1.dcm")
-    raw = open(get_testdata_file("RG1_UNCI.dcm"), "rb").read()
-    (tmp_path / "b_trunc.dcm").write_bytes(raw[:len(raw) // 2])
+    _short_pixel_data(tmp_path / "b_trunc.dcm")
     (tmp_path / "loose.txt").write_text("Large left pneumothorax.\n")
     with qtbot.waitSignal(session.imageChanged, timeout=30000):
         session.open_folder(str(tmp_path))
@@ -146,8 +155,7 @@ def test_the_window_clears_a_failed_read_and_dims_while_loading(qtbot, tmp_path,
     from elvis_viewer.main_window import MainWindow
 
     shutil.copy(get_testdata_file("RG1_UNCI.dcm"), tmp_path / "a_rg1.dcm")
-    raw = open(get_testdata_file("RG1_UNCI.dcm"), "rb").read()
-    (tmp_path / "b_trunc.dcm").write_bytes(raw[:len(raw) // 2])
+    _short_pixel_data(tmp_path / "b_trunc.dcm")
     shutil.copy(get_testdata_file("CT_small.dcm"), tmp_path / "c_ct.dcm")
     (tmp_path / "loose.txt").write_text("Large left pneumothorax.\n")
     win = MainWindow(settings=QtCore.QSettings(str(tmp_path / "s.ini"), QtCore.QSettings.Format.IniFormat))
