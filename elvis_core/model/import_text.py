@@ -66,7 +66,7 @@ def read_text_folder(folder: os.PathLike | str) -> Dict[str, Any]:
                                f"{bert['vocab_size']}: not this model's vocabulary", d)
     proj = conf.get("projection_size", 128)
     if isinstance(proj, bool) or not isinstance(proj, int) or not 1 <= proj <= 65536:
-        raise ModelImportError(f"config.json: projection_size must be an integer 1..65536, got {str(proj)[:30]}", cpath)
+        raise ModelImportError(f"projection_size must be an integer 1..65536, got {str(proj)[:30]}", cpath)
     return {"folder": d, "bert": bert, "projection_size": proj,
             "vocab": vocab, "lowercase": bool(tok_conf.get("do_lower_case", True)), "weights": weights,
             "model_type": mt, "n_vocab": n_vocab}
@@ -86,16 +86,16 @@ def _check_types(bert: Dict[str, Any], where) -> None:
     for k, (lo, hi) in _INT_KEYS.items():
         v = bert.get(k)
         if v is not None and (isinstance(v, bool) or not isinstance(v, int) or not lo <= v <= hi):
-            raise ModelImportError(f"config.json: {k} must be an integer {lo}..{hi}, got {str(v)[:30]}", where)
+            raise ModelImportError(f"{k} must be an integer {lo}..{hi}, got {str(v)[:30]}", where)
     for k in _FLOAT_KEYS:
         v = bert.get(k)
         if v is not None and (isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v)
                               or not 0 <= v <= 1e3):
-            raise ModelImportError(f"config.json: {k} must be a finite number, got {str(v)[:30]}", where)
+            raise ModelImportError(f"{k} must be a finite number, got {str(v)[:30]}", where)
     for k in ("hidden_act", "position_embedding_type"):
         v = bert.get(k)
         if v is not None and not isinstance(v, str):
-            raise ModelImportError(f"config.json: {k} must be text, got {str(v)[:30]}", where)
+            raise ModelImportError(f"{k} must be text, got {str(v)[:30]}", where)
 
 
 def convert_cxr_bert(state: Dict[str, torch.Tensor], where) -> Tuple[Dict[str, torch.Tensor], List[str]]:

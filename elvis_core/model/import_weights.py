@@ -26,6 +26,7 @@ import torch
 from elvis_core.errors import ModelImportError
 
 _MB = 1 << 20
+_BAD = "not a readable safetensors file"
 _ST_DTYPES = {"F64": 8, "F32": 4, "F16": 2, "BF16": 2, "I64": 8, "I32": 4, "I16": 2, "I8": 1, "U8": 1, "BOOL": 1,
               "U16": 2, "U32": 4, "U64": 8, "F8_E4M3": 1, "F8_E5M2": 1}
 
@@ -48,31 +49,33 @@ def check_safetensors_header(path: os.PathLike | str, error=ModelImportError, li
     with open(path, "rb") as f:
         head = f.read(8)
         if len(head) < 8:
-            raise error("truncated safetensors file (no header)", path)
+            raise error("not a readable safetensors file (truncated: no header)", path)
         (n,) = struct.unpack("<Q", head)
         if n > 100 * _MB or 8 + n > size:
-            raise error(f"damaged safetensors file (its header claims {n} bytes; the file has {size})", path)
+            raise error(f"not a readable safetensors file (damaged: its header claims {n} bytes; the file has {size})",
+                        path)
         hdr = loads_checked(f.read(n), path, error, max_depth=4, what="safetensors header")
     if not isinstance(hdr, dict):
-        raise error("damaged safetensors file (the header is not an object)", path)
+        raise error("not a readable safetensors file (damaged: the header is not an object)", path)
     data = size - 8 - n
     total = 0
     spans = []
     for name, e in hdr.items():
         if name == "__metadata__":
             continue
+        nm = repr(str(name)[:60])
         if not isinstance(e, dict) or e.get("dtype") not in _ST_DTYPES:
-            raise error(f"damaged safetensors file (tensor {str(name)[:60]!r} has no known dtype)", path)
+            raise error(f"{_BAD} (damaged: tensor {nm} has no known dtype)", path)
         shape, offs = e.get("shape"), e.get("data_offsets")
         if not isinstance(shape, list) or len(shape) > 8 or not all(
                 isinstance(x, int) and not isinstance(x, bool) and 0 <= x < (1 << 40) for x in shape):
-            raise error(f"damaged safetensors file (tensor {str(name)[:60]!r} has an invalid shape)", path)
+            raise error(f"{_BAD} (damaged: tensor {nm} has an invalid shape)", path)
         if not isinstance(offs, list) or len(offs) != 2 or not all(
                 isinstance(x, int) and not isinstance(x, bool) for x in offs):
-            raise error(f"damaged safetensors file (tensor {str(name)[:60]!r} has invalid offsets)", path)
+            raise error(f"{_BAD} (damaged: tensor {nm} has invalid offsets)", path)
         nbytes = math.prod(shape) * _ST_DTYPES[e["dtype"]]
         if offs[0] < 0 or offs[1] - offs[0] != nbytes or offs[1] > data:
-            raise error(f"damaged or truncated safetensors file (tensor {str(name)[:60]!r} claims bytes "
+            raise error(f"{_BAD} (damaged or truncated: tensor {nm} claims bytes "
                         f"{offs[0]}..{offs[1]} of {data})", path)
         total += nbytes
         spans.append((offs[0], offs[1]))
@@ -81,7 +84,7 @@ def check_safetensors_header(path: os.PathLike | str, error=ModelImportError, li
                         "reading", path)
     spans.sort()
     if any(b[0] < a[1] for a, b in zip(spans, spans[1:])):
-        raise error("damaged safetensors file (tensors overlap)", path)
+        raise error("not a readable safetensors file (damaged: tensors overlap)", path)
     return total
 
 

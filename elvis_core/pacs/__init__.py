@@ -41,8 +41,8 @@ REPORT_MODALITIES = ("SR", "SEG")  # + SEG: our maps stored back on the PACS com
 # quiet and redacted, whatever level is set later (no patient identifiers in logs): see transport.py
 from elvis_core.pacs.transport import (BadEncoding, BoundedSession, DeadlineExceeded, NetLimits,  # noqa: E402
                                        ResponseTooLarge, quiet_network_loggers)
-from elvis_core.pacs.validate import (ServerAnswerError, attr_int, attr_str, attr_strs, attr_uid,  # noqa: E402
-                                      check_instance, qido_items, single_part)
+from elvis_core.pacs.validate import (ServerAnswerError, attr_str, attr_uid, check_instance,  # noqa: E402
+                                      qido_items, single_part, study_hit)
 
 quiet_network_loggers()
 
@@ -241,11 +241,7 @@ class PacsClient:
                 uid = self._call(what, attr_uid, item, "0020000D", what)
                 if uid in hits:
                     continue
-                hits[uid] = self._call(what, lambda it=item, u=uid: StudyHit(  # every field typed and sanitised
-                    study_uid=u, patient_id=attr_str(it, "00100020", what, 64),
-                    accession=attr_str(it, "00080050", what, 16), study_date=attr_str(it, "00080020", what, 8),
-                    modalities=attr_strs(it, "00080061", what), description=attr_str(it, "00081030", what, 64),
-                    n_series=attr_int(it, "00201206", what), n_instances=attr_int(it, "00201208", what)))
+                hits[uid] = self._call(what, study_hit, item, what)  # every field typed and sanitised
         return sorted(hits.values(), key=lambda h: (h.study_date, h.study_uid), reverse=True)
 
     def list_instances(self, study_uid: str, modalities: Sequence[str] = IMAGE_MODALITIES + REPORT_MODALITIES

@@ -140,6 +140,19 @@ def attr_uid(item: Dict[str, Any], tag: str, what: str, required: bool = True) -
     return v.strip()
 
 
+def study_hit(item: Dict[str, Any], what: str = "search for studies"):
+    """A :class:`~elvis_core.pacs.StudyHit` from one QIDO study result: every field typed and sanitised (any code
+    that reads QIDO study results should build its hits here)."""
+    from elvis_core.pacs import StudyHit
+
+    if not isinstance(item, dict):
+        raise ServerAnswerError(f"{what}: a result is a {type(item).__name__}, not an object")
+    return StudyHit(study_uid=attr_uid(item, "0020000D", what), patient_id=attr_str(item, "00100020", what, 64),
+                    accession=attr_str(item, "00080050", what, 16), study_date=attr_str(item, "00080020", what, 8),
+                    modalities=attr_strs(item, "00080061", what), description=attr_str(item, "00081030", what, 64),
+                    n_series=attr_int(item, "00201206", what), n_instances=attr_int(item, "00201208", what))
+
+
 # -- WADO-RS multipart -----------------------------------------------------------------------------------------
 def _content_type_params(ctype: str) -> tuple:
     media, _, rest = (ctype or "").partition(";")

@@ -112,7 +112,7 @@ def test_text_config_with_a_million_layers_is_refused_before_building(files, tmp
     t0 = time.monotonic()
     with pytest.raises(ModelImportError) as e:
         _import(files["image"], t, tmp_path / "out")
-    _one_line(e.value, "num_hidden_layers 1000000")
+    _one_line(e.value, "num_hidden_layers", "1000000")
     assert time.monotonic() - t0 < 20
     assert (resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before) < 300 * 1024
 
