@@ -93,7 +93,7 @@ def search_page(client, patient_id: str = "", accession: str = "", date_from: st
                 max_matches: int = MAX_MATCHES) -> SearchPage:
     """Studies matching all filters (``*`` / ``?`` wildcards allowed in patient ID and accession), newest first;
     the page ``offset .. offset + limit`` of them and how many match in all."""
-    from elvis_core.pacs import PacsError, StudyHit
+    from elvis_core.pacs import PacsError
 
     if limit < 1 or offset < 0:
         raise PacsError(f"limit must be >= 1 and offset >= 0 (got limit {limit}, offset {offset})")
@@ -123,17 +123,12 @@ def search_page(client, patient_id: str = "", accession: str = "", date_from: st
             first = False
             res = client._call("search for studies", client._client._http_get_application_json,
                                f"{client.url}/studies?{q}")
-            res = [r for r in (res or []) if isinstance(r, dict)] if isinstance(res, list) else []
             before = len(hits)
+            res = _items(client, res)
             for item in res:
-                uid = str(_value(item, "0020000D"))
-                if not uid or uid in hits:
-                    continue
-                hits[uid] = StudyHit(
-                    study_uid=uid, patient_id=str(_value(item, "00100020")), accession=str(_value(item, "00080050")),
-                    study_date=str(_value(item, "00080020")), modalities=_values(item, "00080061"),
-                    description=str(_value(item, "00081030")), n_series=_int(_value(item, "00201206", 0)),
-                    n_instances=_int(_value(item, "00201208", 0)))
+                hit = _hit(client, item)
+                if hit is not None and hit.study_uid not in hits:
+                    hits[hit.study_uid] = hit
             got += len(res)
             if len(hits) > max_matches:
                 capped = True
@@ -148,6 +143,46 @@ def search_page(client, patient_id: str = "", accession: str = "", date_from: st
         ordered = ordered[:max_matches]
     return SearchPage(hits=ordered[offset:offset + limit], total=len(ordered), offset=offset, limit=limit,
                       capped=capped)
+
+
+_WHAT = "search for studies"
+
+
+def _validators():
+    """The bounded network layer's QIDO field checks (elvis_core.pacs.validate, issue 24) when present."""
+    try:
+        from elvis_core.pacs import validate
+    except ImportError:
+        return None
+    return validate
+
+
+def _items(client, res) -> list:
+    v = _validators()
+    if v is not None:  # wrong types, non-objects, too many: one clear PacsError
+        return list(client._call(_WHAT, v.qido_items, res, _WHAT, MAX_MATCHES + PAGE))
+    return [r for r in (res or []) if isinstance(r, dict)] if isinstance(res, list) else []
+
+
+def _hit(client, item):
+    """One StudyHit from a QIDO item (every field typed and bounded)."""
+    from elvis_core.pacs import StudyHit
+
+    v = _validators()
+    if v is not None:
+        return client._call(_WHAT, lambda: StudyHit(
+            study_uid=v.attr_uid(item, "0020000D", _WHAT), patient_id=v.attr_str(item, "00100020", _WHAT, 64),
+            accession=v.attr_str(item, "00080050", _WHAT, 16), study_date=v.attr_str(item, "00080020", _WHAT, 8),
+            modalities=v.attr_strs(item, "00080061", _WHAT), description=v.attr_str(item, "00081030", _WHAT, 64),
+            n_series=v.attr_int(item, "00201206", _WHAT), n_instances=v.attr_int(item, "00201208", _WHAT)))
+    uid = str(_value(item, "0020000D"))
+    if not uid:
+        return None
+    return StudyHit(
+        study_uid=uid, patient_id=str(_value(item, "00100020")), accession=str(_value(item, "00080050")),
+        study_date=str(_value(item, "00080020")), modalities=_values(item, "00080061"),
+        description=str(_value(item, "00081030")), n_series=_int(_value(item, "00201206", 0)),
+        n_instances=_int(_value(item, "00201208", 0)))
 
 
 def _value(item: Dict, tag: str, default=""):
