@@ -26,6 +26,8 @@ class ReviewSr:
     verified: bool = False
     complete: bool = False
     content_datetime: str = ""
+    #: ContentDate + ContentTime as written (microseconds kept): orders two SRs made within the same second
+    content_key: str = ""
 
 
 def _iso(dt: str) -> str:
@@ -40,6 +42,16 @@ def _iso(dt: str) -> str:
             t = t.replace(tzinfo=_dt.timezone.utc)
         return t.astimezone(_dt.timezone.utc).isoformat(timespec="seconds")
     return ""
+
+
+def _sort_key(ds) -> str:
+    """``YYYYMMDDHHMMSS.ffffff`` from ContentDate / ContentTime (missing parts as zeros): sortable as text."""
+    d = "".join(c for c in str(ds.get("ContentDate", "")) if c.isdigit())[:8].ljust(8, "0")
+    t = str(ds.get("ContentTime", "")).strip()
+    hms, _, frac = t.partition(".")
+    hms = "".join(c for c in hms if c.isdigit())[:6].ljust(6, "0")
+    frac = "".join(c for c in frac if c.isdigit())[:6].ljust(6, "0")
+    return f"{d}{hms}.{frac}"
 
 
 def _code_of(item):
@@ -101,7 +113,8 @@ def read_review_sr(path: os.PathLike | str) -> ReviewSr:
     out = ReviewSr(path=path, sop_instance_uid=str(ds.SOPInstanceUID), study_uid=str(ds.StudyInstanceUID),
                    image_sop_uid="", verified=str(ds.get("VerificationFlag", "")) == "VERIFIED",
                    complete=str(ds.get("CompletionFlag", "")) == "COMPLETE",
-                   content_datetime=_iso(f"{ds.get('ContentDate', '')}{ds.get('ContentTime', '')}"))
+                   content_datetime=_iso(f"{ds.get('ContentDate', '')}{ds.get('ContentTime', '')}"),
+                   content_key=_sort_key(ds))
     for g in groups:
         try:
             out.boxes.append(_group_box(g, main, out))
@@ -163,7 +176,7 @@ def find_review_srs(folder: os.PathLike | str) -> List[ReviewSr]:
             found.append(read_review_sr(p))
         except Exception:  # noqa: BLE001 - not ours / damaged: the caller lists what it found
             continue
-    found.sort(key=lambda r: r.content_datetime, reverse=True)
+    found.sort(key=lambda r: r.content_key, reverse=True)
     return found
 
 
