@@ -39,6 +39,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO, format="%(levelname)s %(message)s")
+    if not args.verbose:  # torch's own INFO lines (e.g. FakeTensor cache stats printed at exit after an ONNX export)
+        logging.getLogger("torch").setLevel(logging.WARNING)
     try:
         code = args.func(args)
     except ElvisError as err:

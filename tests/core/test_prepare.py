@@ -19,6 +19,7 @@ from elvis_core.model.transforms import ModelInputTransform
 from elvis_core.training.config import load_config
 from elvis_core.training.prepared import (INDEX, PreparedCache, decode_unit_uint8, prepare, transform_config,
                                           transform_hash)
+from tests.undecodable import make_undecodable
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -123,8 +124,7 @@ def test_unreadable_images_are_listed_not_fatal(phantom, tmp_path):
     root = tmp_path / "ph"
     shutil.copytree(phantom, root)
     dcms = sorted(root.rglob("*.dcm"))
-    with open(dcms[3], "r+b") as f:  # cut the pixel data: the header scan passes, decoding fails
-        f.truncate(os.path.getsize(dcms[3]) // 2)
+    make_undecodable(dcms[3])  # the header scan passes, decoding fails
     out = tmp_path / "c"
     r = _cli("prepare", str(root), "--out", str(out), "--set", "model.preset='tiny'", "--workers", "2",
              "--shard-size", "4", "--no-progress", timeout=300)

@@ -78,10 +78,20 @@ def test_demo_config_file_is_valid():
     assert cfg["model"]["preset"] == "demo" and cfg["data"]["exclude_splits"] == ["val", "test"]
 
 
+#: shipped configs read by another recipe than `elvis train` (python -m elvis_core.training.word_finetune CONFIG)
+WORD_FINETUNE_CONFIGS = ("demo_words.toml",)
+
+
 @pytest.mark.parametrize("name", sorted(f for f in os.listdir(CONFIG_DIR) if f.endswith(".toml")))
 def test_shipped_configs_are_valid(name):
     from elvis_core.training.config import model_config_from
 
+    if name in WORD_FINETUNE_CONFIGS:
+        from elvis_core.training import word_finetune
+
+        cfg = word_finetune.load_config(os.path.join(CONFIG_DIR, name))
+        assert set(cfg) <= set(word_finetune.DEFAULTS) and cfg["init_from"]
+        return
     cfg = load_config(os.path.join(CONFIG_DIR, name))
     assert model_config_from(cfg)["architecture"] == "elvis-dual-encoder"
 
@@ -176,12 +186,13 @@ def test_tiny_training_run_loss_falls_reloads_and_resumes(phantom, tmp_path):
     from elvis_core.model.checkpoint import load_checkpoint, read_checkpoint_config
     from elvis_core.training.trainer import train
 
-    # one unreadable image: truncate a DICOM in a copy of the phantom set
+    from tests.undecodable import make_undecodable
+
+    # one unreadable image (listed by the scan, fails to decode) in a copy of the phantom set
     root = tmp_path / "ph"
     shutil.copytree(phantom, root)
     dcms = sorted(root.rglob("*.dcm"))
-    data = dcms[0].read_bytes()
-    dcms[0].write_bytes(data[: len(data) // 2])
+    make_undecodable(dcms[0])
     out = tmp_path / "run"
     cfg = _tiny_cfg(root, out, **{"train.max_steps": 24, "train.checkpoint_every": 10})
     res = train(cfg)
