@@ -278,7 +278,7 @@ def prepare(root: str, cache_dir: str, transform, views: Sequence[str] = ("PA", 
 
     ``workers``: processes (0 = one per available CPU core). ``progress(done_images, total_images)`` after each shard.
     """
-    from elvis_core.training.data import find_pairs
+    from elvis_core.training.pairs import find_pairs
 
     t0 = time.perf_counter()
     cache = Path(cache_dir)
