@@ -377,7 +377,7 @@ def train(cfg: Dict[str, Any], out_dir: Optional[str] = None, progress: Optional
     # ---- data
     prepared = None
     if dc["cache"].startswith("prepared:"):
-        from elvis_core.training.prepared import PreparedCache
+        from elvis_core.training.prepared_cache import PreparedCache
 
         prepared = PreparedCache.open(dc["cache"][len("prepared:"):])
         if not dc["root"]:
