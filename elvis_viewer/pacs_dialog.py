@@ -396,7 +396,7 @@ def export_map_seg(window, out_dir: Optional[str] = None, stow: Optional[bool] =
     if slot.gmap is None or not path:
         window.show_message("Ground a phrase first: the SEG holds the current phrase's map")
         return
-    from elvis_core.io.dicom import is_dicom_file
+    from elvis_core.io.dicom_open import is_dicom_file
 
     if not is_dicom_file(path):
         window.show_message(f"{os.path.basename(path)}: not a DICOM image; a SEG must reference a DICOM source")

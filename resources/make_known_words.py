@@ -30,7 +30,7 @@ def main(argv=None) -> int:
     a = p.parse_args(argv)
     from elvis_core.model.checkpoint import KNOWN_WORDS_NAME, read_checkpoint_config
     from elvis_core.model.vocab import known_words_from_texts
-    from elvis_core.training.data import find_pairs
+    from elvis_core.training.pairs import find_pairs
 
     read_checkpoint_config(a.checkpoint)  # a checkpoint folder, or a clear error
     pairs, stats = find_pairs(a.data_root)

@@ -45,7 +45,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace) -> int:
     from elvis_core.model.transforms import transform_from_config
     from elvis_core.training.config import load_config, model_config_from
-    from elvis_core.training.data import read_mimic_views
+    from elvis_core.training.pairs import read_mimic_views
     from elvis_core.training.prepared import PreparedCache, prepare
 
     if args.workers < 0:

@@ -118,7 +118,7 @@ def read_source(path: os.PathLike | str):
     import pydicom
 
     from elvis_core.errors import DicomReadError
-    from elvis_core.io.dicom import _check_deflate
+    from elvis_core.io.dicom_open import _check_deflate
 
     path = Path(path)
     try:

@@ -86,7 +86,7 @@ def read_review_sr(path: os.PathLike | str) -> ReviewSr:
     import highdicom as hd
     import pydicom
 
-    from elvis_core.io.dicom import _check_deflate
+    from elvis_core.io.dicom_open import _check_deflate
 
     path = os.fspath(path)
     try:

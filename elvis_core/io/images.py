@@ -24,7 +24,7 @@ _JPEG_MAGIC = b"\xff\xd8\xff"
 
 def sniff_kind(path: os.PathLike | str) -> str:
     """"dicom", "image" or "unknown", from the file's first bytes (then the extension for preamble-less DICOM)."""
-    from elvis_core.io.dicom import is_dicom_file
+    from elvis_core.io.dicom_open import is_dicom_file
     from elvis_core.io.paths import is_regular_file
 
     if not is_regular_file(path):  # never open a FIFO or a device to sniff it

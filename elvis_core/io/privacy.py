@@ -164,8 +164,8 @@ def dicom_tag_rows(path: os.PathLike | str, reveal_identifiers: bool = False) ->
     every tag that is not in the DICOM dictionary and any other person-name (PN) value is shown as ``"***"``; the profile's UIDs (action U) are replaced by a
     consistent pseudonym UID (:func:`pseudonym_uid`). An element whose value cannot be decoded is listed as
     ``<unreadable>``. Raises :class:`DicomReadError` when the file is not DICOM."""
-    from elvis_core.io.dicom import _check_path, _dcmread
     from elvis_core.io.dicom_header import is_fatal
+    from elvis_core.io.dicom_open import _check_path, _dcmread
 
     path = _check_path(path)
     ds = _dcmread(path, stop_before_pixels=True)

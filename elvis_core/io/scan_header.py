@@ -188,7 +188,7 @@ def _read_scan_header_pydicom(path: str):
     import pydicom
     from pydicom.errors import InvalidDicomError
 
-    from elvis_core.io.dicom import _check_deflate, is_dicom_file
+    from elvis_core.io.dicom_open import _check_deflate, is_dicom_file
 
     _check_deflate(path)
 

@@ -111,7 +111,7 @@ def read_sr_report(path: os.PathLike | str) -> Report:
     from elvis_core.io.report_parse import parse_report
 
     from elvis_core.errors import DicomReadError
-    from elvis_core.io.dicom import _check_deflate
+    from elvis_core.io.dicom_open import _check_deflate
 
     path = os.fspath(path)
     try:
@@ -135,7 +135,7 @@ def is_text_report_sr(path: os.PathLike | str) -> Optional[bool]:
     Header-only read (no bulk data)."""
     import pydicom
 
-    from elvis_core.io.dicom import _check_deflate
+    from elvis_core.io.dicom_open import _check_deflate
     from elvis_core.io.paths import is_regular_file
 
     if not is_regular_file(path):  # never open a FIFO or a device
@@ -155,7 +155,7 @@ def find_study_sr_report(image_path: os.PathLike | str, max_files: int = 200) ->
     lie in such a folder (a dataset folder is never searched). Header-only reads, at most ``max_files`` files."""
     import pydicom
 
-    from elvis_core.io.dicom import _check_deflate
+    from elvis_core.io.dicom_open import _check_deflate
 
     img = Path(image_path)
     root = img.parent.parent

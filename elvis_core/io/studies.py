@@ -117,7 +117,7 @@ def _image_size(path: str) -> Tuple[int, int]:
 
 def _classify(path: str, name: str) -> str:
     """"dicom", "image", "report", "dicomdir" or "junk" from the name and the first bytes."""
-    from elvis_core.io.dicom import is_dicom_file
+    from elvis_core.io.dicom_open import is_dicom_file
 
     lower = name.lower()
     if name in _JUNK_NAMES or name.startswith("._"):
@@ -147,7 +147,7 @@ class _Builder:
         self.reports.setdefault(os.path.dirname(path), []).append(path)
 
     def add_dicom(self, path: str, errors: List[Tuple[str, str]], skipped: List[Tuple[str, str]]) -> None:
-        from elvis_core.io.dicom import _is_image_sop_class, _non_image_kind, is_dicom_file
+        from elvis_core.io.dicom_open import _is_image_sop_class, _non_image_kind, is_dicom_file
 
         try:
             if os.path.getsize(path) == 0:

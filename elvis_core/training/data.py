@@ -1,13 +1,14 @@
-"""Training data: image–report pairs from a MIMIC-CXR-layout root (DICOM or JPG) or a phantom folder.
+"""Training data: the datasets that decode, cache and augment image–report pairs for the trainer.
 
-:func:`find_pairs` scans the root (``elvis_core.io.studies.scan_folder``, headers only), keeps PA/AP images, reads
-each study's report (``elvis_core.io.report.read_report``) and uses its FINDINGS + IMPRESSION text; optionally the
-patients of an MS-CXR CSV are excluded so evaluation images never leak into training. Everything it drops is counted
-in :class:`PairStats` (no patient identifiers in messages).
+The pairs themselves (:func:`find_pairs` over a MIMIC-CXR-layout root or a phantom folder, the patient-wise
+validation split) are found by :mod:`elvis_core.training.pairs`; batches are made by :mod:`elvis_core.training.batching`
+(:class:`Collate`, :class:`ThreadPrefetcher`). Their names are re-exported here.
 
 :class:`PairDataset` decodes and transforms images (``ModelInputTransform``), optionally caching the [0, 1] model
 input as uint8 in RAM; unreadable images are skipped and counted (in the cache pass, or at load time by the collate
-function). :class:`Augment` never flips left/right (laterality matters in chest X-rays).
+function). :class:`PreparedDataset` serves a prepared cache (:mod:`elvis_core.training.prepared`). :class:`Augment`
+never flips left/right (laterality matters in chest X-rays); :func:`batch_model_input` applies the same augmentation
+to a whole batch on the training device.
 """
 
 from __future__ import annotations
@@ -15,8 +16,8 @@ from __future__ import annotations
 import logging
 import math
 import os
-from dataclasses import dataclass, field
-from typing import Any, Callable, Dict, List, Optional, Sequence, Set, Tuple
+from dataclasses import dataclass
+from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
 import cv2
 import numpy as np
@@ -24,152 +25,12 @@ import torch
 
 from elvis_core.errors import ConfigError, ElvisError
 from elvis_core.model.transforms import ModelInputTransform
+from elvis_core.training.batching import Collate, ThreadPrefetcher  # noqa: F401
+from elvis_core.training.pairs import (  # noqa: F401
+    REPORT_SECTIONS, Pair, PairStats, excluded_patients_from_csv, find_pairs, read_mimic_views, report_training_text,
+    split_val, split_val_ids)
 
 log = logging.getLogger(__name__)
-
-REPORT_SECTIONS = ("FINDINGS", "IMPRESSION")
-
-
-@dataclass
-class Pair:
-    image_path: str
-    text: str
-    study_key: str
-    patient: str = ""  # MIMIC patient folder (pXXXXXXXX) when in that layout; not a DICOM identifier
-    view: str = ""  # ViewPosition (tag, or MIMIC metadata for JPG); "" when unknown
-    report_path: str = ""
-
-
-@dataclass
-class PairStats:
-    studies_seen: int = 0
-    images_seen: int = 0
-    pairs: int = 0
-    no_report: int = 0
-    empty_report_sections: int = 0
-    unreadable_reports: int = 0
-    wrong_view: int = 0
-    unknown_view_kept: int = 0
-    excluded_patients: int = 0
-    scan_errors: int = 0
-    unreadable_images: int = 0
-    problems: List[Tuple[str, str]] = field(default_factory=list)  # (path, message), first few only
-
-    def lines(self) -> List[str]:
-        return [f"{self.pairs} image-report pairs from {self.studies_seen} studies / {self.images_seen} images",
-                f"dropped: {self.no_report} without report, {self.empty_report_sections} reports without FINDINGS/"
-                f"IMPRESSION text, {self.unreadable_reports} unreadable reports, {self.wrong_view} non-PA/AP views, "
-                f"{self.excluded_patients} images of excluded (MS-CXR) patients, {self.scan_errors} unreadable files "
-                f"in the scan, {self.unreadable_images} unreadable images"
-                + (f"; kept {self.unknown_view_kept} images without a view position (JPG/PNG)"
-                   if self.unknown_view_kept else "")]
-
-
-def report_training_text(report) -> str:
-    """FINDINGS + IMPRESSION of a parsed report (whitespace collapsed); the whole text when it has no sections."""
-    parts = []
-    for name in REPORT_SECTIONS:
-        sec = report.section(name)
-        if sec is not None and sec.end > sec.start:
-            parts.append(report.text[sec.start:sec.end])
-    if not parts and not report.sections:
-        parts = [report.text]
-    return " ".join(" ".join(p.split()) for p in parts).strip()
-
-
-def excluded_patients_from_csv(path: str, splits: Sequence[str] = ()) -> Set[str]:
-    """MIMIC patient folders (``pXXXXXXXX``) named by an MS-CXR CSV's ``path`` column (only rows of ``splits`` when
-    given, e.g. ``["val", "test"]`` for a phantom set whose CSV also covers the training patients)."""
-    from elvis_core.io.annotations import patient_id_from_path, read_ms_cxr_csv
-
-    aset = read_ms_cxr_csv(path)
-    out: Set[str] = set()
-    for ph in aset.phrases:
-        if splits and (ph.split or "") not in splits:
-            continue
-        pid = patient_id_from_path(ph.path)
-        if pid:
-            out.add(pid)
-    return out
-
-
-def read_mimic_views(path: str) -> Dict[str, str]:
-    """``dicom_id -> ViewPosition`` from MIMIC-CXR-JPG's ``mimic-cxr-2.0.0-metadata.csv`` (or ``.csv.gz``), for JPG
-    images, which carry no view tag."""
-    import csv
-    import gzip
-
-    if not os.path.isfile(path):
-        raise ConfigError("MIMIC metadata CSV not found", path)
-    opener = gzip.open if path.endswith(".gz") else open
-    try:
-        with opener(path, "rt", encoding="utf-8", newline="") as fh:
-            reader = csv.DictReader(fh)
-            cols = reader.fieldnames or []
-            if "dicom_id" not in cols or "ViewPosition" not in cols:
-                raise ConfigError(f"MIMIC metadata CSV needs columns dicom_id and ViewPosition (found: "
-                                  f"{', '.join(cols)})", path)
-            return {row["dicom_id"]: (row["ViewPosition"] or "").strip().upper() for row in reader}
-    except (OSError, UnicodeDecodeError, csv.Error) as err:
-        raise ConfigError(f"cannot read the MIMIC metadata CSV ({err})", path) from err
-
-
-def find_pairs(root: str, views: Sequence[str] = ("PA", "AP"), exclude_patients: Optional[Set[str]] = None,
-               max_pairs: int = 0, progress: Optional[Callable[[int, int], None]] = None,
-               view_of: Optional[Dict[str, str]] = None) -> Tuple[List[Pair], PairStats]:
-    """Image-report pairs under ``root``. ``view_of``: dicom_id (file stem) -> view, for images without a view tag
-    (MIMIC-CXR-JPG; see :func:`read_mimic_views`)."""
-    from elvis_core.io.annotations import patient_id_from_path
-    from elvis_core.io.report import read_report
-    from elvis_core.io.studies import scan_folder
-
-    if not os.path.isdir(root):
-        raise ConfigError("data root is not a folder", root)
-    scan = scan_folder(root, progress=progress)
-    stats = PairStats(scan_errors=len(scan.errors))
-    for path, msg in scan.errors[:5]:
-        stats.problems.append((path, msg))
-    views_u = {v.upper() for v in views}
-    pairs: List[Pair] = []
-    for st in scan.studies:
-        stats.studies_seen += 1
-        stats.images_seen += len(st.images)
-        if not st.report_path:
-            stats.no_report += len(st.images)
-            continue
-        try:
-            text = report_training_text(read_report(st.report_path))
-        except ElvisError as err:
-            stats.unreadable_reports += 1
-            if len(stats.problems) < 10:
-                stats.problems.append((st.report_path, err.problem))
-            continue
-        if not text:
-            stats.empty_report_sections += 1
-            continue
-        for im in st.images:
-            view = (im.view_position or "").upper()
-            if not view and view_of:
-                view = view_of.get(os.path.splitext(os.path.basename(im.path))[0], "")
-            if view and view not in views_u:
-                stats.wrong_view += 1
-                continue
-            if not view:
-                if im.path.lower().endswith((".dcm", ".dicom", ".dic")):
-                    stats.wrong_view += 1  # a DICOM without ViewPosition: unknown projection, not used
-                    continue
-                stats.unknown_view_kept += 1
-            pid = patient_id_from_path(os.path.relpath(im.path, root)) or ""
-            if exclude_patients and pid in exclude_patients:
-                stats.excluded_patients += 1
-                continue
-            pairs.append(Pair(image_path=im.path, text=text, study_key=st.key, patient=pid, view=view,
-                              report_path=st.report_path))
-    pairs.sort(key=lambda p: p.image_path)
-    if max_pairs and len(pairs) > max_pairs:
-        pairs = pairs[:max_pairs]
-    stats.pairs = len(pairs)
-    return pairs, stats
 
 
 @dataclass
@@ -414,232 +275,8 @@ class PreparedDataset(torch.utils.data.Dataset):
         return self.__getitems__([idx])
 
 
-class Collate:
-    """Stack images, tokenize texts (model.tokenize), build word masks and sentence ids; drops None items."""
-
-    def __init__(self, model, pad_to_max_length: bool = False, separate_sentences: bool = False,
-                 max_sentences: int = 16):
-        self.size = model.transform.size
-        self.grid = tuple(model.grid_shape())
-        from elvis_core.model.transforms import grid_cell_offset
-
-        #: where the grid lies on the model input (the model's grid anchor): anatomy boxes pool the right cells
-        self.grid_offset = grid_cell_offset(self.size, self.grid, getattr(model, "grid_anchor", "cell"))
-        from elvis_core.training.objectives import (negated_sentence, sentence_ids_from_tokens, split_sentences,
-                                                    word_mask)
-
-        self._negate = negated_sentence
-        #: also add left/right-swapped copies of every report sentence (``sent_mirror_src``: index of the original
-        #: row, -1 otherwise; their ``sent_neg_src`` is -2), for the ``mirror`` objective
-        self.mirrors = False
-        #: also add "no <sentence>" copies of affirmative finding sentences (``sent_neg_src``: index of the original
-        #: row, -1 for the report's own sentences), for the ``negation`` objective
-        self.negations = False
-
-        #: also tokenize each report sentence alone (``sent_input_ids`` / ``sent_attention_mask`` / ``sent_owner``)
-        #: for the sentence-level objectives with ``objectives.sentences = "separate"``
-        self.separate_sentences, self.max_sentences = separate_sentences, max_sentences
-        self._split = split_sentences
-
-        self.tokenize = model.tokenize
-        tok = model.tokenizer
-        #: pad every batch's text to the model's maximum length (fixed shapes, e.g. for CUDA graphs)
-        self.pad_to = int(model.max_text_length) if pad_to_max_length else 0
-        self.pad_id = int(tok.pad_token_id or 0)
-        self.special = sorted(set(int(i) for i in tok.all_special_ids))
-        self.periods = [i for i in (tok.convert_tokens_to_ids("."),) if i is not None and i != tok.unk_token_id]
-        self._word_mask, self._sentence_ids = word_mask, sentence_ids_from_tokens
-
-    def _pad(self, token_ids: Sequence[np.ndarray]) -> Dict[str, torch.Tensor]:
-        """Pre-tokenized ids (:meth:`PreparedDataset.pretokenize`) → right-padded ``input_ids``/``attention_mask``."""
-        n, width = len(token_ids), max(len(t) for t in token_ids)
-        ids = np.full((n, width), self.pad_id, dtype=np.int64)
-        mask = np.zeros((n, width), dtype=np.int64)
-        for j, t in enumerate(token_ids):
-            ids[j, :len(t)] = t
-            mask[j, :len(t)] = 1
-        return {"input_ids": torch.from_numpy(ids), "attention_mask": torch.from_numpy(mask)}
-
-    def __call__(self, items):
-        aug = None
-        if isinstance(items, dict):  # a PreparedDataset batch (__getitems__): uint8 pixels, augmented on the device
-            pix, aug = items["pixels"], items["augment"]
-            n_in = n_kept = pix.shape[0]
-            texts = items["texts"]
-            if "token_ids" in items:
-                t = self._pad(items["token_ids"])
-            else:
-                t = self.tokenize(texts)
-        else:
-            n_in = len(items)
-            items = [it for it in items if it is not None]
-            if not items:
-                return None
-            pix = torch.stack([it[0] for it in items])
-            n_kept = len(items)
-            texts = [it[1] for it in items]
-            t = self.tokenize(texts)
-        if self.pad_to and t["input_ids"].shape[1] < self.pad_to:
-            extra = self.pad_to - t["input_ids"].shape[1]
-            t = {"input_ids": torch.nn.functional.pad(t["input_ids"], (0, extra), value=self.pad_id),
-                 "attention_mask": torch.nn.functional.pad(t["attention_mask"], (0, extra), value=0)}
-        words = self._word_mask(t["input_ids"], t["attention_mask"], self.special)
-        sids = self._sentence_ids(t["input_ids"], words, self.periods)
-        out = {"pixel_values": pix, "input_ids": t["input_ids"], "attention_mask": t["attention_mask"],
-               "words": words, "sentence_ids": sids, "n_dropped": n_in - n_kept}
-        if aug is not None:
-            out["augment"] = aug
-        if self.separate_sentences:
-            sents, owner, per_item = [], [], []
-            for b, text in enumerate(texts):
-                mine = self._split(text, self.max_sentences) or [text]
-                per_item.append(mine)
-                for sent in mine:
-                    sents.append(sent)
-                    owner.append(b)
-            src = [-1] * len(sents)
-            if self.negations:
-                for k in range(len(src)):
-                    neg = self._negate(sents[k])
-                    if neg is not None:
-                        sents.append(neg)
-                        owner.append(owner[k])
-                        src.append(k)
-            msrc = [-1] * len(sents)
-            if self.mirrors:
-                from elvis_core.grounding.sides import mirrored_phrase
-
-                n_own = len(sents) if not self.negations else src.count(-1)
-                for k in range(n_own):
-                    sents.append(mirrored_phrase(sents[k]))
-                    owner.append(owner[k])
-                    src.append(-2)
-                    msrc.append(k)
-            st = self.tokenize(sents)
-            out.update(sent_input_ids=st["input_ids"], sent_attention_mask=st["attention_mask"],
-                       sent_owner=torch.tensor(owner, dtype=torch.long), sent_neg_src=torch.tensor(src,
-                                                                                              dtype=torch.long))
-            if self.mirrors:
-                out["sent_mirror_src"] = torch.tensor(msrc, dtype=torch.long)
-            if isinstance(items, list) and len(items[0]) > 2:  # anatomy boxes (data.anatomy; not in prepared caches)
-                from elvis_core.training.anatomy import batch_anatomy
-
-                out.update(batch_anatomy([it[2] for it in items], per_item, self.size, self.grid,
-                                         offset=self.grid_offset))
-        return out
-
-
-def split_val(pairs: List[Pair], fraction: float, seed: int) -> Tuple[List[Pair], List[Pair]]:
-    """Split by patient (or study when no patient folder) so no patient is on both sides."""
-    if fraction <= 0:
-        return pairs, []
-    groups: Dict[str, List[Pair]] = {}
-    for p in pairs:
-        groups.setdefault(p.patient or p.study_key, []).append(p)
-    keys = sorted(groups)
-    rng = np.random.default_rng(seed)
-    rng.shuffle(keys)
-    n_val = max(1, int(math.floor(len(keys) * fraction)))
-    val_keys = set(keys[:n_val])
-    return ([p for p in pairs if (p.patient or p.study_key) not in val_keys],
-            [p for p in pairs if (p.patient or p.study_key) in val_keys])
-
-
-def split_val_ids(ids: np.ndarray, keys: Sequence[str], fraction: float, seed: int) -> Tuple[np.ndarray, np.ndarray]:
-    """:func:`split_val` for prepared-cache entry ids, grouped by ``keys`` (patient, else study): the same patients
-    are held out as :func:`split_val` would hold out from the same pairs."""
-    ids = np.asarray(ids, dtype=np.int64)
-    if fraction <= 0:
-        return ids, ids[:0]
-    groups = sorted(set(keys))
-    rng = np.random.default_rng(seed)
-    rng.shuffle(groups)
-    n_val = max(1, int(math.floor(len(groups) * fraction)))
-    val_keys = set(groups[:n_val])
-    is_val = np.array([k in val_keys for k in keys], dtype=bool)
-    return ids[~is_val], ids[is_val]
-
-
 def prepared_texts(cache, entries: Sequence[int]) -> List[str]:
     """The training texts of prepared-cache entries (``texts.bin`` read once)."""
     with open(cache.texts_path(), "rb") as fh:
         blob = fh.read()
     return [blob[int(cache.text_start[i]):int(cache.text_end[i])].decode("utf-8") for i in entries]
-
-
-class _Raised:
-    def __init__(self, err: BaseException):
-        self.err = err
-
-
-class ThreadPrefetcher:
-    """Iterate ``iterable`` (a DataLoader with ``num_workers = 0``) in a background thread, up to ``depth`` batches
-    ahead of the training loop.
-
-    For the prepared cache this beats worker processes: a batch costs ~2 ms of CPU in-process (memory-mapped copy,
-    pre-tokenized text; numpy copies release the GIL), while shipping it from a worker process through shared memory
-    costs several times that (measured in ``benchmarks/loader_speed.py``). Exceptions are re-raised in the consumer;
-    :meth:`close` (or leaving a ``with`` block) stops the thread.
-    """
-
-    _END = object()
-
-    def __init__(self, iterable, depth: int = 4):
-        import queue
-        import threading
-
-        self._q: "queue.Queue" = queue.Queue(maxsize=max(1, depth))
-        self._it = iter(iterable)
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, name="elvis-prefetch", daemon=True)
-        self._thread.start()
-
-    def _put(self, item) -> bool:
-        import queue
-
-        while not self._stop.is_set():
-            try:
-                self._q.put(item, timeout=0.1)
-                return True
-            except queue.Full:
-                continue
-        return False
-
-    def _run(self) -> None:
-        try:
-            for item in self._it:
-                if not self._put(item):
-                    return
-        except BaseException as err:  # noqa: BLE001 - handed to the consumer
-            self._put(_Raised(err))
-            return
-        self._put(self._END)
-
-    def __iter__(self):
-        return self
-
-    def __next__(self):
-        item = self._q.get()
-        if item is self._END:
-            self._q.put(self._END)  # further next() calls keep raising StopIteration
-            raise StopIteration
-        if isinstance(item, _Raised):
-            raise item.err
-        return item
-
-    def close(self) -> None:
-        import queue
-
-        self._stop.set()
-        while True:
-            try:
-                self._q.get_nowait()
-            except queue.Empty:
-                break
-        self._thread.join(timeout=5)
-
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self.close()

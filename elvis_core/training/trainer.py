@@ -1,6 +1,7 @@
 """The training loop behind ``elvis train``: one CPU, one GPU, or DDP under ``torchrun`` (single or multi-node).
 
-- data: :mod:`elvis_core.training.data` (pairs, RAM cache, augmentation without flips);
+- data: :mod:`elvis_core.training.pairs` (image-report pairs, validation split), :mod:`elvis_core.training.data`
+  (datasets: RAM cache, prepared cache, augmentation without flips), :mod:`elvis_core.training.batching`;
 - model: ``build_model`` (WordPiece vocabulary trained on the training reports) or the resumed checkpoint;
 - objectives: :class:`~elvis_core.training.objectives.CombinedObjective` (weights from the config);
 - AdamW + linear warm-up + cosine decay, gradient accumulation (``no_sync`` between micro-steps), gradient clipping;
@@ -10,18 +11,21 @@
 - outputs in ``OUT``: ``model/`` (the final checkpoint), ``last/`` (resume state: a model checkpoint +
   ``trainer_state.safetensors`` + ``trainer_state.json``, never pickle), ``log.csv`` (losses, lr, pairs/s,
   validation metrics), TensorBoard events when the ``tensorboard`` package is importable, ``config.resolved.json``.
+
+This module holds :func:`train` (the loop) and :class:`TrainResult`; its parts live beside it and are re-exported
+here: :mod:`~elvis_core.training.train_module` (TrainModule, optimizer groups, schedule, batch to device),
+:mod:`~elvis_core.training.train_state` (resume state), :mod:`~elvis_core.training.train_log` (log.csv /
+TensorBoard, grounding validation) and :mod:`~elvis_core.training.distributed` (process group, barrier).
 """
 
 from __future__ import annotations
 
 import contextlib
-import csv
 import hashlib
 import json
 import logging
 import math
 import os
-import shutil
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -32,65 +36,21 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
-from elvis_core.errors import CheckpointError, ConfigError, ElvisError
+from elvis_core.errors import ConfigError, ElvisError
 from elvis_core.model.checkpoint import load_checkpoint, save_checkpoint
 from elvis_core.model.vocab import merge_known_words, tokenizer_whole_words
 from elvis_core.training.config import INIT_FROM_OVERRIDES, model_config_from
+# the parts of a run, re-exported: tests and benchmarks import them from here, and train looks them up in this
+# module's namespace (benchmarks/elvis_paper.py replaces trainer.grounding_validation)
+from elvis_core.training.distributed import _barrier, _init_distributed, _tokenizer_from_rank0  # noqa: F401
 from elvis_core.training.objectives import CombinedObjective
+from elvis_core.training.train_log import LOG_COLUMNS, _Logger, grounding_validation  # noqa: F401
+from elvis_core.training.train_module import (  # noqa: F401
+    TrainModule, _param_groups, adamw_options, lr_lambda, to_device)
+from elvis_core.training.train_state import (  # noqa: F401
+    STATE_JSON, STATE_TENSORS, load_trainer_state, save_trainer_state)
 
 log = logging.getLogger(__name__)
-
-LOG_COLUMNS = ["step", "epoch", "lr", "loss", "global", "local", "region_sentence", "intra", "pairs_per_s",
-               "seconds", "val_loss", "val_cnr", "val_miou", "val_pointing", "elvis", "anatomy", "negation",
-               "mirror"]
-STATE_JSON, STATE_TENSORS = "trainer_state.json", "trainer_state.safetensors"
-
-
-class TrainModule(nn.Module):
-    """Model + objectives in one module (what DDP wraps, so the learnable temperature is averaged too)."""
-
-    def __init__(self, model, objective: CombinedObjective):
-        super().__init__()
-        self.model = model
-        self.objective = objective
-
-    def forward(self, batch: Dict[str, torch.Tensor]):
-        img = self.model.encode_image(batch["pixel_values"])
-        txt = self.model.encode_text(batch["input_ids"], batch["attention_mask"])
-        sentences = None
-        if "sent_input_ids" in batch:  # each report sentence encoded alone (objectives.sentences = "separate")
-            from elvis_core.training.objectives import Sentences
-
-            st = self.model.encode_text(batch["sent_input_ids"], batch["sent_attention_mask"])
-            if self.model.config["text"]["pooling"] == "mean":
-                m = batch["sent_attention_mask"].unsqueeze(-1).to(st.token_feats.dtype)
-                pooled = (st.token_feats * m).sum(1) / m.sum(1).clamp_min(1.0)
-            else:
-                pooled = st.token_feats[:, 0]
-            src = batch.get("sent_neg_src")
-            if src is None:
-                src = torch.full_like(batch["sent_owner"], -1)
-            own = src == -1  # the report's own sentences (-2: mirrored copies, >= 0: negated copies)
-            sentences = Sentences.pack(st.global_emb[own], pooled[own], batch["sent_owner"][own],
-                                       batch["input_ids"].shape[0])
-            neg = src >= 0
-            if bool(neg.any()):
-                sentences.negations = (st.global_emb[src[neg]], st.global_emb[neg], batch["sent_owner"][neg])
-            elif "negation" in self.objective.terms:
-                sentences.negations = (st.global_emb[:0], st.global_emb[:0], batch["sent_owner"][:0])
-        anatomy = {k: batch[k] for k in ("anatomy_masks", "anatomy_mentions") if k in batch} or None
-        if "mirror" in self.objective.terms:
-            from elvis_core.grounding.engine import mirror_model_input
-
-            if sentences is None or "sent_mirror_src" not in batch:
-                raise ValueError("the mirror objective needs the mirrored report sentences (Collate.mirrors)")
-            px = batch["pixel_values"]
-            img_m = self.model.encode_image(mirror_model_input(px, self.model.output_stride, self.model.transform))
-            msrc = batch["sent_mirror_src"]
-            mir = msrc >= 0
-            sentences.mirrors = (img_m.patch_emb.flip(2), st.global_emb[msrc[mir]], st.global_emb[mir],
-                                 batch["sent_owner"][mir])
-        return self.objective(img, txt, batch["words"], batch["sentence_ids"], sentences=sentences, anatomy=anatomy)
 
 
 @dataclass
@@ -112,218 +72,6 @@ class TrainResult:
     data_lines: List[str] = field(default_factory=list)
 
 
-# -- distributed -----------------------------------------------------------------------------------------------------
-
-def _init_distributed(device_opt: str):
-    """(rank, world, local_rank, device). Initialises the process group under torchrun (WORLD_SIZE > 1)."""
-    world = int(os.environ.get("WORLD_SIZE", "1"))
-    rank = int(os.environ.get("RANK", "0"))
-    local_rank = int(os.environ.get("LOCAL_RANK", "0"))
-    if device_opt == "auto":
-        dev = torch.device(f"cuda:{local_rank}" if torch.cuda.is_available() else "cpu")
-    elif device_opt == "cuda" and world > 1:
-        dev = torch.device(f"cuda:{local_rank}")
-    else:
-        try:
-            dev = torch.device(device_opt)
-        except RuntimeError as err:
-            raise ConfigError(f"config key 'train.device': {err}") from err
-    if dev.type == "cuda":
-        if not torch.cuda.is_available():
-            raise ConfigError("config key 'train.device' asks for CUDA but no CUDA device is available")
-        torch.cuda.set_device(dev)
-    if world > 1 and not dist.is_initialized():
-        dist.init_process_group("nccl" if dev.type == "cuda" else "gloo", init_method="env://")
-    return rank, world, local_rank, dev
-
-
-def _barrier(world: int) -> None:
-    if world > 1:
-        dist.barrier()
-
-
-# -- schedule / optimizer ------------------------------------------------------------------------------------------
-
-def lr_lambda(step: int, warmup: int, total: int, min_ratio: float) -> float:
-    """Linear warm-up from ~0 to 1 over ``warmup`` steps, then cosine decay to ``min_ratio`` at ``total``."""
-    if warmup > 0 and step < warmup:
-        return (step + 1) / warmup
-    if total <= warmup:
-        return 1.0
-    t = min(1.0, (step - warmup) / max(1, total - warmup))
-    return min_ratio + (1.0 - min_ratio) * 0.5 * (1.0 + math.cos(math.pi * t))
-
-
-def _param_groups(module: TrainModule, lr: float, text_lr: float, wd: float):
-    groups: Dict[tuple, List[nn.Parameter]] = {}
-    for name, p in module.named_parameters():
-        if not p.requires_grad:
-            continue
-        is_text = name.startswith("model.text_encoder.")
-        no_decay = p.ndim < 2 or name.endswith(".bias") or "LayerNorm" in name or "log_scale" in name
-        key = (text_lr if (is_text and text_lr > 0) else lr, 0.0 if no_decay else wd)
-        groups.setdefault(key, []).append(p)
-    return [{"params": ps, "lr": k[0], "weight_decay": k[1]} for k, ps in sorted(groups.items(), key=lambda kv: kv[0])]
-
-
-def adamw_options(device: torch.device) -> Dict[str, Any]:
-    """Fused AdamW (one kernel for all parameters) on CUDA; the default (foreach) implementation elsewhere."""
-    return {"fused": True} if torch.device(device).type == "cuda" else {}
-
-
-def to_device(batch: Dict[str, Any], device: torch.device, transform, channels_last: bool) -> Dict[str, Any]:
-    """Move a collated batch to ``device`` (non-blocking: the DataLoader pins it on CUDA). A prepared-cache batch
-    arrives as uint8 with per-item augmentation parameters; it becomes the standardised float model input there, so
-    the augmentation runs on the GPU when there is one (:func:`~elvis_core.training.data.batch_model_input`)."""
-    from elvis_core.training.data import batch_model_input
-
-    out = {k: (v.to(device, non_blocking=True) if torch.is_tensor(v) else v) for k, v in batch.items()}
-    if out["pixel_values"].dtype == torch.uint8:
-        out["pixel_values"] = batch_model_input(out["pixel_values"], out.pop("augment", None), transform.mean,
-                                                transform.std)
-    out.pop("augment", None)
-    if channels_last:
-        out["pixel_values"] = out["pixel_values"].contiguous(memory_format=torch.channels_last)
-    return out
-
-
-# -- resume state (safetensors + JSON, never pickle) ----------------------------------------------------------------
-
-def save_trainer_state(out: Path, module: TrainModule, optimizer, scheduler, meta: Dict[str, Any],
-                       provenance: Dict[str, Any]) -> None:
-    """Write ``out/last``: model checkpoint + objective params + optimizer/scheduler state + progress (atomic swap)."""
-    from safetensors.torch import save_file
-
-    tmp = out / "last.tmp"
-    if tmp.exists():
-        shutil.rmtree(tmp)
-    save_checkpoint(module.model, tmp, provenance=provenance)
-    tensors: Dict[str, torch.Tensor] = {}
-    for k, v in module.objective.state_dict().items():
-        tensors[f"objective.{k}"] = v.detach().cpu().contiguous().clone()
-    osd = optimizer.state_dict()
-    state_json: Dict[str, Dict[str, Any]] = {}
-    for idx, st in osd["state"].items():
-        for name, v in st.items():
-            if torch.is_tensor(v):
-                tensors[f"optimizer.{idx}.{name}"] = v.detach().cpu().contiguous().clone()
-            else:
-                state_json.setdefault(str(idx), {})[name] = v
-    tensors["rng.torch"] = torch.get_rng_state()
-    save_file(tensors, str(tmp / STATE_TENSORS))
-    sched = {k: v for k, v in scheduler.state_dict().items() if k != "lr_lambdas"}
-    doc = {"meta": meta, "optimizer_param_groups": osd["param_groups"], "optimizer_state_scalars": state_json,
-           "scheduler": sched}
-    (tmp / STATE_JSON).write_text(json.dumps(doc, indent=1), encoding="utf-8")
-    last = out / "last"
-    old = out / "last.old"
-    if last.exists():
-        if old.exists():
-            shutil.rmtree(old)
-        os.replace(last, old)
-    os.replace(tmp, last)
-    if old.exists():
-        shutil.rmtree(old)
-
-
-def load_trainer_state(last: Path, module: TrainModule, optimizer, scheduler) -> Dict[str, Any]:
-    """Restore objective params, optimizer and scheduler from ``last``; returns the saved ``meta``."""
-    from safetensors.torch import load_file
-
-    try:
-        doc = json.loads((last / STATE_JSON).read_text(encoding="utf-8"))
-        tensors = load_file(str(last / STATE_TENSORS))
-    except (OSError, ValueError) as err:
-        raise CheckpointError(f"cannot read the resume state ({err}); delete this folder to start over", last) \
-            from err
-    obj = {k[len("objective."):]: v for k, v in tensors.items() if k.startswith("objective.")}
-    try:
-        module.objective.load_state_dict(obj, strict=True)
-    except RuntimeError as err:
-        raise CheckpointError("resume state does not match the configured objectives (changed weights?): "
-                              + str(err).splitlines()[0], last) from err
-    state: Dict[int, Dict[str, Any]] = {}
-    for k, v in tensors.items():
-        if k.startswith("optimizer."):
-            _, idx, name = k.split(".", 2)
-            state.setdefault(int(idx), {})[name] = v
-    for idx, d in doc.get("optimizer_state_scalars", {}).items():
-        state.setdefault(int(idx), {}).update(d)
-    groups = doc["optimizer_param_groups"]
-    if len(groups) != len(optimizer.param_groups) or any(
-            len(a["params"]) != len(b["params"]) for a, b in zip(groups, optimizer.param_groups)):
-        raise CheckpointError("resume state's optimizer does not match this model/config", last)
-    optimizer.load_state_dict({"state": state, "param_groups": groups})
-    sd = scheduler.state_dict()
-    sd.update(doc["scheduler"])
-    scheduler.load_state_dict(sd)
-    if "rng.torch" in tensors:
-        torch.set_rng_state(tensors["rng.torch"])
-    return doc["meta"]
-
-
-# -- logging -----------------------------------------------------------------------------------------------------------
-
-class _Logger:
-    def __init__(self, out: Path, enabled: bool):
-        self.enabled = enabled
-        self.path = out / "log.csv"
-        self.tb = None
-        if not enabled:
-            return
-        new = not self.path.exists()
-        self.fh = open(self.path, "a", newline="", encoding="utf-8")
-        self.w = csv.DictWriter(self.fh, fieldnames=LOG_COLUMNS)
-        if new:
-            self.w.writeheader()
-        try:  # TensorBoard only when its package is installed
-            from torch.utils.tensorboard import SummaryWriter
-
-            self.tb = SummaryWriter(str(out / "tensorboard"))
-        except Exception:  # noqa: BLE001 - any import problem means "no TensorBoard"
-            self.tb = None
-
-    def row(self, **kw) -> None:
-        if not self.enabled:
-            return
-        self.w.writerow({k: (f"{v:.6g}" if isinstance(v, float) else v) for k, v in kw.items() if k in LOG_COLUMNS})
-        self.fh.flush()
-        if self.tb is not None:
-            step = kw.get("step", 0)
-            for k, v in kw.items():
-                if k not in ("step", "epoch") and isinstance(v, (int, float)) and not isinstance(v, bool):
-                    self.tb.add_scalar(k, v, step)
-
-    def close(self) -> None:
-        if self.enabled:
-            self.fh.close()
-            if self.tb is not None:
-                self.tb.close()
-
-
-# -- validation ------------------------------------------------------------------------------------------------------
-
-def grounding_validation(model, cfg: Dict[str, Any]) -> Dict[str, float]:
-    """CNR / mIoU / pointing on the configured MS-CXR CSV (first ``max_phrases`` phrases of the split)."""
-    from elvis_core.grounding.engine import GroundingEngine
-    from elvis_core.grounding.evaluate import evaluate
-    from elvis_core.io.annotations import AnnotationSet, read_ms_cxr_csv
-
-    v = cfg["validation"]
-    aset = read_ms_cxr_csv(v["annotations"]).filter_split(v["split"] or None)
-    phrases = aset.phrases[: v["max_phrases"]] if v["max_phrases"] > 0 else aset.phrases
-    aset = AnnotationSet(phrases, aset.errors, aset.source_path, aset.version)
-    was_training = model.training
-    engine = GroundingEngine(model, device=str(next(model.parameters()).device))
-    try:
-        res = evaluate(engine, aset, v["images_root"] or cfg["data"]["root"])
-    finally:
-        model.train(was_training)
-    o = res.overall
-    return {"val_cnr": float(o.get("cnr", float("nan"))), "val_miou": float(o.get("miou", float("nan"))),
-            "val_pointing": float(o.get("pointing", float("nan"))), "val_phrases": float(res.n_evaluated)}
-
-
 # -- main entry ------------------------------------------------------------------------------------------------------
 
 def _hash_pairs(pairs) -> str:
@@ -333,30 +81,13 @@ def _hash_pairs(pairs) -> str:
     return h.hexdigest()[:12]
 
 
-def _tokenizer_from_rank0(tokenizer, world: int, rank: int):
-    """All ranks use rank 0's tokenizer (sent as its JSON text)."""
-    if world == 1:
-        return tokenizer
-    from tokenizers import Tokenizer
-    from transformers import PreTrainedTokenizerFast
-
-    box = [(tokenizer.backend_tokenizer.to_str(), int(tokenizer.model_max_length)) if rank == 0 else None]
-    dist.broadcast_object_list(box, src=0)
-    if rank == 0:
-        return tokenizer
-    text, max_len = box[0]
-    return PreTrainedTokenizerFast(tokenizer_object=Tokenizer.from_str(text), unk_token="[UNK]",
-                                   pad_token="[PAD]", cls_token="[CLS]", sep_token="[SEP]", mask_token="[MASK]",
-                                   model_max_length=max_len)
-
-
 def train(cfg: Dict[str, Any], out_dir: Optional[str] = None, progress: Optional[bool] = None) -> TrainResult:
     """Run a training described by a validated config (:func:`elvis_core.training.config.load_config`)."""
     from elvis_core.model.elvis import build_model
-    from elvis_core.training.data import (Augment, Collate, PairDataset, PairStats, PreparedDataset,
-                                          ThreadPrefetcher,
-                                          excluded_patients_from_csv, find_pairs, prepared_texts, read_mimic_views,
-                                          split_val, split_val_ids)
+    from elvis_core.training.batching import Collate, ThreadPrefetcher
+    from elvis_core.training.data import Augment, PairDataset, PreparedDataset, prepared_texts
+    from elvis_core.training.pairs import (PairStats, excluded_patients_from_csv, find_pairs, read_mimic_views,
+                                           split_val, split_val_ids)
 
     t_start = time.perf_counter()
     tc, dc = cfg["train"], cfg["data"]
@@ -377,7 +108,7 @@ def train(cfg: Dict[str, Any], out_dir: Optional[str] = None, progress: Optional
     # ---- data
     prepared = None
     if dc["cache"].startswith("prepared:"):
-        from elvis_core.training.prepared import PreparedCache
+        from elvis_core.training.prepared_cache import PreparedCache
 
         prepared = PreparedCache.open(dc["cache"][len("prepared:"):])
         if not dc["root"]:
