@@ -42,16 +42,26 @@ def _mimic_two_studies(root):
     return out
 
 
+def _cut_after_scan(qtbot, s, path) -> None:
+    """Truncate ``path`` once it is listed and preloaded (the scan lists a file cut short as a Problem, not an
+    image): its next read fails, as when a file is cut while the study is open."""
+    _idle(qtbot, s)
+    qtbot.wait(300)  # the next item is preloaded 150 ms after the first is shown
+    _idle(qtbot, s)
+    raw = open(path, "rb").read()
+    open(path, "wb").write(raw[:len(raw) // 2])
+    s._cache.clear()
+
+
 def test_a_failed_read_clears_the_image_and_says_why(qtbot, session, tmp_path):
-    """RG1 on screen, then a DICOM whose pixel data is truncated (its header scans fine, so it is listed): the
-    screen used to keep RG1's film under the new file's name."""
+    """RG1 on screen, then a listed DICOM whose pixel data is now truncated: the screen used to keep RG1's film
+    under the new file's name."""
     shutil.copy(get_testdata_file("RG1_UNCI.dcm"), tmp_path / "a_rg1.dcm")
-    raw = open(get_testdata_file("RG1_UNCI.dcm"), "rb").read()
-    (tmp_path / "b_trunc.dcm").write_bytes(raw[:len(raw) // 2])
+    shutil.copy(get_testdata_file("RG1_UNCI.dcm"), tmp_path / "b_trunc.dcm")
     (tmp_path / "loose.txt").write_text("Large left pneumothorax.\n")
     with qtbot.waitSignal(session.imageChanged, timeout=30000):
         session.open_folder(str(tmp_path))
-    _idle(qtbot, session)
+    _cut_after_scan(qtbot, session, tmp_path / "b_trunc.dcm")
     assert session.rad is not None and os.path.basename(session.rad_path) == "a_rg1.dcm"
     assert session.report is None  # the loose note belongs to no study
     assert any("loose.txt" in m and "unpaired" in m for _, m in session.problems)
@@ -146,8 +156,7 @@ def test_the_window_clears_a_failed_read_and_dims_while_loading(qtbot, tmp_path,
     from elvis_viewer.main_window import MainWindow
 
     shutil.copy(get_testdata_file("RG1_UNCI.dcm"), tmp_path / "a_rg1.dcm")
-    raw = open(get_testdata_file("RG1_UNCI.dcm"), "rb").read()
-    (tmp_path / "b_trunc.dcm").write_bytes(raw[:len(raw) // 2])
+    shutil.copy(get_testdata_file("RG1_UNCI.dcm"), tmp_path / "b_trunc.dcm")  # cut once listed
     shutil.copy(get_testdata_file("CT_small.dcm"), tmp_path / "c_ct.dcm")
     (tmp_path / "loose.txt").write_text("Large left pneumothorax.\n")
     win = MainWindow(settings=QtCore.QSettings(str(tmp_path / "s.ini"), QtCore.QSettings.Format.IniFormat))
@@ -157,7 +166,7 @@ def test_the_window_clears_a_failed_read_and_dims_while_loading(qtbot, tmp_path,
     s = win.session
     with qtbot.waitSignal(s.imageChanged, timeout=30000):
         win.open_folder(str(tmp_path))
-    _idle(qtbot, s)
+    _cut_after_scan(qtbot, s, tmp_path / "b_trunc.dcm")
     first = s.rad_path
     assert win.image_view.rad is s.rad and win.windowTitle() == "ELVIS Viewer — " + os.path.basename(first)
     assert win.report_title.text() == "Report — none paired with this study" and win.report_view.report is None
