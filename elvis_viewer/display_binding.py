@@ -100,20 +100,28 @@ class DisplayBinding(QtCore.QObject):
 
     def render(self) -> None:
         w, d = self.win, self.win.session.display
-        mask = getattr(w, "mask_text", str)  # file names masked like the rest of the window (privacy toggle)
-        w.setWindowTitle(d.title(mask))
         self._dim(d.state == LOADING)
-        if d.state == LOADING:
-            self._say(f"Loading {d.pending.name} …" + ("\n(the dimmed film is the previous item)" if d.rad is not None
-                                                     else ""), "#e8e8e8")
-        elif d.state == FAILED:
+        if d.state == FAILED:
             for iv in w.views():
                 iv.clear()
                 iv.measure.clear()  # rulers and angles belong to the film that is gone
             w.current_boxes = []
             w.view_stack.setCurrentWidget(w.view_splitter)
             w.preset_combo.clear()
-            self._say(d.error, "#ff8a80")
+        self.render_text()
+
+    def render_text(self) -> None:
+        """Title, "Loading NAME …" / "cannot display FILE: reason" and the report header, every file name masked
+        like the rest of the window (a UID while identifiers are hidden); called again when the privacy toggle
+        flips."""
+        w, d = self.win, self.win.session.display
+        mask = getattr(w, "mask_text", str)
+        w.setWindowTitle(d.title(mask))
+        if d.state == LOADING:
+            self._say(f"Loading {mask(d.pending.name)} …" + ("\n(the dimmed film is the previous item)"
+                                                           if d.rad is not None else ""), "#e8e8e8")
+        elif d.state == FAILED:
+            self._say(mask(d.error), "#ff8a80")
         else:
             self._say("", "")
         w.report_title.setText(d.report_header(mask))

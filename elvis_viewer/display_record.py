@@ -102,9 +102,9 @@ class DisplayRecord:
         return self.state == SHOWN
 
     def title(self, mask: Callable[[str], str] = str) -> str:
-        """The window title; ``mask`` masks a file name (a UID while identifiers are hidden)."""
+        """The window title; ``mask`` masks file names (UIDs while identifiers are hidden), the error's included."""
         if self.state == FAILED and self.key is not None:
-            return f"ELVIS Viewer — {self.error.replace(self.key.name, mask(self.key.name))}"
+            return f"ELVIS Viewer — {mask(self.error)}"
         if self.state == LOADING and self.pending is not None:
             return f"ELVIS Viewer — loading {mask(self.pending.name)} …"
         if self.key is not None and self.rad is not None:

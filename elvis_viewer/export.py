@@ -169,5 +169,5 @@ def export_window(win, path: str) -> Optional[Path]:
     except OSError as e:
         win.show_message(f"{path}: export failed: {e}")
         return None
-    win.statusBar().showMessage(f"Exported {out}", 8000)
+    win.show_status(f"Exported {out}", 8000)
     return Path(out)

@@ -196,6 +196,8 @@ class MainWindow(WindowLayoutMixin, WindowDialogsMixin, SessionShortcuts, QtWidg
         self.overlay_panel.tokenChosen.connect(self._on_token_choice)
         self.tabs.currentChanged.connect(self._on_tab)
         self.image_view.windowChanged.connect(self._sync_preset_box)
+        if self.review_view is not None:  # the Review tab's messages in the status bar, masked like the rest
+            self.review_view.message.connect(lambda t: self.show_message(t, banner=False))
         if self.review_view is not None and hasattr(self.review_view, "engine_ready"):
             # Review asks for the current item's map as soon as the model has loaded (not only on the next key)
             s.modelChanged.connect(lambda k: k == 0 and s.slots[0].engine is not None and self.review_view.engine_ready())
@@ -264,13 +266,11 @@ class MainWindow(WindowLayoutMixin, WindowDialogsMixin, SessionShortcuts, QtWidg
             self.session.ground_phrase(phrase.label_text)
 
     def show_message(self, text: str, banner: bool = True) -> None:
-        text = self.mask_text(text)
-        if text:
-            self.statusBar().showMessage(text, 15000)
-        else:  # e.g. a read ended without warnings: "Reading FILE …" goes
-            self.statusBar().clearMessage()
+        """Status bar (and the banner over the image): file names masked, shown again when the toggle flips."""
+        self.show_status(text, 15000)  # "" e.g. when a read ended without warnings: "Reading FILE …" goes
         if banner:
-            self.message_label.setText(text)
+            self._banner_raw = text or ""
+            self.message_label.setText(self.mask_text(text))
             self.message_label.setVisible(bool(text))
 
     # ============================================================================================ session -> widgets
@@ -280,7 +280,7 @@ class MainWindow(WindowLayoutMixin, WindowDialogsMixin, SessionShortcuts, QtWidg
         self.progress.setRange(0, max(total, 0))
         self.progress.setValue(done)
         if text:
-            self.statusBar().showMessage(text)
+            self.show_status(text)  # "Scanning FOLDER …": a PACS cache folder is a UID
 
     def _on_scan_finished(self) -> None:
         self.progress.setVisible(False)
@@ -343,7 +343,7 @@ class MainWindow(WindowLayoutMixin, WindowDialogsMixin, SessionShortcuts, QtWidg
             iv.set_boxes(drawn)
         self.current_boxes = drawn
         if box_note:
-            self.statusBar().showMessage(box_note, 10000)
+            self.show_status(box_note, 10000)
         if s.active_slots():
             self.latency_label.setText("grounding…")
 

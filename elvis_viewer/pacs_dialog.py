@@ -173,7 +173,7 @@ class PacsDialog(QtWidgets.QDialog):
         self._task = None
         self._set_busy(False)
         self.last_error = _err(exc)
-        self.status_label.setText(self.last_error)
+        self.status_label.setText(getattr(self.window_, "mask_text", str)(self.last_error))  # a study UID, masked
 
     def search(self) -> None:
         try:

@@ -2,7 +2,7 @@
 `ThumbnailStrip` (a flat horizontal strip under the image, as in OHIF/Weasis). Both render the session's flat
 image list; moving the current row (click, Up/Down, Home/End) opens that image. While patient identifiers are hidden
 (the default) every DICOM UID in a label or tooltip (a study key, a PACS cache's folder and file names) is shown as
-its pseudonym."""
+its pseudonym (:mod:`elvis_viewer.masking`)."""
 
 from __future__ import annotations
 
@@ -11,23 +11,9 @@ from typing import Dict
 import numpy as np
 from PySide6 import QtCore, QtGui, QtWidgets
 
+from elvis_viewer.masking import Masking
+
 ROLE = QtCore.Qt.ItemDataRole.UserRole
-
-
-class _Masking:
-    reveal = False  # the window's privacy toggle
-
-    def shown(self, text: str) -> str:
-        if self.reveal:
-            return str(text)
-        from elvis_core.io.uid_mask import mask_uids_in_text
-
-        return mask_uids_in_text(text)
-
-    def set_reveal(self, on: bool) -> None:
-        if bool(on) != self.reveal:
-            self.reveal = bool(on)
-            self.rebuild()
 
 
 def _icon(arr: np.ndarray) -> QtGui.QIcon:
@@ -36,7 +22,7 @@ def _icon(arr: np.ndarray) -> QtGui.QIcon:
     return QtGui.QIcon(QtGui.QPixmap.fromImage(img))
 
 
-class _EntryList(_Masking, QtWidgets.QListWidget):
+class _EntryList(Masking, QtWidgets.QListWidget):
     """A list of the session's images; the current row follows the session and opens images."""
 
     def __init__(self, session, parent=None):
@@ -88,7 +74,7 @@ class _EntryList(_Masking, QtWidgets.QListWidget):
         return [self.item(i).data(ROLE) for i in range(self.count()) if self.item(i).data(ROLE)]
 
 
-class StudyBrowser(_Masking, QtWidgets.QWidget):
+class StudyBrowser(Masking, QtWidgets.QWidget):
     """Studies → images as one list (a bold header per study, then its images), and the Problems list."""
 
     def __init__(self, session, parent=None):

@@ -1,8 +1,10 @@
 """Privacy toggle and the main window's dialogs (file pickers, tag inspector, shortcut sheet, export), a mixin of
 :class:`elvis_viewer.main_window.MainWindow`. Patient identifiers are shown only in the tag inspector and the corner
 text, only while the privacy toggle is on (off by default, never saved); while it is off, DICOM UIDs in the window
-title, the study list, the thumbnails, the report title and messages (a PACS cache names folders and files by UID)
-are shown as their pseudonym, and the tag inspector shows the PS3.15 pseudonym of every UID of the profile."""
+title, the study list, the thumbnails, the Problems list, the report title, the image pane's "Loading FILE …" /
+"cannot display FILE" text, banners, the status bar and the Review tab (a PACS cache names folders and files by UID)
+are shown as their pseudonym (:mod:`elvis_viewer.masking`), and the tag inspector shows the PS3.15 pseudonym of every
+UID of the profile."""
 
 from __future__ import annotations
 
@@ -12,33 +14,48 @@ from typing import Any, Callable
 from PySide6 import QtWidgets
 
 from elvis_viewer import dialogs
+from elvis_viewer.masking import shown_text
 
 
 class WindowDialogsMixin:
     def set_reveal_identifiers(self, on: bool) -> None:
-        """The privacy toggle (off by default, never saved): identifiers in the tag inspector and the corner text."""
+        """The privacy toggle (off by default, never saved): identifiers in the tag inspector and the corner text,
+        DICOM UIDs everywhere else; every text that can hold a file name is rendered again."""
         self.reveal_identifiers = bool(on)
         act = self.actions_by_id["view.privacy"]
         if act.isChecked() != self.reveal_identifiers:
             act.setChecked(self.reveal_identifiers)
         self._update_identity()
-        for lst in (self.study_browser, self.thumb_strip):
-            lst.set_reveal(self.reveal_identifiers)
+        for lst in (self.study_browser, self.thumb_strip, getattr(self, "review_view", None)):
+            if lst is not None and hasattr(lst, "set_reveal"):
+                lst.set_reveal(self.reveal_identifiers)
         self._update_titles()
+        self._refresh_recent()  # File → Open recent: a PACS study's folder is its UID
+        if self.message_label.isVisible():
+            self.message_label.setText(self.mask_text(getattr(self, "_banner_raw", "")))
+        raw, timeout = getattr(self, "_status_raw", ("", 0))
+        if raw and self.statusBar().currentMessage():
+            self.statusBar().showMessage(self.mask_text(raw), timeout)
 
     def mask_text(self, text: str) -> str:
-        """``text`` as the window shows it: DICOM UIDs in it pseudonymised unless the privacy toggle is on."""
-        if getattr(self, "reveal_identifiers", False):
-            return text
-        from elvis_core.io.uid_mask import mask_uids_in_text
+        """``text`` as the window shows it: DICOM UIDs pseudonymised unless the privacy toggle is on
+        (:func:`elvis_viewer.masking.shown_text`, the one rule of every list, banner and message)."""
+        return shown_text(text, getattr(self, "reveal_identifiers", False))
 
-        return mask_uids_in_text(text)
+    def show_status(self, text: str, timeout: int = 0) -> None:
+        """A status-bar message, masked like every other text and shown again when the privacy toggle flips."""
+        self._status_raw = (text or "", timeout)
+        if text:
+            self.statusBar().showMessage(self.mask_text(text), timeout)
+        else:
+            self.statusBar().clearMessage()
 
     def _update_titles(self) -> None:
-        """Window title and report header from the display record (loading / failed / paired how), names masked."""
-        d = self.session.display
-        self.setWindowTitle(d.title(self.mask_text))
-        self.report_title.setText(d.report_header(self.mask_text))
+        """Window title, the image pane's loading / failed text and the report header from the display record,
+        names masked (:meth:`elvis_viewer.display_binding.DisplayBinding.render_text`)."""
+        binding = getattr(self, "display_binding", None)
+        if binding is not None:
+            binding.render_text()
 
     @property
     def privacy_act(self):

@@ -162,7 +162,7 @@ class WindowLayoutMixin:
             return
         self.recent_menu.clear()
         for p in self.recent():
-            self.recent_menu.addAction(p).triggered.connect(lambda *_, p=p: self.open_paths([p]))
+            self.recent_menu.addAction(self.mask_text(p)).triggered.connect(lambda *_, p=p: self.open_paths([p]))
         if not self.recent():
             self.recent_menu.addAction("(none)").setEnabled(False)
 

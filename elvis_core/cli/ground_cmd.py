@@ -9,6 +9,7 @@ from typing import List
 
 import numpy as np
 
+from elvis_core.cli import add_show_identifiers, say, shown
 from elvis_core.errors import ElvisError
 
 EXAMPLE = """example:
@@ -39,7 +40,8 @@ that looks inverted) and the checkpoint's calibration (docs/grounding.md, "What 
 --dicom-out writes, for a DICOM image, ONE FRACTIONAL Segmentation with one segment per phrase (the continuous map,
 max(cosine, 0); the segment description carries the map's trust line) as <SOPInstanceUID>.seg.dcm, and per phrase
 an RGB Secondary Capture heat map with the caption (what PACS viewers display) as <SOPInstanceUID>.<k>.sc.dcm;
-send them with `elvis pacs store`."""
+send them with `elvis pacs store`. What it prints shows every DICOM UID (those file names, an image named by its UID)
+as its pseudonym uid~12345678; --show-identifiers prints the names as they are (for scripts that read the output)."""
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -68,15 +70,17 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="also write one record per phrase (peak, presence, unknown words, warnings) as JSON")
     p.add_argument("--device", default=None, help="torch device (default: cuda when available, else cpu)")
     p.set_defaults(func=run)
+    add_show_identifiers(p, "file names (--dicom-out files are named by the image's SOP Instance UID)")
 
 
 def _trust_json(path: Path, image: str, image_warnings: List[str], engine, records: List[dict]) -> None:
+    """``image``: the file name as the command prints it (a UID masked unless --show-identifiers)."""
     import json
 
     from elvis_core.atomic import atomic_write_bytes
 
     cal = engine.presence_calibration
-    doc = {"image": Path(image).name, "warnings": image_warnings,
+    doc = {"image": image, "warnings": image_warnings,
            "checkpoint": engine.checkpoint_name, "checkpoint_sha256": engine.checkpoint_hash,
            "calibration": None if cal is None else {k: cal.get(k) for k in (
                "calibrated_on", "threshold", "ece", "n_present", "n_absent")},
@@ -164,7 +168,7 @@ def run(args: argparse.Namespace) -> int:
     inv = inversion_warning(rad)
     if inv:
         image_warnings.append(inv)
-        print(f"warning: {Path(args.image).name}: {inv}", file=sys.stderr)
+        say(args, f"warning: {Path(args.image).name}: {inv}", file=sys.stderr)
     phrases_ann = []
     if args.annotations:
         aset = read_ms_cxr_csv(args.annotations)
@@ -173,8 +177,8 @@ def run(args: argparse.Namespace) -> int:
                        if p.dicom_id == img.stem or Path(p.path).stem == img.stem
                        or str(img).replace("\\", "/").endswith(p.path)]
         if not phrases_ann:
-            print(f"{args.annotations}: no phrase for this image (matched by path or dicom_id {img.stem!r})",
-                  file=sys.stderr)
+            say(args, f"{args.annotations}: no phrase for this image (matched by path or dicom_id {img.stem!r})",
+                file=sys.stderr)
 
     engine = GroundingEngine(args.checkpoint, device=args.device, smoothing_sigma=args.sigma,
                              phrase_map=args.phrase_map,
@@ -191,10 +195,10 @@ def run(args: argparse.Namespace) -> int:
         if inv:
             gm.warnings.append(inv)
         for w in gm.warnings:
-            print(f"warning: {gm.phrase!r}: {w}", file=sys.stderr)
+            say(args, f"warning: {gm.phrase!r}: {w}", file=sys.stderr)
         if gm.unknown_words:
-            print(f"warning: {gm.phrase!r}: {unknown_words_sentence(gm.unknown_words)}; its map follows the word "
-                  "pieces, not the word", file=sys.stderr)
+            say(args, f"warning: {gm.phrase!r}: {unknown_words_sentence(gm.unknown_words)}; its map follows the "
+                "word pieces, not the word", file=sys.stderr)
         boxes = None
         match = [p for p in phrases_ann if p.label_text.strip().lower() == gm.phrase.strip().lower()]
         if match:
@@ -202,12 +206,12 @@ def run(args: argparse.Namespace) -> int:
             for p in match:
                 b, note = rescale_boxes(p, rad.shape)
                 if note:
-                    print(f"note: {note}", file=sys.stderr)
+                    say(args, f"note: {note}", file=sys.stderr)
                 boxes.extend(b)
         if not gm.fully_seen:
             x0, y0, x1, y1 = gm.seen_box()
-            print(f"note: the model saw only x {x0:.0f}..{x1:.0f}, y {y0:.0f}..{y1:.0f} of this image (its centre "
-                  f"crop); the rest is not seen by the model (no map there)", file=sys.stderr)
+            say(args, f"note: the model saw only x {x0:.0f}..{x1:.0f}, y {y0:.0f}..{y1:.0f} of this image (its "
+                "centre crop); the rest is not seen by the model (no map there)", file=sys.stderr)
         footer = (f"checkpoint {engine.checkpoint_name} sha256:{engine.checkpoint_hash} | grid "
                   f"{gm.similarity.shape[0]}x{gm.similarity.shape[1]} | {args.phrase_map} | sigma {args.sigma:g} | "
                   f"opacity "
@@ -220,8 +224,8 @@ def run(args: argparse.Namespace) -> int:
         if boxes:
             m = gm.to_image()
             line += f"; CNR {cnr(m, boxes):.3f} mIoU {miou(m, boxes):.3f} pointing {pointing_game(m, boxes)}"
-        print(line)
-        print(f"  trust: {gm.trust_line()}")
+        say(args, line)
+        say(args, f"  trust: {gm.trust_line()}")
         records.append(_record(gm, png))
         if args.npy:
             stem = png.with_suffix("")
@@ -243,14 +247,14 @@ def run(args: argparse.Namespace) -> int:
             layers.append(MapLayer.from_map(gm, category))
             sc = heatmap_sc(source, rad, gm, model, opacity=args.opacity, series_uid=sc_series, instance_number=k)
             dest = write_dataset(sc, Path(args.dicom_out) / f"{source.SOPInstanceUID}.{k}.sc.dcm")
-            print(f"{dest}: heat map (RGB Secondary Capture) of {gm.phrase!r}")
+            say(args, f"{dest}: heat map (RGB Secondary Capture) of {gm.phrase!r}")
     if source is not None:
         from elvis_core.dicom_results import ModelInfo, maps_seg, write_dataset
 
         seg = maps_seg(source, layers, ModelInfo.from_engine(engine))
         dest = write_dataset(seg, Path(args.dicom_out) / f"{source.SOPInstanceUID}.seg.dcm")
-        print(f"{dest}: FRACTIONAL SEG, {len(layers)} segment(s) (one per phrase)")
+        say(args, f"{dest}: FRACTIONAL SEG, {len(layers)} segment(s) (one per phrase)")
     if args.json:
-        _trust_json(Path(args.json), args.image, image_warnings, engine, records)
-        print(f"{args.json}: {len(records)} phrase record(s)")
+        _trust_json(Path(args.json), shown(args, Path(args.image).name), image_warnings, engine, records)
+        say(args, f"{args.json}: {len(records)} phrase record(s)")
     return 0

@@ -7,6 +7,8 @@ import json
 import sys
 from pathlib import Path
 
+from elvis_core.cli import add_show_identifiers
+
 EPILOG = """examples:
   elvis review status  ms_cxr.csv --images /data/mimic-cxr-jpg
   elvis review export  ms_cxr.csv --images /data/mimic-cxr-jpg --out reviewed/ [--include-rejected]
@@ -27,6 +29,9 @@ write the result back.
 A damaged review file is never opened or re-created: the error names it and keeps a copy; 'recover' reads every row
 that can still be read (the audit trail rebuilds lost decisions), writes a fresh review file in its place and keeps
 the damaged one as <file>.damaged-<time>.
+What it prints (file names, problems, errors) shows every DICOM UID as its pseudonym uid~12345678, e.g.
+reviewed_sr/uid~40231187.sr.dcm, while the file on disk keeps its UID name (a PACS files it by it);
+--show-identifiers prints the names as they are (for scripts that read the output).
 """
 
 
@@ -52,9 +57,12 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--allow-paths-outside-images", action="store_true",
                    help="accept annotation paths that are absolute or climb out of --images with '..'")
     p.set_defaults(func=run)
+    add_show_identifiers(p, "file and folder names (dicom-sr files are named <SOPInstanceUID>.sr.dcm, a PACS "
+                            "study's folder by its Study Instance UID)")
 
 
 def run(args: argparse.Namespace) -> int:
+    from elvis_core.cli import say, shown
     from elvis_core.errors import ElvisError
     from elvis_core.review import ReviewSession, export_coco, export_csv, export_summary, summarize, summary_table
     from elvis_core.review.store import review_path_for
@@ -67,21 +75,25 @@ def run(args: argparse.Namespace) -> int:
 
         res = review_from_study(args.images, ann, reviewer=args.reviewer or "")
         for note in res.notes:
-            print(f"note: {note}", file=sys.stderr)
-        print(f"restored {res.n_decisions} decision(s) from {res.n_srs} review SR(s); review on with:\n"
-              f"  elvis-viewer {args.images} --annotations {res.annotations} --review", file=sys.stderr)
-        print(res.annotations)
+            say(args, f"note: {note}", file=sys.stderr)
+        hint = f"  elvis-viewer {args.images} --annotations {res.annotations} --review"
+        if shown(args, hint) != hint:  # a PACS cache folder is named by its Study Instance UID
+            hint += "\n  (each UID printed as its pseudonym uid~…; --show-identifiers prints the paths as they are)"
+        say(args, f"restored {res.n_decisions} decision(s) from {res.n_srs} review SR(s); review on with:\n{hint}",
+            file=sys.stderr)
+        say(args, res.annotations)
         return 0
     if args.action == "recover":
         from elvis_core.review.recover import recover_review
 
-        print(recover_review(ann).summary())
+        say(args, recover_review(ann).summary())
         return 0
     if not ann.is_file():
         raise ElvisError("annotation file not found", ann)
     store_path = None
     if not review_path_for(ann).exists():
-        print(f"note: no review file yet ({review_path_for(ann).name}); every phrase is unreviewed", file=sys.stderr)
+        say(args, f"note: no review file yet ({review_path_for(ann).name}); every phrase is unreviewed",
+            file=sys.stderr)
         store_path = ":memory:"  # do not create a review file just to read it
     # reading never writes: a read-only snapshot, so a review open in the viewer (which holds the writer's lock)
     # can still be summarised or exported
@@ -89,10 +101,10 @@ def run(args: argparse.Namespace) -> int:
                            allow_outside=args.allow_paths_outside_images)
     try:
         for p in s.problems:
-            print(str(p), file=sys.stderr)
+            say(args, str(p), file=sys.stderr)
         if args.action == "status":
             summ = summarize(s.items)
-            print(json.dumps(summ, indent=1) if args.json else summary_table(summ))
+            print(json.dumps(summ, indent=1) if args.json else summary_table(summ))  # counts: no file names
             return 0
         if not args.out:
             raise ElvisError("export needs --out FOLDER")
@@ -102,9 +114,9 @@ def run(args: argparse.Namespace) -> int:
             model = ModelInfo.from_checkpoint(args.checkpoint) if args.checkpoint else None
             res = export_review_sr(s.items, args.out, model=model, organization=args.organization)
             for problem in res.problems:
-                print(problem, file=sys.stderr)
+                say(args, problem, file=sys.stderr)
             for w in res.written:
-                print(w)
+                say(args, w)
             if not res.written:
                 raise ElvisError("no SR written (no image with accepted / edited / added boxes)"
                                  + (f"; {len(res.problems)} problem(s) above" if res.problems else ""))
@@ -115,7 +127,7 @@ def run(args: argparse.Namespace) -> int:
                    export_coco(s.items, out / f"{stem}.coco.json", include_rejected=args.include_rejected),
                    export_summary(s.items, out / f"{stem}.summary.json")]
         for w in written:
-            print(w)
+            say(args, w)
         return 0
     finally:
         s.close()

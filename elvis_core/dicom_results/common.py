@@ -39,6 +39,14 @@ class DicomExportError(ElvisError):
     """A result cannot be written as DICOM (source is not an image, box outside the image, ...)."""
 
 
+def image_label(source) -> str:
+    """How an error names the source image: its SOP Instance UID as the short pseudonym ``uid~12345678`` (the same
+    text the viewer shows while identifiers are hidden); an error message never carries a UID."""
+    from elvis_core.io.uid_mask import short_pseudonym
+
+    return f"image {short_pseudonym(str(getattr(source, 'SOPInstanceUID', '')))}"
+
+
 @dataclass(frozen=True)
 class ModelInfo:
     """The model (checkpoint) behind a result: its folder name and SHA-256 of its weights (hex, full or short)."""

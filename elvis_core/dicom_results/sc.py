@@ -12,8 +12,8 @@ from typing import Optional, Sequence
 
 import numpy as np
 
-from elvis_core.dicom_results.common import (MANUFACTURER, DicomExportError, ModelInfo, keep_filing_attributes,
-                                             lo, software_version)
+from elvis_core.dicom_results.common import (MANUFACTURER, DicomExportError, ModelInfo, image_label,
+                                             keep_filing_attributes, lo, software_version)
 from elvis_core.dicom_results.seg import trust_line
 
 
@@ -52,7 +52,7 @@ def heatmap_sc(source, radiograph, gm, model: ModelInfo, *, extra_caption: Seque
     import highdicom as hd
     from pydicom.dataset import Dataset
 
-    where = f"image {source.SOPInstanceUID}"
+    where = image_label(source)
     caption = caption_lines(gm.phrase, trust_line(gm), model, extra_caption)
     if rgb is None:
         from elvis_core.grounding.figure import render_overlay

@@ -21,8 +21,8 @@ from typing import Optional, Sequence
 import numpy as np
 
 from elvis_core.dicom_results.common import (MANUFACTURER, MODEL_NAME, PRIVATE_SCHEME, DicomExportError, ModelInfo,
-                                             category_code, keep_filing_attributes, lo, private_scheme_item,
-                                             software_version)
+                                             category_code, image_label, keep_filing_attributes, lo,
+                                             private_scheme_item, software_version)
 
 
 #: RLE Lossless: every DICOM toolkit decodes it; a 1841 x 1955 map shrinks from 3.6 MB to ~0.16 MB, values intact
@@ -68,7 +68,7 @@ def maps_seg(source, layers: Sequence[MapLayer], model: ModelInfo, *, series_uid
     from pydicom.sr.codedict import codes
     from pydicom.sr.coding import Code
 
-    where = f"image {source.SOPInstanceUID}"
+    where = image_label(source)
     if not layers:
         raise DicomExportError("no map to export", where)
     rows, cols = int(source.Rows), int(source.Columns)

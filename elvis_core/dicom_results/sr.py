@@ -33,9 +33,9 @@ from typing import Dict, Iterable, List, Optional, Sequence, Tuple
 import numpy as np
 
 from elvis_core.dicom_results.common import (MANUFACTURER, PRIVATE_SCHEME, QUALITATIVE_EVALUATIONS,
-                                             DicomExportError, ModelInfo, category_code, keep_filing_attributes, lo,
-                                             person_name, private_scheme_item, read_source, software_version,
-                                             write_dataset)
+                                             DicomExportError, ModelInfo, category_code, image_label,
+                                             keep_filing_attributes, lo, person_name, private_scheme_item,
+                                             read_source, software_version, write_dataset)
 from elvis_core.errors import ElvisError
 
 REVIEW_DECISION = ("REVIEWDECISION", PRIVATE_SCHEME, "Review decision")
@@ -124,7 +124,7 @@ def review_sr(source, boxes: Sequence[SrBox], *, series_uid: Optional[str] = Non
     from pydicom.sr.codedict import codes
     from pydicom.sr.coding import Code
 
-    where = f"image {source.SOPInstanceUID}"
+    where = image_label(source)
     if not boxes:
         raise DicomExportError("no reviewed box to export (accepted / edited / added / rejected)", where)
     rows, cols = int(source.Rows), int(source.Columns)

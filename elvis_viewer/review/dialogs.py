@@ -45,7 +45,7 @@ def ask_rescale(parent: Optional[QtWidgets.QWidget], n_items: int, example: str)
     ans = QtWidgets.QMessageBox.question(
         parent, "Image size differs",
         f"{n_items} phrase(s) have boxes drawn for a different image size than the image files "
-        f"(e.g. {example}).\n\nRescale their boxes to the images?",
+        f"(e.g. {getattr(parent, 'shown', str)(example)}).\n\nRescale their boxes to the images?",
         QtWidgets.QMessageBox.StandardButton.Yes | QtWidgets.QMessageBox.StandardButton.No,
         QtWidgets.QMessageBox.StandardButton.Yes)
     return ans == QtWidgets.QMessageBox.StandardButton.Yes
@@ -53,9 +53,10 @@ def ask_rescale(parent: Optional[QtWidgets.QWidget], n_items: int, example: str)
 
 def ask_open_read_only(parent: Optional[QtWidgets.QWidget], reason: str) -> bool:
     """The review file is being written by someone else: offer a read-only look (decisions are not saved)."""
+    shown = getattr(parent, "shown", str)  # the Review tab's masking: a PACS study's files are named by UID
     box = QtWidgets.QMessageBox(QtWidgets.QMessageBox.Icon.Warning, "Review file in use",
-                                f"{reason}\n\nOpen it read-only? You can browse the phrases and their current "
-                                "decisions; nothing you do is saved.", parent=parent)
+                                f"{shown(reason)}\n\nOpen it read-only? You can browse the phrases and their "
+                                "current decisions; nothing you do is saved.", parent=parent)
     ro = box.addButton("Open read-only", QtWidgets.QMessageBox.ButtonRole.AcceptRole)
     box.addButton(QtWidgets.QMessageBox.StandardButton.Cancel)
     box.setDefaultButton(ro)

@@ -26,6 +26,7 @@ from elvis_viewer.image_view import ImageView
 from elvis_viewer.report_view import ReportView
 from elvis_viewer.review.box_layer import STATUS_COLORS, BoxLayer
 from elvis_viewer.review.filters import FiltersMixin
+from elvis_viewer.review.pane import ReviewPaneMixin
 from elvis_viewer.review.tasks import _ground, _load_item_data, _preload
 from elvis_viewer.review.dialogs import (SETTINGS_KEY, ask_open_read_only, ask_reject_reason, ask_rescale,
                                          ask_reviewer_name, open_review_session, settings_or_default)
@@ -34,7 +35,7 @@ from elvis_viewer.workers import Generation, run_task, while_alive
 STATUS_MARK = {"unreviewed": "·", "accepted": "✓", "edited": "✎", "rejected": "✗"}
 
 
-class ReviewView(FiltersMixin, QtWidgets.QWidget):
+class ReviewView(ReviewPaneMixin, FiltersMixin, QtWidgets.QWidget):
     #: key of the item now shown
     itemChanged = QtCore.Signal(str)
     #: a one-line status message for the main window's status bar
@@ -101,9 +102,10 @@ class ReviewView(FiltersMixin, QtWidgets.QWidget):
         right = QtWidgets.QWidget()
         rl = QtWidgets.QVBoxLayout(right)
         rl.setContentsMargins(4, 4, 4, 4)
-        self.header = QtWidgets.QLabel("No annotations loaded")
+        self.header = QtWidgets.QLabel("")
         self.header.setWordWrap(True)
         self.header.setTextFormat(QtCore.Qt.TextFormat.RichText)
+        self._set_header("No annotations loaded")
         rl.addWidget(self.header)
         self.report_view = ReportView()
         self.report_view.setFocusPolicy(QtCore.Qt.FocusPolicy.NoFocus)
@@ -134,7 +136,7 @@ class ReviewView(FiltersMixin, QtWidgets.QWidget):
         split.setSizes([240, 660, 380])  # the report column fits a MIMIC line (79 columns wrap)
         lay = QtWidgets.QVBoxLayout(self)
         lay.setContentsMargins(0, 0, 0, 0)
-        lay.addWidget(split)
+        lay.addWidget(self._build_hint(split))  # the hint says how to start a review while none is open
         self.setFocusPolicy(QtCore.Qt.FocusPolicy.StrongFocus)
 
     def _shortcuts(self) -> None:
@@ -211,11 +213,8 @@ class ReviewView(FiltersMixin, QtWidgets.QWidget):
             return self._fail(str(err))
         self.session = session
         self.annotations_path = Path(annotations_path)
-        self.problems.clear()
-        for p in session.problems:
-            self.problems.addItem(str(p))
-        self.problems_label.setText(f"Import problems ({len(session.problems)})")
-        self.problems.setVisible(bool(session.problems))  # no empty box: the queue gets the room
+        self._fill_problems()  # file names masked while identifiers are hidden
+        self._show_hint(False)
         self._fill_filters()
         self._show_current()
         n = len(session.items)
@@ -228,12 +227,11 @@ class ReviewView(FiltersMixin, QtWidgets.QWidget):
     def _fail(self, msg: str) -> bool:
         self.last_error = msg
         self._say(msg)
-        self.header.setText(f"<b>Cannot load:</b> {msg}")
+        self._set_header(f"<b>Cannot load:</b> {msg}")
+        self.hint_error.setText(self.shown(f"Cannot load: {msg}"))
+        self.hint_error.setVisible(True)
+        self._show_hint(self.session is None)  # no review open: the hint, with why this one did not open
         return False
-
-    def _say(self, msg: str) -> None:
-        self.message.emit(msg)
-        self.setStatusTip(msg)
 
     # -------------------------------------------------------------------------------------------------- queue
     def _queue_text(self, it) -> str:
@@ -287,7 +285,7 @@ class ReviewView(FiltersMixin, QtWidgets.QWidget):
         self._fill_filters(self._counts)
         it = s.item if s is not None else None
         if it is None or s.current not in s.visible():
-            self.header.setText("No phrase matches the filters" if s and s.items else "No phrases to review")
+            self._set_header("No phrase matches the filters" if s and s.items else "No phrases to review")
             self.boxes.clear()
             self.image_view.clear()
             self.report_view.set_report(None)
@@ -297,7 +295,7 @@ class ReviewView(FiltersMixin, QtWidgets.QWidget):
         pos = s.visible().index(s.current) + 1
         color = STATUS_COLORS.get(it.status, "#ffffff")
         warn = "".join(f"<br><i>{w}</i>" for w in it.warnings)
-        self.header.setText(
+        self._set_header(
             f"<b>{pos} / {len(s.visible())}</b> · {it.category} · {it.split or 'no split'} · "
             f"<span style='color:{color}'>{it.status}</span><br><b>“{it.label_text}”</b>{warn}")
         if self.loaded_key != it.key:
@@ -397,8 +395,7 @@ class ReviewView(FiltersMixin, QtWidgets.QWidget):
         self._set_loading(False)
         self.image_view.clear()
         self._say(f"cannot show this image: {err}")
-        self.header.setText(self.header.text() + f"<br><span style='color:#ff4d4d'>cannot show the image: {err}"
-                                                 "</span>")
+        self._set_header(self._header_raw + f"<br><span style='color:#ff4d4d'>cannot show the image: {err}</span>")
 
     def _on_map(self, n: int, result) -> None:
         if not self._gen.is_current(n):
@@ -487,7 +484,8 @@ class ReviewView(FiltersMixin, QtWidgets.QWidget):
             fn(self.session, self.loaded_key)
         except (OSError, ReviewStoreError) as err:  # the decision was NOT saved (and was rolled back): say so loudly
             self._say(f"NOT SAVED: {err}")
-            QtWidgets.QMessageBox.critical(self, "Decision not saved", f"The decision could not be saved: {err}")
+            QtWidgets.QMessageBox.critical(self, "Decision not saved",
+                                           self.shown(f"The decision could not be saved: {err}"))
             return False
         except ElvisError as err:
             self._say(str(err))
@@ -576,7 +574,7 @@ class ReviewView(FiltersMixin, QtWidgets.QWidget):
             try:
                 self.export(d)
             except ElvisError as err:
-                QtWidgets.QMessageBox.warning(self, "Export failed", str(err))
+                QtWidgets.QMessageBox.warning(self, "Export failed", self.shown(str(err)))
 
     def close_session(self) -> None:
         """Checkpoint and close the review file (quit, switching annotations): the .sqlite alone holds it all."""

@@ -281,8 +281,8 @@ def test_review_export_dicom_sr_cli(tmp_path, capsys):
             assert _roi_ref(g) == src.SOPInstanceUID
         n_groups += len(groups)
         # identifiers are inside the object (correct), never on the command line's output
-        for ident in (str(src.PatientID), str(src.PatientName)):
-            assert ident and ident not in r.stdout + r.stderr
+        for ident in (str(src.PatientID), str(src.PatientName), str(src.SOPInstanceUID)):
+            assert ident and ident not in r.stdout + r.stderr  # the file is named by UID; its printed name is not
     from elvis_core.model.checkpoint import checkpoint_hash
 
     for p in written:  # the model the reviewer saw, named with its full hash; the organization when verified
@@ -376,6 +376,7 @@ def test_ground_dicom_out_cli(tmp_path, capsys):
     for p, phrase in zip(scs, ["small left pleural effusion", "moderate cardiomegaly"]):
         assert phrase in pydicom.dcmread(str(p), stop_before_pixels=True).ImageComments
     assert str(src.PatientID) not in r.stdout + r.stderr
+    assert str(src.SOPInstanceUID) not in r.stdout + r.stderr and r.stdout.count("uid~") == 3  # SEG + 2 SC names
     # a non-DICOM image with --dicom-out: one clear line, before the model is loaded
     png = tmp_path / "x.png"
     png.write_bytes(b"\x89PNG\r\n\x1a\n" + b"\0" * 20)

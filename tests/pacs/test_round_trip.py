@@ -167,6 +167,7 @@ def test_review_sr_both_ways(seeded, tmp_path, capsys):
     r = _cli("review", "from-sr", str(tmp_path / "resumed.csv"), "--images", str(folder2), "--reviewer", "carol")
     assert r.returncode == 0, r.stderr
     assert "restored 4 decision(s) from 1 review SR(s)" in r.stderr
+    assert RG1_STUDY not in r.stdout + r.stderr and "uid~" in r.stderr  # the cache folder is named by the study UID
     s2 = ReviewSession.open(tmp_path / "resumed.csv", folder2, reviewer="carol")
     try:
         by_phrase = {it.label_text: it for it in s2.items}
