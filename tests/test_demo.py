@@ -89,8 +89,13 @@ def test_demo_model_is_an_inference_checkpoint_that_says_how_it_was_made():
     ft = build["word_following_fine_tune"]
     assert (REPO / ft["config_file"]).is_file() and ft["step"] > 0 and "word_finetune" in ft["command"]
     assert "seed 31" in ft["chosen_on"] and "4242" not in ft["chosen_on"]
+    # then fine-tuned once more for presence (issue 21, presence AUC): chosen on validation, test scored once
+    pf = build["presence_fine_tune"]
+    assert "word_finetune" in pf["command"] and pf["step"] == pf["training"]["steps"] > 0
+    assert "seed 31" in pf["chosen_on"] and "4242" not in pf["chosen_on"] and "4242" in pf["test"]
     cal = cfg["presence_calibration"]
     assert cal["a"] > 0 and 0 < cal["threshold"] < 1 and "validation" in cal["calibrated_on"]
+    assert cal["feature"] == "peak" and cal["n_present"] == cal["n_absent"] == 388
     model = load_checkpoint(MODEL)
     assert model.config["preprocessing"]["size"] == 256
 
