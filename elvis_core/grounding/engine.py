@@ -32,13 +32,13 @@ worker). All inference runs under ``torch.inference_mode()``.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import logging
 import math
 import os
 import threading
 import time
-from collections import OrderedDict
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Sequence, Tuple
 
@@ -47,11 +47,15 @@ import torch
 
 from elvis_core.errors import GroundingError
 from elvis_core.grounding.grid_ops import mirror_model_input  # noqa: F401 - public name kept here
-from elvis_core.grounding.mapbuild import build_map, image_key, smooth_grid  # noqa: F401 - smooth_grid re-exported
+from elvis_core.grounding.engine_common import EngineCommon
+from elvis_core.grounding.mapbuild import smooth_grid  # noqa: F401 - re-exported
 from elvis_core.grounding.presence import trust_sources
 from elvis_core.grounding.types import GroundingMap  # noqa: F401 - re-exported
 
 log = logging.getLogger(__name__)
+
+#: public names (``mirror_model_input``, ``smooth_grid`` and ``GroundingMap`` are re-exported from here)
+__all__ = ["GroundingEngine", "GroundingMap", "PHRASE_MAPS", "mirror_model_input", "smooth_grid"]
 
 
 #: how a phrase map is made: "global" = cosine(patch, text global embedding) (the agreed default, BioViL-style);
@@ -87,7 +91,7 @@ def _state_hash(model) -> str:
     return h.hexdigest()[:12]
 
 
-class GroundingEngine:
+class GroundingEngine(EngineCommon):
     def __init__(self, model_or_checkpoint_dir: Any, device: Optional[str] = None, smoothing_sigma: float = 0.0,
                  cache_size: int = 8, text_cache_size: int = 256, phrase_map: str = "global",
                  mirror_average: Optional[bool] = None):
@@ -137,11 +141,7 @@ class GroundingEngine:
             mirror_average = bool(((cfg or {}).get("image") or {}).get("mirror_average", False)) \
                 if isinstance(cfg, dict) else False
         self.mirror_average = bool(mirror_average)
-        #: key -> (patch grids [1 or 2, gh, gw, D], image shape, grid->image affine, seen region)
-        self._images: "OrderedDict[str, Tuple[torch.Tensor, Tuple[int, int], np.ndarray, tuple]]" = OrderedDict()
-        self._texts: "OrderedDict[str, Tuple[torch.Tensor, bool]]" = OrderedDict()
-        self._current: Optional[str] = None
-        self.image_encode_count = 0  # how many times the image encoder actually ran (cache misses)
+        self._init_caches()
 
     # -- identity -------------------------------------------------------------------------------------------------
     @property
@@ -162,34 +162,28 @@ class GroundingEngine:
 
     def settings(self) -> Dict[str, Any]:
         """What decides the maps besides the weights (for footers and provenance)."""
-        return {"smoothing_sigma": self.smoothing_sigma, "preprocessing": self.transform.to_config(),
-                "phrase_map": self.phrase_map, "mirror_average": self.mirror_average,
-                "similarity": ("cosine(patch_emb, text global_emb)" if self.phrase_map == "global"
-                               else "mean over tokens of cosine(patch_emb, token_emb)"),
+        return {**self._base_settings(),
                 "presence_calibration": (self.presence_calibration or {}).get("calibrated_on") or (
                     "calibrated" if self.presence_calibration else "uncalibrated"),
                 "known_words": self.known_words_source, "device": self.device_name}
 
-    # -- image ----------------------------------------------------------------------------------------------------
-    def image_key(self, radiograph) -> str:
-        """Content hash of the pixels, shape and (window normalisation) window: :func:`mapbuild.image_key`."""
-        return image_key(radiograph, self.transform)
+    @contextlib.contextmanager
+    def _guard(self):
+        """Every model call and cache access: under the engine's lock and ``torch.inference_mode()``."""
+        with self._lock, torch.inference_mode():
+            yield
 
+    def _trust_args(self):
+        return self.presence_calibration, self.known_words
+
+    # -- image ----------------------------------------------------------------------------------------------------
     def set_image(self, radiograph) -> None:
         """Make ``radiograph`` the current image, encoding it only when it is not cached yet."""
-        if radiograph is None or getattr(radiograph, "pixels", None) is None:
-            raise GroundingError("no image given")
-        if radiograph.pixels.ndim != 2 or min(radiograph.pixels.shape) < 1:
-            raise GroundingError(f"expected a 2-D image, got shape {radiograph.pixels.shape}",
-                                 getattr(radiograph, "source_path", None))
-        key = self.image_key(radiograph)
-        with self._lock:
-            if key in self._images:
-                self._images.move_to_end(key)
-                self._current = key
-                return
+        key = self._cached_image_key(radiograph)
+        if key is None:
+            return
         x = self.transform.apply(radiograph)
-        with self._lock, torch.inference_mode():
+        with self._guard():
             t = torch.from_numpy(np.ascontiguousarray(x, dtype=np.float32))[None, None].to(self.device)
             if self.mirror_average:
                 stride = int(getattr(self.model, "output_stride", 1))
@@ -198,46 +192,9 @@ class GroundingEngine:
             patch = emb.patch_emb.float()  # [1 or 2, gh, gw, D]
             if self.mirror_average:  # mirrored grid column j' is the original's column gw - 1 - j'
                 patch = torch.stack([patch[0], patch[1].flip(1)])
-            self.image_encode_count += 1
-            gh, gw = int(patch.shape[1]), int(patch.shape[2])
-            g2i = self.transform.grid_to_image(radiograph.shape, (gh, gw),
-                                               anchor=getattr(self.model, "grid_anchor", "cell"))
-            seen = tuple(float(v) for v in self.transform.geometry(tuple(radiograph.shape)).seen_box())
-            self._images[key] = (patch, radiograph.shape, g2i, seen)
-            self._images.move_to_end(key)
-            while len(self._images) > self.cache_size:
-                self._images.popitem(last=False)
-            self._current = key
-
-    def embed(self, radiograph) -> None:
-        """Public name of :meth:`set_image` for front ends: the image's patch grid into the cache."""
-        self.set_image(radiograph)
-
-    def has_image(self, radiograph) -> bool:
-        """True when ``radiograph`` is in the image cache (does not change the current image; never blocks long)."""
-        key = self.image_key(radiograph)
-        return key in self._images
-
-    def clear_cache(self) -> None:
-        with self._lock:
-            self._images.clear()
-            self._texts.clear()
-            self._current = None
-
-    def _current_image(self):
-        if self._current is None or self._current not in self._images:
-            raise GroundingError("no image set: call set_image(radiograph) before grounding")
-        return self._images[self._current]
+            self._store_image(key, radiograph, patch, getattr(self.model, "grid_anchor", "cell"))
 
     # -- text -----------------------------------------------------------------------------------------------------
-    @staticmethod
-    def _check_phrase(phrase: Any, where: str = "") -> str:
-        if not isinstance(phrase, str):
-            raise GroundingError(f"phrase{where} must be text, got {type(phrase).__name__}")
-        if not phrase.strip():
-            raise GroundingError(f"phrase{where} is empty or only whitespace")
-        return phrase.strip()
-
     def _truncation_warning(self, n_tokens: Optional[int] = None) -> str:
         limit = getattr(self.model, "max_text_length", None)
         return f"phrase longer than the text encoder's limit of {limit} tokens; truncated"
@@ -259,27 +216,15 @@ class GroundingEngine:
         keep[empty] = attention_mask.bool()[empty]
         return keep.float()
 
-    def _text_globals(self, phrases: Sequence[str]) -> List[Tuple[torch.Tensor, bool]]:
-        """(global embedding [D], truncated) per phrase, through the text cache; misses in ONE encoder call."""
-        missing = [p for p in dict.fromkeys(phrases) if p not in self._texts]
-        if missing:
-            out, tok = self._encode_texts(missing)
-            truncated = list(tok.get("truncated", [False] * len(missing)))
-            if self.phrase_map == "token-mean":
-                keep = self._content_tokens(tok["input_ids"], tok["attention_mask"]).to(out.token_emb.device)
-                unit = torch.nn.functional.normalize(out.token_emb.float(), dim=-1) * keep[..., None]
-                vecs = unit.sum(1) / keep.sum(1, keepdim=True).clamp_min(1)
-            else:
-                vecs = out.global_emb.float()
-            for i, p in enumerate(missing):
-                self._texts[p] = (vecs[i], bool(truncated[i]))
-        res = []
-        for p in phrases:
-            self._texts.move_to_end(p)
-            res.append(self._texts[p])
-        while len(self._texts) > self.text_cache_size:
-            self._texts.popitem(last=False)
-        return res
+    def _encode_vectors(self, missing: Sequence[str]):
+        """(phrase vectors [P, D], truncated flags) of ``missing`` in ONE text-encoder call (for the text cache)."""
+        out, tok = self._encode_texts(missing)
+        truncated = list(tok.get("truncated", [False] * len(missing)))
+        if self.phrase_map == "token-mean":
+            keep = self._content_tokens(tok["input_ids"], tok["attention_mask"]).to(out.token_emb.device)
+            unit = torch.nn.functional.normalize(out.token_emb.float(), dim=-1) * keep[..., None]
+            return unit.sum(1) / keep.sum(1, keepdim=True).clamp_min(1), truncated
+        return out.global_emb.float(), truncated
 
     # -- grounding ------------------------------------------------------------------------------------------------
     def _similarity(self, patch: torch.Tensor, vec: torch.Tensor, mirror_vec: Optional[torch.Tensor] = None
@@ -292,41 +237,13 @@ class GroundingEngine:
             sim = 0.5 * (sim + torch.einsum("hwd,d->hw", patch[1], v.to(patch.device)))
         return sim.clamp_(-1.0, 1.0).cpu().numpy()
 
-    def _phrase_vectors(self, texts: Sequence[str]):
-        """(vecs [(vec, truncated)], mirrored vecs or None) through the text cache, in one encoder call."""
-        if not self.mirror_average:
-            return self._text_globals(texts), None
-        from elvis_core.grounding.sides import mirrored_phrase
-
-        mirrored = [mirrored_phrase(t) for t in texts]
-        both = self._text_globals(list(texts) + mirrored)
-        return both[:len(texts)], both[len(texts):]
-
-    def _make_map(self, phrase: str, raw: np.ndarray, shape, g2i, seen, truncated: bool, t0: float
-                  ) -> GroundingMap:
-        # the one map builder of every engine; it calls presence.attach_trust (the one trust function)
-        return build_map(phrase, raw, shape, g2i, seen, self.smoothing_sigma,
-                         self._truncation_warning() if truncated else None, t0,
-                         trust=(self.presence_calibration, self.known_words))
-
-    def ground(self, phrase: str) -> GroundingMap:
-        """The phrase's similarity map against the current image."""
-        text = self._check_phrase(phrase)
-        t0 = time.perf_counter()
-        with self._lock, torch.inference_mode():
-            patch, shape, g2i, seen = self._current_image()
-            vecs, mvecs = self._phrase_vectors([text])
-            (vec, truncated), = vecs
-            sim = self._similarity(patch, vec, mvecs[0][0] if mvecs else None)
-            return self._make_map(phrase, sim, shape, g2i, seen, truncated, t0)
-
     def ground_many(self, phrases: Sequence[str]) -> List[GroundingMap]:
         """Maps of many phrases against the current image; uncached phrases go through ONE text-encoder call."""
         texts = [self._check_phrase(p, f" {i}") for i, p in enumerate(phrases)]
         if not texts:
             return []
         t0 = time.perf_counter()
-        with self._lock, torch.inference_mode():
+        with self._guard():
             patch, shape, g2i, seen = self._current_image()
             vecs, mvecs = self._phrase_vectors(texts)
             mat = torch.stack([v for v, _ in vecs]).to(patch.device)  # [P, D]
@@ -337,16 +254,13 @@ class GroundingEngine:
             sims = sims.clamp_(-1.0, 1.0).cpu().numpy()
             maps = [self._make_map(p, sims[i], shape, g2i, seen, vecs[i][1], t0)
                     for i, p in enumerate(phrases)]
-        per = (time.perf_counter() - t0) / len(maps)
-        for m in maps:
-            m.latency_s = per
-        return maps
+        return self._spread_latency(maps, t0)
 
     def ground_tokens(self, phrase: str) -> GroundingMap:
         """The phrase map plus one map per token (special tokens and padding left out) with the token strings."""
         text = self._check_phrase(phrase)
         t0 = time.perf_counter()
-        with self._lock, torch.inference_mode():
+        with self._guard():
             patch, shape, g2i, seen = self._current_image()
             out, tok = self._encode_texts([text])
             truncated = bool(tok.get("truncated", [False])[0])
@@ -362,19 +276,11 @@ class GroundingEngine:
             else:
                 vec = out.global_emb[0].float()
             sim = self._similarity(patch, vec, mvecs[0][0] if mvecs else None)
+            tm = None
             if keep:  # token maps: the image itself only (a token has no mirrored twin)
-                temb = out.token_emb[0, keep].float()
-                temb = torch.nn.functional.normalize(temb, dim=-1)
+                temb = torch.nn.functional.normalize(out.token_emb[0, keep].float(), dim=-1)
                 tm = torch.einsum("hwd,td->thw", patch[0], temb).clamp_(-1.0, 1.0).cpu().numpy()
-                tm = np.stack([smooth_grid(m, self.smoothing_sigma) for m in tm])
-            else:
-                tm = np.zeros((0,) + sim.shape, dtype=np.float32)
-            gm = self._make_map(phrase, sim, shape, g2i, seen, truncated, t0)
-            gm.token_maps = tm.astype(np.float32)
-            gm.tokens = list(tokens)
-            gm.latency_s = time.perf_counter() - t0
-            return gm
-
+            return self._token_result(phrase, sim, tm, tokens, shape, g2i, seen, truncated, t0)
 
     # -- public API for interactive front ends ----------------------------------------------------------------------
     @classmethod
@@ -396,7 +302,7 @@ class GroundingEngine:
         1 s on 2 CPU cores). Returns False (and stays usable) when the pass fails: the real call will report it."""
         try:
             size = int(self.transform.size)
-            with self._lock, torch.inference_mode():
+            with self._guard():
                 self.model.encode_image(torch.zeros(1, 1, size, size, device=self.device))
                 tok = self.model.tokenize(["warm up"])
                 self.model.encode_text(tok["input_ids"].to(self.device), tok["attention_mask"].to(self.device))
@@ -404,58 +310,6 @@ class GroundingEngine:
         except Exception as e:  # pragma: no cover - depends on the model
             log.warning("warm-up pass failed: %s", e)
             return False
-
-    def encode_phrases(self, phrases: Sequence[str], batch_size: int = 64) -> int:
-        """Fill the text cache for ``phrases`` (blank ones skipped) in batched text-encoder calls; returns how many
-        were encoded now (the others were cached already). Grounding one of them is then a matrix-vector product."""
-        texts = list(dict.fromkeys(p.strip() for p in phrases if isinstance(p, str) and p.strip()))
-        if self.mirror_average:
-            from elvis_core.grounding.sides import mirrored_phrase
-
-            texts = list(dict.fromkeys(x for t in texts for x in (t, mirrored_phrase(t))))
-        texts = texts[-self.text_cache_size:]  # never evict what we are about to use
-        n = 0
-        for i in range(0, len(texts), max(1, int(batch_size))):
-            chunk = texts[i:i + batch_size]
-            with self._lock, torch.inference_mode():
-                missing = [p for p in chunk if p not in self._texts]
-                if missing:
-                    self._text_globals(missing)
-                    n += len(missing)
-        return n
-
-    def has_phrase(self, phrase: str) -> bool:
-        """True when grounding ``phrase`` needs no text-encoder call (with mirror consensus: its mirrored twin too)."""
-        if not isinstance(phrase, str) or phrase.strip() not in self._texts:
-            return False
-        if self.mirror_average:
-            from elvis_core.grounding.sides import mirrored_phrase
-
-            return mirrored_phrase(phrase.strip()) in self._texts
-        return True
-
-    def ground_image(self, radiograph, phrase: str, tokens: bool = False) -> GroundingMap:
-        """``set_image`` then ``ground`` (or ``ground_tokens``) atomically: no other thread switches the image."""
-        with self._lock:
-            self.set_image(radiograph)
-            return self.ground_tokens(phrase) if tokens else self.ground(phrase)
-
-    def try_ground_cached(self, radiograph, phrase: str) -> Optional[GroundingMap]:
-        """The phrase map when the image and the phrase are both cached and no other thread holds the engine;
-        ``None`` otherwise. Never blocks and never runs an encoder: safe to call from a GUI thread."""
-        if not isinstance(phrase, str) or not phrase.strip():
-            return None
-        key = self.image_key(radiograph)
-        if not self._lock.acquire(blocking=False):
-            return None
-        try:
-            if key not in self._images or not self.has_phrase(phrase):
-                return None
-            self._images.move_to_end(key)
-            self._current = key
-            return self.ground(phrase)
-        finally:
-            self._lock.release()
 
 
 _LOAD_LOCK = threading.Lock()

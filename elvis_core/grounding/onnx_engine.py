@@ -25,14 +25,14 @@ import logging
 import os
 import threading
 import time
-from collections import OrderedDict
 from pathlib import Path
-from typing import Any, Dict, List, Optional, Sequence, Tuple
+from typing import Any, Dict, List, Optional, Sequence
 
 import numpy as np
 
 from elvis_core.errors import GroundingError
-from elvis_core.grounding.mapbuild import build_map, image_key, trust_sources_of
+from elvis_core.grounding.engine_common import EngineCommon
+from elvis_core.grounding.mapbuild import trust_sources_of
 from elvis_core.grounding.types import GroundingMap
 
 log = logging.getLogger(__name__)
@@ -139,7 +139,7 @@ def _normalize(v: np.ndarray) -> np.ndarray:
     return v / np.maximum(np.linalg.norm(v, axis=-1, keepdims=True), 1e-12)
 
 
-class OnnxGroundingEngine:
+class OnnxGroundingEngine(EngineCommon):
     """Same behaviour as the torch engine for the front-end API; see the module docstring."""
 
     def __init__(self, checkpoint_dir, smoothing_sigma: float = 0.0, cache_size: int = 8, text_cache_size: int = 256,
@@ -196,10 +196,7 @@ class OnnxGroundingEngine:
         self.provenance: Dict[str, Any] = prov if isinstance(prov, dict) else {}
         self.checkpoint_config = cfg
         self._lock = threading.RLock()
-        self._images: "OrderedDict[str, Tuple[np.ndarray, Tuple[int, int], np.ndarray, tuple]]" = OrderedDict()
-        self._texts: "OrderedDict[str, Tuple[np.ndarray, bool]]" = OrderedDict()
-        self._current: Optional[str] = None
-        self.image_encode_count = 0
+        self._init_caches()
         self.backend = "onnxruntime" + (" int8 text" if text_file != self.manifest["text_file"] else "")
 
     # -- identity -------------------------------------------------------------------------------------------------
@@ -210,11 +207,13 @@ class OnnxGroundingEngine:
         return self._hash
 
     def settings(self) -> Dict[str, Any]:
-        return {"smoothing_sigma": self.smoothing_sigma, "preprocessing": self.transform.to_config(),
-                "phrase_map": self.phrase_map, "mirror_average": self.mirror_average,
-                "similarity": ("cosine(patch_emb, text global_emb)" if self.phrase_map == "global"
-                               else "mean over tokens of cosine(patch_emb, token_emb)"),
-                "device": self.device_name, "backend": self.backend}
+        return {**self._base_settings(), "device": self.device_name, "backend": self.backend}
+
+    def _guard(self):
+        return self._lock
+
+    def _trust_args(self):
+        return self._trust
 
     @classmethod
     def load(cls, checkpoint_dir, warm_up: bool = True, **kw) -> "OnnxGroundingEngine":
@@ -233,9 +232,6 @@ class OnnxGroundingEngine:
             return False
 
     # -- image ----------------------------------------------------------------------------------------------------
-    def image_key(self, radiograph) -> str:
-        return image_key(radiograph, self.transform)
-
     def _mirror(self, x: np.ndarray) -> np.ndarray:
         s = int(x.shape[-1])
         k = max(0, min(self.output_stride - 1, s - 1))
@@ -245,17 +241,9 @@ class OnnxGroundingEngine:
         return out
 
     def set_image(self, radiograph) -> None:
-        if radiograph is None or getattr(radiograph, "pixels", None) is None:
-            raise GroundingError("no image given")
-        if radiograph.pixels.ndim != 2 or min(radiograph.pixels.shape) < 1:
-            raise GroundingError(f"expected a 2-D image, got shape {radiograph.pixels.shape}",
-                                 getattr(radiograph, "source_path", None))
-        key = self.image_key(radiograph)
-        with self._lock:
-            if key in self._images:
-                self._images.move_to_end(key)
-                self._current = key
-                return
+        key = self._cached_image_key(radiograph)
+        if key is None:
+            return
         x = np.ascontiguousarray(self.transform.apply(radiograph), dtype=np.float32)[None, None]
         if self.mirror_average:
             x = np.concatenate([x, self._mirror(x)])
@@ -263,41 +251,9 @@ class OnnxGroundingEngine:
             patch = self._image.run(None, {"pixel_values": x})[0].astype(np.float32)
             if self.mirror_average:
                 patch = np.stack([patch[0], patch[1][:, ::-1]])
-            self.image_encode_count += 1
-            gh, gw = int(patch.shape[1]), int(patch.shape[2])
-            g2i = self.transform.grid_to_image(radiograph.shape, (gh, gw), anchor=self.grid_anchor)
-            seen = tuple(float(v) for v in self.transform.geometry(tuple(radiograph.shape)).seen_box())
-            self._images[key] = (np.ascontiguousarray(patch), radiograph.shape, g2i, seen)
-            self._images.move_to_end(key)
-            while len(self._images) > self.cache_size:
-                self._images.popitem(last=False)
-            self._current = key
-
-    embed = set_image
-
-    def has_image(self, radiograph) -> bool:
-        return self.image_key(radiograph) in self._images
-
-    def clear_cache(self) -> None:
-        with self._lock:
-            self._images.clear()
-            self._texts.clear()
-            self._current = None
-
-    def _current_image(self):
-        if self._current is None or self._current not in self._images:
-            raise GroundingError("no image set: call set_image(radiograph) before grounding")
-        return self._images[self._current]
+            self._store_image(key, radiograph, np.ascontiguousarray(patch), self.grid_anchor)
 
     # -- text -----------------------------------------------------------------------------------------------------
-    @staticmethod
-    def _check_phrase(phrase: Any, where: str = "") -> str:
-        if not isinstance(phrase, str):
-            raise GroundingError(f"phrase{where} must be text, got {type(phrase).__name__}")
-        if not phrase.strip():
-            raise GroundingError(f"phrase{where} is empty or only whitespace")
-        return phrase.strip()
-
     def _truncation_warning(self) -> str:
         return f"phrase longer than the text encoder's limit of {self.max_text_length} tokens; truncated"
 
@@ -312,56 +268,13 @@ class OnnxGroundingEngine:
         keep[empty] = mask.astype(bool)[empty]
         return keep.astype(np.float32)
 
-    def _text_globals(self, phrases: Sequence[str]) -> List[Tuple[np.ndarray, bool]]:
-        missing = [p for p in dict.fromkeys(phrases) if p not in self._texts]
-        if missing:
-            g, t, tok = self._encode_texts(missing)
-            if self.phrase_map == "token-mean":
-                keep = self._content_tokens(tok["input_ids"], tok["attention_mask"])
-                unit = _normalize(t) * keep[..., None]
-                g = unit.sum(1) / np.maximum(keep.sum(1, keepdims=True), 1)
-            for i, p in enumerate(missing):
-                self._texts[p] = (g[i], bool(tok["truncated"][i]))
-        res = []
-        for p in phrases:
-            self._texts.move_to_end(p)
-            res.append(self._texts[p])
-        while len(self._texts) > self.text_cache_size:
-            self._texts.popitem(last=False)
-        return res
-
-    def _phrase_vectors(self, texts: Sequence[str]):
-        if not self.mirror_average:
-            return self._text_globals(texts), None
-        from elvis_core.grounding.sides import mirrored_phrase
-
-        both = self._text_globals(list(texts) + [mirrored_phrase(t) for t in texts])
-        return both[:len(texts)], both[len(texts):]
-
-    def encode_phrases(self, phrases: Sequence[str], batch_size: int = 64) -> int:
-        texts = list(dict.fromkeys(p.strip() for p in phrases if isinstance(p, str) and p.strip()))
-        if self.mirror_average:
-            from elvis_core.grounding.sides import mirrored_phrase
-
-            texts = list(dict.fromkeys(x for t in texts for x in (t, mirrored_phrase(t))))
-        texts = texts[-self.text_cache_size:]
-        n = 0
-        for i in range(0, len(texts), max(1, int(batch_size))):
-            with self._lock:
-                missing = [p for p in texts[i:i + batch_size] if p not in self._texts]
-                if missing:
-                    self._text_globals(missing)
-                    n += len(missing)
-        return n
-
-    def has_phrase(self, phrase: str) -> bool:
-        if not isinstance(phrase, str) or phrase.strip() not in self._texts:
-            return False
-        if self.mirror_average:
-            from elvis_core.grounding.sides import mirrored_phrase
-
-            return mirrored_phrase(phrase.strip()) in self._texts
-        return True
+    def _encode_vectors(self, missing: Sequence[str]):
+        g, t, tok = self._encode_texts(missing)
+        if self.phrase_map == "token-mean":
+            keep = self._content_tokens(tok["input_ids"], tok["attention_mask"])
+            unit = _normalize(t) * keep[..., None]
+            g = unit.sum(1) / np.maximum(keep.sum(1, keepdims=True), 1)
+        return g, tok["truncated"]
 
     # -- grounding ------------------------------------------------------------------------------------------------
     @staticmethod
@@ -370,20 +283,6 @@ class OnnxGroundingEngine:
         if patch.shape[0] > 1:
             sim = 0.5 * (sim + patch[1] @ (vec if mirror_vec is None else mirror_vec))
         return np.clip(sim, -1.0, 1.0).astype(np.float32)
-
-    def _make_map(self, phrase, raw, shape, g2i, seen, truncated: bool, t0: float) -> GroundingMap:
-        return build_map(phrase, raw, shape, g2i, seen, self.smoothing_sigma,
-                         self._truncation_warning() if truncated else None, t0, trust=self._trust)
-
-    def ground(self, phrase: str) -> GroundingMap:
-        text = self._check_phrase(phrase)
-        t0 = time.perf_counter()
-        with self._lock:
-            patch, shape, g2i, seen = self._current_image()
-            vecs, mvecs = self._phrase_vectors([text])
-            (vec, truncated), = vecs
-            sim = self._similarity(patch, vec, mvecs[0][0] if mvecs else None)
-            return self._make_map(phrase, sim, shape, g2i, seen, truncated, t0)
 
     def ground_many(self, phrases: Sequence[str]) -> List[GroundingMap]:
         texts = [self._check_phrase(p, f" {i}") for i, p in enumerate(phrases)]
@@ -395,14 +294,9 @@ class OnnxGroundingEngine:
             vecs, mvecs = self._phrase_vectors(texts)
             maps = [self._make_map(p, self._similarity(patch, vecs[i][0], mvecs[i][0] if mvecs else None),
                                    shape, g2i, seen, vecs[i][1], t0) for i, p in enumerate(phrases)]
-        per = (time.perf_counter() - t0) / len(maps)
-        for m in maps:
-            m.latency_s = per
-        return maps
+        return self._spread_latency(maps, t0)
 
     def ground_tokens(self, phrase: str) -> GroundingMap:
-        from elvis_core.grounding.mapbuild import smooth_grid
-
         text = self._check_phrase(phrase)
         t0 = time.perf_counter()
         with self._lock:
@@ -414,37 +308,11 @@ class OnnxGroundingEngine:
             vecs, mvecs = self._phrase_vectors([text])
             vec = vecs[0][0] if (self.phrase_map == "token-mean" or mvecs) else g[0]
             sim = self._similarity(patch, vec, mvecs[0][0] if mvecs else None)
+            tm = None
             if keep:
-                temb = _normalize(t[0, keep])
-                tm = np.clip(np.einsum("hwd,td->thw", patch[0], temb), -1.0, 1.0)
-                tm = np.stack([smooth_grid(m, self.smoothing_sigma) for m in tm])
-            else:
-                tm = np.zeros((0,) + sim.shape, dtype=np.float32)
-            gm = self._make_map(phrase, sim, shape, g2i, seen, bool(tok["truncated"][0]), t0)
-            gm.token_maps = tm.astype(np.float32)
-            gm.tokens = [tok["tokens"][0][i] for i in keep]
-            gm.latency_s = time.perf_counter() - t0
-            return gm
-
-    def ground_image(self, radiograph, phrase: str, tokens: bool = False) -> GroundingMap:
-        with self._lock:
-            self.set_image(radiograph)
-            return self.ground_tokens(phrase) if tokens else self.ground(phrase)
-
-    def try_ground_cached(self, radiograph, phrase: str) -> Optional[GroundingMap]:
-        if not isinstance(phrase, str) or not phrase.strip():
-            return None
-        key = self.image_key(radiograph)
-        if not self._lock.acquire(blocking=False):
-            return None
-        try:
-            if key not in self._images or not self.has_phrase(phrase):
-                return None
-            self._images.move_to_end(key)
-            self._current = key
-            return self.ground(phrase)
-        finally:
-            self._lock.release()
+                tm = np.clip(np.einsum("hwd,td->thw", patch[0], _normalize(t[0, keep])), -1.0, 1.0)
+            return self._token_result(phrase, sim, tm, [tok["tokens"][0][i] for i in keep], shape, g2i, seen,
+                                      bool(tok["truncated"][0]), t0)
 
 
 def load_fast_engine(checkpoint_dir, **kw) -> Optional[OnnxGroundingEngine]:
