@@ -30,23 +30,12 @@ from elvis_core.io.dicom_pixels import (  # noqa: F401
     _voi_lut)
 from elvis_core.io.limits import check_frame
 from elvis_core.io.radiograph import Radiograph, VoiLut, Window
+from elvis_core.io.scan_header import _SCAN_TAGS
 
 log = logging.getLogger(__name__)
 
-#: header keywords the header-only reads need (studies scan, inspect)
-HEADER_KEYWORDS = (
-    "SOPClassUID",
-    "SOPInstanceUID",
-    "StudyInstanceUID",
-    "SeriesInstanceUID",
-    "SeriesDescription",
-    "SeriesNumber",
-    "InstanceNumber",
-    "Modality",
-    "ViewPosition",
-    "Rows",
-    "Columns",
-    "NumberOfFrames",
+#: header keywords the header-only reads need: the study scan's (:data:`scan_header._SCAN_TAGS`), then inspect's
+HEADER_KEYWORDS = tuple(_SCAN_TAGS) + (
     "PhotometricInterpretation",
     "BitsStored",
     "BitsAllocated",
