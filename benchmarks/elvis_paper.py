@@ -250,70 +250,17 @@ def lung_geometry(csv_path: Path) -> dict:
     return out
 
 
-def _word_following_impl():
-    """h21b's measure (elvis_core.grounding.word_following) when it is on this branch, else a minimal one with the
-    same peak-based verdict (presence is uncalibrated for these models, so only the peak decides)."""
-    try:
-        from elvis_core.grounding.word_following import map_peak_xy, word_following
-
-        return word_following, map_peak_xy, "elvis_core.grounding.word_following"
-    except ImportError:
-        pass
-    import re
-
-    import numpy as np
-
-    from elvis_core.grounding.sides import mirrored_phrase, phrase_side
-
-    swaps = {"upper": "lower", "lower": "upper", "apical": "basilar", "basilar": "apical", "basal": "apical"}
-    band = {"upper": "upper", "apical": "upper", "lower": "lower", "basilar": "lower", "basal": "lower"}
-    zone_re = re.compile(r"\b(" + "|".join(swaps) + r")\b", re.IGNORECASE)
-
-    def map_peak_xy(gm):
-        raw = np.asarray(gm.raw_similarity if gm.raw_similarity is not None else gm.similarity, np.float64)
-        g2i = np.asarray(gm.grid_to_image, np.float64)
-        gh, gw = raw.shape
-        jj, ii = np.meshgrid(np.arange(gw) + 0.5, np.arange(gh) + 0.5)
-        xs = g2i[0, 0] * jj + g2i[0, 1] * ii + g2i[0, 2]
-        ys = g2i[1, 0] * jj + g2i[1, 1] * ii + g2i[1, 2]
-        rows, cols = gm.image_shape[:2]
-        seen = (xs >= 0) & (xs < cols) & (ys >= 0) & (ys < rows)
-        i, j = np.unravel_index(int(np.argmax(np.where(seen if seen.any() else True, raw, -np.inf))), raw.shape)
-        return float(xs[i, j]), float(ys[i, j])
-
-    def word_following(ground, phrase, true_boxes, midline_x, lung_span, presence_of=None):
-        out, side = [], phrase_side(phrase)
-        if side is None:
-            return out
-        todo = []
-        if not re.search(r"retrocardiac|lingul", phrase, re.IGNORECASE) and mirrored_phrase(phrase) != phrase:
-            todo.append(("side", mirrored_phrase(phrase), "left" if side == "right" else "right"))
-        m = zone_re.search(phrase)
-        if m:
-            new = swaps[m.group(1).lower()]
-            todo.append(("zone", phrase[:m.start()] + new + phrase[m.end():], band[new]))
-        for kind, text, named in todo:
-            x, y = map_peak_xy(ground(text))
-            inside = any(bx <= x < bx + bw and by <= y < by + bh for bx, by, bw, bh in true_boxes)
-            if inside:
-                ok = False
-            elif kind == "side":
-                ok = (x > midline_x) if named == "left" else (x < midline_x)
-            else:
-                t = (y - lung_span[0]) / max(lung_span[1] - lung_span[0], 1e-6)
-                ok = ("upper" if t < 1 / 3 else "middle" if t < 2 / 3 else "lower") == named
-            out.append({"kind": kind, "followed": ok})
-        return out
-
-    return word_following, map_peak_xy, "minimal (benchmarks/elvis_paper.py)"
+#: the word-following measure of the table (the peak-based verdict; presence is uncalibrated for these models, so
+#: ``presence_of`` is not given and only the peak decides)
+WORD_FOLLOWING = "elvis_core.grounding.word_following"
 
 
 def grounding_items(model, ctx) -> tuple:
     """Pointing (raw-map peak in a box) per phrase and word following per swap, keyed for pairing."""
     from elvis_core.grounding.engine import GroundingEngine
     from elvis_core.grounding.evaluate import read_any_image
+    from elvis_core.grounding.word_following import map_peak_xy as peak, word_following as wf
 
-    wf, peak, _ = _word_following_impl()
     engine = GroundingEngine(model, device="cpu")
     point, follow = {}, {}
     by_path = {}
@@ -342,8 +289,8 @@ def text_prior_items(ctx) -> tuple:
     import numpy as np
 
     from elvis_core.grounding.sides import phrase_side
+    from elvis_core.grounding.word_following import map_peak_xy as peak, word_following as wf
 
-    wf, peak, _ = _word_following_impl()
     level = {"upper": 1 / 6, "apical": 1 / 12, "apex": 1 / 12, "apices": 1 / 12, "lower": 5 / 6, "basilar": 11 / 12,
              "base": 11 / 12, "bases": 11 / 12, "basal": 11 / 12, "mid": 0.5, "middle": 0.5}
     zre = re.compile(r"\b(" + "|".join(level) + r")\b", re.IGNORECASE)
@@ -637,7 +584,7 @@ def report(a, results, sweep, curves, fig, missing, t0) -> int:
     summary = bootstrap(results, COLUMNS + EXTRA, a.bootstrap)
     sweep_summary = bootstrap(sweep, COLUMNS, a.bootstrap) if sweep else {}
     flat = {m: flattened(curves, m) for m in ("val_pointing", "val_dice_linear_100")}
-    wf_name = _word_following_impl()[2]
+    wf_name = WORD_FOLLOWING
     print(f"\nbudget: {a.steps} steps x batch {a.batch_size} per objective and seed, seeds {a.seed_list}; config "
           f"{os.path.relpath(a.config, REPO)} + {MODEL_SETS}; train {a.train_studies} phantom studies (seed 101), "
           f"test {a.test_studies} (seed 202), validation {a.val_studies} (seed 31), probes {a.probe_studies} "
