@@ -7,11 +7,12 @@ several boxes); the box is the bounding box of the drawn layer, so it lies on wh
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Callable, Dict, List, Optional, Tuple
+from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
 import cv2
 import numpy as np
 
+from elvis_core.errors import ElvisError
 from elvis_core.phantom.anatomy import SIDE_SIGN, Geometry, heart_mask, lung_polygon
 
 CATEGORIES = ("Atelectasis", "Cardiomegaly", "Consolidation", "Edema", "Lung Opacity", "Pleural Effusion",
@@ -49,9 +50,23 @@ class Finding:
     located: bool = True
 
 
-def sample_finding_spec(rng: np.random.Generator, category: str, exclude: set) -> Optional[Tuple[str, str, str]]:
-    """Pick (side, zone, size) for ``category``, avoiding (side, zone) pairs in ``exclude``."""
-    sides, zones = ALLOWED[category]
+def shuffled_categories(rng: np.random.Generator, categories: Optional[Sequence[str]], known: Sequence[str]
+                        ) -> List[str]:
+    """``categories`` (default: all of ``known``), checked against ``known``, in a random order (one
+    ``rng.permutation`` draw: generators v1 and v2 both start a study's findings with it)."""
+    pool = list(categories) if categories is not None else list(known)
+    for c in pool:
+        if c not in known:
+            raise ElvisError(f"unknown finding category {c!r}; expected one of {', '.join(known)}")
+    return [pool[i] for i in rng.permutation(len(pool))]
+
+
+def sample_finding_spec(rng: np.random.Generator, category: str, exclude: set,
+                        allowed: Optional[Dict[str, Tuple[Tuple[str, ...], Tuple[str, ...]]]] = None
+                        ) -> Optional[Tuple[str, str, str]]:
+    """Pick (side, zone, size) for ``category``, avoiding (side, zone) pairs in ``exclude``; ``allowed``: the
+    category -> (sides, zones) table (default: generator v1's :data:`ALLOWED`)."""
+    sides, zones = (ALLOWED if allowed is None else allowed)[category]
     options = [(s, z) for s in sides for z in zones if not (z == "retrocardiac" and s != "left")]
     options = [o for o in options if o not in exclude]
     if not options:

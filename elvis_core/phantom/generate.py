@@ -23,7 +23,7 @@ from elvis_core.errors import ElvisError
 from elvis_core.phantom.anatomy import Anatomy, postprocess, render_anatomy, sample_anatomy
 from elvis_core.phantom.anatomy_boxes import ANATOMY_REGIONS, anatomy_boxes
 from elvis_core.phantom.dicom_writer import Encoding, random_uid, sample_encoding, write_dicom
-from elvis_core.phantom.findings import CATEGORIES, Finding, draw_finding, sample_finding_spec
+from elvis_core.phantom.findings import CATEGORIES, Finding, draw_finding, sample_finding_spec, shuffled_categories
 from elvis_core.phantom.reports import write_report
 
 CSV_COLUMNS = ("dicom_id", "category_name", "label_text", "path", "x", "y", "w", "h", "image_width",
@@ -90,11 +90,7 @@ def _as_rng(rng_or_seed) -> np.random.Generator:
 
 
 def _choose_findings(rng: np.random.Generator, n: int, categories: Optional[Sequence[str]]) -> List[Finding]:
-    pool = list(categories) if categories is not None else list(CATEGORIES)
-    for c in pool:
-        if c not in CATEGORIES:
-            raise ElvisError(f"unknown finding category {c!r}; expected one of {', '.join(CATEGORIES)}")
-    order = [pool[i] for i in rng.permutation(len(pool))]
+    order = shuffled_categories(rng, categories, CATEGORIES)
     chosen: List[Finding] = []
     used: set = set()
     for cat in order:

@@ -24,8 +24,8 @@ from elvis_core.errors import ElvisError
 from elvis_core.phantom.anatomy import Anatomy, Geometry, heart_mask, postprocess, render_anatomy, sample_anatomy
 from elvis_core.phantom.anatomy_boxes import anatomy_boxes
 from elvis_core.phantom.devices import draw_devices
-from elvis_core.phantom.findings import (ALLOWED, CATEGORIES, SIZES, Finding, _blobs, _pick_center, _RADIUS,
-                                         _smoothstep, draw_finding, layer_box)
+from elvis_core.phantom.findings import (ALLOWED, CATEGORIES, Finding, _blobs, _pick_center, _RADIUS, _smoothstep,
+                                         draw_finding, layer_box, sample_finding_spec, shuffled_categories)
 from elvis_core.phantom.reports import write_report
 
 #: categories of generator v2 (v1's eight MS-CXR categories + nodules and masses)
@@ -38,16 +38,6 @@ FOCAL = ("Atelectasis", "Consolidation", "Lung Opacity", "Nodule", "Mass")
 P_SECOND_SAME = 0.3
 P_UNLOCATED = 0.15
 N_FINDINGS_P = (0.2, 0.35, 0.3, 0.15)
-
-
-def _spec(rng, category: str, exclude: set) -> Optional[Tuple[str, str, str]]:
-    sides, zones = ALLOWED_V2[category]
-    options = [(s, z) for s in sides for z in zones if not (z == "retrocardiac" and s != "left")]
-    options = [o for o in options if o not in exclude]
-    if not options:
-        return None
-    side, zone = options[int(rng.integers(len(options)))]
-    return side, zone, str(rng.choice(SIZES, p=[0.45, 0.35, 0.2]))
 
 
 def _mark_used(used: set, side: str, zone: str) -> None:
@@ -64,11 +54,7 @@ def _mark_used(used: set, side: str, zone: str) -> None:
 
 
 def choose_findings(rng: np.random.Generator, n: int, categories: Optional[Sequence[str]]) -> List[Finding]:
-    pool = list(categories) if categories is not None else list(CATEGORIES_V2)
-    for c in pool:
-        if c not in CATEGORIES_V2:
-            raise ElvisError(f"unknown finding category {c!r}; expected one of {', '.join(CATEGORIES_V2)}")
-    order = [pool[i] for i in rng.permutation(len(pool))]
+    order = shuffled_categories(rng, categories, CATEGORIES_V2)
     chosen: List[Finding] = []
     used: set = set()
     for cat in order:
@@ -79,7 +65,7 @@ def choose_findings(rng: np.random.Generator, n: int, categories: Optional[Seque
             continue
         copies = 2 if (cat in FOCAL and n - len(chosen) >= 2 and rng.random() < P_SECOND_SAME) else 1
         for _ in range(copies):
-            spec = _spec(rng, cat, used)
+            spec = sample_finding_spec(rng, cat, used, ALLOWED_V2)
             if spec is None:
                 break
             chosen.append(Finding(cat, *spec))
