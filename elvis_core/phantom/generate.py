@@ -117,6 +117,51 @@ def _choose_findings(rng: np.random.Generator, n: int, categories: Optional[Sequ
     return chosen
 
 
+def study_frame(rng: np.random.Generator, size: int, anatomy: Optional[Anatomy], view: Optional[str],
+                n_findings: Optional[int], n_findings_p: Sequence[float]) -> Tuple[Anatomy, int, int, str, int]:
+    """(anatomy, height, width, view, number of findings): the draws every generator version starts a study with,
+    in this order (generator v1's byte-identical output depends on it)."""
+    a = anatomy if anatomy is not None else sample_anatomy(rng)
+    height = int(size)
+    width = int(round(height * a.aspect / 2.0)) * 2
+    if view is None:
+        view = "PA" if rng.random() < 0.8 else "AP"
+    if n_findings is None:
+        n_findings = int(rng.choice(4, p=n_findings_p))
+    if not (0 <= n_findings <= 3):
+        raise ElvisError(f"a phantom study has 0-3 findings, got {n_findings}")
+    if view == "AP":  # the heart is further from the detector: magnified (normal CTR up to ~0.51)
+        a = dataclasses.replace(a, ctr=a.ctr * 1.08)
+    return a, height, width, view, n_findings
+
+
+def draw_and_expose(rng: np.random.Generator, g, a: Anatomy, findings: Sequence[Finding], draw: Callable,
+                    height: int, width: int, with_clean: bool
+                    ) -> Tuple[List[Finding], List[np.ndarray], np.ndarray, Optional[np.ndarray]]:
+    """(kept findings, their layers, image, clean twin or None) of a ``height`` x ``width`` film: each finding drawn
+    with ``draw(rng, g, f, height, width)`` on the anatomy ``g``, then one noise draw shared by film and twin."""
+    layers, kept = [], []
+    total = np.zeros_like(g.density)
+    for f in findings:
+        layer = draw(rng, g, f, height, width)
+        if not f.boxes:  # nothing visible was drawn (should not happen); drop rather than lie
+            continue
+        kept.append(f)
+        layers.append(layer)
+        total += layer
+    noise = rng.standard_normal((height, width), dtype=np.float32)
+    density = g.density
+    image = postprocess(density + total, height, width, a, noise)
+    clean = postprocess(density, height, width, a, noise) if with_clean else None
+    return kept, layers, image, clean
+
+
+def shuffle_boxes(rng: np.random.Generator, kept: Sequence[Finding]) -> None:
+    """Boxes of a phrase in random order: the drawing order (right lung first) must not tell the side."""
+    for f in kept:
+        f.boxes = [f.boxes[i] for i in rng.permutation(len(f.boxes))]
+
+
 def render_study(rng_or_seed, size: int = 1024, anatomy: Optional[Anatomy] = None, n_findings: Optional[int] = None,
                  categories: Optional[Sequence[str]] = None, view: Optional[str] = None,
                  with_clean: bool = True, version: int = GENERATOR_VERSION) -> PhantomStudy:
@@ -137,36 +182,12 @@ def render_study(rng_or_seed, size: int = 1024, anatomy: Optional[Anatomy] = Non
         from elvis_core.phantom.v2 import render_study_v2
 
         return render_study_v2(rng, size, anatomy, n_findings, categories, view, with_clean)
-    a = anatomy if anatomy is not None else sample_anatomy(rng)
-    height = int(size)
-    width = int(round(height * a.aspect / 2.0)) * 2
-    if view is None:
-        view = "PA" if rng.random() < 0.8 else "AP"
-    if n_findings is None:
-        n_findings = int(rng.choice(4, p=N_FINDINGS_P))
-    if not (0 <= n_findings <= 3):
-        raise ElvisError(f"a phantom study has 0-3 findings, got {n_findings}")
-    if view == "AP":  # the heart is further from the detector: magnified (normal CTR up to ~0.51)
-        a = dataclasses.replace(a, ctr=a.ctr * 1.08)
+    a, height, width, view, n_findings = study_frame(rng, size, anatomy, view, n_findings, N_FINDINGS_P)
     g = render_anatomy(a, height, width)
     findings = _choose_findings(rng, n_findings, categories)
-    layers = []
-    density = g.density
-    total = np.zeros_like(density)
-    kept = []
-    for f in findings:
-        layer = draw_finding(rng, g, f, height, width)
-        if not f.boxes:  # nothing visible was drawn (should not happen); drop rather than lie
-            continue
-        kept.append(f)
-        layers.append(layer)
-        total += layer
-    noise = rng.standard_normal((height, width), dtype=np.float32)
-    image = postprocess(density + total, height, width, a, noise)
-    clean = postprocess(density, height, width, a, noise) if with_clean else None
+    kept, layers, image, clean = draw_and_expose(rng, g, a, findings, draw_finding, height, width, with_clean)
     report = write_report(rng, kept, view=view, sex=a.sex)
-    for f in kept:  # boxes of a phrase in random order: the drawing order (right lung first) must not tell the side
-        f.boxes = [f.boxes[i] for i in rng.permutation(len(f.boxes))]
+    shuffle_boxes(rng, kept)
     return PhantomStudy(image=image, clean=clean, findings=kept, report=report, view=view, anatomy=a, layers=layers,
                         anatomy_boxes=anatomy_boxes(g, height, width))
 

@@ -15,13 +15,11 @@ Changes from version 1 (which stays reproducible by seed: ``render_study(..., ve
 
 from __future__ import annotations
 
-import dataclasses
 from typing import List, Optional, Sequence, Tuple
 
 import numpy as np
 
-from elvis_core.errors import ElvisError
-from elvis_core.phantom.anatomy import Anatomy, Geometry, heart_mask, postprocess, render_anatomy, sample_anatomy
+from elvis_core.phantom.anatomy import Anatomy, Geometry, heart_mask, render_anatomy
 from elvis_core.phantom.anatomy_boxes import anatomy_boxes
 from elvis_core.phantom.devices import draw_devices
 from elvis_core.phantom.findings import (ALLOWED, CATEGORIES, Finding, _blobs, _pick_center, _RADIUS, _smoothstep,
@@ -145,38 +143,15 @@ def draw_finding_v2(rng, g: Geometry, f: Finding, height: int, width: int) -> np
 def render_study_v2(rng: np.random.Generator, size: int, anatomy: Optional[Anatomy], n_findings: Optional[int],
                     categories: Optional[Sequence[str]], view: Optional[str], with_clean: bool):
     """See :func:`elvis_core.phantom.generate.render_study` (``version=2``)."""
-    from elvis_core.phantom.generate import PhantomStudy
+    from elvis_core.phantom.generate import PhantomStudy, draw_and_expose, shuffle_boxes, study_frame
 
-    a = anatomy if anatomy is not None else sample_anatomy(rng)
-    height = int(size)
-    width = int(round(height * a.aspect / 2.0)) * 2
-    if view is None:
-        view = "PA" if rng.random() < 0.8 else "AP"
-    if n_findings is None:
-        n_findings = int(rng.choice(4, p=N_FINDINGS_P))
-    if not (0 <= n_findings <= 3):
-        raise ElvisError(f"a phantom study has 0-3 findings, got {n_findings}")
-    if view == "AP":
-        a = dataclasses.replace(a, ctr=a.ctr * 1.08)
+    a, height, width, view, n_findings = study_frame(rng, size, anatomy, view, n_findings, N_FINDINGS_P)
     g = render_anatomy(a, height, width)
     devices, device_sentences = draw_devices(rng, g)
     g.base = g.base + devices  # part of the patient's film: on the twin too
     findings = choose_findings(rng, n_findings, categories)
-    layers, kept = [], []
-    total = np.zeros_like(g.density)
-    for f in findings:
-        layer = draw_finding_v2(rng, g, f, height, width)
-        if not f.boxes:
-            continue
-        kept.append(f)
-        layers.append(layer)
-        total += layer
-    noise = rng.standard_normal((height, width), dtype=np.float32)
-    density = g.density
-    image = postprocess(density + total, height, width, a, noise)
-    clean = postprocess(density, height, width, a, noise) if with_clean else None
+    kept, layers, image, clean = draw_and_expose(rng, g, a, findings, draw_finding_v2, height, width, with_clean)
     report = write_report(rng, kept, view=view, sex=a.sex, extra=device_sentences, version=2)
-    for f in kept:
-        f.boxes = [f.boxes[i] for i in rng.permutation(len(f.boxes))]
+    shuffle_boxes(rng, kept)
     return PhantomStudy(image=image, clean=clean, findings=kept, report=report, view=view, anatomy=a, layers=layers,
                         anatomy_boxes=anatomy_boxes(g, height, width), devices=device_sentences, version=2)
