@@ -1,5 +1,6 @@
 """Small dialogs of the review mode: reviewer name (asked once, kept in QSettings), reject reason, rescale, a review
-file in use; and opening a review with them (:func:`open_review_session`)."""
+file in use, a damaged review file (recover what can be read); and opening a review with them
+(:func:`open_review_session`)."""
 
 from __future__ import annotations
 
@@ -8,7 +9,7 @@ from typing import Optional
 from PySide6 import QtCore, QtWidgets
 
 from elvis_core.review.session import REJECT_REASONS, ReviewSession
-from elvis_core.review.store import ReviewInUseError
+from elvis_core.review.store import ReviewDamagedError, ReviewInUseError
 
 SETTINGS_KEY = "review/reviewer"
 
@@ -64,16 +65,45 @@ def ask_open_read_only(parent: Optional[QtWidgets.QWidget], reason: str) -> bool
     return box.clickedButton() is ro
 
 
+def ask_recover(parent: Optional[QtWidgets.QWidget], err: ReviewDamagedError) -> bool:
+    """The review file is damaged (it was not opened, not re-created): offer to rebuild it from what can be read."""
+    shown = getattr(parent, "shown", str)
+    kept = f" A copy of it as it is now is kept: {err.copy.name}." if err.copy is not None else ""
+    box = QtWidgets.QMessageBox(QtWidgets.QMessageBox.Icon.Warning, "Review file damaged",
+                                f"{shown(err.problem)}{shown(kept)}\n\nRecover what can be read? Decisions are "
+                                "rebuilt from the file and its audit trail; what cannot be read is counted as lost "
+                                "(the same as 'elvis review recover').", parent=parent)
+    rec = box.addButton("Recover", QtWidgets.QMessageBox.ButtonRole.AcceptRole)
+    box.addButton(QtWidgets.QMessageBox.StandardButton.Cancel)
+    box.setDefaultButton(rec)
+    box.exec()
+    return box.clickedButton() is rec
+
+
 def open_review_session(parent, annotations_path, images_root, rescale: Optional[bool], reviewer: str,
-                        ask_read_only=ask_open_read_only, ask_rescale_fn=ask_rescale) -> ReviewSession:
+                        ask_read_only=ask_open_read_only, ask_rescale_fn=ask_rescale,
+                        ask_recover_fn=ask_recover) -> ReviewSession:
     """Open the review beside ``annotations_path`` under a wait cursor. A review file another process is writing:
-    ``ask_read_only(parent, reason)`` offers a read-only look (declined: the ``ReviewInUseError`` is raised). Boxes
-    drawn for another image size and no stored choice: ``ask_rescale_fn`` decides, and the review is reopened with
-    it. Raises :class:`~elvis_core.errors.ElvisError` (one line) when it cannot open."""
+    ``ask_read_only(parent, reason)`` offers a read-only look (declined: the ``ReviewInUseError`` is raised). A
+    damaged review file: ``ask_recover_fn(parent, err)`` offers to recover what can be read (declined: the
+    ``ReviewDamagedError`` is raised; accepted: ``session.recovered`` is the :class:`RecoverResult`). Boxes drawn for
+    another image size and no stored choice: ``ask_rescale_fn`` decides, and the review is reopened with it. Raises
+    :class:`~elvis_core.errors.ElvisError` (one line) when it cannot open."""
     app = QtWidgets.QApplication
     app.setOverrideCursor(QtCore.Qt.CursorShape.WaitCursor)
+    recovered = None
     try:
         try:
+            session = ReviewSession.open(annotations_path, images_root, rescale=rescale, reviewer=reviewer)
+        except ReviewDamagedError as err:
+            app.restoreOverrideCursor()
+            agreed = ask_recover_fn(parent, err)
+            app.setOverrideCursor(QtCore.Qt.CursorShape.WaitCursor)
+            if not agreed:
+                raise
+            from elvis_core.review.recover import recover_review
+
+            recovered = recover_review(err.path)
             session = ReviewSession.open(annotations_path, images_root, rescale=rescale, reviewer=reviewer)
         except ReviewInUseError as err:
             app.restoreOverrideCursor()
@@ -94,6 +124,7 @@ def open_review_session(parent, annotations_path, images_root, rescale: Optional
             session.close()
             session = ReviewSession.open(annotations_path, images_root, rescale=agreed, reviewer=reviewer,
                                          read_only=read_only)
+        session.recovered = recovered
         return session
     finally:
         app.restoreOverrideCursor()

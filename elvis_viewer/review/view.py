@@ -28,8 +28,8 @@ from elvis_viewer.review.box_layer import STATUS_COLORS, BoxLayer
 from elvis_viewer.review.filters import FiltersMixin
 from elvis_viewer.review.pane import ReviewPaneMixin
 from elvis_viewer.review.tasks import _ground, _load_item_data, _preload
-from elvis_viewer.review.dialogs import (SETTINGS_KEY, ask_open_read_only, ask_reject_reason, ask_rescale,
-                                         ask_reviewer_name, open_review_session, settings_or_default)
+from elvis_viewer.review.dialogs import (SETTINGS_KEY, ask_open_read_only, ask_recover, ask_reject_reason,
+                                         ask_rescale, ask_reviewer_name, open_review_session, settings_or_default)
 from elvis_viewer.workers import Generation, run_task, while_alive
 
 STATUS_MARK = {"unreviewed": "·", "accepted": "✓", "edited": "✎", "rejected": "✗"}
@@ -208,7 +208,8 @@ class ReviewView(ReviewPaneMixin, FiltersMixin, QtWidgets.QWidget):
         try:  # the module's dialog functions are passed in (tests replace them here)
             session = open_review_session(self, annotations_path, images_root, rescale, reviewer,
                                           (lambda *_: True) if unattended else ask_open_read_only,
-                                          (lambda *_: False) if unattended else ask_rescale)
+                                          (lambda *_: False) if unattended else ask_rescale,
+                                          (lambda *_: False) if unattended else ask_recover)
         except ElvisError as err:
             return self._fail(str(err))
         self.session = session
@@ -220,8 +221,10 @@ class ReviewView(ReviewPaneMixin, FiltersMixin, QtWidgets.QWidget):
         n = len(session.items)
         where = (f"READ-ONLY, decisions are not saved: {session.read_only_reason}" if session.read_only_reason
                  else f"decisions saved to {session.store.path.name}")
-        self._say(f"{n} phrases loaded from {Path(annotations_path).name}; {len(session.problems)} problem(s) listed; "
-                  f"{where}")
+        rec = getattr(session, "recovered", None)  # a damaged review file rebuilt on the user's word
+        self._say((f"recovered {rec.items} decision(s), {rec.lost_rows} unreadable row(s) lost; " if rec else "")
+                  + f"{n} phrases loaded from {Path(annotations_path).name}; {len(session.problems)} problem(s) "
+                  f"listed; {where}")
         return True
 
     def _fail(self, msg: str) -> bool:

@@ -431,3 +431,43 @@ def test_a_review_file_in_use_can_be_opened_read_only(qtbot, annotations, settin
         holder.stdin.write("\n")
         holder.stdin.flush()
         holder.wait(timeout=30)
+
+
+def test_a_damaged_review_file_offers_recovery(qtbot, annotations, settings, monkeypatch):
+    """A damaged review file is never opened or re-created: the view names it and offers to recover what can be read
+    (declined: it fails with the problem, the file untouched; accepted: the decisions come back from the audit
+    trail and the status says how many)."""
+    import sqlite3
+
+    from elvis_core.review.store import review_path_for
+    from elvis_viewer.review import view as view_mod
+
+    ann, root = annotations
+    v = _view(qtbot, settings)
+    assert v.load(ann, root)
+    keys = []
+    for _ in range(3):
+        keys.append(v.session.item.key)
+        v.session.accept(advance=True)
+    v.session.close()
+    v.session = None
+    rf = review_path_for(ann)
+    db = sqlite3.connect(str(rf))
+    db.execute("PRAGMA journal_mode=DELETE")
+    db.executescript("DROP TABLE items")
+    db.commit()
+    db.close()
+    before = rf.read_bytes()
+    asked = []
+    monkeypatch.setattr(view_mod, "ask_recover", lambda parent, err: asked.append(err) or False)
+    assert not v.load(ann, root)
+    assert asked and "items table is missing" in v.last_error and rf.read_bytes() == before
+    assert asked[0].copy is not None and asked[0].copy.read_bytes() == before  # the damaged file kept as it was
+    monkeypatch.setattr(view_mod, "ask_recover", lambda parent, err: True)
+    messages = []
+    v.message.connect(messages.append)
+    assert v.load(ann, root)
+    assert messages[-1].startswith("recovered 3 decision(s)"), messages[-1]
+    got = {it.key: it.status for it in v.session.items}
+    assert all(got[k] == "accepted" for k in keys)
+    v.session.close()
