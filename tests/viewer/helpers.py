@@ -7,7 +7,7 @@ import contextlib
 import shutil
 from pathlib import Path
 
-from PySide6 import QtCore
+from PySide6 import QtCore, QtWidgets
 from pydicom.data import get_testdata_file
 
 from elvis_viewer import workers
@@ -59,3 +59,21 @@ def write_mimic_study(root: Path, report: str, images: dict) -> Path:
         shutil.copy(get_testdata_file(testdata), sdir / name)
     (sdir.parent / "s50000001.txt").write_text(report)
     return sdir
+
+
+def copy_testdata(testdata: str, dest: Path) -> Path:
+    """pydicom's test file ``testdata`` copied to ``dest``, in a new folder; returns ``dest``."""
+    dest.parent.mkdir()
+    shutil.copy(get_testdata_file(testdata), dest)
+    return dest
+
+
+def fake_save_dialog(monkeypatch) -> dict:
+    """File → Export's save dialog answered by the test: cancelled, the proposed file name kept under "name"."""
+    seen = {}
+
+    def fake(parent, title, name, filt):
+        seen["name"] = name
+        return "", ""
+    monkeypatch.setattr(QtWidgets.QFileDialog, "getSaveFileName", fake)
+    return seen

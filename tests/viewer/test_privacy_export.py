@@ -6,10 +6,10 @@ import shutil
 import numpy as np
 import pydicom
 import pytest
-from PySide6 import QtGui, QtWidgets
+from PySide6 import QtGui
 from pydicom.data import get_testdata_file
 
-from .helpers import open_folder
+from .helpers import fake_save_dialog, open_folder
 
 
 @pytest.fixture
@@ -98,12 +98,7 @@ def test_export_default_name_never_a_uid(qtbot, win, pacs_cache, monkeypatch):
     root, ds = pacs_cache
     open_folder(qtbot, win, root)
     win.privacy_act.setChecked(True)  # whatever the toggle says
-    seen = {}
-
-    def fake(parent, title, name, filt):
-        seen["name"] = name
-        return "", ""
-    monkeypatch.setattr(QtWidgets.QFileDialog, "getSaveFileName", fake)
+    seen = fake_save_dialog(monkeypatch)
     win.export_dialog()
     slug = ds.StudyInstanceUID.replace(".", "-")
     assert seen["name"].endswith(".png") and slug[:16] not in seen["name"] and slug[-12:] not in seen["name"]

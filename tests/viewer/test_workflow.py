@@ -6,7 +6,7 @@ import os
 import pytest
 from PySide6 import QtCore, QtWidgets
 
-from .helpers import open_folder
+from .helpers import fake_save_dialog, open_folder
 from .test_session import _model, two_studies  # noqa: F401  (fixture)
 
 
@@ -106,12 +106,7 @@ def test_measurement_tools(qtbot, win, two_studies):
 def test_export_dialog_default_name(qtbot, win, two_studies, monkeypatch):
     open_folder(qtbot, win, two_studies)
     win.session.ground_phrase("Left basal opacity")
-    seen = {}
-
-    def fake(parent, title, name, filt):
-        seen["name"] = name
-        return "", ""
-    monkeypatch.setattr(QtWidgets.QFileDialog, "getSaveFileName", fake)
+    seen = fake_save_dialog(monkeypatch)
     win.export_dialog()
     study = os.path.basename(win.session.entry(win.rad_path).study_key)
     assert seen["name"] == f"{study}_Left-basal-opacity.png"
