@@ -14,7 +14,7 @@ from elvis_core.grounding.evaluate import evaluate
 from elvis_core.grounding.figure import colorize, render_overlay
 from elvis_core.io.annotations import read_ms_cxr_csv
 from elvis_core.io.radiograph import Radiograph
-from tests.core.test_grounding import StandInModel
+from tests.core.test_grounding import StandInModel, bright_ramp_map
 
 HEADER = "dicom_id,category_name,label_text,path,x,y,w,h,image_width,image_height,split\n"
 
@@ -70,10 +70,7 @@ def test_evaluate_per_category_macro_missing(dataset):
 
 
 def test_render_overlay_shapes_and_colours():
-    rad = Radiograph(pixels=np.tile(np.linspace(0, 1000, 160, dtype=np.float32), (96, 1)))
-    eng = GroundingEngine(StandInModel(), device="cpu")
-    eng.set_image(rad)
-    gm = eng.ground("bright")
+    rad, gm = bright_ramp_map()
     fig0 = render_overlay(rad, gm, opacity=0.0, min_side=0, trust="")
     assert fig0.dtype == np.uint8 and fig0.ndim == 3 and fig0.shape[0] == 96 and fig0.shape[1] > 160
     assert (fig0[:, :160, 0] == fig0[:, :160, 1]).all()  # opacity 0: grey image only

@@ -90,6 +90,14 @@ def phantom(shift=0.0, seed=0):
     return Radiograph(pixels=px, windows=[Window(500.0, 1000.0)], source_path="phantom")
 
 
+def bright_ramp_map():
+    """A 96 x 160 left-to-right ramp (0 .. 1000) and the stand-in model's map of "bright" on it: (rad, gm)."""
+    rad = Radiograph(pixels=np.tile(np.linspace(0, 1000, 160, dtype=np.float32), (96, 1)))
+    eng = GroundingEngine(StandInModel(), device="cpu")
+    eng.set_image(rad)
+    return rad, eng.ground("bright")
+
+
 @pytest.fixture()
 def engine():
     return GroundingEngine(StandInModel(), device="cpu")

@@ -15,7 +15,7 @@ from elvis_core.grounding.types import GroundingMap
 from elvis_core.model.vocab import (known_words_from_texts, merge_known_words, tokenizer_whole_words, unknown_words,
                                     unknown_words_sentence, words_of)
 
-from .test_grounding import StandInModel, phantom
+from .test_grounding import StandInModel, bright_ramp_map, phantom
 
 DEMO = Path(__file__).resolve().parents[2] / "resources" / "demo_model"
 CAL = {"kind": "logistic", "feature": "peak", "a": 20.0, "b": -10.0, "threshold": 0.5,
@@ -164,12 +164,8 @@ def test_vocab_word_helpers():
 
 def test_figure_carries_the_trust_caption_and_draws_a_not_confident_map_faint():
     from elvis_core.grounding.figure import render_overlay
-    from elvis_core.io.radiograph import Radiograph
 
-    rad = Radiograph(pixels=np.tile(np.linspace(0, 1000, 160, dtype=np.float32), (96, 1)))
-    eng = GroundingEngine(StandInModel(), device="cpu")
-    eng.set_image(rad)
-    gm = eng.ground("bright")
+    rad, gm = bright_ramp_map()
     plain = render_overlay(rad, gm, opacity=1.0, min_side=0, trust="")
     captioned = render_overlay(rad, gm, opacity=1.0, min_side=0)  # default: gm.trust_line()
     assert captioned.shape[0] > plain.shape[0]

@@ -21,6 +21,13 @@ from pathlib import Path
 SURFACE_KINDS = ("pacs", "import", "review", "special")
 
 
+def _fresh_dir(d: Path) -> Path:
+    """``d`` with whatever an earlier case left there removed (not created)."""
+    if d.exists():
+        shutil.rmtree(d)
+    return d
+
+
 # ------------------------------------------------------------------------------------------------------- pacs
 def make_pacs(seeds, seed: int, out_dir: Path):
     from tests.fuzz.fuzzlib import Case
@@ -97,9 +104,7 @@ def make_import(seeds, seed: int, out_dir: Path):
 
     r = random.Random(seed)
     base = _import_base(seeds)
-    d = out_dir / f"import_{seed}"
-    if d.exists():
-        shutil.rmtree(d)
+    d = _fresh_dir(out_dir / f"import_{seed}")
     shutil.copytree(base, d)
     img, text = d / "image.pt", d / "text"
     m = r.randrange(14)
@@ -239,9 +244,7 @@ def make_review(seeds, seed: int, out_dir: Path):
 
     r = random.Random(seed)
     base = _review_base(seeds)
-    d = out_dir / f"review_{seed}"
-    if d.exists():
-        shutil.rmtree(d)
+    d = _fresh_dir(out_dir / f"review_{seed}")
     d.mkdir(parents=True)
     shutil.copyfile(base / "ann.csv", d / "ann.csv")
     db = d / "ann.csv.review.sqlite"
@@ -305,9 +308,7 @@ def make_special(seeds, seed: int, out_dir: Path):
     from tests.fuzz.fuzzlib import Case
 
     r = random.Random(seed)
-    d = out_dir / f"special_{seed}"
-    if d.exists():
-        shutil.rmtree(d)
+    d = _fresh_dir(out_dir / f"special_{seed}")
     d.mkdir(parents=True)
     name = r.choice(_SPECIAL_NAMES)
     p = d / name

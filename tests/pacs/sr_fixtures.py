@@ -1,5 +1,6 @@
-"""Test data: a radiology report stored as an Enhanced SR in an image's study (what a PACS holds), and copies of
-an image as several instances of one series (for multi-instance fetches). Built with highdicom / pydicom."""
+"""Test data: a radiology report stored as an Enhanced SR in an image's study (what a PACS holds), copies of
+an image as several instances of one series (for multi-instance fetches), and a stand-in grounding map for the heat
+map Secondary Capture. Built with highdicom / pydicom."""
 
 from __future__ import annotations
 
@@ -32,6 +33,23 @@ def report_sr(image_path, sections: Dict[str, str], out: Path) -> Path:
     out.parent.mkdir(parents=True, exist_ok=True)
     sr.save_as(str(out), enforce_file_format=True)
     return out
+
+
+class StandInMap:
+    """A stand-in GroundingMap exposing what the heat-map SC needs: phrase, fully_seen, to_image and trust_line (as
+    h21a's contract says), the trust line given."""
+
+    def __init__(self, sim, phrase, trust_line):
+        self.phrase, self._sim, self._trust_line, self.fully_seen = phrase, sim, trust_line, True
+
+    def to_image(self, shape=None):
+        import cv2
+
+        return self._sim if shape is None or tuple(shape) == self._sim.shape else \
+            cv2.resize(self._sim, (shape[1], shape[0]))
+
+    def trust_line(self):
+        return self._trust_line
 
 
 def series_copies(image_path, n: int, out_dir: Path) -> List[Path]:

@@ -23,6 +23,7 @@ from elvis_core.errors import ElvisError
 from elvis_core.review.model import ACCEPTED, ADDED, REJECTED, UNREVIEWED, ReviewBox
 from elvis_core.review.session import ReviewSession
 from tests.pacs.dicom_checks import assert_dciodvfy_clean, needs_dciodvfy
+from tests.pacs.sr_fixtures import StandInMap
 
 REPO = Path(__file__).resolve().parents[2]
 DEMO = REPO / "resources" / "demo"
@@ -197,30 +198,15 @@ def test_fractional_seg_keeps_the_map(tmp_path, capsys):
         maps_seg(src, [], MODEL)
 
 
-class _Gm:
-    """A stand-in GroundingMap exposing what the SC needs (trust_line as h21a's contract says)."""
-
-    def __init__(self, sim, phrase):
-        self.phrase, self._sim = phrase, sim
-        self.fully_seen = True
-
-    def to_image(self, shape=None):
-        import cv2
-
-        return self._sim if shape is None or tuple(shape) == self._sim.shape else \
-            cv2.resize(self._sim, (shape[1], shape[0]))
-
-    def trust_line(self):
-        return "presence 0.07 \u2014 no confident region \u00b7 unknown to this model: nodule"
-
-
 @needs_dciodvfy
 def test_heatmap_secondary_capture(tmp_path, capsys):
     from elvis_core.io.images import read_image
 
     src = _leaky_source()
     rad = read_image(RG1)
-    sc = heatmap_sc(src, rad, _Gm(_map(src, 600, 900), "right lower lobe nodule"), MODEL,
+    gm = StandInMap(_map(src, 600, 900), "right lower lobe nodule",
+                    "presence 0.07 \u2014 no confident region \u00b7 unknown to this model: nodule")
+    sc = heatmap_sc(src, rad, gm, MODEL,
                     extra_caption=["negated: the map shows where the words point, not that it is present"])
     path = write_dataset(sc, tmp_path / "map.sc.dcm")
     assert_dciodvfy_clean(path, capsys)

@@ -8,14 +8,13 @@ from pathlib import Path
 
 import pydicom
 import pytest
-from PySide6 import QtCore
 from pydicom.data import get_testdata_file
 
-from elvis_viewer import pacs_dialog, workers
-from elvis_viewer.main_window import MainWindow
+from elvis_viewer import pacs_dialog
 from tests.pacs.orthanc import PASSWORD, USER
 from tests.pacs.dicom_checks import assert_dciodvfy_clean, needs_dciodvfy
 from tests.pacs.sr_fixtures import report_sr
+from tests.viewer.helpers import ini_settings, shown_window
 
 REPO = Path(__file__).resolve().parents[2]
 DEMO_MODEL = REPO / "resources" / "demo_model"
@@ -26,15 +25,9 @@ RG1_STUDY = "1.3.6.1.4.1.5962.1.2.9.20040826185059.5457"
 @pytest.fixture
 def win(qtbot, tmp_path, monkeypatch):
     monkeypatch.setenv("ELVIS_PACS_CACHE", str(tmp_path / "cache"))
-    settings = QtCore.QSettings(str(tmp_path / "settings.ini"), QtCore.QSettings.Format.IniFormat)
-    settings.setValue("review/reviewer", "dr-test")
-    w = MainWindow(settings=settings)
-    qtbot.addWidget(w)
-    w.resize(1280, 720)
-    w.show()
-    qtbot.waitExposed(w)
-    yield w
-    workers.wait_all(30000)
+    settings = ini_settings(tmp_path / "settings.ini", {"review/reviewer": "dr-test"})
+    with shown_window(qtbot, settings, (1280, 720)) as w:
+        yield w
 
 
 @pytest.mark.slow

@@ -24,7 +24,7 @@ from elvis_core.review.from_sr import review_from_study
 from elvis_core.review.session import ReviewSession, find_report
 from tests.pacs.dicom_checks import assert_dciodvfy_clean, needs_dciodvfy
 from tests.pacs.orthanc import PASSWORD, USER
-from tests.pacs.sr_fixtures import report_sr
+from tests.pacs.sr_fixtures import StandInMap, report_sr
 
 REPO = Path(__file__).resolve().parents[2]
 DEMO = REPO / "resources" / "demo"
@@ -208,20 +208,6 @@ def test_review_from_a_study_without_review_sr_says_so(seeded, tmp_path):
 
 # ----------------------------------------------------------------------------------------- maps both ways #
 
-class _Gm:
-    def __init__(self, sim, phrase):
-        self.phrase, self._sim, self.fully_seen = phrase, sim, True
-
-    def to_image(self, shape=None):
-        import cv2
-
-        return self._sim if shape is None or tuple(shape) == self._sim.shape else \
-            cv2.resize(self._sim, (shape[1], shape[0]))
-
-    def trust_line(self):
-        return "uncalibrated (peak 0.30) \u00b7 whole image seen"
-
-
 @needs_dciodvfy
 def test_maps_both_ways(seeded, tmp_path, capsys):
     from elvis_core.io.images import read_image
@@ -236,7 +222,8 @@ def test_maps_both_ways(seeded, tmp_path, capsys):
     phrases = ["right apical pneumothorax", "left basal effusion"]
     seg = write_dataset(maps_seg(src, [MapLayer(p, m, "uncalibrated") for p, m in zip(phrases, sims)], MODEL),
                         tmp_path / "out" / "maps.seg.dcm")
-    sc = write_dataset(heatmap_sc(src, read_image(cr), _Gm(sims[0], phrases[0]), MODEL), tmp_path / "out" / "a.sc.dcm")
+    gm = StandInMap(sims[0], phrases[0], "uncalibrated (peak 0.30) \u00b7 whole image seen")
+    sc = write_dataset(heatmap_sc(src, read_image(cr), gm, MODEL), tmp_path / "out" / "a.sc.dcm")
     for p in (seg, sc):
         assert_dciodvfy_clean(p, capsys)
     assert c.store([seg, sc]) == 2

@@ -8,6 +8,8 @@ from elvis_core.grounding.types import GroundingMap
 from elvis_core.io.radiograph import Radiograph, Window
 from elvis_viewer.image_view import ImageView, affine_to_qtransform, orientation_markers
 
+from .helpers import shown_image_view
+
 
 def _rad(rows=300, cols=200, spacing=(0.2, 0.25), view="PA", windows=None):
     yy, xx = np.mgrid[0:rows, 0:cols]
@@ -19,12 +21,7 @@ def _rad(rows=300, cols=200, spacing=(0.2, 0.25), view="PA", windows=None):
 
 @pytest.fixture
 def view(qtbot):
-    v = ImageView()
-    qtbot.addWidget(v)
-    v.resize(600, 600)
-    v.show()
-    qtbot.waitExposed(v)
-    return v
+    return shown_image_view(qtbot)
 
 
 def test_levels_follow_window_and_drag_without_touching_pixels(view, qtbot):

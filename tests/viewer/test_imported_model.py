@@ -6,10 +6,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from PySide6 import QtCore
 
-from elvis_viewer import workers
-from elvis_viewer.main_window import MainWindow
 from tests.core import biovil_reference as ref
 
 DEMO = Path(__file__).resolve().parents[2] / "resources" / "demo_model"
@@ -30,14 +27,8 @@ def imported(tmp_path):
 
 
 @pytest.fixture
-def win(qtbot, tmp_path):
-    w = MainWindow(settings=QtCore.QSettings(str(tmp_path / "s.ini"), QtCore.QSettings.Format.IniFormat))
-    qtbot.addWidget(w)
-    w.resize(1280, 720)
-    w.show()
-    qtbot.waitExposed(w)
-    yield w
-    workers.wait_all(30000)
+def win(make_window):
+    return make_window(size=(1280, 720))
 
 
 def test_compare_demo_and_imported_checkpoint_shows_unseen_border(qtbot, win, imported, tmp_path, monkeypatch):

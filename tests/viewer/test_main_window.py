@@ -3,7 +3,6 @@ while the rest opens, click a report sentence, wait for the overlay and check wh
 tag inspector privacy, export, settings, and event-loop gaps while a model loads and an image is embedded."""
 
 import os
-import shutil
 import time
 
 import numpy as np
@@ -11,8 +10,9 @@ import pytest
 from PySide6 import QtCore, QtGui, QtWidgets
 from pydicom.data import get_testdata_file
 
-from elvis_viewer import workers
 from elvis_viewer.main_window import MainWindow
+
+from .helpers import open_folder, write_mimic_study
 
 REPORT = ("FINDINGS:\nThere is a small left basal opacity. The heart size is normal.\n\n"
           "IMPRESSION:\nLeft basal opacity,\npossibly atelectasis.\n")
@@ -21,30 +21,15 @@ REPORT = ("FINDINGS:\nThere is a small left basal opacity. The heart size is nor
 @pytest.fixture
 def study_root(tmp_path):
     """MIMIC-like layout: files/p10/p10000001/s50000001/{ct.dcm, mr.dcm, broken.dcm} + s50000001.txt beside it."""
-    sdir = tmp_path / "files" / "p10" / "p10000001" / "s50000001"
-    sdir.mkdir(parents=True)
-    shutil.copy(get_testdata_file("CT_small.dcm"), sdir / "a_ct.dcm")
-    shutil.copy(get_testdata_file("MR_small.dcm"), sdir / "b_mr.dcm")
+    sdir = write_mimic_study(tmp_path, REPORT, {"a_ct.dcm": "CT_small.dcm", "b_mr.dcm": "MR_small.dcm"})
     raw = open(get_testdata_file("CT_small.dcm"), "rb").read()
     (sdir / "c_broken.dcm").write_bytes(raw[:300])  # truncated inside the header
-    (sdir.parent / "s50000001.txt").write_text(REPORT)
     return tmp_path
 
 
 @pytest.fixture
-def settings(tmp_path):
-    return QtCore.QSettings(str(tmp_path / "settings.ini"), QtCore.QSettings.Format.IniFormat)
-
-
-@pytest.fixture
-def win(qtbot, settings):
-    w = MainWindow(settings=settings)
-    qtbot.addWidget(w)
-    w.resize(1200, 800)
-    w.show()
-    qtbot.waitExposed(w)
-    yield w
-    workers.wait_all(30000)
+def win(make_window):
+    return make_window(ini="settings.ini")
 
 
 def _demo_model():
@@ -61,14 +46,8 @@ def _wait_idle(qtbot, win, timeout=30000):
     qtbot.waitUntil(lambda: not win.busy(), timeout=timeout)
 
 
-def _open_study(qtbot, win, root):
-    with qtbot.waitSignal(win.imageShown, timeout=30000):
-        win.open_folder(str(root))
-    _wait_idle(qtbot, win)
-
-
 def test_open_folder_lists_images_and_the_corrupt_file(qtbot, win, study_root):
-    _open_study(qtbot, win, study_root)
+    open_folder(qtbot, win, study_root)
     assert win.rad is not None and win.rad_path.endswith("a_ct.dcm")
     # the broken file is listed with its name and a reason, the two good ones are in the browser
     assert any("c_broken.dcm" in msg for _, msg in win.problems)
@@ -116,7 +95,7 @@ def test_single_opened_files_get_thumbnails_too(qtbot, win, study_root):
     assert len(colours) > 5  # a picture of the image, not a blank square
 
 def test_click_sentence_grounds_and_overlay_covers_image(qtbot, win, study_root):
-    _open_study(qtbot, win, study_root)
+    open_folder(qtbot, win, study_root)
     win.load_checkpoint(None, 0, factory=_demo_model, name="demo-test")
     qtbot.waitUntil(lambda: win.slots[0].engine is not None, timeout=60000)
     rv = win.report_view
@@ -167,7 +146,7 @@ def test_click_sentence_grounds_and_overlay_covers_image(qtbot, win, study_root)
 
 
 def test_new_selection_supersedes_old(qtbot, win, study_root):
-    _open_study(qtbot, win, study_root)
+    open_folder(qtbot, win, study_root)
     win.load_checkpoint(None, 0, model=_demo_model(), name="m")
     qtbot.waitUntil(lambda: win.slots[0].engine is not None, timeout=60000)
     seen = []
@@ -180,7 +159,7 @@ def test_new_selection_supersedes_old(qtbot, win, study_root):
 
 
 def test_selecting_text_with_mouse_grounds_exact_span(qtbot, win, study_root):
-    _open_study(qtbot, win, study_root)
+    open_folder(qtbot, win, study_root)
     rv = win.report_view
     got = []
     rv.phraseSelected.connect(lambda s, e, t: got.append((s, e, t)))
@@ -203,7 +182,7 @@ def test_annotated_phrases_underlined_and_boxes_drawn(qtbot, win, study_root, tm
                    f"a_ct,Atelectasis,small left basal opacity,{rel},70,80,30,20,128,128\n"
                    f"a_ct,Atelectasis,small left basal opacity,{rel},10,80,20,20,128,128\n")
     win.load_annotations(str(csv))
-    _open_study(qtbot, win, study_root)
+    open_folder(qtbot, win, study_root)
     assert win.annot_combo.count() == 2
     off = win.report.text.index("small left basal")
     assert win.report_view.is_underlined(off)
@@ -215,7 +194,7 @@ def test_annotated_phrases_underlined_and_boxes_drawn(qtbot, win, study_root, tm
 
 
 def test_preset_combo_sets_window(qtbot, win, study_root):
-    _open_study(qtbot, win, study_root)
+    open_folder(qtbot, win, study_root)
     names = [win.preset_combo.itemText(i) for i in range(win.preset_combo.count())]
     assert {"Lung", "Mediastinum", "Bone", "Full"} <= set(names)
     i = names.index("Bone")
@@ -227,7 +206,7 @@ def test_preset_combo_sets_window(qtbot, win, study_root):
 
 
 def test_wl_drag_in_window_changes_levels(qtbot, win, study_root):
-    _open_study(qtbot, win, study_root)
+    open_folder(qtbot, win, study_root)
     iv = win.image_view
     before = tuple(iv.image_item.getLevels())
     win.actions_by_id["view.wl_mode"].setChecked(True)  # W/L mode: left drag
@@ -246,7 +225,7 @@ def test_wl_drag_in_window_changes_levels(qtbot, win, study_root):
 
 
 def test_compare_mode_two_maps_synchronised(qtbot, win, study_root):
-    _open_study(qtbot, win, study_root)
+    open_folder(qtbot, win, study_root)
     import torch
 
     from elvis_core.model import build_model
@@ -279,7 +258,7 @@ def test_compare_mode_two_maps_synchronised(qtbot, win, study_root):
 
 
 def test_tag_inspector_masks_identifiers_unless_toggled(qtbot, win, study_root):
-    _open_study(qtbot, win, study_root)
+    open_folder(qtbot, win, study_root)
 
     def values(dlg):
         t = dlg.table
@@ -309,7 +288,7 @@ def test_export_is_what_the_screen_shows(qtbot, win, study_root, tmp_path):
 
     from elvis_viewer.export import default_name
 
-    _open_study(qtbot, win, study_root)
+    open_folder(qtbot, win, study_root)
     win.load_checkpoint(None, 0, model=_demo_model(), name="m")
     qtbot.waitUntil(lambda: win.slots[0].engine is not None, timeout=60000)
     with qtbot.waitSignal(win.overlayUpdated, timeout=30000):
@@ -394,7 +373,7 @@ def test_shortcut_sheet(qtbot, win):
 def test_no_gui_stall_while_model_loads_and_image_embeds(qtbot, win, study_root, tmp_path):
     """Measure event-loop gaps with a 5 ms QTimer while a checkpoint directory loads (safetensors + tokenizer) and
     an image is embedded and grounded, all in workers."""
-    _open_study(qtbot, win, study_root)
+    open_folder(qtbot, win, study_root)
     import torch
 
     from elvis_core.model import build_model

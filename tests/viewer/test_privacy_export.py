@@ -6,22 +6,15 @@ import shutil
 import numpy as np
 import pydicom
 import pytest
-from PySide6 import QtCore, QtGui, QtWidgets
+from PySide6 import QtGui
 from pydicom.data import get_testdata_file
 
-from elvis_viewer import workers
-from elvis_viewer.main_window import MainWindow
+from .helpers import fake_save_dialog, open_folder
 
 
 @pytest.fixture
-def win(qtbot, tmp_path):
-    w = MainWindow(settings=QtCore.QSettings(str(tmp_path / "s.ini"), QtCore.QSettings.Format.IniFormat))
-    qtbot.addWidget(w)
-    w.resize(1200, 800)
-    w.show()
-    qtbot.waitExposed(w)
-    yield w
-    workers.wait_all(30000)
+def win(make_window):
+    return make_window()
 
 
 @pytest.fixture
@@ -33,12 +26,6 @@ def pacs_cache(tmp_path):
     d.mkdir(parents=True)
     shutil.copy(src, d / f"{ds.SOPInstanceUID}.dcm")
     return tmp_path / "cache", ds
-
-
-def _open(qtbot, win, root):
-    with qtbot.waitSignal(win.imageShown, timeout=30000):
-        win.open_folder(str(root))
-    qtbot.waitUntil(lambda: not win.busy(), timeout=30000)
 
 
 def _texts(win):
@@ -56,7 +43,7 @@ def _uids(ds):
 
 def test_uids_masked_in_lists_and_titles_until_the_toggle(qtbot, win, pacs_cache):
     root, ds = pacs_cache
-    _open(qtbot, win, root)
+    open_folder(qtbot, win, root)
     text = _texts(win)
     assert win.study_browser.list.count() >= 2  # a study header and its image
     for uid in _uids(ds):
@@ -71,7 +58,7 @@ def test_uids_masked_in_lists_and_titles_until_the_toggle(qtbot, win, pacs_cache
 
 def test_tag_inspector_shows_uid_pseudonyms(qtbot, win, pacs_cache):
     root, ds = pacs_cache
-    _open(qtbot, win, root)
+    open_folder(qtbot, win, root)
     dlg = win.show_tag_inspector()
     qtbot.addWidget(dlg)
     t = dlg.table
@@ -92,7 +79,7 @@ def _png_pixels(path):
 
 def test_export_has_no_identifiers_with_the_toggle_on(qtbot, win, pacs_cache, tmp_path, monkeypatch):
     root, ds = pacs_cache
-    _open(qtbot, win, root)
+    open_folder(qtbot, win, root)
     off = win.export_png(str(tmp_path / "off.png"))
     win.privacy_act.setChecked(True)
     name = str(ds.PatientName)
@@ -109,14 +96,9 @@ def test_export_has_no_identifiers_with_the_toggle_on(qtbot, win, pacs_cache, tm
 
 def test_export_default_name_never_a_uid(qtbot, win, pacs_cache, monkeypatch):
     root, ds = pacs_cache
-    _open(qtbot, win, root)
+    open_folder(qtbot, win, root)
     win.privacy_act.setChecked(True)  # whatever the toggle says
-    seen = {}
-
-    def fake(parent, title, name, filt):
-        seen["name"] = name
-        return "", ""
-    monkeypatch.setattr(QtWidgets.QFileDialog, "getSaveFileName", fake)
+    seen = fake_save_dialog(monkeypatch)
     win.export_dialog()
     slug = ds.StudyInstanceUID.replace(".", "-")
     assert seen["name"].endswith(".png") and slug[:16] not in seen["name"] and slug[-12:] not in seen["name"]

@@ -7,12 +7,10 @@ import shutil
 
 import pydicom
 import pytest
-from PySide6 import QtCore, QtWidgets
+from PySide6 import QtWidgets
 from pydicom.data import get_testdata_file
 
-from elvis_viewer import workers
 from elvis_viewer.display_record import FAILED, LOADING
-from elvis_viewer.main_window import MainWindow
 from elvis_viewer.review.dialogs import SETTINGS_KEY
 
 FOLDER_UID = "1.2.826.0.1.3680043.8.498.111"
@@ -36,16 +34,8 @@ def uid_study(tmp_path):
 
 
 @pytest.fixture
-def win(qtbot, tmp_path):
-    settings = QtCore.QSettings(str(tmp_path / "s.ini"), QtCore.QSettings.Format.IniFormat)
-    settings.setValue(SETTINGS_KEY, "Dr Privacy")  # the Review tab asks for no name
-    w = MainWindow(settings=settings)
-    qtbot.addWidget(w)
-    w.resize(1200, 800)
-    w.show()
-    qtbot.waitExposed(w)
-    yield w
-    workers.wait_all(30000)
+def win(make_window):
+    return make_window(values={SETTINGS_KEY: "Dr Privacy"})  # the Review tab asks for no name
 
 
 def _surfaces(win) -> dict:

@@ -9,6 +9,8 @@ from pydicom.data import get_testdata_file
 from elvis_viewer import workers
 from elvis_viewer.session import ViewerSession
 
+from .helpers import copy_testdata
+
 REPORT = ("FINDINGS:\nThere is a small left basal opacity. No pneumothorax.\n\n"
           "IMPRESSION:\nLeft basal opacity,\npossibly atelectasis.\n")
 
@@ -205,12 +207,8 @@ def test_several_files_opened_at_once_are_all_listed(qtbot, session, two_studies
 def test_an_image_opened_with_its_report_file_shows_that_report(qtbot, session, tmp_path):
     """`elvis-viewer image.dcm report.txt` (either order, or both dropped together): the report belongs to the image
     (the image's read used to replace it with "no report"), and stays with it when the image is opened again."""
-    img = tmp_path / "a" / "img.dcm"
-    img.parent.mkdir()
-    shutil.copy(get_testdata_file("CT_small.dcm"), img)
-    other = tmp_path / "b" / "other.dcm"
-    other.parent.mkdir()
-    shutil.copy(get_testdata_file("MR_small.dcm"), other)
+    img = copy_testdata("CT_small.dcm", tmp_path / "a" / "img.dcm")
+    other = copy_testdata("MR_small.dcm", tmp_path / "b" / "other.dcm")
     rep = tmp_path / "notes" / "report.txt"
     rep.parent.mkdir()
     rep.write_text(REPORT)
@@ -238,9 +236,7 @@ def test_an_image_opened_with_its_report_file_shows_that_report(qtbot, session, 
 
 def test_a_file_opened_on_its_own_is_labelled_like_a_scanned_one(qtbot, session, tmp_path):
     """View, name and size in the list, modality in the study header, as for the images of a scanned folder."""
-    img = tmp_path / "rg1" / "chest.dcm"
-    img.parent.mkdir()
-    shutil.copy(get_testdata_file("RG1_UNCI.dcm"), img)
+    img = copy_testdata("RG1_UNCI.dcm", tmp_path / "rg1" / "chest.dcm")
     session.open_paths([str(img)])
     _idle(qtbot, session)
     (e,) = session.entries

@@ -10,8 +10,7 @@ import pytest
 from PySide6 import QtCore, QtGui, QtWidgets
 from pydicom.data import get_testdata_file
 
-from elvis_viewer import workers
-from elvis_viewer.main_window import MainWindow
+from .helpers import open_folder, shown_image_view, write_mimic_study
 
 REPORT = ("FINDINGS:\nThere is a small left basal opacity. ___. The heart size is normal.\n\n"
           "IMPRESSION:\nLeft basal opacity,\npossibly atelectasis.\n")
@@ -20,10 +19,7 @@ REPORT = ("FINDINGS:\nThere is a small left basal opacity. ___. The heart size i
 @pytest.fixture
 def study(tmp_path):
     """MIMIC layout: files/p10/p10000001/s50000001/a_ct.dcm + the report + an annotation CSV for one phrase."""
-    sdir = tmp_path / "files" / "p10" / "p10000001" / "s50000001"
-    sdir.mkdir(parents=True)
-    shutil.copy(get_testdata_file("CT_small.dcm"), sdir / "a_ct.dcm")
-    (sdir.parent / "s50000001.txt").write_text(REPORT)
+    write_mimic_study(tmp_path, REPORT, {"a_ct.dcm": "CT_small.dcm"})
     csv = tmp_path / "ms_cxr.csv"
     csv.write_text("dicom_id,category_name,label_text,path,x,y,w,h,image_width,image_height\n"
                    "a_ct,Consolidation,small left basal opacity,files/p10/p10000001/s50000001/a_ct.dcm,"
@@ -32,24 +28,12 @@ def study(tmp_path):
 
 
 @pytest.fixture
-def win(qtbot, tmp_path):
-    w = MainWindow(settings=QtCore.QSettings(str(tmp_path / "s.ini"), QtCore.QSettings.Format.IniFormat))
-    qtbot.addWidget(w)
-    w.resize(1200, 800)
-    w.show()
-    qtbot.waitExposed(w)
-    yield w
-    workers.wait_all(30000)
-
-
-def _open(qtbot, win, root):
-    with qtbot.waitSignal(win.imageShown, timeout=30000):
-        win.open_folder(str(root))
-    qtbot.waitUntil(lambda: not win.busy(), timeout=30000)
+def win(make_window):
+    return make_window()
 
 
 def test_window_shortcuts_work_while_typing_a_phrase(qtbot, win, study):
-    _open(qtbot, win, study)
+    open_folder(qtbot, win, study)
     called = []
     win.export_dialog = lambda: called.append("export")
     win.show_tag_inspector = lambda: called.append("tags")
@@ -101,7 +85,7 @@ def test_a_field_that_claims_ctrl_e_lets_the_window_shortcut_through(qtbot, pass
 
 
 def test_typed_negated_phrase_says_typed(qtbot, win, study):
-    _open(qtbot, win, study)
+    open_folder(qtbot, win, study)
     win.phrase_edit.setText("no pleural effusion")  # not in the report
     win.phrase_edit.returnPressed.emit()
     label = win.assertion_label.text()
@@ -123,7 +107,7 @@ def _cursor_at(rv, offset):
 
 def test_click_on_an_underlined_phrase_shows_its_boxes(qtbot, win, study):
     win.load_annotations(str(study / "ms_cxr.csv"), images_root=str(study))
-    _open(qtbot, win, study)
+    open_folder(qtbot, win, study)
     qtbot.waitUntil(lambda: bool(win.report_view.annotated), timeout=10000)
     a, b, phrase = win.report_view.annotated[0]
     assert win.report_view.is_underlined(a + 3)
@@ -155,7 +139,7 @@ def test_report_up_down_steps_from_the_current_phrase_and_skips_placeholders(qtb
 
 
 def test_ctr_shows_no_number_until_both_lines_are_placed(qtbot, win, study):
-    _open(qtbot, win, study)
+    open_folder(qtbot, win, study)
     tool = win.add_measurement("ctr")
     txt = tool.label.textItem.toPlainText()
     assert "CTR" in txt and not any(ch.isdigit() for ch in txt) and tool.value()[0] is None
@@ -166,7 +150,7 @@ def test_ctr_shows_no_number_until_both_lines_are_placed(qtbot, win, study):
 
 
 def test_measurement_labels_never_overlap(qtbot, win, study):
-    _open(qtbot, win, study)
+    open_folder(qtbot, win, study)
     tools = [win.add_measurement("ruler") for _ in range(3)] + [win.add_measurement("angle")]
     for t in tools[:3]:
         t.set_points([(30, 64), (90, 64)])  # three rulers on the same line: same label place
@@ -191,13 +175,8 @@ def _grab(view):
 def test_fade_leaves_the_film_untouched_where_the_map_is_not_positive(qtbot):
     from elvis_core.grounding.types import GroundingMap
     from elvis_core.io.radiograph import Radiograph, Window
-    from elvis_viewer.image_view import ImageView
 
-    v = ImageView()
-    qtbot.addWidget(v)
-    v.resize(400, 400)
-    v.show()
-    qtbot.waitExposed(v)
+    v = shown_image_view(qtbot, (400, 400))
     yy, xx = np.mgrid[0:200, 0:200]
     v.set_radiograph(Radiograph(pixels=(xx + yy).astype(np.float32), windows=[Window(200.0, 400.0, "file")],
                                 meta={"ViewPosition": "PA"}))
@@ -225,7 +204,7 @@ def test_fade_leaves_the_film_untouched_where_the_map_is_not_positive(qtbot):
 
 
 def test_preset_box_says_custom_after_a_wl_drag(qtbot, win, study):
-    _open(qtbot, win, study)
+    open_folder(qtbot, win, study)
     box = win.preset_combo
     names = [box.itemText(i) for i in range(box.count())]
     assert names and box.currentText() in names
@@ -237,13 +216,8 @@ def test_preset_box_says_custom_after_a_wl_drag(qtbot, win, study):
 
 def test_orientation_markers_sit_at_the_image_edge(qtbot):
     from elvis_core.io.radiograph import Radiograph, Window
-    from elvis_viewer.image_view import ImageView
 
-    v = ImageView()
-    qtbot.addWidget(v)
-    v.resize(700, 400)
-    v.show()
-    qtbot.waitExposed(v)
+    v = shown_image_view(qtbot, (700, 400))
     v.set_radiograph(Radiograph(pixels=np.zeros((300, 100), np.float32), windows=[Window(0.0, 1.0, "f")],
                                 meta={"ViewPosition": "PA"}))
     v.fit()
@@ -256,7 +230,7 @@ def test_orientation_markers_sit_at_the_image_edge(qtbot):
 
 
 def test_status_bar_clears_when_a_read_ends(qtbot, win, study):
-    _open(qtbot, win, study)
+    open_folder(qtbot, win, study)
     win.statusBar().clearMessage()
     shutil.copy(get_testdata_file("MR_small.dcm"), study / "mr.dcm")
     with qtbot.waitSignal(win.imageShown, timeout=30000):
@@ -270,7 +244,7 @@ def test_truncated_files_are_listed_in_problems_at_scan(qtbot, win, tmp_path):
     shutil.copy(get_testdata_file("CT_small.dcm"), d / "good.dcm")
     raw = open(get_testdata_file("MR_small.dcm"), "rb").read()
     (d / "cut.dcm").write_bytes(raw[:-2000])  # header intact, pixel data cut short
-    _open(qtbot, win, d)
+    open_folder(qtbot, win, d)
     assert [e.path for e in win.session.entries] == [str(d / "good.dcm")]
     assert any("cut.dcm" in m and "truncated" in m for _p, m in win.problems)
 

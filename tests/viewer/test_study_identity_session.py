@@ -11,6 +11,8 @@ from elvis_viewer import workers
 from elvis_viewer.display_record import CARRIED_NOTE, FAILED, SHOWN, violations
 from elvis_viewer.session import ViewerSession
 
+from .helpers import copy_testdata
+
 EDEMA = "FINDINGS:\nMild bilateral perihilar edema. Small left effusion.\n"
 NO_EDEMA = "FINDINGS:\nNo evidence of pulmonary edema. Heart size is normal.\n"
 
@@ -217,9 +219,7 @@ def test_cli_report_pairs_explicitly_and_the_header_says_how(qtbot, tmp_path):
     from elvis_viewer import app as app_mod
     from elvis_viewer.main_window import MainWindow
 
-    img = tmp_path / "img" / "chest.dcm"
-    img.parent.mkdir()
-    shutil.copy(get_testdata_file("RG1_UNCI.dcm"), img)
+    img = copy_testdata("RG1_UNCI.dcm", tmp_path / "img" / "chest.dcm")
     rep = tmp_path / "notes" / "r.txt"
     rep.parent.mkdir()
     rep.write_text(EDEMA)

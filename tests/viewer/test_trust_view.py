@@ -13,9 +13,10 @@ from elvis_core.grounding.types import GroundingMap
 from elvis_core.io.dicom import read_radiograph
 from elvis_core.io.radiograph import Radiograph, Window
 from elvis_viewer.export import trust_header
-from elvis_viewer.image_view import ImageView
 from elvis_viewer.overlay_panel import OverlayPanel, OverlaySettings
 from elvis_viewer.view_items import prepare_display
+
+from .helpers import shown_image_view
 
 CAL = {"kind": "logistic", "feature": "peak", "a": 20.0, "b": -10.0, "threshold": 0.5, "calibrated_on": "test"}
 
@@ -34,11 +35,7 @@ def _map(top, phrase="left effusion"):
 
 @pytest.fixture
 def view(qtbot):
-    v = ImageView()
-    qtbot.addWidget(v)
-    v.resize(600, 600)
-    v.show()
-    qtbot.waitExposed(v)
+    v = shown_image_view(qtbot)
     v.set_radiograph(_rad())
     v.set_overlay_opacity(0.5)
     v.set_overlay_range("auto")

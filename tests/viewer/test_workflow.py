@@ -6,27 +6,13 @@ import os
 import pytest
 from PySide6 import QtCore, QtWidgets
 
-from elvis_viewer import workers
-from elvis_viewer.main_window import MainWindow
-
+from .helpers import fake_save_dialog, open_folder
 from .test_session import _model, two_studies  # noqa: F401  (fixture)
 
 
 @pytest.fixture
-def win(qtbot, tmp_path):
-    w = MainWindow(settings=QtCore.QSettings(str(tmp_path / "s.ini"), QtCore.QSettings.Format.IniFormat))
-    qtbot.addWidget(w)
-    w.resize(1280, 720)
-    w.show()
-    qtbot.waitExposed(w)
-    yield w
-    workers.wait_all(30000)
-
-
-def _open(qtbot, win, root):
-    with qtbot.waitSignal(win.imageShown, timeout=30000):
-        win.open_folder(str(root))
-    qtbot.waitUntil(lambda: not win.busy(), timeout=30000)
+def win(make_window):
+    return make_window(size=(1280, 720))
 
 
 def test_empty_window_tells_how_to_open(win):
@@ -37,7 +23,7 @@ def test_empty_window_tells_how_to_open(win):
 def test_each_tab_has_its_own_panel_layout(qtbot, win, two_studies):
     if win.review_view is None:
         pytest.skip("review tab not available")
-    _open(qtbot, win, two_studies)
+    open_folder(qtbot, win, two_studies)
     assert win.study_dock.isVisible() and win.report_dock.isVisible() and win.overlay_dock.isVisible()
     win.overlay_dock.toggleViewAction().trigger()  # View → Panels → Overlay off
     assert not win.overlay_dock.isVisible()
@@ -52,7 +38,7 @@ def test_each_tab_has_its_own_panel_layout(qtbot, win, two_studies):
 
 
 def test_keyboard_browsing(qtbot, win, two_studies):
-    _open(qtbot, win, two_studies)
+    open_folder(qtbot, win, two_studies)
     entries = win.session.entries
     lst = win.study_browser.list
     lst.setFocus()
@@ -72,7 +58,7 @@ def test_keyboard_browsing(qtbot, win, two_studies):
 
 
 def test_negation_marks_in_report_caption_and_view(qtbot, win, two_studies):
-    _open(qtbot, win, two_studies)
+    open_folder(qtbot, win, two_studies)
     rv = win.report_view
     kinds = {(m.kind, m.cue) for m in rv.marks}
     assert ("negated", "No") in kinds and ("uncertain", "possibly") in kinds
@@ -91,14 +77,14 @@ def test_negation_marks_in_report_caption_and_view(qtbot, win, two_studies):
 
 
 def test_provenance_banner(qtbot, win, two_studies):
-    _open(qtbot, win, two_studies)
+    open_folder(qtbot, win, two_studies)
     win.load_checkpoint(None, 0, model=_model({"demo_build": {"phantom": {"seed": 7}}}), name="demo_model")
     qtbot.waitUntil(lambda: win.slots[0].engine is not None, timeout=60000)
     assert win.provenance_label.isVisible() and "phantom" in win.provenance_label.text()
 
 
 def test_measurement_tools(qtbot, win, two_studies):
-    _open(qtbot, win, two_studies)
+    open_folder(qtbot, win, two_studies)
     win.actions_by_id["tools.ruler"].trigger()
     win.actions_by_id["tools.ruler"].trigger()
     win.actions_by_id["tools.angle"].trigger()
@@ -118,14 +104,9 @@ def test_measurement_tools(qtbot, win, two_studies):
 
 
 def test_export_dialog_default_name(qtbot, win, two_studies, monkeypatch):
-    _open(qtbot, win, two_studies)
+    open_folder(qtbot, win, two_studies)
     win.session.ground_phrase("Left basal opacity")
-    seen = {}
-
-    def fake(parent, title, name, filt):
-        seen["name"] = name
-        return "", ""
-    monkeypatch.setattr(QtWidgets.QFileDialog, "getSaveFileName", fake)
+    seen = fake_save_dialog(monkeypatch)
     win.export_dialog()
     study = os.path.basename(win.session.entry(win.rad_path).study_key)
     assert seen["name"] == f"{study}_Left-basal-opacity.png"
