@@ -96,6 +96,8 @@ def parse_args(argv=None):
     p.add_argument("--val-every", type=int, default=40)
     p.add_argument("--val-phrases", type=int, default=60)
     p.add_argument("--size", type=int, default=128)
+    p.add_argument("--generator-version", type=int, default=1,
+                   help="phantom generator of every set (1: the documented run's data; 2: phantom v2)")
     p.add_argument("--config", default=str(REPO / "resources" / "configs" / "demo.toml"))
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--bootstrap", type=int, default=1000)
@@ -133,7 +135,7 @@ def phantom_sets(a) -> dict:
         if not (d / "ms_cxr.csv").is_file():
             if d.exists():
                 shutil.rmtree(d)
-            generate(d, n, seed=seed, size=a.size, splits=splits)
+            generate(d, n, seed=seed, size=a.size, splits=splits, version=a.generator_version)
         out[name] = d
     return out
 
@@ -226,11 +228,13 @@ class Context:
         self.lungs = lung_geometry(root / "anatomy.csv")
         w = Path(a.work)
         self.probe_train = probe_train if probe_train is not None else \
-            probe_set(w / "probe_train", a.probe_studies, 303, a.size, transform)
+            probe_set(w / "probe_train", a.probe_studies, 303, a.size, transform, a.generator_version)
         if which == "test":
-            self.probe_test = probe_set(w / "probe_test", a.probe_test_studies, 305, a.size, transform)
+            self.probe_test = probe_set(w / "probe_test", a.probe_test_studies, 305, a.size, transform,
+                                        a.generator_version)
         else:
-            self.probe_test = probe_set(w / "probe_val", max(20, a.probe_test_studies // 2), 304, a.size, transform)
+            self.probe_test = probe_set(w / "probe_val", max(20, a.probe_test_studies // 2), 304, a.size, transform,
+                                        a.generator_version)
 
 
 def lung_geometry(csv_path: Path) -> dict:

@@ -80,21 +80,24 @@ def study_masks(study, geometry) -> Dict[str, np.ndarray]:
     return out
 
 
-def probe_set(folder: os.PathLike | str, n_studies: int, seed: int, size: int, transform) -> ProbeSet:
-    """Labelled phantom studies for the probes: generated into ``folder`` (once; all in the "test" split) and read
-    back through ``transform`` (the model's input transform)."""
+def probe_set(folder: os.PathLike | str, n_studies: int, seed: int, size: int, transform,
+              version: Optional[int] = None) -> ProbeSet:
+    """Labelled phantom studies for the probes: generated into ``folder`` (once; all in the "test" split) by phantom
+    generator ``version`` (None: the default) and read back through ``transform`` (the model's input transform)."""
     from elvis_core.grounding.evaluate import read_any_image
     from elvis_core.phantom import generate
     from elvis_core.phantom.anatomy import render_anatomy, sample_anatomy
-    from elvis_core.phantom.generate import _plan, _seq, render_study
+    from elvis_core.phantom.generate import GENERATOR_VERSION, _plan, _seq, render_study
 
+    version = GENERATOR_VERSION if version is None else int(version)
     folder = Path(folder)
     if not (folder / "ms_cxr.csv").is_file():
-        generate(folder, n_studies, seed=seed, size=size, splits=(0, 0, 100))
+        generate(folder, n_studies, seed=seed, size=size, splits=(0, 0, 100), version=version)
     inputs, masks, paths = [], [], []
     for job in _plan(n_studies, seed, size, (0, 0, 100)):
         anatomy = sample_anatomy(_seq(job.seed, 2, job.patient))
-        study = render_study(_seq(job.seed, 3, job.index), size=job.size, anatomy=anatomy, with_clean=False)
+        study = render_study(_seq(job.seed, 3, job.index), size=job.size, anatomy=anatomy, with_clean=False,
+                             version=version)
         txt = folder / job.rel_txt
         if not txt.is_file() or txt.read_text(encoding="utf-8") != study.report:
             raise ElvisError("phantom folder does not match its seed (another generator version or seed?); "

@@ -44,6 +44,16 @@ def test_probe_set_refuses_a_folder_that_does_not_match_its_seed(model, probes, 
         probe_set(folder, 2, 9, 64, model.transform)
 
 
+def test_probe_set_of_generator_v1_is_read_with_its_version(model, tmp_path):
+    """The documented ELVIS-paper run's probe sets are generator v1: read back with version=1, refused by the v2
+    default (its reports differ), never silently mixed."""
+    folder = tmp_path / "v1"
+    ps = probe_set(folder, 2, 9, 64, model.transform, version=1)
+    assert ps.inputs.shape[0] == 2
+    with pytest.raises(ElvisError, match="does not match its seed"):
+        probe_set(folder, 2, 9, 64, model.transform)
+
+
 def test_dice_per_image_by_hand():
     prob = torch.zeros(1, 2, 4, 4)
     prob[0, 0, :2, :2] = 0.9  # 4 predicted cells
