@@ -66,12 +66,19 @@ def typed(engine, rad, n: int, tag: str):
     return ts
 
 
-def window_typed(ckpt: Path, rad_path: str, n: int, no_onnx: bool):
-    """Typed phrase -> overlay drawn in a MainWindow (Enter at once), p50/p95 ms, and the engine class."""
+def window_typed(ckpt: Path, rad_path: str, n: int, no_onnx: bool, fp32_only: bool = False):
+    """Typed phrase -> overlay drawn in a MainWindow (Enter at once), p50/p95 ms, and the engine (class + backend).
+    ``fp32_only``: the ONNX engine without its int8 text tower even when that passed its fidelity check."""
     from PySide6 import QtCore, QtWidgets
 
+    from elvis_core.grounding import onnx_engine as oe
     from elvis_viewer import workers
     from elvis_viewer.main_window import MainWindow
+
+    load = oe.OnnxGroundingEngine.__dict__["load"]
+    if fp32_only:
+        oe.OnnxGroundingEngine.load = classmethod(
+            lambda cls, d, **kw: load.__func__(cls, d, **dict(kw, use_int8=False)))
 
     if no_onnx:
         os.environ["ELVIS_NO_ONNX"] = "1"
@@ -102,9 +109,11 @@ def window_typed(ckpt: Path, rad_path: str, n: int, no_onnx: bool):
         win.image_view.glw.viewport().repaint()
         ts.append((time.perf_counter() - t0) * 1000)
         s.mapReady.disconnect(done.append)
-    name = type(win.slots[0].engine).__name__
+    eng = win.slots[0].engine
+    name = type(eng).__name__ + (f" ({eng.backend})" if hasattr(eng, "backend") else "")
     workers.wait_all()
     win.close()
+    oe.OnnxGroundingEngine.load = load
     return ts, name
 
 
@@ -191,8 +200,10 @@ def main() -> int:
         rows.append(("int8 text tower: not used (failed its fidelity check or not made)", float("nan"),
                      float("nan"), str(q.manifest.get("text_int8"))))
     if not a.no_window:
-        for no_onnx in (True, False):
-            ts, name = window_typed(ckpt, rg1, a.phrases, no_onnx)
+        for no_onnx, fp32 in ((True, False), (False, False), (False, True)):
+            if fp32 and "int8" not in q.backend:
+                continue  # the ONNX row above already ran fp32
+            ts, name = window_typed(ckpt, rg1, a.phrases, no_onnx, fp32)
             rows.append((f"typed phrase -> overlay drawn (window, Enter at once), {name}", pct(ts, 50), pct(ts, 95),
                          "target p50 <= 60"))
     rows += image_rows(ckpt, rad, a.threads, a.images)
