@@ -52,32 +52,30 @@ def ask_rescale(parent: Optional[QtWidgets.QWidget], n_items: int, example: str)
     return ans == QtWidgets.QMessageBox.StandardButton.Yes
 
 
+def _ask(parent: Optional[QtWidgets.QWidget], title: str, text: str, accept: str) -> bool:
+    """A warning with an ``accept`` button (the default) and Cancel; True when ``accept`` was clicked."""
+    box = QtWidgets.QMessageBox(QtWidgets.QMessageBox.Icon.Warning, title, text, parent=parent)
+    ok = box.addButton(accept, QtWidgets.QMessageBox.ButtonRole.AcceptRole)
+    box.addButton(QtWidgets.QMessageBox.StandardButton.Cancel)
+    box.setDefaultButton(ok)
+    box.exec()
+    return box.clickedButton() is ok
+
+
 def ask_open_read_only(parent: Optional[QtWidgets.QWidget], reason: str) -> bool:
     """The review file is being written by someone else: offer a read-only look (decisions are not saved)."""
     shown = getattr(parent, "shown", str)  # the Review tab's masking: a PACS study's files are named by UID
-    box = QtWidgets.QMessageBox(QtWidgets.QMessageBox.Icon.Warning, "Review file in use",
-                                f"{shown(reason)}\n\nOpen it read-only? You can browse the phrases and their "
-                                "current decisions; nothing you do is saved.", parent=parent)
-    ro = box.addButton("Open read-only", QtWidgets.QMessageBox.ButtonRole.AcceptRole)
-    box.addButton(QtWidgets.QMessageBox.StandardButton.Cancel)
-    box.setDefaultButton(ro)
-    box.exec()
-    return box.clickedButton() is ro
+    return _ask(parent, "Review file in use", f"{shown(reason)}\n\nOpen it read-only? You can browse the phrases and "
+                "their current decisions; nothing you do is saved.", "Open read-only")
 
 
 def ask_recover(parent: Optional[QtWidgets.QWidget], err: ReviewDamagedError) -> bool:
     """The review file is damaged (it was not opened, not re-created): offer to rebuild it from what can be read."""
     shown = getattr(parent, "shown", str)
     kept = f" A copy of it as it is now is kept: {err.copy.name}." if err.copy is not None else ""
-    box = QtWidgets.QMessageBox(QtWidgets.QMessageBox.Icon.Warning, "Review file damaged",
-                                f"{shown(err.problem)}{shown(kept)}\n\nRecover what can be read? Decisions are "
-                                "rebuilt from the file and its audit trail; what cannot be read is counted as lost "
-                                "(the same as 'elvis review recover').", parent=parent)
-    rec = box.addButton("Recover", QtWidgets.QMessageBox.ButtonRole.AcceptRole)
-    box.addButton(QtWidgets.QMessageBox.StandardButton.Cancel)
-    box.setDefaultButton(rec)
-    box.exec()
-    return box.clickedButton() is rec
+    return _ask(parent, "Review file damaged", f"{shown(err.problem)}{shown(kept)}\n\nRecover what can be read? "
+                "Decisions are rebuilt from the file and its audit trail; what cannot be read is counted as lost (the "
+                "same as 'elvis review recover').", "Recover")
 
 
 def open_review_session(parent, annotations_path, images_root, rescale: Optional[bool], reviewer: str,

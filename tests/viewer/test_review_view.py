@@ -471,3 +471,29 @@ def test_a_damaged_review_file_offers_recovery(qtbot, annotations, settings, mon
     got = {it.key: it.status for it in v.session.items}
     assert all(got[k] == "accepted" for k in keys)
     v.session.close()
+
+
+def test_the_recover_dialog_names_the_problem_and_recovers_on_enter(qtbot, tmp_path):
+    """The dialog itself (keyboard only): Enter = Recover (the default button), Escape = Cancel."""
+    from elvis_core.review.store import ReviewDamagedError
+    from elvis_viewer.review.dialogs import ask_recover
+
+    err = ReviewDamagedError("the items table is missing", tmp_path / "a.csv.review.sqlite",
+                             copy=tmp_path / "a.csv.review.sqlite.damaged-1")
+    seen = []
+
+    def answer(key):
+        def go():
+            dlg = QtWidgets.QApplication.activeModalWidget()
+            if dlg is None:
+                QtCore.QTimer.singleShot(20, go)
+                return
+            seen.append(dlg.text())
+            qtbot.keyClick(dlg, key)
+        QtCore.QTimer.singleShot(0, go)
+
+    answer(QtCore.Qt.Key.Key_Return)
+    assert ask_recover(None, err) is True
+    assert "items table is missing" in seen[0] and "damaged-1" in seen[0] and "Recover what can be read" in seen[0]
+    answer(QtCore.Qt.Key.Key_Escape)
+    assert ask_recover(None, err) is False
