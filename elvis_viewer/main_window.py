@@ -344,8 +344,10 @@ class MainWindow(WindowLayoutMixin, WindowDialogsMixin, SessionShortcuts, QtWidg
         self.current_boxes = drawn
         if box_note:
             self.show_status(box_note, 10000)
-        if s.active_slots():
+        if text and s.rad is not None and s.active_slots():
             self.latency_label.setText("grounding…")
+        else:  # no phrase, or no film to ground it on: no "grounding…" left standing, no previous phrase's latency
+            self.latency_label.setText("")
 
     def _on_map(self, slot: int) -> None:
         s = self.session

@@ -273,3 +273,27 @@ def test_a_phrase_typed_before_any_image_is_the_first_images(qtbot, session, tmp
     _idle(qtbot, session)
     p = session.phrase
     assert p.text == "no pneumothorax" and p.key.image == a and not p.carried and violations(session) == []
+
+
+def test_no_grounding_indicator_is_left_after_a_study_change_or_failed_read(make_window, qtbot, tmp_path):
+    """The status bar said "grounding…" for ever after the phrase was cleared by a study change (nothing was being
+    grounded), and under a film that failed to read."""
+    from pathlib import Path
+
+    demo_model = Path(__file__).resolve().parents[2] / "resources" / "demo_model"
+    shutil.copy(get_testdata_file("RG1_UNCI.dcm"), tmp_path / "a_rg1.dcm")
+    _short_pixel_data(tmp_path / "b_trunc.dcm")
+    win = make_window(size=(1280, 720))
+    s = win.session
+    win.load_checkpoint(str(demo_model), 0)
+    qtbot.waitUntil(lambda: s.slots[0].engine is not None, timeout=60000)
+    with qtbot.waitSignal(s.imageChanged, timeout=30000):
+        win.open_folder(str(tmp_path))
+    _idle(qtbot, s)
+    with qtbot.waitSignal(s.mapReady, timeout=30000):
+        s.ground_phrase("left pleural effusion")
+    assert win.latency_label.text().startswith("phrase: ")
+    s.select_image(next(e.path for e in s.entries if e.path.endswith("b_trunc.dcm")))
+    _idle(qtbot, s)
+    assert s.display.state == FAILED and s.phrase.text == ""
+    assert win.latency_label.text() == ""  # neither "grounding…" nor the previous phrase's latency
