@@ -67,14 +67,11 @@ class ElvisLocal(_LocalCrossModal):
                 sentences: Optional["Sentences"] = None) -> torch.Tensor:
         """``sentences``: separately encoded sentences (:class:`Sentences`: pooled embedding and its pre-projection
         feature) instead of the "."-spans of the report (mean of token embeddings / of pre-projection features)."""
-        p = patch_emb.flatten(1, -2) if patch_emb.ndim == 4 else patch_emb  # [B, N, D]
         pf = patch_feats.flatten(1, -2) if patch_feats.ndim == 4 else patch_feats
-        e, s_valid = (sentences.emb, sentences.valid) if sentences is not None \
-            else sentence_tensors(token_emb, sentence_ids)
-        if e.shape[1] == 0:
+        p, att = self.attend(patch_emb, token_emb, sentence_ids, sentences)
+        if att is None:
             return p.sum() * 0.0
-        e = F.normalize(e, dim=-1)
-        u, z, w = self.cross(p, e, s_valid)
+        e, s_valid, u, z, w = att
         n_valid = torch.ones(p.shape[:2], dtype=torch.bool, device=p.device)
         if self.similarity_source == "none":
             rt = torch.eye(p.shape[1], device=p.device).expand(p.shape[0], -1, -1)

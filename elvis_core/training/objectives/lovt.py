@@ -88,6 +88,19 @@ class _LocalCrossModal(nn.Module):
         self.temperature, self.attn_temperature = temperature, attn_temperature
         self.text_weight, self.image_weight, self.weighting = text_weight, image_weight, weighting
 
+    def attend(self, patch_emb: torch.Tensor, token_emb: torch.Tensor, sentence_ids: torch.Tensor,
+               sentences: Optional["Sentences"] = None):
+        """What every region–sentence method starts from: patches ``p`` [B, N, D], the report's sentences (separately
+        encoded ``sentences``, else the "."-spans of the report), normalised, and :meth:`cross` of the two. Returns
+        ``(p, None)`` when no report has a sentence, else ``(p, (e, s_valid, u, z, w))``."""
+        p = patch_emb.flatten(1, -2) if patch_emb.ndim == 4 else patch_emb  # [B, N, D]
+        e, s_valid = (sentences.emb, sentences.valid) if sentences is not None \
+            else sentence_tensors(token_emb, sentence_ids)
+        if e.shape[1] == 0:
+            return p, None
+        e = F.normalize(e, dim=-1)
+        return p, (e, s_valid) + tuple(self.cross(p, e, s_valid))
+
     def cross(self, p: torch.Tensor, e: torch.Tensor, s_valid: torch.Tensor):
         """p [B, N, D], e [B, S, D] normalised, s_valid [B, S] → (u [B, N, D], z [B, S, D], region weights [B, N])."""
         logits = torch.einsum("bnd,bsd->bns", p, e) / self.attn_temperature  # [B, N, S]
@@ -141,13 +154,10 @@ class RegionSentence(_LocalCrossModal):
                 sentences: Optional["Sentences"] = None) -> torch.Tensor:
         """``sentences``: separately encoded sentences (:class:`Sentences`) instead of the "."-spans of the report."""
         gh, gw = (patch_emb.shape[1], patch_emb.shape[2]) if patch_emb.ndim == 4 else (1, patch_emb.shape[1])
-        p = patch_emb.flatten(1, -2) if patch_emb.ndim == 4 else patch_emb  # [B, N, D]
-        e, s_valid = (sentences.emb, sentences.valid) if sentences is not None \
-            else sentence_tensors(token_emb, sentence_ids)
-        if e.shape[1] == 0:
+        p, att = self.attend(patch_emb, token_emb, sentence_ids, sentences)
+        if att is None:
             return p.sum() * 0.0
-        e = F.normalize(e, dim=-1)
-        u, z, w = self.cross(p, e, s_valid)
+        e, s_valid, u, z, w = att
         rt = spatial_targets(gh, gw, self.distance_threshold, self.smooth_lambda, p.device)
         rt = rt.unsqueeze(0).expand(p.shape[0], -1, -1)
         st = torch.eye(e.shape[1], device=p.device).unsqueeze(0).expand(p.shape[0], -1, -1)
